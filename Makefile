@@ -1,0 +1,36 @@
+# Everything a newcomer needs: `make demo` and `make test` (README.md).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint tools bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --editable '.[test]'
+	touch $@
+
+## demo: set up, then run the Exchange simulator and the exporter probing it
+demo: $(STAMP)
+	$(BIN)/bems-exchange-exporter demo
+
+## tools: the external programs the tests use (promtool from Debian's prometheus package)
+tools:
+	scripts/install-tools.sh
+
+## lint: ruff over the code and the tests
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+## test: set up, lint, then the whole test suite (what .ci/run calls)
+test: $(STAMP) tools lint
+	$(BIN)/pytest
+
+## bench: the benchmark (prints figures; asserts nothing timed)
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info .demo

@@ -1,0 +1,122 @@
+"""The running exporter: the loaded configuration, the scheduler, the results, and reloads."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+import time
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from . import __version__, logs
+from .collector import BemsCollector, ExporterStatus
+from .config import Config, ConfigError, load_config
+from .probes import checks_for
+from .results import CheckResult
+from .runner import execute_limited
+from .scheduler import Scheduler
+from .store import ResultStore
+
+log = logging.getLogger(__name__)
+
+
+def revision() -> str:
+    """The git commit this code runs from, when it runs from a checkout; else ``unknown``."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return "unknown"
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+class Exporter:
+    def __init__(self, config_file: str) -> None:
+        self.config_file = config_file
+        self.store = ResultStore()
+        self.status = ExporterStatus(__version__, revision())
+        self.scheduler = Scheduler(self.store, on_result=self._log_result)
+        self.status.extra.append(self.scheduler.lag.families)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(BemsCollector(self.store, self.status))
+        self._reload_lock = asyncio.Lock()
+
+    @property
+    def config(self) -> Config:
+        assert self.status.config is not None, "load() first"
+        return self.status.config
+
+    def load(self) -> None:
+        """The first load: a bad file is fatal (raises ConfigError)."""
+        self._apply(load_config(self.config_file))
+
+    def start(self) -> None:
+        self.scheduler.start()
+
+    def stop(self) -> None:
+        self.scheduler.shutdown()
+
+    async def reload(self) -> ConfigError | None:
+        """Load the file again; on error keep running the last good configuration."""
+        async with self._reload_lock:
+            try:
+                config = load_config(self.config_file)
+            except ConfigError as err:
+                self.status.reload_successful = False
+                log.error(
+                    "configuration reload failed; keeping the running configuration",
+                    extra={"fields": {"err": str(err)}},
+                )
+                return err
+            self._apply(config)
+            log.info("configuration reloaded", extra={"fields": {"file": self.config_file}})
+            return None
+
+    def _apply(self, config: Config) -> None:
+        logs.clear_secrets()
+        for secret in config.secrets():
+            logs.register_secret(secret)
+        self.status.config = config
+        self.scheduler.apply(config)
+        self.status.reload_successful = True
+        self.status.reload_success_timestamp = time.time()
+
+    def ready(self) -> bool:
+        return self.status.config is not None and self.store.first_round_done()
+
+    async def probe_now(self, target_name: str) -> tuple[ResultStore, list[CheckResult]] | None:
+        """Run a target's checks now, for ``/probe``: results go to a fresh store, not the scheduled one."""
+        config = self.config
+        target = config.targets_by_name().get(target_name)
+        if target is None or self.scheduler.limiter is None:
+            return None
+        checks = checks_for(config, target)
+        results = await asyncio.gather(*(execute_limited(self.scheduler.limiter, c, config, target) for c in checks))
+        store = ResultStore()
+        store.targets = {target.name: target}
+        store.checks = {target.name: tuple(c.name for c in checks)}
+        for result in results:
+            store.record(result)
+        return store, list(results)
+
+    def _log_result(self, previous: CheckResult | None, result: CheckResult) -> None:
+        fields = {"target": result.target, "check": result.check, "duration": round(result.duration, 4)}
+        if result.success:
+            if previous is not None and not previous.success:
+                log.info("check recovered", extra={"fields": fields})
+            else:
+                log.debug("check passed", extra={"fields": fields})
+            return
+        fields |= {"reason": result.reason.value if result.reason else "", "err": result.message}
+        changed = previous is None or previous.success or previous.reason != result.reason
+        log.log(logging.WARNING if changed else logging.DEBUG, "check failed", extra={"fields": fields})

@@ -1,0 +1,256 @@
+"""Command line: Prometheus-style flags for the daemon, plus the probe, simulate and demo subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiohttp import web
+
+from . import __version__, report
+from .app import Exporter
+from .config import DEFAULT_CONFIG_FILE, Config, ConfigError, format_duration, load_config
+from .logs import FORMATS, LEVELS, setup_logging
+from .probes import CHECKS, checks_for
+from .runner import execute
+from .web import create_app
+from .webconfig import WebConfig, load_web_config
+
+DEFAULT_LISTEN_ADDRESS = ":10442"
+DEMO_LISTEN_ADDRESS = "127.0.0.1:10442"
+log = logging.getLogger("exporter")
+
+
+def _common_flags(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    # Subcommands accept the same flags after their name; SUPPRESS keeps them from resetting the main ones.
+    def default(value: str) -> str:
+        return argparse.SUPPRESS if suppress else value
+
+    parser.add_argument(
+        "--config.file",
+        dest="config_file",
+        metavar="FILE",
+        default=default(DEFAULT_CONFIG_FILE),
+        help=f"configuration file (default {DEFAULT_CONFIG_FILE})",
+    )
+    parser.add_argument(
+        "--log.level",
+        dest="log_level",
+        choices=list(LEVELS),
+        default=default("info"),
+        help="only log messages of this severity or above (default info)",
+    )
+    parser.add_argument(
+        "--log.format",
+        dest="log_format",
+        choices=list(FORMATS),
+        default=default("logfmt"),
+        help="log line format (default logfmt)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bems-exchange-exporter",
+        description="Checks every Microsoft Exchange prerequisite of BlackBerry BEMS Push Notifications "
+        "and exposes the results as Prometheus metrics.",
+    )
+    _common_flags(parser, suppress=False)
+    parser.add_argument(
+        "--config.check",
+        dest="config_check",
+        action="store_true",
+        help="validate the configuration, print a summary and exit (0 valid, 1 invalid)",
+    )
+    parser.add_argument(
+        "--web.listen-address",
+        dest="listen_address",
+        metavar="ADDR",
+        default=DEFAULT_LISTEN_ADDRESS,
+        help=f"address to serve on (default {DEFAULT_LISTEN_ADDRESS})",
+    )
+    parser.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        metavar="FILE",
+        help="exporter-toolkit web configuration: TLS and basic authentication",
+    )
+    parser.add_argument("--version", action="version", version=f"bems-exchange-exporter {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    probe = sub.add_parser("probe", help="run a target's checks once and print a step-by-step report")
+    _common_flags(probe, suppress=True)
+    probe.add_argument("target", help="target name from the configuration")
+    probe.add_argument("--check", choices=sorted(CHECKS), help="run only this check")
+
+    for name, text in (
+        ("simulate", "run the Exchange simulator alone"),
+        ("demo", "run the Exchange simulator and the exporter probing it"),
+    ):
+        cmd = sub.add_parser(name, help=text)
+        _common_flags(cmd, suppress=True)
+        cmd.add_argument(
+            "--state-dir",
+            type=Path,
+            default=Path(".demo"),
+            help="where the simulator keeps its CA, certificates, secrets and config (default .demo)",
+        )
+        cmd.add_argument("--admin-port", type=int, default=0, help="simulator admin API port (default: any free one)")
+        if name == "demo":
+            cmd.add_argument(
+                "--web.listen-address",
+                dest="listen_address",
+                metavar="ADDR",
+                default=DEMO_LISTEN_ADDRESS,
+                help=f"exporter address (default {DEMO_LISTEN_ADDRESS})",
+            )
+    return parser
+
+
+def parse_listen_address(value: str) -> tuple[str | None, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"--web.listen-address {value!r}: expected HOST:PORT or :PORT")
+    host = host.strip("[]")
+    return (host or None), int(port)
+
+
+def config_summary(config: Config, file: str) -> str:
+    lines = [f"{file}: valid", f"scenario: {config.scenario.value}", "credentials:"]
+    for name, credential in config.credentials.items():
+        lines.append(f"  {name}: {credential.kind}")
+    lines.append(f"targets ({len(config.targets)}):")
+    for target in config.targets:
+        checks = ", ".join(c.name for c in checks_for(config, target))
+        auth = ", ".join(m.value for m in config.auth_methods_of(target)) or "none"
+        lines.append(
+            f"  {target.name}: {target.kind.value}, exchange={target.exchange.value}, {target.url}\n"
+            f"    every {format_duration(config.interval_of(target))}, timeout "
+            f"{format_duration(config.timeout_of(target))}; checks: {checks}; auth: {auth}; "
+            f"mailboxes: {len(target.mailboxes)}"
+        )
+    return "\n".join(lines)
+
+
+async def _run_probe(config: Config, target_name: str, check_name: str | None) -> int:
+    target = config.targets_by_name().get(target_name)
+    if target is None:
+        known = ", ".join(config.targets_by_name())
+        print(f"unknown target {target_name!r}; configured targets: {known}", file=sys.stderr)
+        return 2
+    checks = [c for c in checks_for(config, target) if check_name in (None, c.name)]
+    if not checks:
+        print(f"check {check_name!r} does not apply to target {target_name!r}", file=sys.stderr)
+        return 2
+    results = [await execute(check, config, target) for check in checks]
+    sys.stdout.write(report.render(target, results))
+    return 0 if all(r.success for r in results) else 1
+
+
+async def _serve(
+    exporter: Exporter, listen_address: str, web_config: WebConfig | None, ready: asyncio.Event | None = None
+) -> None:
+    host, port = parse_listen_address(listen_address)
+    exporter.start()
+    runner = web.AppRunner(create_app(exporter, web_config), access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, ssl_context=web_config.ssl_context() if web_config else None)
+        await site.start()
+        log.info(
+            "listening",
+            extra={"fields": {"address": listen_address, "tls": bool(web_config and web_config.ssl_context())}},
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        reloads: set[asyncio.Task[object]] = set()
+
+        def reload_on_signal() -> None:
+            task = loop.create_task(exporter.reload())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, reload_on_signal)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        exporter.stop()
+        await runner.cleanup()
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    from .simulator.server import Simulator  # the simulator is only needed by demo and simulate
+
+    async with Simulator(args.state_dir, admin_port=args.admin_port) as sim:
+        config_file = sim.write_exporter_config(
+            args.state_dir / "bems-exchange-exporter.yml", interval="15s", timeout="5s"
+        )
+        exporter = Exporter(str(config_file))
+        exporter.load()
+        host, port = parse_listen_address(args.listen_address)
+        base = f"http://{host or 'localhost'}:{port}"
+        ready = asyncio.Event()
+        server = asyncio.create_task(_serve(exporter, args.listen_address, None, ready))
+        await asyncio.wait([server, asyncio.create_task(ready.wait())], return_when=asyncio.FIRST_COMPLETED)
+        if server.done():
+            await server  # raises the bind error
+        print(
+            f"""
+BEMS Exchange Exporter demo is running (Ctrl-C stops it).
+  Landing page:  {base}/
+  Metrics:       {base}/metrics
+  Config:        {base}/config  (written to {config_file})
+  Simulator API: {sim.admin_url}/api/v1/endpoints
+Break something and watch the landing page turn red, for example:
+  curl -X PUT -d '{{"fault": "expired"}}' {sim.admin_url}/api/v1/endpoints/onprem-ews/fault
+Faults: refuse, hang, slow, expired, wrong_host, untrusted, plaintext; DELETE the fault to heal.
+""",
+            flush=True,
+        )
+        await server
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level, args.log_format)
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)  # our own logs say what matters, per check
+    if args.command == "simulate":
+        from .simulator.server import serve as serve_simulator
+
+        asyncio.run(serve_simulator(args.state_dir, admin_port=args.admin_port))
+        return 0
+    if args.command == "demo":
+        try:
+            return asyncio.run(_demo(args))
+        except OSError as err:
+            print(f"demo: {err}", file=sys.stderr)
+            return 1
+    try:
+        if args.command == "probe":
+            return asyncio.run(_run_probe(load_config(args.config_file), args.target, args.check))
+        if args.config_check:
+            print(config_summary(load_config(args.config_file), args.config_file))
+            return 0
+        web_config = load_web_config(args.web_config_file) if args.web_config_file else None
+        parse_listen_address(args.listen_address)
+        exporter = Exporter(args.config_file)
+        exporter.load()
+    except (ConfigError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    asyncio.run(_serve(exporter, args.listen_address, web_config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,506 @@
+"""Configuration models: the YAML file's shape is a public contract (docs/configuration.md).
+
+Every model forbids unknown keys. Secrets are read from files or the environment while loading,
+held as :class:`pydantic.SecretStr` and never rendered: ``redacted()`` is what ``/config`` shows.
+A file that does not validate raises :class:`ConfigError` naming the file, the key path and the
+reason; nothing is half-applied.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from datetime import timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PlainSerializer,
+    SecretStr,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .errors import ConfigError
+
+DEFAULT_CONFIG_FILE = "bems-exchange-exporter.yml"
+DEFAULT_GRAPH_URL = "https://graph.microsoft.com/v1.0"
+DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
+PROXY_FROM_ENVIRONMENT = "from_environment"
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: Any) -> timedelta:
+    """Prometheus-style durations: ``500ms``, ``30s``, ``5m``, ``1h30m``; a bare number is seconds."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool):
+        raise ValueError("a duration such as 30s, 5m or 1h30m is expected")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        parts = _DURATION_PART.findall(text)
+        if not parts or "".join(n + u for n, u in parts) != text:
+            raise ValueError(f"{value!r} is not a duration such as 30s, 5m or 1h30m")
+        seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+    else:
+        raise ValueError("a duration such as 30s, 5m or 1h30m is expected")
+    if seconds <= 0:
+        raise ValueError("a duration must be greater than zero")
+    return timedelta(seconds=seconds)
+
+
+def format_duration(value: timedelta) -> str:
+    seconds = value.total_seconds()
+    if seconds < 1 or seconds != int(seconds):
+        return f"{round(seconds * 1000)}ms"
+    out, rest = "", int(seconds)
+    for unit, size in (("h", 3600), ("m", 60), ("s", 1)):
+        if rest >= size:
+            out += f"{rest // size}{unit}"
+            rest %= size
+    return out
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration), PlainSerializer(format_duration, return_type=str)]
+
+
+class Scenario(StrEnum):
+    CLOUD_BEMS_ONPREM_EXCHANGE = "cloud-bems-onprem-exchange"
+    ONPREM_BEMS_CLOUD_EXCHANGE = "onprem-bems-cloud-exchange"
+    ONPREM_BEMS_HYBRID = "onprem-bems-hybrid"
+
+
+class Kind(StrEnum):
+    EWS = "ews"
+    AUTODISCOVER = "autodiscover"
+    GRAPH = "graph"
+
+
+class Exchange(StrEnum):
+    ONPREM = "onprem"
+    ONLINE = "online"
+
+
+class AuthMethod(StrEnum):
+    BASIC = "basic"
+    NTLM = "ntlm"
+    OAUTH = "oauth"
+
+
+WINDOWS_METHODS = frozenset({AuthMethod.BASIC, AuthMethod.NTLM})
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _https_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme != "https":
+        raise ValueError(f"{value!r} must be an https:// URL: credentials are never sent in clear text")
+    if not parts.hostname:
+        raise ValueError(f"{value!r} has no host")
+    _ = parts.port  # raises ValueError for a malformed port
+    return value
+
+
+HttpsUrl = Annotated[str, BeforeValidator(lambda v: _https_url(str(v)))]
+
+
+def _read_secret_file(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except OSError as err:
+        raise ValueError(f"cannot read secret file {path}: {err.strerror or err}") from None
+
+
+def _read_secret_env(name: str) -> str:
+    value = os.environ.get(name)
+    if value is None:
+        raise ValueError(f"environment variable {name} is not set")
+    return value.strip()
+
+
+def _resolve_secret(data: dict[str, Any], field: str) -> None:
+    """Fold ``FIELD``, ``FIELD_file`` and ``FIELD_env`` into one secret value (at most one may be set)."""
+    sources = [key for key in (field, f"{field}_file", f"{field}_env") if data.get(key) is not None]
+    if len(sources) > 1:
+        raise ValueError(f"set only one of {', '.join(sources)}")
+    if not sources:
+        return
+    source = sources[0]
+    raw = data.pop(source)
+    if source.endswith("_file"):
+        data[field] = _read_secret_file(str(raw))
+        data[f"{field}_source"] = f"file:{raw}"
+    elif source.endswith("_env"):
+        data[field] = _read_secret_env(str(raw))
+        data[f"{field}_source"] = f"env:{raw}"
+    else:
+        data[f"{field}_source"] = "inline"
+    if not data[field]:
+        raise ValueError(f"{source} gives an empty secret")
+
+
+class WindowsCredential(_Model):
+    """An Active Directory account such as BEMSAdmin, used for Basic and NTLM/Negotiate."""
+
+    username: str = Field(min_length=1)
+    password: SecretStr
+    password_source: str = "inline"
+    max_concurrency: int | None = Field(default=None, ge=1, le=64)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secret(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = dict(data)
+            _resolve_secret(data, "password")
+            if "password" not in data:
+                raise ValueError("one of password_file, password_env or password is required")
+        return data
+
+    @property
+    def kind(self) -> str:
+        return "windows"
+
+
+class EntraCredential(_Model):
+    """An Entra ID application that signs in with the OAuth2 client-credentials grant."""
+
+    tenant_id: str = Field(min_length=1)
+    client_id: str = Field(min_length=1)
+    client_secret: SecretStr | None = None
+    client_secret_source: str | None = None
+    certificate_file: str | None = None
+    private_key_file: str | None = None
+    authority: HttpsUrl = DEFAULT_AUTHORITY
+    max_concurrency: int | None = Field(default=None, ge=1, le=64)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secret(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = dict(data)
+            _resolve_secret(data, "client_secret")
+            has_secret = data.get("client_secret") is not None
+            has_cert = data.get("certificate_file") is not None
+            if has_secret == has_cert:
+                raise ValueError(
+                    "set exactly one of client_secret_file, client_secret_env, client_secret or certificate_file"
+                )
+            if data.get("private_key_file") is not None and not has_cert:
+                raise ValueError("private_key_file goes with certificate_file")
+        return data
+
+    @field_validator("certificate_file", "private_key_file")
+    @classmethod
+    def _readable(cls, value: str | None) -> str | None:
+        if value is not None and not os.access(value, os.R_OK):
+            raise ValueError(f"cannot read {value}")
+        return value
+
+    @property
+    def kind(self) -> str:
+        return "entra"
+
+
+def _credential_kind(value: Any) -> str | None:
+    # Pick the model by its identifying key so that errors talk about the right fields.
+    if isinstance(value, WindowsCredential | EntraCredential):  # serialising a loaded config
+        return value.kind
+    if isinstance(value, dict):
+        if "tenant_id" in value:
+            return "entra"
+        if "username" in value:
+            return "windows"
+    return None
+
+
+Credential = Annotated[
+    Annotated[WindowsCredential, Tag("windows")] | Annotated[EntraCredential, Tag("entra")],
+    Discriminator(
+        _credential_kind,
+        custom_error_type="credential_kind",
+        custom_error_message="a credential needs either username (a Windows account) or tenant_id "
+        "(an Entra ID application)",
+    ),
+]
+
+
+class TLSConfig(_Model):
+    ca_file: str | None = None
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_readable(cls, value: str | None) -> str | None:
+        if value is not None and not os.access(value, os.R_OK):
+            raise ValueError(f"cannot read CA file {value}")
+        return value
+
+
+def _proxy_url(value: Any) -> Any:
+    if value is None or value == PROXY_FROM_ENVIRONMENT:
+        return value
+    parts = urlsplit(str(value))
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError(f"{value!r} must be an http:// proxy URL (HTTP CONNECT) or {PROXY_FROM_ENVIRONMENT!r}")
+    if parts.username or parts.password:
+        raise ValueError("put proxy credentials in proxy_credential, not in the URL")
+    return str(value)
+
+
+ProxyUrl = Annotated[str | None, BeforeValidator(_proxy_url)]
+
+
+class Defaults(_Model):
+    interval: Duration = timedelta(seconds=60)
+    timeout: Duration = timedelta(seconds=10)
+    tls: TLSConfig = TLSConfig()
+    proxy_url: ProxyUrl = None
+    proxy_credential: str | None = None
+
+
+class Limits(_Model):
+    """Concurrency bounds: the BEMS service account is shared with production, so keep it light."""
+
+    per_credential_concurrency: int = Field(default=2, ge=1, le=64)
+    global_concurrency: int = Field(default=512, ge=1, le=100_000)
+
+
+class Target(_Model):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    kind: Kind
+    exchange: Exchange
+    url: HttpsUrl
+    credential: str | None = None
+    auth: tuple[AuthMethod, ...] | None = None
+    mailboxes: tuple[str, ...] = ()
+    interval: Duration | None = None
+    timeout: Duration | None = None
+    proxy_url: ProxyUrl = None
+    proxy_credential: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _graph_default_url(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("kind") == Kind.GRAPH and data.get("url") is None:
+            data = {**data, "url": DEFAULT_GRAPH_URL}
+        return data
+
+    @field_validator("mailboxes")
+    @classmethod
+    def _mailboxes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for mailbox in value:
+            if "@" not in mailbox or mailbox.startswith("@") or mailbox.endswith("@"):
+                raise ValueError(f"{mailbox!r} is not an SMTP address")
+        if len(set(value)) != len(value):
+            raise ValueError("a mailbox is listed twice")
+        return value
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        return urlsplit(self.url).port or 443
+
+
+class Config(_Model):
+    scenario: Scenario
+    defaults: Defaults = Defaults()
+    limits: Limits = Limits()
+    credentials: dict[str, Credential] = {}
+    targets: tuple[Target, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> Config:
+        seen: set[str] = set()
+        for index, target in enumerate(self.targets):
+            where = f"targets[{index}]"
+            if target.name in seen:
+                raise _KeyedError(f"{where}.name", f"duplicate target name {target.name!r}")
+            seen.add(target.name)
+            self._check_target_auth(target, where)
+            interval = target.interval or self.defaults.interval
+            timeout = target.timeout or self.defaults.timeout
+            if timeout > interval:
+                raise _KeyedError(
+                    f"{where}.timeout",
+                    f"timeout {format_duration(timeout)} exceeds the interval {format_duration(interval)}",
+                )
+            for key, name in (("proxy_credential", target.proxy_credential),):
+                if name is not None and not isinstance(self.credentials.get(name), WindowsCredential):
+                    raise _KeyedError(f"{where}.{key}", f"no username/password credential named {name!r}")
+        if self.defaults.timeout > self.defaults.interval:
+            raise _KeyedError("defaults.timeout", "timeout exceeds the interval")
+        name = self.defaults.proxy_credential
+        if name is not None and not isinstance(self.credentials.get(name), WindowsCredential):
+            raise _KeyedError("defaults.proxy_credential", f"no username/password credential named {name!r}")
+        return self
+
+    def _check_target_auth(self, target: Target, where: str) -> None:
+        if target.credential is None:
+            if target.auth:
+                raise _KeyedError(f"{where}.auth", "auth methods need a credential")
+            return
+        credential = self.credentials.get(target.credential)
+        if credential is None:
+            known = ", ".join(sorted(self.credentials)) or "none are defined"
+            raise _KeyedError(f"{where}.credential", f"unknown credential {target.credential!r} ({known})")
+        methods = set(target.auth or ())
+        if isinstance(credential, EntraCredential):
+            if methods - {AuthMethod.OAUTH}:
+                raise _KeyedError(
+                    f"{where}.auth",
+                    f"{target.credential!r} is an Entra ID application: only oauth applies",
+                )
+        elif AuthMethod.OAUTH in methods:
+            raise _KeyedError(
+                f"{where}.auth", f"{target.credential!r} is a Windows account: oauth needs an Entra credential"
+            )
+        elif not methods:
+            raise _KeyedError(f"{where}.auth", "list the methods to test: basic, ntlm or both")
+
+    # -- derived views -------------------------------------------------------------------------
+
+    def interval_of(self, target: Target) -> timedelta:
+        return target.interval or self.defaults.interval
+
+    def timeout_of(self, target: Target) -> timedelta:
+        return target.timeout or self.defaults.timeout
+
+    def auth_methods_of(self, target: Target) -> tuple[AuthMethod, ...]:
+        if target.auth:
+            return target.auth
+        if isinstance(self.credentials.get(target.credential or ""), EntraCredential):
+            return (AuthMethod.OAUTH,)
+        return ()
+
+    def proxy_of(self, target: Target) -> tuple[str | None, WindowsCredential | None]:
+        """The proxy URL a target's connections use, and its credential, after environment lookup."""
+        url = target.proxy_url if target.proxy_url is not None else self.defaults.proxy_url
+        credential_name = target.proxy_credential or self.defaults.proxy_credential
+        if url == PROXY_FROM_ENVIRONMENT:
+            url = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy") or None
+        credential = self.credentials.get(credential_name) if credential_name else None
+        return url, credential if isinstance(credential, WindowsCredential) else None
+
+    def targets_by_name(self) -> dict[str, Target]:
+        return {t.name: t for t in self.targets}
+
+    def secrets(self) -> Iterator[str]:
+        """Every secret value, for log redaction."""
+        for credential in self.credentials.values():
+            secret = credential.password if isinstance(credential, WindowsCredential) else credential.client_secret
+            if secret is not None:
+                yield secret.get_secret_value()
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective configuration with every secret replaced by where it came from."""
+        data = self.model_dump(mode="json", exclude_none=True)
+        for name, credential in data.get("credentials", {}).items():
+            for field in ("password", "client_secret"):
+                if field in credential:
+                    source = credential.pop(f"{field}_source", "inline")
+                    credential[field] = f"<secret from {source}>" if source != "inline" else "<secret>"
+            data["credentials"][name] = credential
+        return data
+
+
+class _KeyedError(ValueError):
+    """A cross-field error that knows which key it is about (pydantic only knows the model)."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(reason)
+        self.key = key
+        self.reason = reason
+
+
+def _key_path(loc: tuple[Any, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif str(part) in {"windows", "entra"}:
+            continue  # union-branch and validator names are pydantic's, not the user's keys
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
+def _first_error(err: ValidationError) -> tuple[str, str]:
+    detail = err.errors(include_url=False)[0]
+    ctx_error = (detail.get("ctx") or {}).get("error")
+    if isinstance(ctx_error, _KeyedError):
+        return ctx_error.key, ctx_error.reason
+    message = detail["msg"].removeprefix("Value error, ")
+    if detail["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif detail["type"] == "missing":
+        message = "required key is missing"
+    elif detail["type"] == "too_short":
+        message = "at least one entry is required"
+    return _key_path(tuple(detail["loc"])), message
+
+
+def parse_config(text: str, file: str) -> Config:
+    """Validate YAML text; raise ConfigError naming ``file``, the key path and the reason."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(file, f"invalid YAML: {where}{problem}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(file, "the file must hold a mapping with scenario, credentials and targets")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        key, reason = _first_error(err)
+        raise ConfigError(file, reason, key or None) from None
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    file = str(path)
+    try:
+        text = Path(file).read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(file, f"cannot read: {err.strerror or err}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(file, "not UTF-8 text") from None
+    return parse_config(text, file)
+
+
+__all__ = [
+    "DEFAULT_CONFIG_FILE",
+    "AuthMethod",
+    "Config",
+    "ConfigError",
+    "Credential",
+    "EntraCredential",
+    "Exchange",
+    "Kind",
+    "Scenario",
+    "Target",
+    "WindowsCredential",
+    "load_config",
+    "parse_config",
+]

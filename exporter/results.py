@@ -1,0 +1,125 @@
+"""What a check run produces: an immutable result with its steps, reason and measurements."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    """Why a check failed: a small fixed set, documented in docs/metrics.md (a public contract)."""
+
+    DNS = "dns"  # the host name did not resolve
+    REFUSED = "refused"  # nothing listens on the port (TCP RST)
+    UNREACHABLE = "unreachable"  # no route, network down, connection reset during connect
+    TIMEOUT = "timeout"  # no answer within the check's timeout
+    PROXY = "proxy"  # the configured proxy could not be used or refused the CONNECT
+    TLS = "tls"  # the TLS handshake failed (protocol, version, cipher, not TLS at all)
+    CERTIFICATE = "certificate"  # expired, wrong host name, or not trusted
+    INTERNAL = "internal"  # a bug in the exporter: see the log
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One line of the ``probe`` report: what was attempted, whether it worked, and how long it took."""
+
+    name: str
+    ok: bool
+    seconds: float
+    detail: str = ""
+    hint: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    """A sample for a metric family owned by a check; ``target`` and ``exchange`` are added later."""
+
+    metric: str
+    value: float
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    target: str
+    check: str
+    success: bool
+    started: float  # Unix time
+    duration: float  # seconds
+    reason: Reason | None = None
+    message: str = ""
+    hint: str = ""
+    steps: tuple[Step, ...] = ()
+    measurements: tuple[Measurement, ...] = ()
+
+
+class ProbeFailure(Exception):
+    """Raised inside a probe to end it with a reason; the message is shown to operators."""
+
+    def __init__(self, reason: Reason, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.hint = hint
+
+
+@dataclass(slots=True)
+class Recorder:
+    """Collects a running check's steps and measurements, then freezes them into a CheckResult."""
+
+    target: str
+    check: str
+    started: float = field(default_factory=time.time)
+    _t0: float = field(default_factory=time.perf_counter)
+    steps: list[Step] = field(default_factory=list)
+    measurements: list[Measurement] = field(default_factory=list)
+
+    @asynccontextmanager
+    async def step(self, name: str) -> AsyncIterator[list[str]]:
+        """Time one step; the yielded list takes an optional detail line for the report."""
+        detail: list[str] = []
+        t0 = time.perf_counter()
+        try:
+            yield detail
+        except ProbeFailure as failure:
+            self.steps.append(Step(name, False, time.perf_counter() - t0, failure.message, failure.hint))
+            raise
+        except BaseException:
+            # Timeout (cancellation) or a bug: the step did not finish; the caller names the reason.
+            self.steps.append(Step(name, False, time.perf_counter() - t0, "did not finish"))
+            raise
+        self.steps.append(Step(name, True, time.perf_counter() - t0, detail[0] if detail else ""))
+
+    def measure(self, metric: str, value: float, **labels: str) -> None:
+        self.measurements.append(Measurement(metric, value, tuple(labels.items())))
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._t0
+
+    def passed(self) -> CheckResult:
+        return CheckResult(
+            self.target,
+            self.check,
+            True,
+            self.started,
+            self.elapsed(),
+            steps=tuple(self.steps),
+            measurements=tuple(self.measurements),
+        )
+
+    def failed(self, reason: Reason, message: str, hint: str = "") -> CheckResult:
+        return CheckResult(
+            self.target,
+            self.check,
+            False,
+            self.started,
+            self.elapsed(),
+            reason,
+            message,
+            hint,
+            tuple(self.steps),
+            tuple(self.measurements),
+        )

@@ -1,0 +1,81 @@
+"""Running one check: concurrency limits, the timeout, and turning every outcome into a result."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from .config import Config, Target
+from .probes import Check, ProbeContext
+from .results import CheckResult, ProbeFailure, Reason
+
+log = logging.getLogger(__name__)
+
+
+class Limiter:
+    """A global bound on checks in flight and a per-credential bound on requests as one account.
+
+    The BEMS service account is shared with production BEMS: Exchange throttles per account, so the
+    exporter must never be the reason BEMS gets throttled.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self._global = asyncio.Semaphore(config.limits.global_concurrency)
+        self._global_size = config.limits.global_concurrency
+        self._per_credential: dict[str, tuple[int, asyncio.Semaphore]] = {}
+        self.in_flight: dict[str, int] = {}  # credential -> requests now, for tests and metrics
+        self.update(config)
+
+    def update(self, config: Config) -> None:
+        """Adopt a reloaded config's limits; unchanged limits keep their semaphores (and waiters)."""
+        if config.limits.global_concurrency != self._global_size:
+            self._global = asyncio.Semaphore(config.limits.global_concurrency)
+            self._global_size = config.limits.global_concurrency
+        for name, credential in config.credentials.items():
+            size = credential.max_concurrency or config.limits.per_credential_concurrency
+            if self._per_credential.get(name, (None,))[0] != size:
+                self._per_credential[name] = (size, asyncio.Semaphore(size))
+
+    @asynccontextmanager
+    async def slot(self, credential: str | None) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            await stack.enter_async_context(self._global)
+            if credential is not None:
+                await stack.enter_async_context(self._per_credential[credential][1])
+                self.in_flight[credential] = self.in_flight.get(credential, 0) + 1
+                stack.callback(self._release, credential)
+            yield
+
+    def _release(self, credential: str) -> None:
+        self.in_flight[credential] -= 1
+
+
+async def execute(check: Check, config: Config, target: Target) -> CheckResult:
+    """Run one check under its timeout; whatever happens, return a result (never raise)."""
+    ctx = ProbeContext.for_target(config, target, check.name)
+    try:
+        async with asyncio.timeout(ctx.timeout):
+            return await check.probe(target, ctx)
+    except ProbeFailure as failure:
+        return ctx.rec.failed(failure.reason, failure.message, failure.hint)
+    except TimeoutError:
+        stuck = ctx.rec.steps[-1].name if ctx.rec.steps else "the check"
+        return ctx.rec.failed(
+            Reason.TIMEOUT,
+            f"{stuck} did not finish within {ctx.timeout:g}s",
+            f"{target.host}:{target.port} accepts connections but does not answer in time: look for a firewall "
+            "that drops packets, an overloaded server, or raise the target's timeout",
+        )
+    except Exception as err:  # a bug in a probe must not kill the scheduler
+        log.exception(
+            "check raised an unexpected error", extra={"fields": {"target": target.name, "check": check.name}}
+        )
+        return ctx.rec.failed(Reason.INTERNAL, f"internal error: {type(err).__name__}")
+
+
+async def execute_limited(limiter: Limiter, check: Check, config: Config, target: Target) -> CheckResult:
+    credential = target.credential if check.uses_credential else None
+    async with limiter.slot(credential):
+        return await execute(check, config, target)

@@ -1,0 +1,163 @@
+"""APScheduler jobs, one per (target, check), kept in step with the configuration.
+
+First runs start at once, spread by a stable jitter over at most the first interval so that a large
+configuration does not fire every check in the same second; then each job keeps a fixed cadence.
+APScheduler never starts a job while its previous run is still going (``max_instances=1``): such a
+skipped run counts as an overrun.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_SUBMITTED, JobEvent, JobSubmissionEvent
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+from prometheus_client.core import HistogramMetricFamily, Metric
+
+from .config import Config, Target
+from .metrics import MetricSpec
+from .probes import CHECKS, checks_for
+from .results import CheckResult
+from .runner import Limiter, execute_limited
+from .store import ResultStore
+
+log = logging.getLogger(__name__)
+
+SCHEDULING_LAG = MetricSpec(
+    "bems_exporter_scheduling_lag_seconds",
+    "How late scheduled check runs started compared with their planned time.",
+)
+LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_SEPARATOR = "\x1f"  # cannot occur in a target name, so job ids split back unambiguously
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    target: Target
+    check: str
+    interval: timedelta
+
+    @property
+    def job_id(self) -> str:
+        return f"{self.target.name}{_SEPARATOR}{self.check}"
+
+
+def planned_checks(config: Config) -> dict[str, tuple[str, ...]]:
+    return {t.name: tuple(c.name for c in checks_for(config, t)) for t in config.targets}
+
+
+def first_run_offset(job_id: str, interval: timedelta) -> timedelta:
+    """A stable jitter in [0, interval): the same job starts at the same phase after every restart."""
+    return interval * (zlib.crc32(job_id.encode()) / 2**32)
+
+
+class LagHistogram:
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LAG_BUCKETS) + 1)
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(LAG_BUCKETS, seconds)] += 1
+        self.total += seconds
+
+    def families(self) -> Iterator[Metric]:
+        cumulative, buckets = 0, []
+        for bound, count in zip((*LAG_BUCKETS, float("inf")), self.counts, strict=True):
+            cumulative += count
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+        family = HistogramMetricFamily(SCHEDULING_LAG.name, SCHEDULING_LAG.help)
+        family.add_metric([], buckets, self.total)
+        yield family
+
+
+ResultCallback = Callable[[CheckResult | None, CheckResult], None]  # (previous, new)
+
+
+class Scheduler:
+    def __init__(self, store: ResultStore, on_result: ResultCallback | None = None) -> None:
+        self.store = store
+        self.config: Config | None = None
+        self.limiter: Limiter | None = None
+        self.lag = LagHistogram()
+        self._on_result = on_result
+        self._jobs: dict[str, JobSpec] = {}
+        self._aps = AsyncIOScheduler(
+            timezone=UTC,
+            job_defaults={
+                "max_instances": 1,
+                "coalesce": True,
+                "misfire_grace_time": None,
+            },
+        )
+        self._aps.add_listener(self._on_overrun, EVENT_JOB_MAX_INSTANCES)
+        self._aps.add_listener(self._on_submitted, EVENT_JOB_SUBMITTED)
+
+    def start(self) -> None:
+        self._aps.start()
+
+    def shutdown(self) -> None:
+        if self._aps.running:
+            self._aps.shutdown(wait=False)
+
+    @property
+    def job_count(self) -> int:
+        return len(self._aps.get_jobs())
+
+    def apply(self, config: Config) -> None:
+        """Make the jobs match ``config``: keep unchanged ones (and their cadence), replace the rest."""
+        if self.limiter is None:
+            self.limiter = Limiter(config)
+        else:
+            self.limiter.update(config)
+        self.config = config
+        self.store.configure(config, planned_checks(config))
+        wanted = {
+            spec.job_id: spec
+            for target in config.targets
+            for spec in (JobSpec(target, c.name, config.interval_of(target)) for c in checks_for(config, target))
+        }
+        for job_id in [j for j, spec in self._jobs.items() if wanted.get(j) != spec]:
+            self._aps.remove_job(job_id)
+            del self._jobs[job_id]
+        now = datetime.now(UTC)
+        for job_id, spec in wanted.items():
+            if job_id in self._jobs:
+                continue
+            first = now + first_run_offset(job_id, spec.interval)
+            self._aps.add_job(
+                self._run,
+                IntervalTrigger(seconds=spec.interval.total_seconds(), start_date=first, timezone=UTC),
+                id=job_id,
+                name=job_id,
+                args=(job_id,),
+                next_run_time=first,
+            )
+            self._jobs[job_id] = spec
+        log.info("jobs scheduled", extra={"fields": {"jobs": len(self._jobs), "targets": len(config.targets)}})
+
+    async def _run(self, job_id: str) -> None:
+        spec, config, limiter = self._jobs.get(job_id), self.config, self.limiter
+        if spec is None or config is None or limiter is None:
+            return  # removed by a reload between submission and start
+        result = await execute_limited(limiter, CHECKS[spec.check], config, spec.target)
+        previous = self.store.latest.get((result.target, result.check))
+        if self.store.record(result) and self._on_result is not None:
+            self._on_result(previous, result)
+
+    def _on_overrun(self, event: JobEvent) -> None:
+        target, _, check = event.job_id.partition(_SEPARATOR)
+        self.store.count_overrun(target, check)
+        log.warning(
+            "check still running when due again: run skipped", extra={"fields": {"target": target, "check": check}}
+        )
+
+    def _on_submitted(self, event: JobSubmissionEvent) -> None:
+        planned = event.scheduled_run_times[-1].timestamp()
+        self.lag.observe(max(0.0, time.time() - planned))

@@ -1,0 +1,123 @@
+"""A throw-away certificate authority for the simulator's HTTPS endpoints.
+
+EC P-256 keys keep key generation and TLS handshakes cheap, so a test can mint a fresh CA and a dozen
+leaf certificates in a few milliseconds. Certificates follow what OpenSSL's strict verification
+(``VERIFY_X509_STRICT``, the default from Python 3.13) insists on: critical BasicConstraints, AKI on
+leaves, SKI on the CA, so clients verify them with stock settings.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# Back-dated so that deliberately expired leaves still fall inside the issuer's own validity.
+_CA_VALIDITY_BEFORE_NOW = timedelta(days=365)
+_CA_VALIDITY_AFTER_NOW = timedelta(days=3650)
+DEFAULT_LEAF_VALIDITY_BEFORE_NOW = timedelta(days=1)
+DEFAULT_LEAF_VALIDITY_AFTER_NOW = timedelta(days=90)
+
+
+def _new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _private_key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _key_usage(*, signs_certificates: bool) -> x509.KeyUsage:
+    # ECDSA keys only ever sign: digitalSignature for the TLS handshake, certSign/cRLSign for a CA.
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=signs_certificates,
+        crl_sign=signs_certificates,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+@dataclass(frozen=True)
+class CertificateAuthority:
+    """A self-signed root that issues TLS server certificates directly (no intermediates)."""
+
+    certificate: x509.Certificate
+    private_key: ec.EllipticCurvePrivateKey
+
+    @classmethod
+    def create(cls, common_name: str) -> CertificateAuthority:
+        key = _new_key()
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+        now = datetime.now(UTC)
+        certificate = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - _CA_VALIDITY_BEFORE_NOW)
+            .not_valid_after(now + _CA_VALIDITY_AFTER_NOW)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(_key_usage(signs_certificates=True), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(key, hashes.SHA256())
+        )
+        return cls(certificate=certificate, private_key=key)
+
+    @property
+    def cert_pem(self) -> bytes:
+        return self.certificate.public_bytes(serialization.Encoding.PEM)
+
+    def issue(
+        self,
+        hostnames: list[str],
+        ip_addresses: Iterable[IPAddress | str] = (),
+        not_before: datetime | None = None,
+        not_after: datetime | None = None,
+    ) -> tuple[bytes, bytes]:
+        """Issue a TLS server certificate; returns ``(cert_pem, key_pem)``.
+
+        The first hostname becomes the subject CN (for humans reading ``openssl x509``); clients
+        match only the SAN. Validity defaults to one day ago until 90 days from now.
+        """
+        if not hostnames:
+            raise ValueError("a server certificate needs at least one hostname")
+        now = datetime.now(UTC)
+        not_before = not_before or now - DEFAULT_LEAF_VALIDITY_BEFORE_NOW
+        not_after = not_after or now + DEFAULT_LEAF_VALIDITY_AFTER_NOW
+        key = _new_key()
+        alternative_names: list[x509.GeneralName] = [x509.DNSName(host) for host in hostnames]
+        alternative_names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
+        issuer_ski = self.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        certificate = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0])]))
+            .issuer_name(self.certificate.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(not_before)
+            .not_valid_after(not_after)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(_key_usage(signs_certificates=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.SubjectAlternativeName(alternative_names), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski), critical=False)
+            .sign(self.private_key, hashes.SHA256())
+        )
+        return certificate.public_bytes(serialization.Encoding.PEM), _private_key_pem(key)

@@ -1,0 +1,299 @@
+"""The simulator: Exchange on-prem, Exchange Online, Graph and Entra endpoints on loopback HTTPS."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import signal
+from functools import partial
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import yaml
+from aiohttp import web
+
+from . import autodiscover, challenges, ews, graph
+from .admin import ENDPOINTS_PATH, build_admin_app
+from .credentials import SimulatorCredentials
+from .endpoint import Endpoint, Fault, UnknownEndpointError, bind_loopback_socket
+from .files import write_atomically
+from .pki import CertificateAuthority
+from .tls import ServerCertificates
+
+# Endpoint name → the host name it stands in for (also in its certificate, beside "localhost").
+NOMINAL_HOSTS = {
+    "onprem-ews": "mail.corp.example.test",
+    "onprem-autodiscover": "autodiscover.corp.example.test",
+    "online-ews": "outlook.office365.test",
+    "online-autodiscover": "autodiscover-s.outlook.test",
+    "graph": "graph.microsoft.test",
+    "entra": "login.microsoftonline.test",
+}
+ONPREM_MAILBOXES = ["alice@corp.example.test", "bob@corp.example.test"]
+ONLINE_MAILBOXES = ["carol@contoso.test"]
+
+
+def _install_protocol_routes(app: web.Application, name: str, urls: dict[str, str]) -> None:
+    match name:
+        case "onprem-ews":
+            ews.add_routes(app, challenges.onprem(realm=NOMINAL_HOSTS[name]))
+        case "online-ews":
+            ews.add_routes(app, challenges.exchange_online())
+        case "onprem-autodiscover":
+            autodiscover.add_pox_routes(app, challenges.onprem(realm=NOMINAL_HOSTS[name]))
+        case "online-autodiscover":
+            autodiscover.add_pox_routes(app, challenges.exchange_online())
+            autodiscover.add_json_routes(
+                app, ews_url=urls["online-ews"] + ews.EWS_PATH, pox_url=urls[name] + autodiscover.POX_PATH
+            )
+        case "graph":
+            graph.add_routes(app)
+        case "entra":
+            pass  # only the landing page until token issuance is simulated
+
+
+class Simulator:
+    """HTTPS endpoints on loopback that stand in for Exchange, with per-endpoint fault injection.
+
+    Use as ``async with Simulator(state_dir) as sim:``; ``sim.endpoints[name].url`` is each endpoint's
+    base URL and ``sim.ca_file`` the CA that verifies them. Ports are random but fixed until ``stop()``.
+    URLs name ``localhost``, which resolves to 127.0.0.1; with another ``host``, connect to that
+    address and verify the certificate for ``localhost`` (it also carries ``host`` as an IP SAN).
+    """
+
+    def __init__(self, state_dir: Path, host: str = "127.0.0.1", admin_port: int = 0) -> None:
+        address = ipaddress.ip_address(host)
+        if not (isinstance(address, ipaddress.IPv4Address) and address.is_loopback):
+            raise ValueError(f"the simulator listens on IPv4 loopback only, not on {host}")
+        self.state_dir = Path(state_dir)
+        self.host = host
+        self.ca_file = self.state_dir / "ca.pem"
+        self.endpoints: dict[str, Endpoint] = {}
+        self._admin_port = admin_port
+        self._admin_runner: web.AppRunner | None = None
+        self._admin_url: str | None = None
+        self._credentials: SimulatorCredentials | None = None
+
+    @property
+    def admin_url(self) -> str:
+        if self._admin_url is None:
+            raise RuntimeError("the simulator is not running")
+        return self._admin_url
+
+    @property
+    def credentials(self) -> SimulatorCredentials:
+        if self._credentials is None:
+            raise RuntimeError("the simulator is not running")
+        return self._credentials
+
+    async def start(self) -> None:
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._credentials = SimulatorCredentials.load_or_create(self.state_dir)
+        trusted = CertificateAuthority.create("BEMS Exchange Simulator Test CA")
+        self.ca_file.write_bytes(trusted.cert_pem)
+        # A CA that nobody is told about, for the `untrusted` fault.
+        untrusted = CertificateAuthority.create("Untrusted Simulator CA")
+        cert_dir = self.state_dir / "certs"
+        cert_dir.mkdir(mode=0o700, exist_ok=True)
+        certificates = ServerCertificates(trusted, untrusted, cert_dir, ip_address=self.host)
+        try:
+            for name, nominal_host in NOMINAL_HOSTS.items():
+                sock = bind_loopback_socket(self.host, 0)
+                builder = partial(self._build_endpoint_app, name)
+                self.endpoints[name] = Endpoint(name, nominal_host, sock, builder, certificates)
+            # Apps are built only once every port is known: autodiscover answers with other endpoints' URLs.
+            for endpoint in self.endpoints.values():
+                await endpoint.start()
+            await self._start_admin()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        """Close every listener and connection; safe to call twice or after a failed start."""
+        if self._admin_runner is not None:
+            await self._admin_runner.cleanup()
+            self._admin_runner = None
+            self._admin_url = None
+        for endpoint in self.endpoints.values():
+            await endpoint.close()
+        self.endpoints.clear()
+
+    async def __aenter__(self) -> Simulator:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def set_fault(self, endpoint: str, fault: Fault | str, delay_seconds: float | None = None) -> Endpoint:
+        """Switch ``endpoint`` to ``fault``; new connections see it once this returns.
+
+        ``delay_seconds`` is for the ``slow`` fault only (default 10 s). Raises UnknownEndpointError
+        for an unknown endpoint and ValueError for an unknown fault or a bad delay.
+        """
+        if endpoint not in self.endpoints:
+            raise UnknownEndpointError(endpoint, list(self.endpoints))
+        await self.endpoints[endpoint].set_fault(fault, delay_seconds)
+        return self.endpoints[endpoint]
+
+    async def clear_fault(self, endpoint: str) -> Endpoint:
+        return await self.set_fault(endpoint, Fault.NONE)
+
+    def write_exporter_config(self, path: Path, interval: str = "15s", timeout: str = "5s") -> Path:
+        """Write an exporter config that probes every endpoint of this running simulator."""
+        credentials = self.credentials
+        urls = {name: endpoint.url for name, endpoint in self.endpoints.items()}
+        config = {
+            "scenario": "onprem-bems-hybrid",
+            "defaults": {"interval": interval, "timeout": timeout, "tls": {"ca_file": str(self.ca_file)}},
+            "credentials": {
+                "bemsadmin": {
+                    "username": credentials.onprem_username,
+                    "password_file": str(credentials.onprem_password_file),
+                },
+                "entra-app": {
+                    "tenant_id": credentials.tenant_id,
+                    "client_id": credentials.client_id,
+                    "client_secret_file": str(credentials.client_secret_file),
+                    "authority": urls["entra"],
+                },
+            },
+            "targets": [
+                {
+                    "name": "onprem-ews",
+                    "kind": "ews",
+                    "exchange": "onprem",
+                    "url": urls["onprem-ews"] + ews.EWS_PATH,
+                    **_onprem_auth(),
+                    "mailboxes": list(ONPREM_MAILBOXES),
+                },
+                {
+                    "name": "onprem-autodiscover",
+                    "kind": "autodiscover",
+                    "exchange": "onprem",
+                    "url": urls["onprem-autodiscover"] + autodiscover.POX_PATH,
+                    **_onprem_auth(),
+                    "mailboxes": ONPREM_MAILBOXES[:1],
+                },
+                {
+                    "name": "online-ews",
+                    "kind": "ews",
+                    "exchange": "online",
+                    "url": urls["online-ews"] + ews.EWS_PATH,
+                    "credential": "entra-app",
+                    "mailboxes": list(ONLINE_MAILBOXES),
+                },
+                {
+                    "name": "online-autodiscover",
+                    "kind": "autodiscover",
+                    "exchange": "online",
+                    "url": urls["online-autodiscover"] + autodiscover.JSON_PATH,
+                    "mailboxes": list(ONLINE_MAILBOXES),
+                },
+                {
+                    "name": "online-graph",
+                    "kind": "graph",
+                    "exchange": "online",
+                    "url": urls["graph"] + graph.GRAPH_PATH,
+                    "credential": "entra-app",
+                    "mailboxes": list(ONLINE_MAILBOXES),
+                },
+            ],
+        }
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        return path
+
+    def _build_endpoint_app(self, name: str) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/", partial(_landing_page, endpoint=self.endpoints[name]))
+        _install_protocol_routes(app, name, {other: ep.url for other, ep in self.endpoints.items()})
+        return app
+
+    async def _start_admin(self) -> None:
+        sock = bind_loopback_socket(self.host, self._admin_port)
+        runner = web.AppRunner(build_admin_app(self))
+        try:
+            await runner.setup()
+            await web.SockSite(runner, sock).start()
+        except BaseException:
+            sock.close()
+            await runner.cleanup()
+            raise
+        self._admin_runner = runner
+        self._admin_url = f"http://{self.host}:{sock.getsockname()[1]}"
+
+
+def _onprem_auth() -> dict[str, Any]:
+    # Fresh lists per target: yaml.safe_dump writes a shared object as an &anchor/*alias pair.
+    return {"credential": "bemsadmin", "auth": ["basic", "ntlm"]}
+
+
+async def _landing_page(request: web.Request, endpoint: Endpoint) -> web.Response:
+    return web.Response(text=f"BEMS Exchange simulator: {endpoint.name} (standing in for {endpoint.nominal_host})\n")
+
+
+async def serve(
+    state_dir: Path,
+    admin_port: int = 0,
+    config_path: Path | None = None,
+    ready_file: Path | None = None,
+) -> None:
+    """Run the simulator until SIGINT or SIGTERM.
+
+    Writes the exporter config (default ``state_dir/exporter.yml``) and, once every endpoint listens,
+    ``ready_file`` (default ``state_dir/simulator.json``) with the ports and paths; it is removed
+    again on a clean stop, so its presence means "running".
+    """
+    state_dir = Path(state_dir)
+    config_path = Path(config_path) if config_path else state_dir / "exporter.yml"
+    ready_file = Path(ready_file) if ready_file else state_dir / "simulator.json"
+    ready_file.unlink(missing_ok=True)  # a leftover from a killed run must not look ready
+    stop_requested = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    stop_signals = (signal.SIGINT, signal.SIGTERM)
+    for stop_signal in stop_signals:
+        loop.add_signal_handler(stop_signal, stop_requested.set)
+    try:
+        async with Simulator(state_dir, admin_port=admin_port) as simulator:
+            simulator.write_exporter_config(config_path)
+            print(_summary(simulator, config_path), flush=True)
+            write_atomically(ready_file, json.dumps(_ready_document(simulator, config_path), indent=2))
+            try:
+                await stop_requested.wait()
+            finally:
+                ready_file.unlink(missing_ok=True)
+    finally:
+        for stop_signal in stop_signals:
+            loop.remove_signal_handler(stop_signal)
+
+
+def _ready_document(simulator: Simulator, config_path: Path) -> dict[str, Any]:
+    return {
+        "endpoints": {name: {"url": ep.url, "port": ep.port} for name, ep in simulator.endpoints.items()},
+        "admin_url": simulator.admin_url,
+        "ca_file": str(simulator.ca_file),
+        "config_file": str(config_path),
+    }
+
+
+def _summary(simulator: Simulator, config_path: Path) -> str:
+    width = max(len(name) for name in simulator.endpoints)
+    lines = ["BEMS Exchange simulator is running:"]
+    lines += [f"  {name:<{width}}  {ep.url}" for name, ep in simulator.endpoints.items()]
+    lines += [
+        f"  admin API: {simulator.admin_url}{ENDPOINTS_PATH}",
+        f"  CA file:   {simulator.ca_file}",
+        f"  config:    {config_path}",
+        "Stop with Ctrl+C.",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,70 @@
+"""Server-side TLS material: which certificate each endpoint presents, per certificate fault."""
+
+from __future__ import annotations
+
+import ssl
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+
+from .files import write_private_file
+from .pki import CertificateAuthority
+
+LOOPBACK_HOSTNAME = "localhost"
+WRONG_HOSTNAME = "wrong-host.example.test"
+
+
+class CertificateVariant(StrEnum):
+    VALID = "valid"
+    EXPIRED = "expired"
+    WRONG_HOST = "wrong-host"
+    UNTRUSTED = "untrusted"
+
+
+class ServerCertificates:
+    """Issues each endpoint's certificates on first use and keeps one SSL context per variant.
+
+    Correct certificates name ``localhost``, the endpoint's nominal host and ``ip_address``.
+
+    ``ssl.SSLContext.load_cert_chain`` only reads files, so every certificate and its key are written
+    (mode 0600) under ``directory``, where they can also be inspected with ``openssl x509``.
+    """
+
+    def __init__(
+        self, trusted: CertificateAuthority, untrusted: CertificateAuthority, directory: Path, ip_address: str
+    ) -> None:
+        self._trusted = trusted
+        self._untrusted = untrusted
+        self._directory = directory
+        self._ip_address = ip_address
+        self._contexts: dict[tuple[str, CertificateVariant], ssl.SSLContext] = {}
+
+    def context(self, endpoint: str, nominal_host: str, variant: CertificateVariant) -> ssl.SSLContext:
+        key = (endpoint, variant)
+        if key not in self._contexts:
+            cert_pem, key_pem = self._issue(nominal_host, variant)
+            path = self._directory / f"{endpoint}-{variant}.pem"
+            write_private_file(path, cert_pem + key_pem)
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            context.load_cert_chain(path)
+            self._contexts[key] = context
+        return self._contexts[key]
+
+    def _issue(self, nominal_host: str, variant: CertificateVariant) -> tuple[bytes, bytes]:
+        right_names = [LOOPBACK_HOSTNAME, nominal_host]
+        match variant:
+            case CertificateVariant.VALID:
+                return self._trusted.issue(right_names, [self._ip_address])
+            case CertificateVariant.EXPIRED:
+                now = datetime.now(UTC)
+                return self._trusted.issue(
+                    right_names,
+                    [self._ip_address],
+                    not_before=now - timedelta(days=91),
+                    not_after=now - timedelta(days=1),
+                )
+            case CertificateVariant.WRONG_HOST:
+                return self._trusted.issue([WRONG_HOSTNAME])
+            case CertificateVariant.UNTRUSTED:
+                return self._untrusted.issue(right_names, [self._ip_address])

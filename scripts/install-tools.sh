@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs the external programs the test suite runs for real: promtool (Debian package prometheus).
+# In CI (CI=true) a missing tool is a failure, so this must succeed there; elsewhere it explains.
+set -euo pipefail
+
+packages=()
+command -v promtool >/dev/null 2>&1 || packages+=(prometheus)
+[ ${#packages[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # --no-install-recommends: only the binaries; the package's service is not started in containers.
+  apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+  exit 0
+fi
+echo "missing: ${packages[*]} — install with: sudo apt-get install ${packages[*]}" >&2
+exit 1

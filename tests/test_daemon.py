@@ -1,0 +1,199 @@
+"""The exporter as a whole, in-process: scheduling, /metrics, /probe, reloads and readiness."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import yaml
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.app import Exporter
+from exporter.simulator.server import Simulator
+from exporter.web import create_app
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse(text: str) -> Samples:
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float | None:
+    return samples.get((name, frozenset(labels.items())))
+
+
+def targets_in(samples: Samples) -> set[str]:
+    return {dict(labels)["target"] for _, labels in samples if "target" in dict(labels)}
+
+
+@pytest.fixture
+def config_file(simulator: Simulator, tmp_path: Path) -> Path:
+    return simulator.write_exporter_config(tmp_path / "bems.yml", interval="1s", timeout="1s")
+
+
+@pytest.fixture
+async def exporter(config_file: Path) -> AsyncIterator[Exporter]:
+    exporter = Exporter(str(config_file))
+    exporter.load()
+    exporter.start()
+    yield exporter
+    exporter.stop()
+
+
+@pytest.fixture
+async def client(exporter: Exporter) -> AsyncIterator[TestClient]:
+    async with TestClient(TestServer(create_app(exporter), host="127.0.0.1")) as client:
+        yield client
+
+
+async def scrape(client: TestClient) -> Samples:
+    response = await client.get("/metrics")
+    assert response.status == 200
+    return parse(await response.text())
+
+
+async def wait_for(condition, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+async def test_first_round_makes_the_exporter_ready(client: TestClient) -> None:
+    assert (await client.get("/-/healthy")).status == 200
+
+    async def is_ready() -> bool:
+        return (await client.get("/-/ready")).status == 200
+
+    await wait_for(is_ready, timeout=3.0)  # first runs are spread over at most one interval (1s)
+    samples = await scrape(client)
+    for target in ("onprem-ews", "onprem-autodiscover", "online-ews", "online-autodiscover", "online-graph"):
+        exchange = "onprem" if target.startswith("onprem") else "online"
+        for check in ("reachability", "tls"):
+            assert value(samples, "bems_probe_success", target=target, exchange=exchange, check=check) == 1.0
+        assert value(samples, "bems_tls_version_info", target=target, exchange=exchange, version="TLSv1.3") == 1
+    assert value(samples, "bems_scenario_info", scenario="onprem-bems-hybrid") == 1
+    assert value(samples, "bems_config_last_reload_successful") == 1
+
+
+async def test_failure_reason_present_only_while_failing(
+    client: TestClient, exporter: Exporter, simulator: Simulator
+) -> None:
+    labels = {"target": "onprem-ews", "exchange": "onprem", "check": "tls"}
+    await simulator.set_fault("onprem-ews", "expired")
+
+    async def failing() -> bool:
+        return value(await scrape(client), "bems_probe_failure_reason", **labels, reason="certificate") == 1
+
+    await wait_for(failing, timeout=4)
+    samples = await scrape(client)
+    assert value(samples, "bems_probe_success", **labels) == 0
+    assert value(samples, "bems_probe_failures_total", **labels, reason="certificate") >= 1
+    assert (
+        value(samples, "bems_tls_cert_expiry_timestamp_seconds", target="onprem-ews", exchange="onprem") < time.time()
+    )
+
+    await simulator.clear_fault("onprem-ews")
+
+    async def passing() -> bool:
+        return value(await scrape(client), "bems_probe_success", **labels) == 1
+
+    await wait_for(passing, timeout=4)
+    samples = await scrape(client)
+    assert not [k for k in samples if k[0] == "bems_probe_failure_reason" and ("target", "onprem-ews") in k[1]]
+    assert value(samples, "bems_probe_failures_total", **labels, reason="certificate") >= 1  # counters stay
+
+
+async def test_hanging_endpoint_does_not_delay_healthy_targets(exporter: Exporter, simulator: Simulator) -> None:
+    await simulator.set_fault("online-ews", "hang")
+    await asyncio.sleep(4.5)
+    healthy = [exporter.store.runs[(t, "tls")] for t in ("onprem-ews", "onprem-autodiscover", "online-graph")]
+    # 1s interval over 4.5s: 4 or 5 runs each, whatever the hanging neighbour does.
+    assert all(count >= 4 for count in healthy), healthy
+    hung = exporter.store.latest[("online-ews", "tls")]
+    assert hung.reason is not None and hung.reason.value == "timeout"
+    assert exporter.scheduler.lag.counts[-1] == 0  # no run started more than 10s late
+    late = sum(exporter.scheduler.lag.counts[7:])  # buckets above 0.5s
+    assert late == 0, exporter.scheduler.lag.counts
+
+
+async def test_probe_endpoint_runs_now_and_leaves_scheduled_results_alone(config_file: Path) -> None:
+    exporter = Exporter(str(config_file))
+    exporter.load()  # not started: any result in the store would have come from /probe
+    async with TestClient(TestServer(create_app(exporter), host="127.0.0.1")) as client:
+        await _probe_endpoint(client, exporter)
+
+
+async def _probe_endpoint(client: TestClient, exporter: Exporter) -> None:
+    response = await client.get("/probe", params={"target": "online-graph"})
+    assert response.status == 200
+    samples = parse(await response.text())
+    assert targets_in(samples) == {"online-graph"}
+    assert value(samples, "bems_probe_success", target="online-graph", exchange="online", check="tls") == 1
+    assert not any(name == "bems_exporter_build_info" for name, _ in samples)
+    assert exporter.store.latest == {} and not exporter.store.runs
+    scheduled = parse(await (await client.get("/metrics")).text())
+    assert not [key for key in scheduled if key[0] == "bems_probe_success"]
+
+    missing = await client.get("/probe", params={"target": "nope"})
+    assert missing.status == 404
+    assert "unknown target 'nope'" in await missing.text()
+    assert (await client.get("/probe")).status == 400
+
+
+async def test_reload_applies_good_files_and_keeps_running_on_bad_ones(
+    client: TestClient, exporter: Exporter, config_file: Path
+) -> None:
+    async def ready() -> bool:
+        return exporter.ready()
+
+    await wait_for(ready)
+    original = config_file.read_text()
+    data = yaml.safe_load(original)
+    data["targets"] = [t for t in data["targets"] if t["name"] != "online-ews"]
+    config_file.write_text(yaml.safe_dump(data))
+
+    response = await client.post("/-/reload")
+    assert response.status == 200, await response.text()
+    samples = await scrape(client)
+    assert "online-ews" not in targets_in(samples)  # gone at once, not after a staleness delay
+    assert exporter.scheduler.job_count == 2 * 4
+
+    config_file.write_text(original.replace("kind: ews", "kind: owa", 1))
+    response = await client.post("/-/reload")
+    assert response.status == 500
+    assert "targets[0].kind" in await response.text()
+    samples = await scrape(client)
+    assert value(samples, "bems_config_last_reload_successful") == 0
+    assert targets_in(samples) == {"onprem-ews", "onprem-autodiscover", "online-autodiscover", "online-graph"}
+    assert exporter.scheduler.job_count == 2 * 4  # the last good config still runs
+    assert (await client.get("/-/reload")).status == 405
+
+
+async def test_config_page_is_redacted(client: TestClient, simulator: Simulator) -> None:
+    response = await client.get("/config")
+    text = await response.text()
+    assert response.status == 200
+    assert "onprem-ews" in text
+    for secret in (simulator.credentials.onprem_password, simulator.credentials.client_secret):
+        assert secret not in text
+    assert "<secret from file:" in text
+
+
+async def test_landing_page_lists_targets_and_links(client: TestClient, exporter: Exporter) -> None:
+    async def ready() -> bool:
+        return exporter.ready()
+
+    await wait_for(ready)
+    page = await (await client.get("/")).text()
+    for needle in ("onprem-ews", "online-graph", 'href="metrics"', 'href="config"', "✓ tls", "onprem-bems-hybrid"):
+        assert needle in page
