@@ -50,6 +50,7 @@ class Exporter:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(BemsCollector(self.store, self.status))
         self._reload_lock = asyncio.Lock()
+        self._ready = False
 
     @property
     def config(self) -> Config:
@@ -92,7 +93,10 @@ class Exporter:
         self.status.reload_success_timestamp = time.time()
 
     def ready(self) -> bool:
-        return self.status.config is not None and self.store.first_round_done()
+        # Latched: a reload that adds targets must not flap readiness (and drop the pod from its Service).
+        if not self._ready:
+            self._ready = self.status.config is not None and self.store.first_round_done()
+        return self._ready
 
     async def probe_now(self, target_name: str) -> tuple[ResultStore, list[CheckResult]] | None:
         """Run a target's checks now, for ``/probe``: results go to a fresh store, not the scheduled one."""

@@ -248,7 +248,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    asyncio.run(_serve(exporter, args.listen_address, web_config))
+    try:
+        asyncio.run(_serve(exporter, args.listen_address, web_config))
+    except OSError as err:  # typically the address is in use
+        print(f"error: cannot listen on {args.listen_address}: {err.strerror or err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -147,6 +147,8 @@ class Scheduler:
         if spec is None or config is None or limiter is None:
             return  # removed by a reload between submission and start
         result = await execute_limited(limiter, CHECKS[spec.check], config, spec.target)
+        if self._jobs.get(job_id) is not spec:
+            return  # a reload changed or removed the target while this run was in flight
         previous = self.store.latest.get((result.target, result.check))
         if self.store.record(result) and self._on_result is not None:
             self._on_result(previous, result)
