@@ -197,3 +197,19 @@ async def test_landing_page_lists_targets_and_links(client: TestClient, exporter
     page = await (await client.get("/")).text()
     for needle in ("onprem-ews", "online-graph", 'href="metrics"', 'href="config"', "✓ tls", "onprem-bems-hybrid"):
         assert needle in page
+
+
+async def test_runs_that_cannot_start_in_time_count_as_overruns(simulator: Simulator, config_file: Path) -> None:
+    data = yaml.safe_load(config_file.read_text())
+    data["limits"] = {"global_concurrency": 1}  # one check at a time, and one of them hangs for its timeout
+    config_file.write_text(yaml.safe_dump(data))
+    await simulator.set_fault("online-ews", "hang")
+    exporter = Exporter(str(config_file))
+    exporter.load()
+    exporter.start()
+    try:
+        await asyncio.sleep(3.5)
+    finally:
+        exporter.stop()
+    assert sum(exporter.store.overruns.values()) > 0
+    assert exporter.store.overruns.keys() <= {(t.name, c) for t in exporter.config.targets for c in ("reachability", "tls")}
