@@ -212,4 +212,6 @@ async def test_runs_that_cannot_start_in_time_count_as_overruns(simulator: Simul
     finally:
         exporter.stop()
     assert sum(exporter.store.overruns.values()) > 0
-    assert exporter.store.overruns.keys() <= {(t.name, c) for t in exporter.config.targets for c in ("reachability", "tls")}
+    assert exporter.store.overruns.keys() <= {
+        (t.name, c) for t in exporter.config.targets for c in ("reachability", "tls")
+    }

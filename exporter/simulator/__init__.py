@@ -8,6 +8,7 @@ exporter instead of sharing its assumptions.
 
 from .endpoint import DEFAULT_SLOW_DELAY_SECONDS, Endpoint, Fault, UnknownEndpointError
 from .pki import CertificateAuthority
+from .proxy import ForwardProxy, ProxyFault, ProxyRequest
 from .server import Simulator, serve
 
 __all__ = [
@@ -15,6 +16,9 @@ __all__ = [
     "CertificateAuthority",
     "Endpoint",
     "Fault",
+    "ForwardProxy",
+    "ProxyFault",
+    "ProxyRequest",
     "Simulator",
     "UnknownEndpointError",
     "serve",

@@ -20,6 +20,7 @@ from .credentials import SimulatorCredentials
 from .endpoint import Endpoint, Fault, UnknownEndpointError, bind_loopback_socket
 from .files import write_atomically
 from .pki import CertificateAuthority
+from .proxy import ForwardProxy
 from .tls import ServerCertificates
 
 # Endpoint name → the host name it stands in for (also in its certificate, beside "localhost").
@@ -61,6 +62,7 @@ class Simulator:
     base URL and ``sim.ca_file`` the CA that verifies them. Ports are random but fixed until ``stop()``.
     URLs name ``localhost``, which resolves to 127.0.0.1; with another ``host``, connect to that
     address and verify the certificate for ``localhost`` (it also carries ``host`` as an IP SAN).
+    ``sim.proxy`` is an HTTP CONNECT proxy in front of the endpoints, at ``sim.proxy_url``.
     """
 
     def __init__(self, state_dir: Path, host: str = "127.0.0.1", admin_port: int = 0) -> None:
@@ -75,6 +77,7 @@ class Simulator:
         self._admin_runner: web.AppRunner | None = None
         self._admin_url: str | None = None
         self._credentials: SimulatorCredentials | None = None
+        self._proxy: ForwardProxy | None = None
 
     @property
     def admin_url(self) -> str:
@@ -87,6 +90,16 @@ class Simulator:
         if self._credentials is None:
             raise RuntimeError("the simulator is not running")
         return self._credentials
+
+    @property
+    def proxy(self) -> ForwardProxy:
+        if self._proxy is None:
+            raise RuntimeError("the simulator is not running")
+        return self._proxy
+
+    @property
+    def proxy_url(self) -> str:
+        return self.proxy.url
 
     async def start(self) -> None:
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -106,6 +119,8 @@ class Simulator:
             # Apps are built only once every port is known: autodiscover answers with other endpoints' URLs.
             for endpoint in self.endpoints.values():
                 await endpoint.start()
+            self._proxy = ForwardProxy(bind_loopback_socket(self.host, 0))
+            await self._proxy.start()
             await self._start_admin()
         except BaseException:
             await self.stop()
@@ -117,6 +132,9 @@ class Simulator:
             await self._admin_runner.cleanup()
             self._admin_runner = None
             self._admin_url = None
+        if self._proxy is not None:
+            await self._proxy.close()
+            self._proxy = None
         for endpoint in self.endpoints.values():
             await endpoint.close()
         self.endpoints.clear()
@@ -281,6 +299,7 @@ def _ready_document(simulator: Simulator, config_path: Path) -> dict[str, Any]:
     return {
         "endpoints": {name: {"url": ep.url, "port": ep.port} for name, ep in simulator.endpoints.items()},
         "admin_url": simulator.admin_url,
+        "proxy_url": simulator.proxy_url,
         "ca_file": str(simulator.ca_file),
         "config_file": str(config_path),
     }
@@ -292,6 +311,7 @@ def _summary(simulator: Simulator, config_path: Path) -> str:
     lines += [f"  {name:<{width}}  {ep.url}" for name, ep in simulator.endpoints.items()]
     lines += [
         f"  admin API: {simulator.admin_url}{ENDPOINTS_PATH}",
+        f"  proxy:     {simulator.proxy_url} (HTTP CONNECT)",
         f"  CA file:   {simulator.ca_file}",
         f"  config:    {config_path}",
         "Stop with Ctrl+C.",
