@@ -28,8 +28,15 @@ class Proxy:
     def from_url(cls, url: str | None, credential: WindowsCredential | None) -> Proxy | None:
         if not url:
             return None
-        parts = urlsplit(url)
-        return cls(parts.hostname or "", parts.port or 3128, credential)
+        # HTTPS_PROXY often omits the scheme ("proxy.corp:3128"); curl and requests read that as http://.
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        try:
+            port = parts.port or 3128
+        except ValueError:  # only from HTTPS_PROXY: configured proxy URLs were validated at load
+            raise ProbeFailure(Reason.PROXY, f"the proxy URL {url!r} has an invalid port", "fix HTTPS_PROXY") from None
+        if not parts.hostname:
+            raise ProbeFailure(Reason.PROXY, f"the proxy URL {url!r} has no host", "fix HTTPS_PROXY")
+        return cls(parts.hostname, port, credential)
 
 
 @dataclass(slots=True)
@@ -118,57 +125,78 @@ async def _tcp_connect(
 
 
 async def _proxy_connect(proxy: Proxy, host: str, port: int, rec: Recorder) -> Connection:
-    async with rec.step(f"DNS lookup of proxy {proxy.host}") as detail:
+    async with rec.step(
+        f"DNS lookup of proxy {proxy.host}", "the resolver does not answer: check /etc/resolv.conf"
+    ) as detail:
         try:
             addresses, dns_seconds = await resolve(proxy.host, proxy.port)
         except ProbeFailure as failure:
             raise ProbeFailure(Reason.PROXY, failure.message, "check the proxy_url host name") from None
         detail.append(", ".join(addresses))
-    async with rec.step(f"TCP connect to proxy {proxy.host}:{proxy.port}"):
+    async with rec.step(
+        f"TCP connect to proxy {proxy.host}:{proxy.port}",
+        f"the proxy {proxy.host}:{proxy.port} does not accept connections in time: is it up, is a firewall dropping?",
+    ):
         t0 = time.perf_counter()
         try:
             reader, writer, address = await _tcp_connect(addresses, proxy.port, proxy.host)
         except ProbeFailure as failure:
             raise ProbeFailure(Reason.PROXY, failure.message, "check that the proxy is running") from None
         connect_seconds = time.perf_counter() - t0
-    async with rec.step(f"CONNECT {host}:{port} through the proxy") as detail:
-        request = f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-        if proxy.credential is not None:
-            token = f"{proxy.credential.username}:{proxy.credential.password.get_secret_value()}"
-            request += f"Proxy-Authorization: Basic {base64.b64encode(token.encode()).decode()}\r\n"
-        writer.write((request + "\r\n").encode())
-        try:
-            # The reader's 64 KiB limit bounds a proxy that never ends its header.
-            head = await reader.readuntil(b"\r\n\r\n")
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError) as err:
-            writer.close()
-            raise ProbeFailure(
-                Reason.PROXY,
-                f"the proxy closed the connection or sent junk ({type(err).__name__})",
-                "check the proxy's logs",
-            ) from None
-        status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
-        parts = status_line.split(" ", 2)
-        if len(parts) < 2 or not parts[1].startswith("2"):
-            writer.close()
-            raise ProbeFailure(
-                Reason.PROXY,
-                f"the proxy refused CONNECT to {host}:{port}: {status_line[:200]}",
-                f"allow CONNECT to {host}:{port} on the proxy"
-                + (" and check proxy_credential" if parts[1:2] == ["407"] else ""),
-            )
-        detail.append(status_line[:200])
+    try:
+        async with rec.step(
+            f"CONNECT {host}:{port} through the proxy",
+            f"the proxy does not answer the CONNECT in time: it may be unable to reach {host}:{port}",
+        ) as detail:
+            detail.append(await _connect_request(reader, writer, proxy, host, port))
+    except BaseException:
+        # Also on the check's timeout (a cancellation): the caller never gets this connection to close.
+        writer.close()
+        raise
     return Connection(reader, writer, dns_seconds, connect_seconds, address)
+
+
+async def _connect_request(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, proxy: Proxy, host: str, port: int
+) -> str:
+    """Ask the proxy for a tunnel to host:port; its status line, or a ProbeFailure."""
+    request = f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+    if proxy.credential is not None:
+        token = f"{proxy.credential.username}:{proxy.credential.password.get_secret_value()}"
+        request += f"Proxy-Authorization: Basic {base64.b64encode(token.encode()).decode()}\r\n"
+    writer.write((request + "\r\n").encode())
+    try:
+        # The reader's 64 KiB limit bounds a proxy that never ends its header.
+        head = await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError) as err:
+        raise ProbeFailure(
+            Reason.PROXY,
+            f"the proxy closed the connection or sent junk ({type(err).__name__})",
+            "check the proxy's logs",
+        ) from None
+    status_line = head.split(b"\r\n", 1)[0].decode("latin-1")[:200]
+    parts = status_line.split(" ", 2)
+    if len(parts) < 2 or not parts[1].startswith("2"):
+        raise ProbeFailure(
+            Reason.PROXY,
+            f"the proxy refused CONNECT to {host}:{port}: {status_line}",
+            f"allow CONNECT to {host}:{port} on the proxy"
+            + (" and check proxy_credential" if parts[1:2] == ["407"] else ""),
+        )
+    return status_line
 
 
 async def connect(host: str, port: int, proxy: Proxy | None, rec: Recorder) -> Connection:
     """Open a TCP connection to host:port, recording DNS and connect steps."""
     if proxy is not None:
         return await _proxy_connect(proxy, host, port, rec)
-    async with rec.step(f"DNS lookup of {host}") as detail:
+    async with rec.step(f"DNS lookup of {host}", "the resolver does not answer: check /etc/resolv.conf") as detail:
         addresses, dns_seconds = await resolve(host, port)
         detail.append(", ".join(addresses))
-    async with rec.step(f"TCP connect to {host}:{port}") as detail:
+    async with rec.step(
+        f"TCP connect to {host}:{port}",
+        f"{host}:{port} does not accept the connection in time: a firewall may be dropping packets to port {port}",
+    ) as detail:
         t0 = time.perf_counter()
         reader, writer, address = await _tcp_connect(addresses, port, host)
         connect_seconds = time.perf_counter() - t0

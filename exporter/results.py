@@ -78,8 +78,11 @@ class Recorder:
     measurements: list[Measurement] = field(default_factory=list)
 
     @asynccontextmanager
-    async def step(self, name: str) -> AsyncIterator[list[str]]:
-        """Time one step; the yielded list takes an optional detail line for the report."""
+    async def step(self, name: str, timeout_hint: str = "") -> AsyncIterator[list[str]]:
+        """Time one step; the yielded list takes an optional detail line for the report.
+
+        ``timeout_hint`` says what to fix when the check's timeout ends this step.
+        """
         detail: list[str] = []
         t0 = time.perf_counter()
         try:
@@ -89,7 +92,7 @@ class Recorder:
             raise
         except BaseException:
             # Timeout (cancellation) or a bug: the step did not finish; the caller names the reason.
-            self.steps.append(Step(name, False, time.perf_counter() - t0, "did not finish"))
+            self.steps.append(Step(name, False, time.perf_counter() - t0, "did not finish", timeout_hint))
             raise
         self.steps.append(Step(name, True, time.perf_counter() - t0, detail[0] if detail else ""))
 

@@ -61,12 +61,13 @@ async def execute(check: Check, config: Config, target: Target) -> CheckResult:
     except ProbeFailure as failure:
         return ctx.rec.failed(failure.reason, failure.message, failure.hint)
     except TimeoutError:
-        stuck = ctx.rec.steps[-1].name if ctx.rec.steps else "the check"
+        stuck = ctx.rec.steps[-1] if ctx.rec.steps else None
         return ctx.rec.failed(
             Reason.TIMEOUT,
-            f"{stuck} did not finish within {ctx.timeout:g}s",
-            f"{target.host}:{target.port} accepts connections but does not answer in time: look for a firewall "
-            "that drops packets, an overloaded server, or raise the target's timeout",
+            f"{stuck.name if stuck else 'the check'} did not finish within {ctx.timeout:g}s",
+            (stuck.hint if stuck else "")
+            or f"{target.host}:{target.port} does not answer in time: look for a firewall that drops packets, "
+            "an overloaded server, or raise the target's timeout",
         )
     except Exception as err:  # a bug in a probe must not kill the scheduler
         log.exception(

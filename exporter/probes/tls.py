@@ -97,7 +97,11 @@ async def probe(target: Target, ctx: ProbeContext) -> CheckResult:
     where = f"{target.host}:{target.port}"
     conn = await net.connect(target.host, target.port, ctx.proxy(target), ctx.rec)
     try:
-        async with ctx.rec.step(f"TLS handshake with {where}") as detail:
+        async with ctx.rec.step(
+            f"TLS handshake with {where}",
+            f"{where} accepts connections but does not complete the TLS handshake: an overloaded server, "
+            "or a device in the path that holds connections",
+        ) as detail:
             try:
                 ssl_object = await _handshake(conn, ctx, target.host, verify=True)
             except ssl.SSLCertVerificationError as err:
