@@ -232,8 +232,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         try:
             return asyncio.run(_demo(args))
-        except OSError as err:
-            print(f"demo: {err}", file=sys.stderr)
+        except OSError as err:  # typically the address is in use
+            print(f"error: cannot start the demo on {args.listen_address}: {err}", file=sys.stderr)
             return 1
     try:
         if args.command == "probe":

@@ -10,7 +10,8 @@ Structured fields are passed as a mapping under the ``fields`` key of ``extra``:
     logger.info("probe finished", extra={"fields": {"target": "onprem-ews", "check": "tls"}})
 
 They follow ``msg`` in the order given. A field named like a built-in key (``ts``, ``level``,
-``logger``, ``msg``, ``err``, ``stack``) is renamed ``field_<name>`` so it cannot shadow it. The
+``logger``, ``msg``, ``stack``, and ``err`` when an exception is logged) is renamed ``field_<name>`` so
+it cannot shadow it; without an exception, an ``err`` field is the error text, as in Prometheus' logs. The
 text of a logged exception (``exc_info``) goes into ``err``, and ``stack_info`` into ``stack``.
 
 Secrets: every value passed to ``register_secret`` (client secrets, passwords, tokens) is replaced
@@ -112,10 +113,11 @@ class _StructuredFormatter(logging.Formatter):
             ("msg", redact(record.getMessage())),
         ]
         fields = getattr(record, "fields", None)
+        reserved = _RESERVED_KEYS if record.exc_info else _RESERVED_KEYS - {"err"}
         if isinstance(fields, Mapping):
-            pairs.extend(_field_pairs(fields.items()))
+            pairs.extend(_field_pairs(fields.items(), reserved))
         elif fields is not None:
-            pairs.extend(_field_pairs([("fields", fields)]))
+            pairs.extend(_field_pairs([("fields", fields)], reserved))
         if record.exc_info:
             pairs.append(("err", redact(self.formatException(record.exc_info))))
         if record.stack_info:
@@ -153,11 +155,11 @@ def _level_name(levelno: int) -> str:
     return "debug"
 
 
-def _field_pairs(items: Iterable[tuple[object, object]]) -> list[tuple[str, object]]:
+def _field_pairs(items: Iterable[tuple[object, object]], reserved: frozenset[str]) -> list[tuple[str, object]]:
     pairs: list[tuple[str, object]] = []
     for raw_key, value in items:
         key = redact(str(raw_key))
-        if key in _RESERVED_KEYS:
+        if key in reserved:
             key = f"field_{key}"
         pairs.append((key, _redacted_value(value)))
     return pairs

@@ -8,6 +8,7 @@ skipped run counts as an overrun.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import logging
 import time
@@ -146,7 +147,14 @@ class Scheduler:
         spec, config, limiter = self._jobs.get(job_id), self.config, self.limiter
         if spec is None or config is None or limiter is None:
             return  # removed by a reload between submission and start
-        result = await execute_limited(limiter, CHECKS[spec.check], config, spec.target)
+        try:
+            result = await execute_limited(limiter, CHECKS[spec.check], config, spec.target)
+        except asyncio.CancelledError:
+            # Only shutdown cancels a run (timeouts end inside execute): stop quietly, not as a job error.
+            log.debug(
+                "check cancelled by shutdown", extra={"fields": {"target": spec.target.name, "check": spec.check}}
+            )
+            return
         if self._jobs.get(job_id) is not spec:
             return  # a reload changed or removed the target while this run was in flight
         previous = self.store.latest.get((result.target, result.check))

@@ -100,6 +100,18 @@ def test_field_keys_cannot_break_or_shadow_the_line(capsys: pytest.CaptureFixtur
     )
 
 
+def test_err_field_is_the_error_text_unless_an_exception_fills_it(capsys: pytest.CaptureFixture[str]) -> None:
+    setup_logging("info", "logfmt")
+    log.warning("check failed", extra={"fields": {"err": "connection refused"}})
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        log.exception("crashed", extra={"fields": {"err": "shadow"}})
+    plain, with_exception = _lines(capsys)
+    assert plain.endswith(' err="connection refused"')
+    assert " field_err=shadow err=" in with_exception and "RuntimeError: boom" in with_exception
+
+
 def _raise_and_log(message: str) -> None:
     try:
         raise RuntimeError(message)
