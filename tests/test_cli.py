@@ -31,7 +31,7 @@ import aiohttp
 import bcrypt
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
+from samples import Samples, parse, value
 
 from exporter.simulator.pki import CertificateAuthority
 from exporter.simulator.server import Simulator
@@ -48,8 +48,6 @@ AUTH = {
 }
 EXIT_TIMEOUT = 5.0  # seconds a stopped process may take to exit
 START_TIMEOUT = 10.0  # seconds a process may take to start listening
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 # --- processes -------------------------------------------------------------------------------------
@@ -196,18 +194,6 @@ async def fetch(
             return response.status, await response.text(), dict(response.headers)
     except (aiohttp.ClientError, TimeoutError):
         return None
-
-
-def parse(text: str) -> Samples:
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float | None:
-    return samples.get((name, frozenset(labels.items())))
 
 
 def targets_of(samples: Samples, name: str | None = None) -> set[str]:

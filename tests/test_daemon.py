@@ -10,29 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 from aiohttp.test_utils import TestClient, TestServer
-from prometheus_client.parser import text_string_to_metric_families
+from samples import Samples, parse, targets_in, value
 
 from exporter.app import Exporter
 from exporter.simulator.server import Simulator
 from exporter.web import create_app
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def parse(text: str) -> Samples:
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float | None:
-    return samples.get((name, frozenset(labels.items())))
-
-
-def targets_in(samples: Samples) -> set[str]:
-    return {dict(labels)["target"] for _, labels in samples if "target" in dict(labels)}
 
 
 @pytest.fixture
