@@ -14,6 +14,7 @@ from . import __version__, logs
 from .collector import BemsCollector, ExporterStatus
 from .config import Config, ConfigError, load_config
 from .probes import checks_for
+from .resources import Resources
 from .results import CheckResult
 from .runner import execute_limited
 from .scheduler import Scheduler
@@ -45,7 +46,8 @@ class Exporter:
         self.config_file = config_file
         self.store = ResultStore()
         self.status = ExporterStatus(__version__, revision())
-        self.scheduler = Scheduler(self.store, on_result=self._log_result)
+        self.resources = Resources()
+        self.scheduler = Scheduler(self.store, self.resources, on_result=self._log_result)
         self.status.extra.append(self.scheduler.lag.families)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(BemsCollector(self.store, self.status))
@@ -64,8 +66,9 @@ class Exporter:
     def start(self) -> None:
         self.scheduler.start()
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
         self.scheduler.shutdown()
+        await self.resources.close()
 
     async def reload(self) -> ConfigError | None:
         """Load the file again; on error keep running the last good configuration."""
@@ -105,7 +108,9 @@ class Exporter:
         if target is None or self.scheduler.limiter is None:
             return None
         checks = checks_for(config, target)
-        results = await asyncio.gather(*(execute_limited(self.scheduler.limiter, c, config, target) for c in checks))
+        results = await asyncio.gather(
+            *(execute_limited(self.scheduler.limiter, c, config, target, self.resources) for c in checks)
+        )
         store = ResultStore()
         store.targets = {target.name: target}
         store.checks = {target.name: tuple(c.name for c in checks)}

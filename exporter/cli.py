@@ -17,6 +17,7 @@ from .app import Exporter
 from .config import DEFAULT_CONFIG_FILE, Config, ConfigError, format_duration, load_config
 from .logs import FORMATS, LEVELS, setup_logging
 from .probes import CHECKS, checks_for
+from .resources import Resources
 from .runner import execute
 from .web import create_app
 from .webconfig import WebConfig, load_web_config
@@ -147,7 +148,11 @@ async def _run_probe(config: Config, target_name: str, check_name: str | None) -
     if not checks:
         print(f"check {check_name!r} does not apply to target {target_name!r}", file=sys.stderr)
         return 2
-    results = [await execute(check, config, target) for check in checks]
+    resources = Resources()
+    try:
+        results = [await execute(check, config, target, resources) for check in checks]
+    finally:
+        await resources.close()
     sys.stdout.write(report.render(target, results))
     return 0 if all(r.success for r in results) else 1
 
@@ -183,8 +188,8 @@ async def _serve(
         await stop.wait()
         log.info("shutting down")
     finally:
-        exporter.stop()
         await runner.cleanup()
+        await exporter.stop()
 
 
 async def _demo(args: argparse.Namespace) -> int:

@@ -64,6 +64,11 @@ def _client_context_uncached(ca_file: str | None, _stamp: tuple[int, int] | None
 _cached_context = functools.lru_cache(maxsize=32)(_client_context_uncached)
 
 
+def new_client_ssl_context(ca_file: str | None) -> ssl.SSLContext:
+    """A context of its own, for a client library that keeps it (and may add to it)."""
+    return _client_context_uncached(ca_file, None, True)
+
+
 def client_ssl_context(ca_file: str | None, verify: bool = True) -> ssl.SSLContext:
     """A shared client context per CA file; a changed file (mtime or size) gets a new one."""
     stamp = None

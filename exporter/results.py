@@ -19,6 +19,12 @@ class Reason(StrEnum):
     PROXY = "proxy"  # the configured proxy could not be used or refused the CONNECT
     TLS = "tls"  # the TLS handshake failed (protocol, version, cipher, not TLS at all)
     CERTIFICATE = "certificate"  # expired, wrong host name, or not trusted
+    REDIRECT_BLOCKED = "redirect_blocked"  # a redirect away from the configured origin, or to http://
+    UNAUTHORIZED = "unauthorized"  # the method is offered but the server rejected the credentials (401)
+    METHOD_NOT_OFFERED = "method_not_offered"  # the server's 401 does not advertise the method
+    FORBIDDEN = "forbidden"  # signed in, but access denied (ErrorAccessDenied, HTTP 403)
+    TOKEN = "token"  # Entra ID issued no token (AADSTS error, unreachable, bad configuration)
+    BAD_RESPONSE = "bad_response"  # not the HTTP/SOAP/XML answer the protocol calls for
     INTERNAL = "internal"  # a bug in the exporter: see the log
 
 

@@ -9,6 +9,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from .config import Config, Target
 from .probes import Check, ProbeContext
+from .resources import Resources
 from .results import CheckResult, ProbeFailure, Reason
 
 log = logging.getLogger(__name__)
@@ -52,9 +53,9 @@ class Limiter:
         self.in_flight[credential] -= 1
 
 
-async def execute(check: Check, config: Config, target: Target) -> CheckResult:
+async def execute(check: Check, config: Config, target: Target, resources: Resources) -> CheckResult:
     """Run one check under its timeout; whatever happens, return a result (never raise)."""
-    ctx = ProbeContext.for_target(config, target, check.name)
+    ctx = ProbeContext.for_target(config, target, check.name, resources)
     try:
         async with asyncio.timeout(ctx.timeout):
             return await check.probe(target, ctx)
@@ -76,7 +77,9 @@ async def execute(check: Check, config: Config, target: Target) -> CheckResult:
         return ctx.rec.failed(Reason.INTERNAL, f"internal error: {type(err).__name__}")
 
 
-async def execute_limited(limiter: Limiter, check: Check, config: Config, target: Target) -> CheckResult:
+async def execute_limited(
+    limiter: Limiter, check: Check, config: Config, target: Target, resources: Resources
+) -> CheckResult:
     credential = target.credential if check.uses_credential else None
     async with limiter.slot(credential):
-        return await execute(check, config, target)
+        return await execute(check, config, target, resources)

@@ -25,6 +25,7 @@ from prometheus_client.core import HistogramMetricFamily, Metric
 from .config import Config, Target
 from .metrics import MetricSpec
 from .probes import CHECKS, checks_for
+from .resources import Resources
 from .results import CheckResult
 from .runner import Limiter, execute_limited
 from .store import ResultStore
@@ -82,8 +83,9 @@ ResultCallback = Callable[[CheckResult | None, CheckResult], None]  # (previous,
 
 
 class Scheduler:
-    def __init__(self, store: ResultStore, on_result: ResultCallback | None = None) -> None:
+    def __init__(self, store: ResultStore, resources: Resources, on_result: ResultCallback | None = None) -> None:
         self.store = store
+        self.resources = resources
         self.config: Config | None = None
         self.limiter: Limiter | None = None
         self.lag = LagHistogram()
@@ -148,7 +150,7 @@ class Scheduler:
         if spec is None or config is None or limiter is None:
             return  # removed by a reload between submission and start
         try:
-            result = await execute_limited(limiter, CHECKS[spec.check], config, spec.target)
+            result = await execute_limited(limiter, CHECKS[spec.check], config, spec.target, self.resources)
         except asyncio.CancelledError:
             # Only shutdown cancels a run (timeouts end inside execute): stop quietly, not as a job error.
             log.debug(

@@ -28,7 +28,7 @@ async def exporter(config_file: Path) -> AsyncIterator[Exporter]:
     exporter.load()
     exporter.start()
     yield exporter
-    exporter.stop()
+    await exporter.stop()
 
 
 @pytest.fixture
@@ -192,7 +192,7 @@ async def test_runs_that_cannot_start_in_time_count_as_overruns(simulator: Simul
     try:
         await asyncio.sleep(3.5)
     finally:
-        exporter.stop()
+        await exporter.stop()
     assert sum(exporter.store.overruns.values()) > 0
     assert exporter.store.overruns.keys() <= {
         (t.name, c) for t in exporter.config.targets for c in ("reachability", "tls")

@@ -6,20 +6,15 @@ import time
 from pathlib import Path
 
 import pytest
+from checks import run
 
 from exporter.config import Config, Target, load_config
-from exporter.probes import CHECKS
 from exporter.results import CheckResult, Reason
-from exporter.runner import execute
 from exporter.simulator.server import Simulator
 
 
 def _target(config: Config, name: str, **changes: object) -> Target:
     return config.targets_by_name()[name].model_copy(update=changes)
-
-
-async def run(config: Config, target: Target, check: str) -> CheckResult:
-    return await execute(CHECKS[check], config, target)
 
 
 def measurements(result: CheckResult) -> dict[str, float]:

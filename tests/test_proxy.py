@@ -11,11 +11,10 @@ from typing import Any
 
 import pytest
 import yaml
+from checks import run
 
 from exporter.config import PROXY_FROM_ENVIRONMENT, Config, Target, parse_config
-from exporter.probes import CHECKS
-from exporter.results import CheckResult, Reason
-from exporter.runner import execute
+from exporter.results import Reason
 from exporter.simulator import ProxyFault, ProxyRequest, Simulator
 from exporter.simulator import proxy as proxy_module
 
@@ -48,10 +47,6 @@ def make_config(
 
 def target_of(config: Config, name: str = "onprem-ews", **changes: Any) -> Target:
     return config.targets_by_name()[name].model_copy(update=changes)
-
-
-async def run(config: Config, target: Target, check: str) -> CheckResult:
-    return await execute(CHECKS[check], config, target)
 
 
 def unused_port() -> int:

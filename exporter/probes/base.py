@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from ..config import Config, Target
 from ..metrics import MetricSpec
 from ..net import Proxy, client_ssl_context
+from ..resources import Resources
 from ..results import CheckResult, Recorder
 
 
@@ -17,10 +18,11 @@ class ProbeContext:
     config: Config
     rec: Recorder
     timeout: float
+    resources: Resources
 
     @classmethod
-    def for_target(cls, config: Config, target: Target, check: str) -> ProbeContext:
-        return cls(config, Recorder(target.name, check), config.timeout_of(target).total_seconds())
+    def for_target(cls, config: Config, target: Target, check: str, resources: Resources) -> ProbeContext:
+        return cls(config, Recorder(target.name, check), config.timeout_of(target).total_seconds(), resources)
 
     @property
     def ca_file(self) -> str | None:

@@ -1,0 +1,166 @@
+"""Entra ID tokens through MSAL's client-credentials flow, with MSAL's own token cache.
+
+One ``ConfidentialClientApplication`` per credential (and proxy) lives as long as the credential is
+unchanged, so its cache hands out the same token until shortly before it expires: the token endpoint
+sees one request per token lifetime per credential and scope, not one per check.
+MSAL is blocking (requests), so every call here runs in the exporter's worker threads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import msal
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from .config import EntraCredential
+from .httpclient import requests_session
+from .net import Proxy
+
+EWS_SCOPE = "https://outlook.office365.com/.default"
+GRAPH_SCOPE = "https://graph.microsoft.com/.default"
+
+# MSAL validates these itself; for any other authority (a lab, ADFS-like setups, the simulator) instance
+# discovery would ask login.microsoftonline.com about a host it does not know, so it is turned off.
+PUBLIC_CLOUD_HOSTS = frozenset(
+    {
+        "login.microsoftonline.com",
+        "login.windows.net",
+        "login.microsoft.com",
+        "sts.windows.net",
+        "login.chinacloudapi.cn",
+        "login.partner.microsoftonline.cn",
+        "login-us.microsoftonline.com",
+        "login.microsoftonline.us",
+        "login.usgovcloudapi.net",
+    }
+)
+_AADSTS = re.compile(r"AADSTS\d+")
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    access_token: str
+    expires_at: float  # Unix time
+    from_cache: bool
+
+    def __repr__(self) -> str:  # a token is a credential: never in logs or tracebacks
+        return f"Token(expires_at={self.expires_at:.0f}, from_cache={self.from_cache})"
+
+
+class TokenError(Exception):
+    """No token: the message names the AADSTS code when Entra ID gave one."""
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _client_credential(credential: EntraCredential) -> str | dict[str, str]:
+    if credential.client_secret is not None:
+        return credential.client_secret.get_secret_value()
+    assert credential.certificate_file is not None  # the config guarantees a secret or a certificate
+    cert_pem = Path(credential.certificate_file).read_bytes()
+    key_pem = Path(credential.private_key_file).read_bytes() if credential.private_key_file else cert_pem
+    certificate = x509.load_pem_x509_certificate(cert_pem)
+    # MSAL wants the private key alone, as PEM text; a combined file holds the certificate too.
+    key = serialization.load_pem_private_key(key_pem, password=None)
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    # The x5t header MSAL sends is SHA-1 by definition (RFC 7515), not a choice of ours.
+    thumbprint = hashlib.sha1(certificate.public_bytes(serialization.Encoding.DER)).hexdigest()
+    return {"private_key": private_pem, "thumbprint": thumbprint}
+
+
+def certificate_expiry(credential: EntraCredential) -> float | None:
+    """notAfter of a certificate credential (Unix time); None for a secret."""
+    if credential.certificate_file is None:
+        return None
+    certificate = x509.load_pem_x509_certificate(Path(credential.certificate_file).read_bytes())
+    return certificate.not_valid_after_utc.timestamp()
+
+
+class EntraApps:
+    """MSAL applications by credential name and proxy; rebuilt when the credential changes."""
+
+    def __init__(self) -> None:
+        self._apps: dict[tuple[str, Proxy | None], tuple[object, msal.ConfidentialClientApplication]] = {}
+        self._lock = threading.Lock()
+
+    def _app(
+        self, name: str, credential: EntraCredential, ca_file: str | None, proxy: Proxy | None, timeout: float
+    ) -> msal.ConfidentialClientApplication:
+        identity = (credential, ca_file)
+        with self._lock:
+            known = self._apps.get((name, proxy))
+            if known is not None and known[0] == identity:
+                return known[1]
+        authority = f"{credential.authority.rstrip('/')}/{credential.tenant_id}"
+        host = (urlsplit(credential.authority).hostname or "").lower()
+        try:
+            client_credential = _client_credential(credential)
+        except (OSError, ValueError, TypeError) as err:
+            raise TokenError(f"cannot load the credential: {err}") from None
+        try:
+            # The constructor fetches the OpenID configuration: a wrong tenant fails here.
+            app = msal.ConfidentialClientApplication(
+                credential.client_id,
+                client_credential=client_credential,
+                authority=authority,
+                instance_discovery=None if host in PUBLIC_CLOUD_HOSTS else False,
+                http_client=requests_session(ca_file, proxy),
+                timeout=timeout,
+            )
+        except ValueError as err:
+            raise TokenError(
+                f"Entra ID rejected the authority {authority}: {_first_line(str(err))}", _aadsts(str(err))
+            ) from None
+        except requests.RequestException as err:
+            raise TokenError(f"cannot reach Entra ID at {authority}: {type(err).__name__}") from None
+        with self._lock:
+            self._apps[(name, proxy)] = (identity, app)
+        return app
+
+    def acquire(
+        self,
+        name: str,
+        credential: EntraCredential,
+        scope: str,
+        *,
+        ca_file: str | None,
+        proxy: Proxy | None,
+        timeout: float,
+    ) -> Token:
+        """A token for ``scope`` from the cache or Entra ID (blocking; call from a worker thread)."""
+        app = self._app(name, credential, ca_file, proxy, timeout)
+        try:
+            result = app.acquire_token_for_client(scopes=[scope])
+        except requests.RequestException as err:
+            raise TokenError(f"cannot reach Entra ID: {type(err).__name__}") from None
+        if "access_token" not in result:
+            description = str(result.get("error_description", ""))
+            raise TokenError(f"{result.get('error', 'error')}: {_first_line(description)}", _aadsts(description))
+        return Token(
+            result["access_token"],
+            time.time() + float(result.get("expires_in", 0)),
+            result.get("token_source") == "cache",
+        )
+
+
+def _aadsts(text: str) -> str | None:
+    match = _AADSTS.search(text)
+    return match.group(0) if match else None
+
+
+def _first_line(text: str) -> str:
+    # Entra's descriptions append Trace/Correlation IDs and a timestamp: keep the sentence that matters.
+    return re.split(r"\r?\n| Trace ID:", text, maxsplit=1)[0].strip()[:300]

@@ -1,0 +1,203 @@
+"""HTTP for the checks: bounded responses, connection reuse, and credentials that stay home.
+
+Two transports: aiohttp on the event loop for everything it can do, and ``requests`` in a bounded
+thread pool where only ``requests`` has the protocol (NTLM with channel binding through
+requests-ntlm; MSAL). Both share one trust policy: the system store or ``defaults.tls.ca_file``,
+never ``REQUESTS_CA_BUNDLE``/``SSL_CERT_FILE``/proxy variables from the environment.
+
+Every response body is read up to ``MAX_BODY_BYTES`` (decompressed) and within the check's deadline:
+a hostile or broken server costs a bounded amount of memory and time.
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+from dataclasses import dataclass
+from urllib.parse import quote, urljoin, urlsplit
+
+import aiohttp
+import requests
+from requests.adapters import HTTPAdapter
+
+from .net import Proxy, new_client_ssl_context
+from .results import ProbeFailure, Reason
+
+MAX_BODY_BYTES = 1024 * 1024  # an EWS GetFolder answer is a few KiB; Autodiscover at most tens
+MAX_REDIRECTS = 5
+_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    status: int
+    headers: tuple[tuple[str, str], ...]  # as received, repeated names kept (WWW-Authenticate)
+    body: bytes
+    url: str
+
+    def header(self, name: str) -> str | None:
+        return next((v for k, v in self.headers if k.lower() == name.lower()), None)
+
+    def header_values(self, name: str) -> list[str]:
+        return [v for k, v in self.headers if k.lower() == name.lower()]
+
+
+def origin(url: str) -> tuple[str, str, int]:
+    parts = urlsplit(url)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def redirect_target(response: HttpResponse, home: str) -> str | None:
+    """For a 3xx answer, the URL to follow with credentials, or ProbeFailure(redirect_blocked).
+
+    Credentials go only to the scheme, host and port of the configured URL: a redirect anywhere
+    else (another host, another port, plain http) is reported, never followed.
+    """
+    if response.status not in (301, 302, 303, 307, 308):
+        return None
+    location = response.header("Location")
+    if not location:
+        raise ProbeFailure(Reason.BAD_RESPONSE, f"HTTP {response.status} without a Location header")
+    target = urljoin(response.url, location)
+    if origin(target) != origin(home):
+        raise ProbeFailure(
+            Reason.REDIRECT_BLOCKED,
+            f"redirected to {_origin_text(target)}: not followed, credentials are only sent to {_origin_text(home)}",
+            "point the target's url at the final endpoint, or fix the redirect on the server",
+        )
+    return target
+
+
+def _origin_text(url: str) -> str:
+    scheme, host, port = origin(url)
+    return f"{scheme}://{host}:{port}"
+
+
+class HttpClients:
+    """aiohttp sessions shared by all checks, one per CA file, so connections and TLS state are reused."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[str | None, aiohttp.ClientSession] = {}
+
+    def session(self, ca_file: str | None) -> aiohttp.ClientSession:
+        session = self._sessions.get(ca_file)
+        if session is None or session.closed:
+            connector = aiohttp.TCPConnector(ssl=new_client_ssl_context(ca_file), limit=0, limit_per_host=8)
+            # trust_env=False: proxies come from the configuration only, never from the environment.
+            session = aiohttp.ClientSession(connector=connector, trust_env=False, cookie_jar=aiohttp.DummyCookieJar())
+            self._sessions[ca_file] = session
+        return session
+
+    async def close(self) -> None:
+        for session in self._sessions.values():
+            await session.close()
+        self._sessions.clear()
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        ca_file: str | None,
+        proxy: Proxy | None,
+        headers: dict[str, str] | None = None,
+        body: bytes | None = None,
+    ) -> HttpResponse:
+        """One request, no redirects followed, the body read up to MAX_BODY_BYTES.
+
+        Time is bounded by the check's own timeout, which cancels this coroutine.
+        """
+        if urlsplit(url).scheme != "https":
+            raise ProbeFailure(Reason.REDIRECT_BLOCKED, f"refusing to send a request over plain HTTP to {url}")
+        proxy_url = f"http://{proxy.host}:{proxy.port}" if proxy else None
+        proxy_auth = (
+            aiohttp.BasicAuth(proxy.credential.username, proxy.credential.password.get_secret_value())
+            if proxy and proxy.credential
+            else None
+        )
+        try:
+            async with self.session(ca_file).request(
+                method, url, headers=headers, data=body, allow_redirects=False, proxy=proxy_url, proxy_auth=proxy_auth
+            ) as response:
+                chunks, size = [], 0
+                async for chunk in response.content.iter_chunked(_CHUNK):
+                    size += len(chunk)
+                    if size > MAX_BODY_BYTES:
+                        raise ProbeFailure(
+                            Reason.BAD_RESPONSE,
+                            f"the response body exceeds {MAX_BODY_BYTES} bytes: not an Exchange answer",
+                        )
+                    chunks.append(chunk)
+                return HttpResponse(response.status, tuple(response.headers.items()), b"".join(chunks), url)
+        except aiohttp.ClientProxyConnectionError as err:
+            raise ProbeFailure(Reason.PROXY, f"cannot use the proxy: {err}") from None
+        except aiohttp.ClientHttpProxyError as err:
+            raise ProbeFailure(Reason.PROXY, f"the proxy refused the tunnel: HTTP {err.status}") from None
+        except aiohttp.ClientConnectorCertificateError as err:
+            raise ProbeFailure(Reason.CERTIFICATE, f"certificate rejected: {err.certificate_error}") from None
+        except aiohttp.ClientConnectorError as err:
+            raise ProbeFailure(
+                Reason.REFUSED if isinstance(err.os_error, ConnectionRefusedError) else Reason.UNREACHABLE,
+                f"cannot connect: {err.os_error}",
+            ) from None
+        except (aiohttp.ClientPayloadError, aiohttp.ClientResponseError) as err:
+            raise ProbeFailure(Reason.BAD_RESPONSE, f"malformed HTTP response: {type(err).__name__}") from None
+        except aiohttp.ServerDisconnectedError:
+            raise ProbeFailure(Reason.BAD_RESPONSE, "the server closed the connection without an answer") from None
+
+
+class _TrustAdapter(HTTPAdapter):
+    """requests with our SSL context: requests would otherwise load certifi's bundle into it."""
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self._context = context
+        super().__init__(pool_connections=4, pool_maxsize=4, max_retries=0)
+
+    def init_poolmanager(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        kwargs["ssl_context"] = self._context
+        return super().init_poolmanager(*args, **kwargs)
+
+    def proxy_manager_for(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        kwargs["ssl_context"] = self._context
+        return super().proxy_manager_for(*args, **kwargs)
+
+    def cert_verify(self, conn, url, verify, cert) -> None:  # type: ignore[no-untyped-def]
+        conn.cert_reqs = "CERT_REQUIRED"  # the context carries the trust store; keep it unmodified
+        conn.ca_certs = None
+        conn.ca_cert_dir = None
+
+
+def requests_session(ca_file: str | None, proxy: Proxy | None) -> requests.Session:
+    """A requests session that verifies like the rest of the exporter and ignores the environment."""
+    session = requests.Session()
+    session.trust_env = False
+    session.mount("https://", _TrustAdapter(new_client_ssl_context(ca_file)))
+    if proxy is not None:
+        auth = ""
+        if proxy.credential is not None:
+            password = proxy.credential.password.get_secret_value()
+            auth = f"{quote(proxy.credential.username, safe='')}:{quote(password, safe='')}@"
+        session.proxies = {"https": f"http://{auth}{proxy.host}:{proxy.port}"}
+    return session
+
+
+def read_bounded(response: requests.Response, deadline: float) -> bytes:
+    """Read a streamed requests response up to MAX_BODY_BYTES before ``deadline`` (from a worker thread)."""
+    chunks, size = [], 0
+    try:
+        for chunk in response.iter_content(_CHUNK):
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise ProbeFailure(
+                    Reason.BAD_RESPONSE, f"the response body exceeds {MAX_BODY_BYTES} bytes: not an Exchange answer"
+                )
+            if time.monotonic() > deadline:
+                raise ProbeFailure(Reason.TIMEOUT, "the response did not arrive within the timeout")
+            chunks.append(chunk)
+    finally:
+        response.close()
+    return b"".join(chunks)
+
+
+def from_requests(response: requests.Response, body: bytes) -> HttpResponse:
+    return HttpResponse(response.status_code, tuple(response.raw.headers.items()), body, response.url)

@@ -1,0 +1,91 @@
+"""Windows authentication (NTLM, and NTLM inside Negotiate) through requests-ntlm.
+
+NTLM authenticates a *connection*: the three-leg handshake must stay on one kept-alive TCP/TLS
+connection, and later requests on it stay signed in. Each target keeps its own requests session, so a
+check reuses the connection (no new handshake per check) for as long as the server keeps it open.
+requests-ntlm sends channel bindings (Extended Protection, on by default since Exchange 2019 CU14)
+taken from the server certificate of that very connection.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import requests
+from requests_ntlm import HttpNtlmAuth
+
+from .config import WindowsCredential
+from .httpclient import HttpResponse, from_requests, read_bounded, requests_session
+from .net import Proxy
+from .results import ProbeFailure, Reason
+
+
+class NtlmSessions:
+    """One requests session per target, rebuilt when its credential, CA file or proxy changes."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, tuple[object, requests.Session, threading.Lock]] = {}
+        self._lock = threading.Lock()
+
+    def _session(
+        self, target: str, credential: WindowsCredential, ca_file: str | None, proxy: Proxy | None
+    ) -> tuple[requests.Session, threading.Lock]:
+        identity = (credential, ca_file, proxy)
+        with self._lock:
+            known = self._sessions.get(target)
+            if known is not None and known[0] == identity:
+                return known[1], known[2]
+            if known is not None:
+                known[1].close()
+            session = requests_session(ca_file, proxy)
+            session.auth = HttpNtlmAuth(credential.username, credential.password.get_secret_value())
+            entry = (identity, session, threading.Lock())
+            self._sessions[target] = entry
+            return session, entry[2]
+
+    def post(
+        self,
+        target: str,
+        credential: WindowsCredential,
+        url: str,
+        body: bytes,
+        headers: dict[str, str],
+        *,
+        ca_file: str | None,
+        proxy: Proxy | None,
+        timeout: float,
+    ) -> HttpResponse:
+        """POST with NTLM (blocking; call from a worker thread). Redirects are returned, not followed."""
+        deadline = time.monotonic() + timeout
+        session, lock = self._session(target, credential, ca_file, proxy)
+        with lock:  # a session's connection carries one handshake at a time
+            try:
+                response = session.post(
+                    url, data=body, headers=headers, timeout=timeout, allow_redirects=False, stream=True
+                )
+            except requests.exceptions.SSLError as err:
+                raise ProbeFailure(Reason.CERTIFICATE, f"TLS failed: {_reason(err)}") from None
+            except requests.exceptions.ProxyError as err:
+                raise ProbeFailure(Reason.PROXY, f"cannot use the proxy: {_reason(err)}") from None
+            except requests.exceptions.Timeout:
+                raise ProbeFailure(Reason.TIMEOUT, "no answer within the timeout") from None
+            except requests.exceptions.ConnectionError as err:
+                raise ProbeFailure(Reason.UNREACHABLE, f"cannot connect: {_reason(err)}") from None
+            except PermissionError as err:  # requests-ntlm: the server sent no NTLM challenge
+                raise ProbeFailure(Reason.BAD_RESPONSE, str(err)) from None
+            return from_requests(response, read_bounded(response, deadline))
+
+    def close(self) -> None:
+        with self._lock:
+            for _, session, _ in self._sessions.values():
+                session.close()
+            self._sessions.clear()
+
+
+def _reason(err: Exception) -> str:
+    # requests nests urllib3's errors; the innermost one says what happened, without URLs full of noise.
+    inner: BaseException = err
+    while inner.args and isinstance(inner.args[0], BaseException):
+        inner = inner.args[0]
+    return str(getattr(inner, "reason", None) or inner)[:300]
