@@ -15,11 +15,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from .config import Config
-from .metrics import TARGET_LABELS, MetricSpec
+from .metrics import MetricSpec
 from .probes import CHECKS
 from .store import ResultStore
-
-CHECK_LABELS = (*TARGET_LABELS, "check")
 
 PROBE_METRICS = (
     MetricSpec(
@@ -96,7 +94,7 @@ class BemsCollector(Collector):
 
     def _check_families(self) -> Iterator[Metric]:
         store = self.store
-        fams = {spec.name: _family(spec, (*TARGET_LABELS, *spec.labels)) for spec in PROBE_METRICS}
+        fams = {spec.name: _family(spec, spec.label_names) for spec in PROBE_METRICS}
         for target_name, checks in store.checks.items():
             exchange = store.targets[target_name].exchange.value
             for check in checks:
@@ -125,15 +123,17 @@ class BemsCollector(Collector):
         for (target_name, _check), result in self.store.latest.items():
             exchange = self.store.targets[target_name].exchange.value
             for m in result.measurements:
-                samples[m.metric].append(([target_name, exchange, *(v for _, v in m.labels)], m.value))
+                own = [v for _, v in m.labels]
+                labels = [target_name, exchange, *own] if specs[m.metric].per_target else own
+                samples[m.metric].append((labels, m.value))
         for name, spec in specs.items():
-            family = _family(spec, (*TARGET_LABELS, *spec.labels))
+            family = _family(spec, spec.label_names)
             for labels, value in samples.get(name, ()):
                 family.add_metric(labels, value)
             yield family
 
     def _config_families(self) -> Iterator[Metric]:
-        family = _family(TARGET_INFO, (*TARGET_LABELS, *TARGET_INFO.labels))
+        family = _family(TARGET_INFO, TARGET_INFO.label_names)
         for target in self.store.targets.values():
             family.add_metric([target.name, target.exchange.value, target.kind.value, target.url], 1.0)
         yield family

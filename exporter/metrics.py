@@ -18,3 +18,8 @@ class MetricSpec:
     help: str
     type: Literal["gauge", "counter", "info"] = "gauge"
     labels: tuple[str, ...] = ()  # beyond target and exchange
+    per_target: bool = True  # False: about something shared by targets (a credential), no target labels
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return (*TARGET_LABELS, *self.labels) if self.per_target else self.labels

@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from samples import Samples, parse, targets_in, value
 
 from exporter.app import Exporter
+from exporter.scheduler import planned_checks
 from exporter.simulator.server import Simulator
 from exporter.web import create_app
 
@@ -41,6 +42,10 @@ async def scrape(client: TestClient) -> Samples:
     response = await client.get("/metrics")
     assert response.status == 200
     return parse(await response.text())
+
+
+def planned_jobs(exporter: Exporter) -> int:
+    return sum(len(checks) for checks in planned_checks(exporter.config).values())
 
 
 async def wait_for(condition, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
@@ -148,7 +153,7 @@ async def test_reload_applies_good_files_and_keeps_running_on_bad_ones(
     assert response.status == 200, await response.text()
     samples = await scrape(client)
     assert "online-ews" not in targets_in(samples)  # gone at once, not after a staleness delay
-    assert exporter.scheduler.job_count == 2 * 4
+    assert exporter.scheduler.job_count == planned_jobs(exporter)
 
     config_file.write_text(original.replace("kind: ews", "kind: owa", 1))
     response = await client.post("/-/reload")
@@ -157,7 +162,7 @@ async def test_reload_applies_good_files_and_keeps_running_on_bad_ones(
     samples = await scrape(client)
     assert value(samples, "bems_config_last_reload_successful") == 0
     assert targets_in(samples) == {"onprem-ews", "onprem-autodiscover", "online-autodiscover", "online-graph"}
-    assert exporter.scheduler.job_count == 2 * 4  # the last good config still runs
+    assert exporter.scheduler.job_count == planned_jobs(exporter)  # the last good config still runs
     assert (await client.get("/-/reload")).status == 405
 
 
@@ -195,5 +200,5 @@ async def test_runs_that_cannot_start_in_time_count_as_overruns(simulator: Simul
         await exporter.stop()
     assert sum(exporter.store.overruns.values()) > 0
     assert exporter.store.overruns.keys() <= {
-        (t.name, c) for t in exporter.config.targets for c in ("reachability", "tls")
+        (t, c) for t, checks in planned_checks(exporter.config).items() for c in checks
     }

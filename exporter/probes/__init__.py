@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from ..config import Config, Target
-from . import reachability, tls
+from . import auth, reachability, tls, token
 from .base import Check, ProbeContext, ProbeFn
 
-CHECKS: dict[str, Check] = {check.name: check for check in (reachability.CHECK, tls.CHECK)}
+CHECKS: dict[str, Check] = {check.name: check for check in (reachability.CHECK, tls.CHECK, auth.CHECK, token.CHECK)}
 
 
 def checks_for(config: Config, target: Target) -> list[Check]:

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -31,7 +31,7 @@ def _new_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def _private_key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+def _private_key_pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -121,3 +121,24 @@ class CertificateAuthority:
             .sign(self.private_key, hashes.SHA256())
         )
         return certificate.public_bytes(serialization.Encoding.PEM), _private_key_pem(key)
+
+
+def create_signing_certificate(common_name: str, validity: timedelta = timedelta(days=365)) -> tuple[bytes, bytes]:
+    """A self-signed RSA certificate for signing JWTs, as an Entra app registration holds; returns PEMs.
+
+    RSA, not EC: Entra accepts RS256/PS256 client assertions only, and those are what MSAL signs.
+    """
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - DEFAULT_LEAF_VALIDITY_BEFORE_NOW)
+        .not_valid_after(now + validity)
+        .sign(key, hashes.SHA256())
+    )
+    return certificate.public_bytes(serialization.Encoding.PEM), _private_key_pem(key)

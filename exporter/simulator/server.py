@@ -14,11 +14,21 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from . import autodiscover, challenges, ews, graph
+from . import autodiscover, ews, graph
 from .admin import ENDPOINTS_PATH, build_admin_app
+from .bearer import ExchangeOnlineAuthenticator
 from .credentials import SimulatorCredentials
 from .endpoint import Endpoint, Fault, UnknownEndpointError, bind_loopback_socket
+from .entra import EntraId, EntraSettings
 from .files import write_atomically
+from .onprem_auth import (
+    AccountFault,
+    AuthMethod,
+    ExtendedProtection,
+    OnPremAccount,
+    OnPremAuthenticator,
+    VirtualDirectoryAuth,
+)
 from .pki import CertificateAuthority
 from .proxy import ForwardProxy
 from .tls import ServerCertificates
@@ -34,25 +44,11 @@ NOMINAL_HOSTS = {
 }
 ONPREM_MAILBOXES = ["alice@corp.example.test", "bob@corp.example.test"]
 ONLINE_MAILBOXES = ["carol@contoso.test"]
-
-
-def _install_protocol_routes(app: web.Application, name: str, urls: dict[str, str]) -> None:
-    match name:
-        case "onprem-ews":
-            ews.add_routes(app, challenges.onprem(realm=NOMINAL_HOSTS[name]))
-        case "online-ews":
-            ews.add_routes(app, challenges.exchange_online())
-        case "onprem-autodiscover":
-            autodiscover.add_pox_routes(app, challenges.onprem(realm=NOMINAL_HOSTS[name]))
-        case "online-autodiscover":
-            autodiscover.add_pox_routes(app, challenges.exchange_online())
-            autodiscover.add_json_routes(
-                app, ews_url=urls["online-ews"] + ews.EWS_PATH, pox_url=urls[name] + autodiscover.POX_PATH
-            )
-        case "graph":
-            graph.add_routes(app)
-        case "entra":
-            pass  # only the landing page until token issuance is simulated
+# Extended Protection as Exchange's recommended front-end settings have it (facts file 6.3).
+_DEFAULT_EXTENDED_PROTECTION = {
+    "onprem-ews": ExtendedProtection.ALLOW,
+    "onprem-autodiscover": ExtendedProtection.NONE,
+}
 
 
 class Simulator:
@@ -63,6 +59,11 @@ class Simulator:
     URLs name ``localhost``, which resolves to 127.0.0.1; with another ``host``, connect to that
     address and verify the certificate for ``localhost`` (it also carries ``host`` as an IP SAN).
     ``sim.proxy`` is an HTTP CONNECT proxy in front of the endpoints, at ``sim.proxy_url``.
+
+    Authentication is real: on-prem endpoints take Basic, NTLM and Negotiate for ``sim.credentials``'
+    account, Exchange Online takes bearer tokens from the fake Entra ID at ``sim.entra``. Besides
+    endpoint faults, ``set_account_fault``, ``set_auth_methods``, ``set_extended_protection`` and
+    ``configure_entra`` switch authentication faults; each holds from the next request on.
     """
 
     def __init__(self, state_dir: Path, host: str = "127.0.0.1", admin_port: int = 0) -> None:
@@ -78,6 +79,13 @@ class Simulator:
         self._admin_url: str | None = None
         self._credentials: SimulatorCredentials | None = None
         self._proxy: ForwardProxy | None = None
+        self._certificates: ServerCertificates | None = None
+        self._account: OnPremAccount | None = None
+        self._entra: EntraId | None = None
+        self._virtual_directories = {
+            name: VirtualDirectoryAuth(realm=NOMINAL_HOSTS[name], extended_protection=mode)
+            for name, mode in _DEFAULT_EXTENDED_PROTECTION.items()
+        }
 
     @property
     def admin_url(self) -> str:
@@ -92,6 +100,20 @@ class Simulator:
         return self._credentials
 
     @property
+    def account(self) -> OnPremAccount:
+        """The on-prem service account as the simulated directory holds it."""
+        if self._account is None:
+            raise RuntimeError("the simulator is not running")
+        return self._account
+
+    @property
+    def entra(self) -> EntraId:
+        """The fake Entra ID: ``token_requests``, ``app_certificate_file``, ``app_private_key_file``, ``settings``."""
+        if self._entra is None:
+            raise RuntimeError("the simulator is not running")
+        return self._entra
+
+    @property
     def proxy(self) -> ForwardProxy:
         if self._proxy is None:
             raise RuntimeError("the simulator is not running")
@@ -104,18 +126,22 @@ class Simulator:
     async def start(self) -> None:
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._credentials = SimulatorCredentials.load_or_create(self.state_dir)
+        self._account = OnPremAccount(
+            self._credentials.onprem_username, self._credentials.onprem_password, self.state_dir / "ntlm-users"
+        )
+        self._entra = EntraId(self._credentials)
         trusted = CertificateAuthority.create("BEMS Exchange Simulator Test CA")
         self.ca_file.write_bytes(trusted.cert_pem)
         # A CA that nobody is told about, for the `untrusted` fault.
         untrusted = CertificateAuthority.create("Untrusted Simulator CA")
         cert_dir = self.state_dir / "certs"
         cert_dir.mkdir(mode=0o700, exist_ok=True)
-        certificates = ServerCertificates(trusted, untrusted, cert_dir, ip_address=self.host)
+        self._certificates = ServerCertificates(trusted, untrusted, cert_dir, ip_address=self.host)
         try:
             for name, nominal_host in NOMINAL_HOSTS.items():
                 sock = bind_loopback_socket(self.host, 0)
                 builder = partial(self._build_endpoint_app, name)
-                self.endpoints[name] = Endpoint(name, nominal_host, sock, builder, certificates)
+                self.endpoints[name] = Endpoint(name, nominal_host, sock, builder, self._certificates)
             # Apps are built only once every port is known: autodiscover answers with other endpoints' URLs.
             for endpoint in self.endpoints.values():
                 await endpoint.start()
@@ -165,10 +191,57 @@ class Simulator:
     async def clear_fault(self, endpoint: str) -> Endpoint:
         return await self.set_fault(endpoint, Fault.NONE)
 
-    def write_exporter_config(self, path: Path, interval: str = "15s", timeout: str = "5s") -> Path:
-        """Write an exporter config that probes every endpoint of this running simulator."""
+    def set_account_fault(self, fault: AccountFault | str) -> None:
+        """``wrong_password`` (changed in the directory), ``locked`` or ``none``; Basic and NTLM both see it.
+
+        Connections that completed an NTLM handshake earlier stay authenticated, as on IIS.
+        """
+        self.account.set_fault(fault)
+
+    def set_auth_methods(self, endpoint: str, methods: list[AuthMethod | str]) -> VirtualDirectoryAuth:
+        """Offer only ``methods`` (``negotiate``, ``ntlm``, ``basic``) on an on-prem endpoint.
+
+        A method left out is neither in the challenge nor accepted, as when it is off on the IIS vdir.
+        """
+        directory = self.virtual_directory(endpoint)
+        directory.set_methods(methods)
+        return directory
+
+    def set_extended_protection(self, endpoint: str, mode: ExtendedProtection | str) -> VirtualDirectoryAuth:
+        """``none``, ``allow`` or ``require`` channel bindings in NTLM/Negotiate on an on-prem endpoint."""
+        directory = self.virtual_directory(endpoint)
+        directory.set_extended_protection(mode)
+        return directory
+
+    def configure_entra(self, **settings: Any) -> EntraSettings:
+        """Change fake Entra ID settings by name (see ``EntraSettings``); ValueError for a bad one."""
+        self.entra.settings.update(**settings)
+        return self.entra.settings
+
+    def auth_state(self) -> dict[str, Any]:
+        return {
+            "account": {"username": self.account.username, "fault": str(self.account.fault)},
+            "endpoints": {name: directory.state() for name, directory in self._virtual_directories.items()},
+            "entra": self.entra.state(),
+        }
+
+    def virtual_directory(self, endpoint: str) -> VirtualDirectoryAuth:
+        """An on-prem endpoint's authentication settings; UnknownEndpointError for any other endpoint."""
+        if endpoint not in self._virtual_directories:
+            raise UnknownEndpointError(endpoint, list(self._virtual_directories))
+        return self._virtual_directories[endpoint]
+
+    def write_exporter_config(
+        self, path: Path, interval: str = "15s", timeout: str = "5s", entra_app_auth: str = "secret"
+    ) -> Path:
+        """Write an exporter config that probes every endpoint of this running simulator.
+
+        The Exchange Online targets use the ``entra-app`` credential (client secret), or with
+        ``entra_app_auth="certificate"`` the ``entra-app-cert`` credential (certificate and key files).
+        """
         credentials = self.credentials
         urls = {name: endpoint.url for name, endpoint in self.endpoints.items()}
+        app_credential_name, app_credential = self._entra_app_credential(entra_app_auth, authority=urls["entra"])
         config = {
             "scenario": "onprem-bems-hybrid",
             "defaults": {"interval": interval, "timeout": timeout, "tls": {"ca_file": str(self.ca_file)}},
@@ -177,12 +250,7 @@ class Simulator:
                     "username": credentials.onprem_username,
                     "password_file": str(credentials.onprem_password_file),
                 },
-                "entra-app": {
-                    "tenant_id": credentials.tenant_id,
-                    "client_id": credentials.client_id,
-                    "client_secret_file": str(credentials.client_secret_file),
-                    "authority": urls["entra"],
-                },
+                app_credential_name: app_credential,
             },
             "targets": [
                 {
@@ -206,7 +274,7 @@ class Simulator:
                     "kind": "ews",
                     "exchange": "online",
                     "url": urls["online-ews"] + ews.EWS_PATH,
-                    "credential": "entra-app",
+                    "credential": app_credential_name,
                     "mailboxes": list(ONLINE_MAILBOXES),
                 },
                 {
@@ -221,7 +289,7 @@ class Simulator:
                     "kind": "graph",
                     "exchange": "online",
                     "url": urls["graph"] + graph.GRAPH_PATH,
-                    "credential": "entra-app",
+                    "credential": app_credential_name,
                     "mailboxes": list(ONLINE_MAILBOXES),
                 },
             ],
@@ -231,11 +299,60 @@ class Simulator:
         path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         return path
 
+    def _entra_app_credential(self, auth: str, authority: str) -> tuple[str, dict[str, str]]:
+        credentials = self.credentials
+        match auth:
+            case "secret":
+                name, secret = "entra-app", {"client_secret_file": str(credentials.client_secret_file)}
+            case "certificate":
+                name, secret = (
+                    "entra-app-cert",
+                    {
+                        "certificate_file": str(credentials.client_certificate_file),
+                        "private_key_file": str(credentials.client_private_key_file),
+                    },
+                )
+            case _:
+                raise ValueError(f"entra_app_auth must be 'secret' or 'certificate', not {auth!r}")
+        return name, {
+            "tenant_id": credentials.tenant_id,
+            "client_id": credentials.client_id,
+            **secret,
+            "authority": authority,
+        }
+
     def _build_endpoint_app(self, name: str) -> web.Application:
         app = web.Application()
         app.router.add_get("/", partial(_landing_page, endpoint=self.endpoints[name]))
-        _install_protocol_routes(app, name, {other: ep.url for other, ep in self.endpoints.items()})
+        self._install_protocol_routes(app, name)
         return app
+
+    def _install_protocol_routes(self, app: web.Application, name: str) -> None:
+        urls = {other: endpoint.url for other, endpoint in self.endpoints.items()}
+        match name:
+            case "onprem-ews":
+                ews.add_routes(app, self._onprem_authenticator(name), ONPREM_MAILBOXES, ews.EXCHANGE_2019)
+            case "online-ews":
+                online = ExchangeOnlineAuthenticator(self.entra)
+                ews.add_routes(app, online, ONLINE_MAILBOXES, ews.EXCHANGE_ONLINE)
+            case "onprem-autodiscover":
+                authenticator = self._onprem_authenticator(name)
+                autodiscover.add_pox_routes(app, authenticator, ONPREM_MAILBOXES, urls["onprem-ews"] + ews.EWS_PATH)
+            case "online-autodiscover":
+                online = ExchangeOnlineAuthenticator(self.entra)
+                ews_url = urls["online-ews"] + ews.EWS_PATH
+                autodiscover.add_pox_routes(app, online, ONLINE_MAILBOXES, ews_url)
+                autodiscover.add_json_routes(app, ews_url=ews_url, pox_url=urls[name] + autodiscover.POX_PATH)
+            case "graph":
+                graph.add_routes(app)
+            case "entra":
+                self.entra.add_routes(app, base_url=urls[name])
+
+    def _onprem_authenticator(self, name: str) -> OnPremAuthenticator:
+        # A new one per listener: handshake state belongs to connections, which a fault change drops.
+        if self._certificates is None:
+            raise RuntimeError("the simulator is not running")
+        return OnPremAuthenticator(self.account, self._virtual_directories[name], self._certificates.end_point_hash)
 
     async def _start_admin(self) -> None:
         sock = bind_loopback_socket(self.host, self._admin_port)
@@ -302,6 +419,8 @@ def _ready_document(simulator: Simulator, config_path: Path) -> dict[str, Any]:
         "proxy_url": simulator.proxy_url,
         "ca_file": str(simulator.ca_file),
         "config_file": str(config_path),
+        "entra_app_certificate_file": str(simulator.entra.app_certificate_file),
+        "entra_app_private_key_file": str(simulator.entra.app_private_key_file),
     }
 
 

@@ -7,6 +7,9 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+
 from .files import write_private_file
 from .pki import CertificateAuthority
 
@@ -38,6 +41,7 @@ class ServerCertificates:
         self._directory = directory
         self._ip_address = ip_address
         self._contexts: dict[tuple[str, CertificateVariant], ssl.SSLContext] = {}
+        self._end_point_hashes: dict[ssl.SSLContext, bytes] = {}
 
     def context(self, endpoint: str, nominal_host: str, variant: CertificateVariant) -> ssl.SSLContext:
         key = (endpoint, variant)
@@ -49,7 +53,16 @@ class ServerCertificates:
             context.minimum_version = ssl.TLSVersion.TLSv1_2
             context.load_cert_chain(path)
             self._contexts[key] = context
+            self._end_point_hashes[context] = tls_server_end_point(x509.load_pem_x509_certificate(cert_pem))
         return self._contexts[key]
+
+    def end_point_hash(self, context: ssl.SSLContext) -> bytes:
+        """The RFC 5929 hash of the certificate that ``context`` (one of ours) presents.
+
+        Python cannot read a server's own certificate off a connection, so a connection's context,
+        which ``ssl_object.context`` gives, is the way back to it.
+        """
+        return self._end_point_hashes[context]
 
     def _issue(self, nominal_host: str, variant: CertificateVariant) -> tuple[bytes, bytes]:
         right_names = [LOOPBACK_HOSTNAME, nominal_host]
@@ -68,3 +81,16 @@ class ServerCertificates:
                 return self._trusted.issue([WRONG_HOSTNAME])
             case CertificateVariant.UNTRUSTED:
                 return self._untrusted.issue(right_names, [self._ip_address])
+
+
+def tls_server_end_point(certificate: x509.Certificate) -> bytes:
+    """RFC 5929 ``tls-server-end-point``: the DER certificate hashed with its signature's hash algorithm.
+
+    MD5 and SHA-1 are replaced by SHA-256, as is a signature without a separate hash (Ed25519).
+    """
+    algorithm = certificate.signature_hash_algorithm
+    if algorithm is None or isinstance(algorithm, hashes.MD5 | hashes.SHA1):
+        algorithm = hashes.SHA256()
+    digest = hashes.Hash(algorithm)
+    digest.update(certificate.public_bytes(serialization.Encoding.DER))
+    return digest.finalize()

@@ -1,0 +1,203 @@
+"""``auth``: the service account signs in to EWS or Autodiscover with each configured method.
+
+First an unauthenticated request: its 401 tells which methods the server offers (``WWW-Authenticate``),
+and credentials are never sent before the server asked for them. Then, per method:
+
+- ``basic``: the same request with ``Authorization: Basic``;
+- ``ntlm``: the NTLM handshake through requests-ntlm, with channel binding, in a worker thread;
+- ``oauth``: an app-only token from MSAL, sent as ``Bearer`` with ``X-AnchorMailbox`` and the
+  ``ExchangeImpersonation`` header for the first mailbox, as Exchange Online requires.
+
+A 200 (or a SOAP fault that is not about access) proves the sign-in; a 401 is ``unauthorized``,
+``ErrorAccessDenied``/403 is ``forbidden``. The check passes only when every method worked.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import time
+from urllib.parse import urlsplit
+
+from .. import autodiscover, ews
+from ..config import AuthMethod, Config, EntraCredential, Kind, Target, WindowsCredential
+from ..entra import EWS_SCOPE, TokenError
+from ..httpclient import MAX_REDIRECTS, HttpResponse, redirect_target
+from ..metrics import MetricSpec
+from ..results import CheckResult, ProbeFailure, Reason
+from .base import Check, ProbeContext
+
+SUCCESS = MetricSpec(
+    "bems_auth_success", "1 if the method signed in during the last auth check, else 0.", labels=("method",)
+)
+DURATION = MetricSpec(
+    "bems_auth_duration_seconds", "How long the method's sign-in took in the last auth check.", labels=("method",)
+)
+OFFERED = MetricSpec(
+    "bems_auth_offered",
+    "1 if the endpoint's unauthenticated 401 advertises the method in WWW-Authenticate, else 0.",
+    labels=("method",),
+)
+ADVERTISED = ("basic", "ntlm", "negotiate", "bearer")
+_WANTED = {AuthMethod.BASIC: {"basic"}, AuthMethod.NTLM: {"ntlm", "negotiate"}, AuthMethod.OAUTH: {"bearer"}}
+_PARAMETER = re.compile(r'[A-Za-z_]+\s*=\s*("[^"]*"|[^,\s]*)')
+_SCHEME = re.compile(r"(?:^|,)\s*([A-Za-z][A-Za-z0-9-]*)(?=\s|,|$)")
+
+_HINTS = {
+    (AuthMethod.BASIC, Reason.METHOD_NOT_OFFERED): "enable Basic authentication on the virtual directory "
+    "(Set-WebServicesVirtualDirectory / Set-AutodiscoverVirtualDirectory -BasicAuthentication $true), or drop "
+    "basic from the target's auth list; Exchange Online has no Basic authentication for EWS",
+    (AuthMethod.NTLM, Reason.METHOD_NOT_OFFERED): "enable Windows authentication on the virtual directory "
+    "(-WindowsAuthentication $true), or drop ntlm from the target's auth list",
+    (AuthMethod.BASIC, Reason.UNAUTHORIZED): "check the password, and that the account is neither locked out "
+    "nor expired (Get-ADUser BEMSAdmin -Properties LockedOut,PasswordExpired)",
+    (AuthMethod.NTLM, Reason.UNAUTHORIZED): "check the password and the account; with Extended Protection, a "
+    "TLS-terminating device between BEMS and Exchange breaks Windows authentication",
+    (AuthMethod.OAUTH, Reason.UNAUTHORIZED): "grant the Entra app the Office 365 Exchange Online application "
+    "permission full_access_as_app (with admin consent), and allow it in EwsAllowedAppIDs if that is set",
+    (AuthMethod.OAUTH, Reason.TOKEN): "check the app's client secret or certificate (expired?), the tenant id "
+    "and the client id in Entra ID",
+}
+
+
+def _applies(config: Config, target: Target) -> bool:
+    return target.kind in (Kind.EWS, Kind.AUTODISCOVER) and bool(config.auth_methods_of(target))
+
+
+def offered_methods(response: HttpResponse) -> set[str]:
+    """Auth schemes in all WWW-Authenticate headers (one per scheme, or comma-joined: IIS sends both)."""
+    if response.status != 401:
+        return set()
+    schemes: set[str] = set()
+    for value in response.header_values("WWW-Authenticate"):
+        # Parameters (realm="x", error="y") follow a scheme; what is left are the schemes themselves.
+        schemes.update(match.lower() for match in _SCHEME.findall(_PARAMETER.sub("", value)))
+    return schemes
+
+
+def _request_for(target: Target, methods: tuple[AuthMethod, ...]) -> tuple[str, bytes, dict[str, str]]:
+    mailbox = target.mailboxes[0] if target.mailboxes else None
+    if target.kind == Kind.AUTODISCOVER:
+        if mailbox is None:
+            raise ProbeFailure(
+                Reason.INTERNAL,
+                "an Autodiscover sign-in needs a mailbox to ask for",
+                "add one to the target's mailboxes",
+            )
+        return autodiscover.pox_url(target.url), autodiscover.pox_request(mailbox), dict(autodiscover.POX_HEADERS)
+    # App-only EWS must say whose mailbox it acts for; Windows accounts act as themselves.
+    impersonate = mailbox if AuthMethod.OAUTH in methods else None
+    return target.url, ews.get_folder("msgfolderroot", impersonate), dict(ews.SOAP_HEADERS)
+
+
+def _judge(target: Target, response: HttpResponse) -> str:
+    """Raise the failure an authenticated answer shows, or return a detail line for the report."""
+    if response.status == 401:
+        raise ProbeFailure(Reason.UNAUTHORIZED, f"credentials rejected (HTTP 401){ews.diagnostics(response)}")
+    if response.status == 403:
+        raise ProbeFailure(Reason.FORBIDDEN, "signed in, but access is forbidden (HTTP 403)")
+    if response.status not in (200, 500):
+        raise ProbeFailure(Reason.BAD_RESPONSE, f"unexpected HTTP {response.status} after signing in")
+    if target.kind == Kind.AUTODISCOVER:
+        if response.status != 200:
+            raise ProbeFailure(Reason.BAD_RESPONSE, f"HTTP {response.status} from Autodiscover")
+        autodiscover.check_pox_answer(response)
+        return "Autodiscover answered"
+    answer = ews.read(response)
+    if answer.code in ews.ACCESS_DENIED_CODES:
+        raise ProbeFailure(Reason.FORBIDDEN, f"signed in, but {answer.code}: {answer.message[:200]}")
+    return f"EWS answered {answer.code}" + (" (a SOAP fault, after signing in)" if answer.fault else "")
+
+
+async def _send(
+    ctx: ProbeContext, target: Target, url: str, body: bytes, headers: dict[str, str], method: AuthMethod | None
+) -> HttpResponse:
+    """Send with ``method``'s credentials (None: anonymously), following same-origin redirects only."""
+    for _ in range(MAX_REDIRECTS + 1):
+        response = await _send_once(ctx, target, url, body, headers, method)
+        next_url = redirect_target(response, target.url)
+        if next_url is None:
+            return response
+        url = next_url
+    raise ProbeFailure(Reason.BAD_RESPONSE, f"more than {MAX_REDIRECTS} redirects")
+
+
+async def _send_once(
+    ctx: ProbeContext, target: Target, url: str, body: bytes, headers: dict[str, str], method: AuthMethod | None
+) -> HttpResponse:
+    proxy, resources = ctx.proxy(target), ctx.resources
+    credential = ctx.config.credentials.get(target.credential or "")
+    if method == AuthMethod.NTLM:
+        assert isinstance(credential, WindowsCredential)
+        return await resources.run_blocking(
+            resources.ntlm.post, target.name, credential, url, body, headers,
+            ca_file=ctx.ca_file, proxy=proxy, timeout=ctx.timeout,
+        )  # fmt: skip
+    headers = dict(headers)
+    if method == AuthMethod.BASIC:
+        assert isinstance(credential, WindowsCredential)
+        pair = f"{credential.username}:{credential.password.get_secret_value()}".encode()
+        headers["Authorization"] = f"Basic {base64.b64encode(pair).decode()}"
+    elif method == AuthMethod.OAUTH:
+        assert isinstance(credential, EntraCredential)
+        headers["Authorization"] = f"Bearer {await _token(ctx, target, credential)}"
+        if target.mailboxes:
+            headers["X-AnchorMailbox"] = target.mailboxes[0]
+    return await resources.http.request("POST", url, ca_file=ctx.ca_file, proxy=proxy, headers=headers, body=body)
+
+
+async def _token(ctx: ProbeContext, target: Target, credential: EntraCredential) -> str:
+    try:
+        token = await ctx.resources.run_blocking(
+            ctx.resources.entra.acquire, target.credential, credential, EWS_SCOPE,
+            ca_file=ctx.ca_file, proxy=ctx.proxy(target), timeout=ctx.timeout,
+        )  # fmt: skip
+    except TokenError as err:
+        raise ProbeFailure(Reason.TOKEN, f"no token from Entra ID: {err}") from None
+    return token.access_token
+
+
+def _require_offered(method: AuthMethod, offered: set[str]) -> None:
+    # Basic and NTLM go only where the server asked for them (Basic would otherwise put the password on
+    # the wire unasked); a bearer token is tried unless the server advertises other schemes only.
+    if _WANTED[method] & offered or (method == AuthMethod.OAUTH and not offered):
+        return
+    raise ProbeFailure(
+        Reason.METHOD_NOT_OFFERED,
+        f"the server does not offer {method.value} (it offers {', '.join(sorted(offered)) or 'no method'})",
+    )
+
+
+async def probe(target: Target, ctx: ProbeContext) -> CheckResult:
+    methods = ctx.config.auth_methods_of(target)
+    url, body, headers = _request_for(target, methods)
+    async with ctx.rec.step(f"unauthenticated POST {urlsplit(url).path}") as detail:
+        challenge = await _send(ctx, target, url, body, headers, None)
+        offered = offered_methods(challenge)
+        detail.append(f"HTTP {challenge.status}; offers {', '.join(sorted(offered)) or 'nothing'}")
+    for scheme in ADVERTISED:
+        ctx.rec.measure(OFFERED.name, 1.0 if scheme in offered else 0.0, method=scheme)
+    failures: list[ProbeFailure] = []
+    for method in methods:
+        t0 = time.perf_counter()
+        try:
+            async with ctx.rec.step(f"{method.value} sign-in") as detail:
+                try:
+                    _require_offered(method, offered)
+                    detail.append(_judge(target, await _send(ctx, target, url, body, headers, method)))
+                except ProbeFailure as failure:
+                    failure.hint = failure.hint or _HINTS.get((method, failure.reason), "")
+                    raise
+            ok = True
+        except ProbeFailure as failure:
+            failures.append(failure)
+            ok = False
+        ctx.rec.measure(SUCCESS.name, 1.0 if ok else 0.0, method=method.value)
+        ctx.rec.measure(DURATION.name, time.perf_counter() - t0, method=method.value)
+    if failures:
+        first = failures[0]
+        raise ProbeFailure(first.reason, "; ".join(f.message for f in failures), first.hint)
+    return ctx.rec.passed()
+
+
+CHECK = Check("auth", probe, _applies, (SUCCESS, DURATION, OFFERED), uses_credential=True)

@@ -1,0 +1,309 @@
+"""Basic, NTLM and Negotiate as IIS offers them on on-prem Exchange's virtual directories (facts 6.1-6.3).
+
+The handshake state lives with the TCP connection, as on IIS: a CHALLENGE (Type 2) belongs to the
+connection it was sent on, so an AUTHENTICATE (Type 3) arriving on another connection fails, and a
+connection that completed a handshake stays authenticated for the requests that follow on it.
+
+pyspnego's acceptor checks the NTLM responses and the channel bindings. It reads the account from the
+file named by ``NTLM_USER_FILE``, at creation and again at the AUTHENTICATE step, so that variable is
+set to this simulator's own file around each (synchronous) call only, and restored after it: several
+simulators in one process, and the tests around them, never see one another's account.
+
+Extended Protection per virtual directory, as IIS's ``tokenChecking``: ``none`` ignores channel
+bindings, ``allow`` checks them only when the client sends some, ``require`` rejects a handshake
+without them. An all-zero binding is how a client says "none"; pyspnego would accept it as a match,
+so it is treated as absent here, which makes ``require`` reject it as IIS does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import os
+import secrets
+import ssl
+import struct
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, TypeVar
+
+import spnego
+from aiohttp import web
+from spnego.channel_bindings import GssChannelBindings
+from spnego.exceptions import SpnegoError
+
+from . import challenges
+from .files import write_private_file
+from .identity import Caller
+
+_Choice = TypeVar("_Choice", bound=StrEnum)
+
+_USER_FILE_VARIABLE = "NTLM_USER_FILE"
+_NTLM_SIGNATURE = b"NTLMSSP\x00"
+_NTLM_NEGOTIATE_MESSAGE = 1
+_NTLM_AUTHENTICATE_MESSAGE = 3
+# The DER tag of SPNEGO's initial token (an [APPLICATION 0] GSS-API wrapper).
+_SPNEGO_INITIAL_TOKEN_TAG = 0x60
+# MS-NLMP 2.2.2.1: AV pair ids; 2.2.2.7: NTLMv2_CLIENT_CHALLENGE up to its AV pairs, after the 16-byte NTProofStr.
+_AV_ID_END_OF_LIST = 0x0000
+_AV_ID_CHANNEL_BINDINGS = 0x000A
+_NTLMV2_RESPONSE_HEADER_LENGTH = 16 + 28
+
+
+class AuthMethod(StrEnum):
+    NEGOTIATE = "negotiate"
+    NTLM = "ntlm"
+    BASIC = "basic"
+
+
+_METHOD_BY_SCHEME = {method.value: method for method in AuthMethod}  # schemes are case-insensitive
+
+
+class ExtendedProtection(StrEnum):
+    NONE = "none"
+    ALLOW = "allow"
+    REQUIRE = "require"
+
+
+class AccountFault(StrEnum):
+    NONE = "none"
+    WRONG_PASSWORD = "wrong_password"  # the password was changed in AD; the exporter still has the old one
+    LOCKED = "locked"  # the right password, but AD refuses every logon
+
+
+def parse_choice(choices: type[_Choice], value: Any, what: str) -> _Choice:
+    """``value`` as a member of ``choices``; ValueError names the valid values."""
+    try:
+        return choices(value)
+    except ValueError:
+        raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(choices)}") from None
+
+
+class OnPremAccount:
+    """The service account BEMS uses on-prem (``CORP\\BEMSAdmin``), as the directory holds it."""
+
+    def __init__(self, username: str, password: str, user_file: Path) -> None:
+        self.username = username
+        self._known_password = password
+        self._directory_password = password
+        self.user_file = user_file
+        self.fault = AccountFault.NONE
+        self._write_user_file()
+
+    def set_fault(self, fault: AccountFault | str) -> None:
+        self.fault = parse_choice(AccountFault, fault, "account fault")
+        if self.fault is AccountFault.WRONG_PASSWORD:
+            self._directory_password = secrets.token_urlsafe(24)
+        else:
+            self._directory_password = self._known_password
+        self._write_user_file()
+
+    @property
+    def can_log_on(self) -> bool:
+        return self.fault is not AccountFault.LOCKED
+
+    def accepts(self, username: str, password: str) -> bool:
+        # Windows compares account names case-insensitively; the password exactly.
+        return (
+            self.can_log_on
+            and username.casefold() == self.username.casefold()
+            and secrets.compare_digest(password.encode(), self._directory_password.encode())
+        )
+
+    def _write_user_file(self) -> None:
+        domain, _, user = self.username.partition("\\")
+        write_private_file(self.user_file, f"{domain}:{user}:{self._directory_password}\n".encode())
+
+
+@dataclass
+class VirtualDirectoryAuth:
+    """What one IIS virtual directory offers: its authentication methods and Extended Protection."""
+
+    realm: str
+    extended_protection: ExtendedProtection
+    methods: list[AuthMethod] = field(default_factory=lambda: list(AuthMethod))
+
+    def set_methods(self, methods: Iterable[AuthMethod | str]) -> None:
+        chosen = {parse_choice(AuthMethod, method, "auth method") for method in methods}
+        # Kept in IIS's challenge order, whatever order they were given in.
+        self.methods = [method for method in AuthMethod if method in chosen]
+
+    def set_extended_protection(self, mode: ExtendedProtection | str) -> None:
+        self.extended_protection = parse_choice(ExtendedProtection, mode, "extended protection mode")
+
+    def www_authenticate(self) -> list[str]:
+        """The challenge values, one header each, as the common IIS capture has them."""
+        values = {
+            AuthMethod.NEGOTIATE: "Negotiate",
+            AuthMethod.NTLM: "NTLM",
+            AuthMethod.BASIC: f'Basic realm="{self.realm}"',
+        }
+        return [values[method] for method in self.methods]
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "methods": [str(method) for method in self.methods],
+            "extended_protection": str(self.extended_protection),
+        }
+
+
+@dataclass
+class _ConnectionState:
+    handshake: spnego.ContextProxy | None = None  # after a CHALLENGE was sent, awaiting the AUTHENTICATE
+    user: str | None = None  # once a handshake completed on this connection
+
+
+class OnPremAuthenticator:
+    """Authenticates requests to one virtual directory; ``end_point_hash`` maps a TLS context to its RFC 5929 hash."""
+
+    def __init__(
+        self,
+        account: OnPremAccount,
+        directory: VirtualDirectoryAuth,
+        end_point_hash: Callable[[ssl.SSLContext], bytes],
+    ) -> None:
+        self._account = account
+        self._directory = directory
+        self._end_point_hash = end_point_hash
+        # Keyed by transport, which lives exactly as long as the connection (aiohttp's handler has no weakref slot).
+        self._connections: weakref.WeakKeyDictionary[asyncio.BaseTransport, _ConnectionState] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def authenticate(self, request: web.Request) -> Caller | web.Response:
+        transport = request.transport
+        if transport is None:  # the client is already gone; nothing will read the answer
+            return await self._challenge(request)
+        connection = self._connections.setdefault(transport, _ConnectionState())
+        header = request.headers.get("Authorization")
+        if header is None:
+            return Caller(connection.user) if connection.user else await self._challenge(request)
+        scheme, _, credentials = header.strip().partition(" ")
+        method = _METHOD_BY_SCHEME.get(scheme.lower())
+        if method not in self._directory.methods:
+            return await self._challenge(request)
+        if method is AuthMethod.BASIC:
+            return await self._basic(request, credentials.strip())
+        return await self._integrated(request, connection, method, scheme, credentials.strip())
+
+    async def _basic(self, request: web.Request, credentials: str) -> Caller | web.Response:
+        try:
+            username, _, password = base64.b64decode(credentials, validate=True).decode("utf-8").partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return await self._challenge(request)
+        if self._account.accepts(username, password):
+            return Caller(self._account.username)
+        return await self._challenge(request)
+
+    async def _integrated(
+        self, request: web.Request, connection: _ConnectionState, method: AuthMethod, scheme: str, credentials: str
+    ) -> Caller | web.Response:
+        try:
+            token = base64.b64decode(credentials, validate=True)
+        except binascii.Error:
+            token = b""
+        if _starts_handshake(token):
+            connection.user = None
+            with self._user_file():
+                connection.handshake = spnego.server(
+                    service="http", protocol=method.value, options=_PURE_PYTHON_OPTIONS[method]
+                )
+        handshake, connection.handshake = connection.handshake, None
+        if handshake is None:  # e.g. an AUTHENTICATE on another connection than its CHALLENGE
+            return await self._challenge(request)
+        authenticate = _ntlm_message(token, _NTLM_AUTHENTICATE_MESSAGE)
+        bindings: GssChannelBindings | None = None
+        if authenticate is not None:
+            checked, bindings = self._bindings_to_check(request, _sent_channel_bindings(authenticate))
+            if not checked:
+                return await self._challenge(request)
+        try:
+            with self._user_file():
+                out_token = handshake.step(token, channel_bindings=bindings)
+        except SpnegoError:  # a wrong password, an unknown user, wrong bindings, a malformed token
+            return await self._challenge(request)
+        if not handshake.complete:
+            connection.handshake = handshake
+            return await challenges.unauthorized(request, [f"{scheme} {base64.b64encode(out_token or b'').decode()}"])
+        if not self._account.can_log_on:
+            return await self._challenge(request)
+        connection.user = self._account.username
+        # SPNEGO's last token (its mechListMIC) would travel on the 200; HTTP clients do not check it, so it is dropped.
+        return Caller(self._account.username)
+
+    def _bindings_to_check(self, request: web.Request, sent: bytes | None) -> tuple[bool, GssChannelBindings | None]:
+        """Whether the handshake may go on, and the bindings the acceptor must then find in it."""
+        mode = self._directory.extended_protection
+        client_binds = sent is not None and any(sent)
+        if mode is ExtendedProtection.NONE or (mode is ExtendedProtection.ALLOW and not client_binds):
+            return True, None
+        if not client_binds:
+            return False, None
+        ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+        if ssl_object is None:  # plain HTTP (the plaintext fault): there is no channel to bind to
+            return False, None
+        end_point = self._end_point_hash(ssl_object.context)
+        return True, GssChannelBindings(application_data=b"tls-server-end-point:" + end_point)
+
+    async def _challenge(self, request: web.Request) -> web.Response:
+        return await challenges.unauthorized(request, self._directory.www_authenticate())
+
+    @contextmanager
+    def _user_file(self) -> Iterator[None]:
+        previous = os.environ.get(_USER_FILE_VARIABLE)
+        os.environ[_USER_FILE_VARIABLE] = str(self._account.user_file)
+        try:
+            yield
+        finally:
+            if previous is None:
+                del os.environ[_USER_FILE_VARIABLE]
+            else:
+                os.environ[_USER_FILE_VARIABLE] = previous
+
+
+# pyspnego's own NTLM and SPNEGO, never a system GSSAPI that may be installed: the account is in the user file.
+_PURE_PYTHON_OPTIONS = {
+    AuthMethod.NTLM: spnego.NegotiateOptions.use_ntlm,
+    AuthMethod.NEGOTIATE: spnego.NegotiateOptions.use_negotiate,
+}
+
+
+def _starts_handshake(token: bytes) -> bool:
+    """A NEGOTIATE (Type 1), bare or in SPNEGO's initial token, which starts a new handshake."""
+    return _ntlm_message(token, _NTLM_NEGOTIATE_MESSAGE) is not None or token[:1] == bytes([_SPNEGO_INITIAL_TOKEN_TAG])
+
+
+def _ntlm_message(token: bytes, message_type: int) -> bytes | None:
+    """The NTLM message of ``message_type`` in ``token``, bare or wrapped in SPNEGO, else None.
+
+    SPNEGO carries the NTLM message unchanged inside an OCTET STRING, and NTLM's offsets are relative
+    to the message's own start, so finding its signature is enough to read it.
+    """
+    start = token.find(_NTLM_SIGNATURE)
+    if start < 0 or len(token) < start + 12:
+        return None
+    message = token[start:]
+    return message if struct.unpack_from("<I", message, 8)[0] == message_type else None
+
+
+def _sent_channel_bindings(authenticate: bytes) -> bytes | None:
+    """The MsvAvChannelBindings value of an NTLMv2 AUTHENTICATE message; None when absent (or NTLMv1)."""
+    try:
+        length, _, offset = struct.unpack_from("<HHI", authenticate, 20)  # NtChallengeResponseFields
+        av_pairs = authenticate[offset + _NTLMV2_RESPONSE_HEADER_LENGTH : offset + length]
+        position = 0
+        while position + 4 <= len(av_pairs):
+            av_id, av_length = struct.unpack_from("<HH", av_pairs, position)
+            if av_id == _AV_ID_END_OF_LIST:
+                break
+            if av_id == _AV_ID_CHANNEL_BINDINGS:
+                return av_pairs[position + 4 : position + 4 + av_length]
+            position += 4 + av_length
+    except struct.error:  # a truncated message: the acceptor rejects it on its own
+        pass
+    return None
