@@ -20,6 +20,7 @@ import msal
 import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from msal.exceptions import MsalServiceError
 
 from .config import EntraCredential
 from .httpclient import requests_session
@@ -95,6 +96,11 @@ class EntraApps:
     def __init__(self) -> None:
         self._apps: dict[tuple[str, Proxy | None], tuple[object, msal.ConfidentialClientApplication]] = {}
         self._lock = threading.Lock()
+        self._scope_locks: dict[tuple[str, str], threading.Lock] = {}
+
+    def _scope_lock(self, name: str, scope: str) -> threading.Lock:
+        with self._lock:
+            return self._scope_locks.setdefault((name, scope), threading.Lock())
 
     def _app(
         self, name: str, credential: EntraCredential, ca_file: str | None, proxy: Proxy | None, timeout: float
@@ -121,8 +127,10 @@ class EntraApps:
                 timeout=timeout,
             )
         except ValueError as err:
+            # MSAL wraps the discovery answer (which holds the AADSTS code) in a generic message.
+            detail = _innermost_aadsts(err) or str(err)
             raise TokenError(
-                f"Entra ID rejected the authority {authority}: {_first_line(str(err))}", _aadsts(str(err))
+                f"Entra ID rejected the authority {authority}: {_first_line(detail)}", _aadsts(detail)
             ) from None
         except requests.RequestException as err:
             raise TokenError(f"cannot reach Entra ID at {authority}: {type(err).__name__}") from None
@@ -142,10 +150,14 @@ class EntraApps:
     ) -> Token:
         """A token for ``scope`` from the cache or Entra ID (blocking; call from a worker thread)."""
         app = self._app(name, credential, ca_file, proxy, timeout)
-        try:
-            result = app.acquire_token_for_client(scopes=[scope])
-        except requests.RequestException as err:
-            raise TokenError(f"cannot reach Entra ID: {type(err).__name__}") from None
+        with self._scope_lock(name, scope):
+            # One request at a time per credential and scope: concurrent cache misses would each fetch.
+            try:
+                result = app.acquire_token_for_client(scopes=[scope])
+            except requests.RequestException as err:
+                raise TokenError(f"cannot reach Entra ID: {type(err).__name__}") from None
+            except MsalServiceError as err:  # a 5xx from the token endpoint
+                raise TokenError(f"cannot get a token, Entra ID failed: {_first_line(str(err))}") from None
         if "access_token" not in result:
             description = str(result.get("error_description", ""))
             raise TokenError(f"{result.get('error', 'error')}: {_first_line(description)}", _aadsts(description))
@@ -161,6 +173,18 @@ def _aadsts(text: str) -> str | None:
     return match.group(0) if match else None
 
 
+def _innermost_aadsts(err: BaseException) -> str | None:
+    seen: BaseException | None = err
+    while seen is not None:
+        if _AADSTS.search(str(seen)):
+            return str(seen)
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def _first_line(text: str) -> str:
-    # Entra's descriptions append Trace/Correlation IDs and a timestamp: keep the sentence that matters.
-    return re.split(r"\r?\n| Trace ID:", text, maxsplit=1)[0].strip()[:300]
+    """The sentence that matters: from the AADSTS code when there is one (it may sit inside a JSON body),
+    without the Trace/Correlation IDs and timestamp Entra appends."""
+    match = _AADSTS.search(text)
+    text = text[match.start():] if match else text
+    return re.split(r'\r?\n|\\r\\n| Trace ID:|"', text, maxsplit=1)[0].strip()[:300]

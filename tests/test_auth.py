@@ -1,0 +1,360 @@
+"""The auth and token checks against a simulator that authenticates for real (Basic, NTLM, Entra ID)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from checks import run
+from samples import parse, value
+
+from exporter import report
+from exporter.app import Exporter
+from exporter.config import Config, load_config
+from exporter.results import CheckResult, Reason
+from exporter.simulator.pki import CertificateAuthority
+from exporter.simulator.server import Simulator
+from exporter.web import create_app
+
+EWS_SCOPE = "https://outlook.office365.com/.default"
+
+
+def config_of(path: Path, **changes: object) -> Config:
+    """The simulator's config, with top-level sections changed (merged one level deep)."""
+    data = yaml.safe_load(path.read_text())
+    for key, change in changes.items():
+        data[key] = {**data.get(key, {}), **change} if isinstance(change, dict) else change
+    path.write_text(yaml.safe_dump(data))
+    return load_config(path)
+
+
+async def check(config: Config, target: str, name: str) -> CheckResult:
+    return await run(config, config.targets_by_name()[target], name)
+
+
+def measured(result: CheckResult, metric: str) -> dict[str, float]:
+    return {
+        dict(m.labels).get("method", dict(m.labels).get("credential", "")): m.value
+        for m in result.measurements
+        if m.metric == metric
+    }
+
+
+async def test_every_method_signs_in(simulator: Simulator, sim_config_file: Path) -> None:
+    config = load_config(sim_config_file)
+    for target in ("onprem-ews", "onprem-autodiscover", "online-ews"):
+        result = await check(config, target, "auth")
+        assert result.success, report.render(config.targets_by_name()[target], [result])
+    onprem = await check(config, "onprem-ews", "auth")
+    assert measured(onprem, "bems_auth_success") == {"basic": 1.0, "ntlm": 1.0}
+    assert measured(onprem, "bems_auth_offered") == {"basic": 1.0, "ntlm": 1.0, "negotiate": 1.0, "bearer": 0.0}
+    online = await check(config, "online-ews", "auth")
+    assert measured(online, "bems_auth_success") == {"oauth": 1.0}
+    assert measured(online, "bems_auth_offered")["bearer"] == 1.0
+
+
+async def test_certificate_credential_signs_in(simulator: Simulator, tmp_path: Path) -> None:
+    path = simulator.write_exporter_config(tmp_path / "cert.yml", timeout="5s", entra_app_auth="certificate")
+    config = load_config(path)
+    assert config.targets_by_name()["online-ews"].credential == "entra-app-cert"
+    assert (await check(config, "online-ews", "token")).success
+    assert (await check(config, "online-ews", "auth")).success
+
+
+async def test_wrong_password_is_unauthorized_for_both_methods(simulator: Simulator, sim_config_file: Path) -> None:
+    simulator.set_account_fault("wrong_password")
+    result = await check(load_config(sim_config_file), "onprem-ews", "auth")
+    assert result.reason == Reason.UNAUTHORIZED
+    assert measured(result, "bems_auth_success") == {"basic": 0.0, "ntlm": 0.0}
+    assert "Get-ADUser" in result.hint
+
+
+async def test_disabled_basic_is_not_offered_and_never_sent(simulator: Simulator, sim_config_file: Path) -> None:
+    simulator.set_auth_methods("onprem-ews", ["negotiate", "ntlm"])
+    result = await check(load_config(sim_config_file), "onprem-ews", "auth")
+    assert result.reason == Reason.METHOD_NOT_OFFERED
+    assert measured(result, "bems_auth_success") == {"basic": 0.0, "ntlm": 1.0}
+    assert measured(result, "bems_auth_offered")["basic"] == 0.0
+    assert "BasicAuthentication $true" in result.hint
+
+
+async def test_ntlm_sends_channel_bindings_that_extended_protection_requires(
+    simulator: Simulator, sim_config_file: Path
+) -> None:
+    simulator.set_extended_protection("onprem-ews", "require")
+    result = await check(load_config(sim_config_file), "onprem-ews", "auth")
+    assert measured(result, "bems_auth_success")["ntlm"] == 1.0, result
+
+
+@pytest.mark.parametrize(
+    ("setting", "code"),
+    [
+        ({"secret_expired": True}, "AADSTS7000222"),
+        ({"token_endpoint_down": True}, "HTTP Error: 503"),
+        ({"throttled": True}, "AADSTS90055"),
+    ],
+)
+async def test_entra_failures_are_token_failures(
+    simulator: Simulator, sim_config_file: Path, setting: dict[str, bool], code: str
+) -> None:
+    simulator.configure_entra(**setting)
+    config = load_config(sim_config_file)
+    token = await check(config, "online-ews", "token")
+    assert token.reason == Reason.TOKEN, token
+    assert code in token.message or code in token.steps[-1].detail
+    assert measured(token, "bems_oauth_token_success") == {"entra-app": 0.0}
+    auth = await check(config, "online-ews", "auth")
+    assert auth.reason == Reason.TOKEN
+
+
+async def test_wrong_secret_and_unknown_tenant(simulator: Simulator, sim_config_file: Path) -> None:
+    simulator.credentials.client_secret_file.write_text("not-the-secret")
+    token = await check(load_config(sim_config_file), "online-ews", "token")
+    assert token.reason == Reason.TOKEN and "AADSTS7000215" in token.message
+    data = yaml.safe_load(sim_config_file.read_text())
+    data["credentials"]["entra-app"]["tenant_id"] = "nosuchtenant.onmicrosoft.com"
+    sim_config_file.write_text(yaml.safe_dump(data))
+    token = await check(load_config(sim_config_file), "online-ews", "token")
+    assert token.reason == Reason.TOKEN and "AADSTS90002" in token.message
+
+
+async def test_app_without_permission_is_unauthorized_at_exchange(simulator: Simulator, sim_config_file: Path) -> None:
+    simulator.configure_entra(roles_granted=False)
+    config = load_config(sim_config_file)
+    assert (await check(config, "online-ews", "token")).success  # Entra issues tokens without roles
+    auth = await check(config, "online-ews", "auth")
+    assert auth.reason == Reason.UNAUTHORIZED
+    assert "2000008" in auth.message
+    assert "full_access_as_app" in auth.hint
+
+
+async def test_tokens_come_from_the_cache(simulator: Simulator, sim_config_file: Path) -> None:
+    config = load_config(sim_config_file)
+    exporter = Exporter(str(sim_config_file))
+    exporter.load()  # not started: the checks run by hand below, on the exporter's long-lived resources
+    try:
+        for _ in range(4):
+            results = await exporter.probe_now("online-ews")
+            assert results is not None and all(r.success for r in results[1]), results
+    finally:
+        await exporter.stop()
+    client_id = config.credentials["entra-app"].client_id
+    assert simulator.entra.token_requests[(client_id, EWS_SCOPE)] == 1
+
+
+async def test_ntlm_does_not_block_the_event_loop(simulator: Simulator, sim_config_file: Path) -> None:
+    await simulator.set_fault("onprem-ews", "slow", delay_seconds=1.5)
+    config = load_config(simulator.write_exporter_config(sim_config_file, timeout="10s"))
+    gaps: list[float] = []
+
+    async def tick() -> None:
+        last = time.perf_counter()
+        while True:
+            await asyncio.sleep(0.01)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    ticker = asyncio.create_task(tick())
+    try:
+        result = await check(config, "onprem-ews", "auth")
+    finally:
+        ticker.cancel()
+    assert result.duration > 1.5  # the slow answers were waited for...
+    assert max(gaps) < 0.25  # ...without stalling the loop
+
+
+# --- credentials stay home -------------------------------------------------------------------------------
+
+
+@dataclass
+class Recorder:
+    """A small HTTPS server of the test's own that records what reaches it."""
+
+    redirect_to: str | None = None
+    delay: float = 0.0
+    seen: list[dict[str, str]] = field(default_factory=list)
+    in_flight: int = 0
+    peak: int = 0
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.seen.append(dict(request.headers))
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        try:
+            await asyncio.sleep(self.delay)
+            if self.redirect_to:
+                raise web.HTTPFound(self.redirect_to)
+            if "Authorization" not in request.headers:
+                return web.Response(status=401, headers={"WWW-Authenticate": 'Basic realm="recorder"'})
+            return web.Response(body=GET_FOLDER_OK, content_type="text/xml")
+        finally:
+            self.in_flight -= 1
+
+
+GET_FOLDER_OK = (
+    b'<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/">'
+    b'<s:Body><m:GetFolderResponse xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages">'
+    b'<m:ResponseMessages><m:GetFolderResponseMessage ResponseClass="Success"><m:ResponseCode>NoError'
+    b"</m:ResponseCode></m:GetFolderResponseMessage></m:ResponseMessages></m:GetFolderResponse></s:Body></s:Envelope>"
+)
+
+
+@pytest.fixture
+async def recorders(simulator: Simulator, tmp_path: Path) -> AsyncIterator[tuple[dict[str, Recorder], Path]]:
+    """Two recording HTTPS servers (different ports: different origins) and a CA bundle trusting them."""
+    ca = CertificateAuthority.create("recorder CA")
+    cert, key = ca.issue(["localhost"], ["127.0.0.1"])
+    (tmp_path / "rec.crt").write_bytes(cert)
+    (tmp_path / "rec.key").write_bytes(key)
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(simulator.ca_file.read_bytes() + ca.cert_pem)
+    import ssl
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tmp_path / "rec.crt", tmp_path / "rec.key")
+    found: dict[str, Recorder] = {}
+    runners = []
+    for name in ("home", "elsewhere"):
+        recorder = Recorder()
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", recorder.handle)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+        await site.start()
+        runners.append(runner)
+        recorder.url = f"https://localhost:{runner.addresses[0][1]}"  # type: ignore[attr-defined]
+        found[name] = recorder
+    try:
+        yield found, bundle
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+
+
+def recorder_config(sim_config_file: Path, bundle: Path, url: str, count: int = 1, **limits: int) -> Config:
+    data = yaml.safe_load(sim_config_file.read_text())
+    data["defaults"]["tls"]["ca_file"] = str(bundle)
+    data["defaults"]["interval"] = "1s"
+    if limits:
+        data["limits"] = limits
+    data["targets"] = [
+        {
+            "name": f"rec-{i}",
+            "kind": "ews",
+            "exchange": "onprem",
+            "url": f"{url}/EWS/Exchange.asmx",
+            "credential": "bemsadmin",
+            "auth": ["basic"],
+        }
+        for i in range(count)
+    ]
+    sim_config_file.write_text(yaml.safe_dump(data))
+    return load_config(sim_config_file)
+
+
+@pytest.mark.parametrize("where", ["elsewhere", "plain-http"])
+async def test_redirects_away_keep_credentials_home(
+    recorders: tuple[dict[str, Recorder], Path], sim_config_file: Path, where: str
+) -> None:
+    servers, bundle = recorders
+    home, elsewhere = servers["home"], servers["elsewhere"]
+    target = elsewhere.url if where == "elsewhere" else home.url.replace("https://", "http://")
+    config = recorder_config(sim_config_file, bundle, home.url)
+    # The home server asks for Basic, then redirects the signed-in request elsewhere.
+    home.redirect_to = None
+    result = await check(config, "rec-0", "auth")
+    assert result.success and len(home.seen) == 2
+    assert "Authorization" not in home.seen[0]  # Basic only after the server asked for it
+    home.seen.clear()
+    home.redirect_to = f"{target}/EWS/Exchange.asmx"
+    result = await check(config, "rec-0", "auth")
+    assert result.reason == Reason.REDIRECT_BLOCKED, result
+    assert elsewhere.seen == []  # not one request, let alone credentials
+
+
+async def test_per_credential_concurrency_is_bounded(
+    recorders: tuple[dict[str, Recorder], Path], sim_config_file: Path
+) -> None:
+    servers, bundle = recorders
+    home = servers["home"]
+    home.delay = 0.2
+    recorder_config(sim_config_file, bundle, home.url, count=8, per_credential_concurrency=2)
+    exporter = Exporter(str(sim_config_file))
+    exporter.load()
+    exporter.start()
+    try:
+        await asyncio.sleep(3)
+    finally:
+        await exporter.stop()
+    assert len(home.seen) > 16  # eight targets kept busy...
+    assert home.peak == 2  # ...two requests at a time as the shared account
+
+
+# --- secrets ----------------------------------------------------------------------------------------------
+
+
+async def test_secrets_appear_nowhere(
+    simulator: Simulator, sim_config_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from exporter.logs import setup_logging
+
+    setup_logging("debug", "logfmt")
+    caplog.set_level(logging.DEBUG)
+    config_of(sim_config_file, defaults={"interval": "1s", "timeout": "1s"})
+    exporter = Exporter(str(sim_config_file))
+    exporter.load()
+    exporter.start()
+    outputs: list[str] = []
+    try:
+        async with TestClient(TestServer(create_app(exporter), host="127.0.0.1")) as client:
+            await asyncio.sleep(1.5)
+            simulator.set_account_fault("wrong_password")
+            simulator.configure_entra(secret_expired=True)
+            await simulator.set_fault("online-autodiscover", "expired")
+            await asyncio.sleep(1.5)
+            for path in ("/metrics", "/config", "/", "/probe?target=onprem-ews", "/probe?target=online-ews"):
+                outputs.append(await (await client.get(path)).text())
+            samples = parse(outputs[0])
+            assert value(samples, "bems_probe_success", target="onprem-ews", exchange="onprem", check="auth") == 0
+    finally:
+        await exporter.stop()
+    for target in exporter.config.targets:
+        results = [r for (t, _), r in exporter.store.latest.items() if t == target.name]
+        outputs.append(report.render(target, results))
+        outputs.extend(repr(r) for r in results)
+    outputs.append(caplog.text)
+    everything = "\n".join(outputs)
+    credentials = simulator.credentials
+    secrets = [credentials.onprem_password, credentials.client_secret]
+    basic = base64.b64encode(f"{credentials.onprem_username}:{credentials.onprem_password}".encode()).decode()
+    for secret in [*secrets, basic]:
+        assert secret not in everything
+    assert "check failed" in caplog.text and "unauthorized" in everything  # the scan saw the failures
+
+
+async def test_configured_trust_and_proxies_beat_the_environment(
+    simulator: Simulator, sim_config_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # requests and MSAL read these; the exporter must not: ca_file is the whole trust, proxies come from config.
+    other_ca = tmp_path / "other-ca.pem"
+    other_ca.write_bytes(CertificateAuthority.create("some other CA").cert_pem)
+    for name in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE"):
+        monkeypatch.setenv(name, str(other_ca))
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")  # the discard port: nothing proxies there
+    config = load_config(sim_config_file)
+    assert (await check(config, "online-ews", "token")).success
+    for target in ("onprem-ews", "online-ews"):
+        result = await check(config, target, "auth")
+        assert result.success, result
