@@ -1,0 +1,244 @@
+"""The benchmark's markdown: the machine, then one table per measurement."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import subprocess
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from exporter.app import revision
+from exporter.config import format_duration
+from exporter.scheduler import LAG_BUCKETS
+
+from .scheduled import LoadMeasurement, MetricsMeasurement
+from .tls_comparison import OpensslFloor, ProbeCpu
+
+MIB = 1024 * 1024
+REPOSITORY = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Results:
+    run: str  # the plan's name: "default" or "quick"
+    load: list[LoadMeasurement] = field(default_factory=list)
+    metrics: list[MetricsMeasurement] = field(default_factory=list)  # one per scrape format
+    exporter_checks: dict[str, list[ProbeCpu]] = field(default_factory=dict)  # check name -> rounds
+    blackbox: list[ProbeCpu] = field(default_factory=list)  # rounds
+    blackbox_skipped_because: str | None = None
+    openssl: OpensslFloor | None = None
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            return value.strip()
+    return platform.processor() or "unknown CPU"
+
+
+def exporter_revision() -> str:
+    """The commit, and whether the exporter package differs from it (the figures are for the files run)."""
+    try:
+        status = subprocess.run(
+            ["git", "-C", str(REPOSITORY), "status", "--porcelain", "--", "exporter"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return revision()
+    return f"{revision()} with uncommitted changes in exporter/" if status.strip() else revision()
+
+
+def machine_line() -> str:
+    cpus = len(os.sched_getaffinity(0))
+    return (
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {cpus} CPUs ({cpu_model()}); Linux {platform.release()}; "
+        f"Python {platform.python_version()}; exporter revision {exporter_revision()}"
+    )
+
+
+def _seconds(value: float) -> str:
+    if math.isnan(value):
+        return "n/a"
+    if math.isinf(value):
+        return f"> {LAG_BUCKETS[-1]:g} s"  # beyond the histogram's last finite bucket
+    return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    alignment = [":---", *("---:" for _ in header[1:])]  # text in the first column, figures after it
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(alignment) + "|"]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def _load_table(load: list[LoadMeasurement]) -> list[str]:
+    header = [
+        "targets",
+        "interval",
+        "planned checks/min",
+        "completed checks/min",
+        "failed",
+        "overruns",
+        "CPU (% of 1 core)",
+        "CPU ms/check",
+        "lag p50",
+        "lag p99",
+        "RSS MiB",
+        "peak RSS MiB",
+        "simulator CPU %",
+        "machine CPU %",
+    ]
+    rows = [
+        [
+            f"{m.targets:,}",
+            format_duration(m.interval),
+            f"{m.planned_per_minute:,.0f}",
+            f"{m.completed_per_minute:,.0f}",
+            f"{m.failed:,.0f}",
+            f"{m.overruns:,.0f}",
+            f"{100 * m.cpu_seconds / m.window_seconds:.0f}",
+            f"{m.cpu_ms_per_check:.2f}",
+            _seconds(m.lag_p50_seconds),
+            _seconds(m.lag_p99_seconds),
+            f"{m.rss_bytes / MIB:.0f}",
+            f"{m.peak_rss_bytes / MIB:.0f}",
+            f"{100 * m.simulator_cpu_seconds / m.window_seconds:.0f}",
+            f"{100 * m.machine_cpu_seconds / m.window_seconds:.0f}",
+        ]
+        for m in load
+    ]
+    window = ", ".join(f"{m.window_seconds:.0f}" for m in load)
+    return [
+        "## Scheduled checks (exporter process only)",
+        "",
+        *_table(header, rows),
+        "",
+        f"Steady window per row (s): {window}, a whole number of check intervals, after a warm-up. Checks, "
+        "failures, overruns and lag are deltas between the two /metrics scrapes that bracket the window; "
+        "CPU is /proc/PID/stat utime+stime over the window (scrapes excluded), per check scaled to the "
+        "window; RSS is VmRSS at the window's end, peak is VmHWM. CPU % is of one core; machine CPU % is "
+        f"every process on the machine ({len(os.sched_getaffinity(0))} CPUs: at most "
+        f"{100 * len(os.sched_getaffinity(0))}), so other work running at the same time shows. Lag "
+        "percentiles are interpolated "
+        f"inside the histogram's buckets as histogram_quantile does (first bucket 0-{LAG_BUCKETS[0] * 1000:g} ms).",
+    ]
+
+
+def _metrics_table(measurements: list[MetricsMeasurement]) -> list[str]:
+    header = ["format", "targets", "samples", "bytes", "scrapes", "median ms", "p90 ms", "exporter CPU ms/scrape"]
+    rows = [
+        [
+            m.scrape_format,
+            f"{m.targets:,}",
+            f"{m.samples:,}",
+            f"{m.body_bytes:,}",
+            f"{len(m.scrape_seconds)}",
+            f"{m.median_ms:.1f}",
+            f"{m.p90_ms:.1f}",
+            f"{m.cpu_ms_per_scrape:.1f}",
+        ]
+        for m in measurements
+    ]
+    return [
+        "## GET /metrics (one kept-alive connection, sequential)",
+        "",
+        *_table(header, rows),
+        "",
+        "Measured after the first round of checks, with checks still running at "
+        f"{measurements[0].background_checks_per_minute:,}/min; their CPU is inside the CPU column.",
+    ]
+
+
+def median_round(rounds: list[ProbeCpu]) -> ProbeCpu:
+    """The round with the median CPU per probe (the lower middle one of an even count)."""
+    ordered = sorted(rounds, key=lambda r: r.cpu_ms_per_probe)
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def _tls_table(results: Results) -> list[str]:
+    base = median_round(results.blackbox).cpu_ms_per_probe if results.blackbox else None
+
+    def ratio(cpu_ms: float) -> str:
+        return f"{cpu_ms / base:.2f}x" if base else "n/a"
+
+    header = [
+        "prober",
+        "rounds × probes",
+        "failed",
+        "probes/s (wall)",
+        "CPU ms/probe",
+        "range over rounds",
+        "vs blackbox_exporter",
+    ]
+
+    def row(rounds: list[ProbeCpu], versus: str | None = None) -> list[str]:
+        median = median_round(rounds)
+        cpu = [r.cpu_ms_per_probe for r in rounds]
+        return [
+            median.prober,
+            f"{len(rounds)} × {median.probes:,}",
+            f"{sum(r.failures for r in rounds):,}",
+            f"{median.probes / median.wall_seconds:,.0f}",
+            f"{median.cpu_ms_per_probe:.3f}",
+            f"{min(cpu):.3f}-{max(cpu):.3f}",
+            versus or ratio(median.cpu_ms_per_probe),
+        ]
+
+    rows: list[list[str]] = []
+    if results.blackbox:
+        rows.append(row(results.blackbox))
+    if results.blackbox_skipped_because:
+        rows.append(["blackbox_exporter: skipped, " + results.blackbox_skipped_because, *[""] * 6])
+    if "tls" in results.exporter_checks:
+        rows.append(row(results.exporter_checks["tls"]))
+    if "reachability" in results.exporter_checks:
+        rows.append(row(results.exporter_checks["reachability"], "not a TLS check"))
+    if results.load:
+        busiest = max(results.load, key=lambda m: m.planned_per_minute)
+        rows.append(
+            [
+                f"exporter: scheduled, mean of reachability+tls ({busiest.targets:,} targets, "
+                f"{busiest.planned_per_minute:,.0f}/min)",
+                f"1 × {busiest.completed:,.0f}",
+                f"{busiest.failed:,.0f}",
+                f"{busiest.completed_per_minute / 60:,.0f}",
+                f"{busiest.cpu_ms_per_check:.3f}",
+                "",
+                "mixes both checks",
+            ]
+        )
+    lines = ["## CPU per TLS check", "", *_table(header, rows), ""]
+    lines.append(
+        "blackbox_exporter: module tcp + tls, driven through its /probe endpoint (its HTTP handling is "
+        "included), CPU of its process. The exporter's execute() rows: time.process_time of a fresh "
+        "process running the check, excluding start-up and a warm-up round. Rounds alternate between the "
+        "probers; CPU ms/probe and probes/s are those of the median round. The scheduled row is the "
+        "busiest scheduled-checks row above."
+    )
+    if results.openssl is not None:
+        o = results.openssl
+        lines += [
+            "",
+            f"Floor, `openssl s_time -new` (client, one connection at a time): {o.connections:,} handshakes in "
+            f"{o.real_seconds} s ({o.handshakes_per_second:,.0f}/s), {o.connections_per_user_second:,.0f} "
+            f"connections per user CPU second = {o.client_cpu_ms_per_handshake:.3f} ms user CPU per handshake"
+            f" ({ratio(o.client_cpu_ms_per_handshake)} of blackbox_exporter).",
+        ]
+    return lines
+
+
+def render(results: Results) -> str:
+    lines = ["# bems-exchange-exporter benchmark", "", f"Run: {results.run}; {machine_line()}", ""]
+    if results.load:
+        lines += [*_load_table(results.load), ""]
+    if results.metrics:
+        lines += [*_metrics_table(results.metrics), ""]
+    if results.exporter_checks or results.blackbox or results.blackbox_skipped_because:
+        lines += [*_tls_table(results), ""]
+    return "\n".join(lines)
