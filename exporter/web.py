@@ -8,9 +8,8 @@ import time
 import yaml
 from aiohttp import web
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
 
-from . import __version__
+from . import __version__, exposition
 from .app import Exporter
 from .collector import BemsCollector
 from .logs import redact
@@ -20,13 +19,13 @@ from .webconfig import WebConfig
 EXPORTER_KEY = web.AppKey("exporter", Exporter)
 
 
-def _render(registry: CollectorRegistry, accept: str | None) -> web.Response:
-    encoder, content_type = choose_encoder(accept or "")
-    return web.Response(body=encoder(registry), headers={"Content-Type": content_type})
+def _render(registry: CollectorRegistry) -> web.Response:
+    # Always the text format: every Prometheus reads it, and it is what the fast writer produces.
+    return web.Response(body=exposition.render(registry.collect()), headers={"Content-Type": exposition.CONTENT_TYPE})
 
 
 async def metrics(request: web.Request) -> web.Response:
-    return _render(request.app[EXPORTER_KEY].registry, request.headers.get("Accept"))
+    return _render(request.app[EXPORTER_KEY].registry)
 
 
 async def probe(request: web.Request) -> web.Response:
@@ -39,7 +38,7 @@ async def probe(request: web.Request) -> web.Response:
     store, _ = outcome
     registry = CollectorRegistry(auto_describe=False)
     registry.register(BemsCollector(store))
-    return _render(registry, request.headers.get("Accept"))
+    return _render(registry)
 
 
 async def healthy(_request: web.Request) -> web.Response:

@@ -202,3 +202,27 @@ async def test_runs_that_cannot_start_in_time_count_as_overruns(simulator: Simul
     assert exporter.store.overruns.keys() <= {
         (t, c) for t, checks in planned_checks(exporter.config).items() for c in checks
     }
+
+
+async def test_fast_exposition_matches_prometheus_client(client: TestClient, exporter: Exporter) -> None:
+    from prometheus_client import generate_latest
+
+    from exporter import exposition
+
+    async def ready() -> bool:
+        return exporter.ready()
+
+    await wait_for(ready)
+    families = list(exporter.registry.collect())  # one snapshot, rendered both ways
+    ours = exposition.render(families).decode()
+
+    class Snapshot:
+        def collect(self):  # type: ignore[no-untyped-def]
+            return families
+
+    theirs = generate_latest(Snapshot()).decode()  # type: ignore[arg-type]
+    assert parse(ours) == parse(theirs)
+    assert [line for line in ours.splitlines() if line.startswith("#")] == [
+        line for line in theirs.splitlines() if line.startswith("#")
+    ]
+    assert exposition.render([]) == b""
