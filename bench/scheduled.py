@@ -114,15 +114,12 @@ def measure_load(
     )
 
 
-# What Prometheus 2.x sends by default: the exporter then answers in OpenMetrics.
+# What Prometheus 2.x sends by default; the exporter answers in the text format whatever the header says.
 PROMETHEUS_ACCEPT = (
     "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
     "text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
 )
-SCRAPE_FORMATS = {
-    "text 0.0.4 (no Accept header)": {},
-    "OpenMetrics (Prometheus' Accept header)": {"Accept": PROMETHEUS_ACCEPT},
-}
+SCRAPE_FORMATS = {"text 0.0.4 (Prometheus' Accept header)": {"Accept": PROMETHEUS_ACCEPT}}
 
 
 @dataclass(frozen=True)

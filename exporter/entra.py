@@ -94,7 +94,10 @@ class EntraApps:
     """MSAL applications by credential name and proxy; rebuilt when the credential changes."""
 
     def __init__(self) -> None:
-        self._apps: dict[tuple[str, Proxy | None], tuple[object, msal.ConfidentialClientApplication]] = {}
+        # (name, proxy) -> (what the app was built from, the app, its HTTP session)
+        self._apps: dict[
+            tuple[str, Proxy | None], tuple[object, msal.ConfidentialClientApplication, requests.Session]
+        ] = {}
         self._lock = threading.Lock()
         self._scope_locks: dict[tuple[str, str], threading.Lock] = {}
 
@@ -116,6 +119,7 @@ class EntraApps:
             client_credential = _client_credential(credential)
         except (OSError, ValueError, TypeError) as err:
             raise TokenError(f"cannot load the credential: {err}") from None
+        session = requests_session(credential.authority, ca_file, proxy)
         try:
             # The constructor fetches the OpenID configuration: a wrong tenant fails here.
             app = msal.ConfidentialClientApplication(
@@ -123,20 +127,31 @@ class EntraApps:
                 client_credential=client_credential,
                 authority=authority,
                 instance_discovery=None if host in PUBLIC_CLOUD_HOSTS else False,
-                http_client=requests_session(ca_file, proxy),
+                http_client=session,
                 timeout=timeout,
             )
         except ValueError as err:
+            session.close()
             # MSAL wraps the discovery answer (which holds the AADSTS code) in a generic message.
             detail = _innermost_aadsts(err) or str(err)
             raise TokenError(
                 f"Entra ID rejected the authority {authority}: {_first_line(detail)}", _aadsts(detail)
             ) from None
         except requests.RequestException as err:
+            session.close()
             raise TokenError(f"cannot reach Entra ID at {authority}: {type(err).__name__}") from None
         with self._lock:
-            self._apps[(name, proxy)] = (identity, app)
+            replaced = self._apps.get((name, proxy))
+            self._apps[(name, proxy)] = (identity, app, session)
+        if replaced is not None:
+            replaced[2].close()
         return app
+
+    def close(self) -> None:
+        with self._lock:
+            for _, _, session in self._apps.values():
+                session.close()
+            self._apps.clear()
 
     def acquire(
         self,
@@ -186,5 +201,5 @@ def _first_line(text: str) -> str:
     """The sentence that matters: from the AADSTS code when there is one (it may sit inside a JSON body),
     without the Trace/Correlation IDs and timestamp Entra appends."""
     match = _AADSTS.search(text)
-    text = text[match.start():] if match else text
+    text = text[match.start() :] if match else text
     return re.split(r'\r?\n|\\r\\n| Trace ID:|"', text, maxsplit=1)[0].strip()[:300]

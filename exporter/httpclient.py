@@ -146,12 +146,30 @@ class HttpClients:
             raise ProbeFailure(Reason.BAD_RESPONSE, "the server closed the connection without an answer") from None
 
 
-class _TrustAdapter(HTTPAdapter):
-    """requests with our SSL context: requests would otherwise load certifi's bundle into it."""
+class ForeignOriginError(requests.RequestException):
+    """A request a library wanted to send somewhere the configuration did not name."""
 
-    def __init__(self, context: ssl.SSLContext) -> None:
+
+class _TrustAdapter(HTTPAdapter):
+    """requests with our SSL context, and only to one origin.
+
+    The context carries the trust store (requests would otherwise load certifi's bundle into it). The
+    origin check keeps a library's own requests home: MSAL, say, posts the client secret to whatever
+    token endpoint the authority's discovery document names.
+    """
+
+    def __init__(self, context: ssl.SSLContext, home: str) -> None:
         self._context = context
+        self._home = home
         super().__init__(pool_connections=4, pool_maxsize=4, max_retries=0)
+
+    def send(self, request, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if origin(request.url or "") != origin(self._home):
+            raise ForeignOriginError(
+                f"refusing to send to {_origin_text(request.url or '')}: only {_origin_text(self._home)} "
+                "is configured", request=request,
+            )  # fmt: skip
+        return super().send(request, *args, **kwargs)
 
     def init_poolmanager(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         kwargs["ssl_context"] = self._context
@@ -167,11 +185,14 @@ class _TrustAdapter(HTTPAdapter):
         conn.ca_cert_dir = None
 
 
-def requests_session(ca_file: str | None, proxy: Proxy | None) -> requests.Session:
-    """A requests session that verifies like the rest of the exporter and ignores the environment."""
+def requests_session(home: str, ca_file: str | None, proxy: Proxy | None) -> requests.Session:
+    """A requests session that verifies like the rest of the exporter, ignores the environment, and
+    sends only to the origin of ``home`` over HTTPS."""
     session = requests.Session()
     session.trust_env = False
-    session.mount("https://", _TrustAdapter(new_client_ssl_context(ca_file)))
+    adapter = _TrustAdapter(new_client_ssl_context(ca_file), home)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)  # refused by the origin check: home is always https
     if proxy is not None:
         auth = ""
         if proxy.credential is not None:

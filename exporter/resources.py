@@ -32,5 +32,6 @@ class Resources:
     async def close(self) -> None:
         await self.http.close()
         self.ntlm.close()
+        self.entra.close()
         # Threads blocked on a hung server end with their own socket timeouts; do not wait for them.
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -111,7 +111,7 @@ scenario <b>{html.escape(exporter.config.scenario.value)}</b></p>
 {reload_note}
 <h2>Targets</h2>
 <table><tr><th>target</th><th>kind</th><th>exchange</th><th>url</th>
-<th colspan="3">checks (hover for the reason)</th></tr>
+<th colspan="{max((len(c) for c in store.checks.values()), default=1) + 1}">checks (hover for the reason)</th></tr>
 {"".join(rows)}
 </table></body></html>
 """

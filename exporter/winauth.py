@@ -15,8 +15,8 @@ import time
 import requests
 from requests_ntlm import HttpNtlmAuth
 
-from .config import WindowsCredential
-from .httpclient import HttpResponse, from_requests, read_bounded, requests_session
+from .config import Target, WindowsCredential
+from .httpclient import ForeignOriginError, HttpResponse, from_requests, read_bounded, requests_session
 from .net import Proxy
 from .results import ProbeFailure, Reason
 
@@ -29,24 +29,24 @@ class NtlmSessions:
         self._lock = threading.Lock()
 
     def _session(
-        self, target: str, credential: WindowsCredential, ca_file: str | None, proxy: Proxy | None
+        self, target: Target, credential: WindowsCredential, ca_file: str | None, proxy: Proxy | None
     ) -> tuple[requests.Session, threading.Lock]:
-        identity = (credential, ca_file, proxy)
+        identity = (target.url, credential, ca_file, proxy)
         with self._lock:
-            known = self._sessions.get(target)
+            known = self._sessions.get(target.name)
             if known is not None and known[0] == identity:
                 return known[1], known[2]
             if known is not None:
                 known[1].close()
-            session = requests_session(ca_file, proxy)
+            session = requests_session(target.url, ca_file, proxy)
             session.auth = HttpNtlmAuth(credential.username, credential.password.get_secret_value())
             entry = (identity, session, threading.Lock())
-            self._sessions[target] = entry
+            self._sessions[target.name] = entry
             return session, entry[2]
 
     def post(
         self,
-        target: str,
+        target: Target,
         credential: WindowsCredential,
         url: str,
         body: bytes,
@@ -64,6 +64,8 @@ class NtlmSessions:
                 response = session.post(
                     url, data=body, headers=headers, timeout=timeout, allow_redirects=False, stream=True
                 )
+            except ForeignOriginError as err:  # a redirect is returned, not followed; this is the backstop
+                raise ProbeFailure(Reason.REDIRECT_BLOCKED, str(err)) from None
             except requests.exceptions.SSLError as err:
                 raise ProbeFailure(Reason.CERTIFICATE, f"TLS failed: {_reason(err)}") from None
             except requests.exceptions.ProxyError as err:

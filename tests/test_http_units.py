@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from exporter import autodiscover, ews, xmlsafe
-from exporter.httpclient import HttpResponse, redirect_target
+from exporter.httpclient import ForeignOriginError, HttpResponse, redirect_target, requests_session
 from exporter.probes.auth import offered_methods
 from exporter.results import ProbeFailure, Reason
 
@@ -163,3 +165,17 @@ def test_get_folder_impersonation_header() -> None:
     )
     assert b"ExchangeImpersonation" not in ews.get_folder("inbox")
     xmlsafe.parse(ews.get_folder("inbox", "a@b"))  # well-formed
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://login.evil.example/tenant/oauth2/v2.0/token",  # another host
+        "https://login.example.com:8443/tenant/oauth2/v2.0/token",  # another port
+        "http://login.example.com/tenant/oauth2/v2.0/token",  # plain HTTP
+    ],
+)
+def test_requests_sessions_send_only_to_their_origin(url: str) -> None:
+    session = requests_session("https://login.example.com/tenant", None, None)
+    with pytest.raises(ForeignOriginError, match=re.escape("only https://login.example.com:443 is configured")):
+        session.post(url, data={"client_secret": "s3cret"})  # refused before any connection is made

@@ -130,7 +130,7 @@ async def _send_once(
     if method == AuthMethod.NTLM:
         assert isinstance(credential, WindowsCredential)
         return await resources.run_blocking(
-            resources.ntlm.post, target.name, credential, url, body, headers,
+            resources.ntlm.post, target, credential, url, body, headers,
             ca_file=ctx.ca_file, proxy=proxy, timeout=ctx.timeout,
         )  # fmt: skip
     headers = dict(headers)
