@@ -8,9 +8,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit, urlunsplit
 from xml.sax.saxutils import escape
 
-from . import xmlsafe
-from .httpclient import HttpResponse
-from .results import ProbeFailure, Reason
+from .httpclient import HttpResponse, xml_document
 
 POX_PATH = "/autodiscover/autodiscover.xml"
 REQUEST_NS = "http://schemas.microsoft.com/exchange/autodiscover/outlook/requestschema/2006"
@@ -37,11 +35,4 @@ def pox_request(mailbox: str) -> bytes:
 
 def check_pox_answer(response: HttpResponse) -> None:
     """A POX answer, settings or error alike, proves the server processed a signed-in request."""
-    try:
-        root = xmlsafe.parse(response.body)
-    except xmlsafe.UnsafeXML as err:
-        raise ProbeFailure(Reason.BAD_RESPONSE, f"HTTP {response.status}: not an Autodiscover answer: {err}") from None
-    if root.tag != f"{{{AUTODISCOVER_NS}}}Autodiscover":
-        raise ProbeFailure(
-            Reason.BAD_RESPONSE, f"HTTP {response.status} with <{xmlsafe.local_name(root.tag)}>, not <Autodiscover>"
-        )
+    xml_document(response, f"{{{AUTODISCOVER_NS}}}Autodiscover", "an Autodiscover answer")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
 from . import xmlsafe
-from .httpclient import HttpResponse
+from .httpclient import HttpResponse, xml_document
 from .results import ProbeFailure, Reason
 
 SOAP_NS = "http://schemas.xmlsoap.org/soap/envelope/"
@@ -58,14 +58,7 @@ class Answer:
 
 def read(response: HttpResponse) -> Answer:
     """Parse a 200 or 500 EWS answer; ProbeFailure(bad_response) when it is not one."""
-    try:
-        root = xmlsafe.parse(response.body)
-    except xmlsafe.UnsafeXML as err:
-        raise ProbeFailure(Reason.BAD_RESPONSE, f"HTTP {response.status} with a body that is not EWS: {err}") from None
-    if root.tag != f"{{{SOAP_NS}}}Envelope":
-        raise ProbeFailure(
-            Reason.BAD_RESPONSE, f"HTTP {response.status} with <{xmlsafe.local_name(root.tag)}>, not a SOAP envelope"
-        )
+    root = xml_document(response, f"{{{SOAP_NS}}}Envelope", "a SOAP envelope")
     fault = root.find(f"{{{SOAP_NS}}}Body/{{{SOAP_NS}}}Fault")
     if fault is not None:
         code = fault.findtext(f"detail/{{{ERRORS_NS}}}ResponseCode") or xmlsafe.local_name(

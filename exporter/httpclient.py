@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ssl
 import time
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from urllib.parse import quote, urljoin, urlsplit
 
@@ -20,6 +21,7 @@ import aiohttp
 import requests
 from requests.adapters import HTTPAdapter
 
+from . import xmlsafe
 from .net import Proxy, new_client_ssl_context
 from .results import ProbeFailure, Reason
 
@@ -218,6 +220,21 @@ def read_bounded(response: requests.Response, deadline: float) -> bytes:
     finally:
         response.close()
     return b"".join(chunks)
+
+
+def xml_document(response: HttpResponse, root_tag: str, what: str) -> ET.Element:
+    """The response body as XML whose root is ``root_tag`` (``{namespace}name``), else bad_response."""
+    try:
+        root = xmlsafe.parse(response.body)
+    except xmlsafe.UnsafeXML as err:
+        raise ProbeFailure(
+            Reason.BAD_RESPONSE, f"HTTP {response.status} with a body that is not {what}: {err}"
+        ) from None
+    if root.tag != root_tag:
+        raise ProbeFailure(
+            Reason.BAD_RESPONSE, f"HTTP {response.status} with <{xmlsafe.local_name(root.tag)}>, not {what}"
+        )
+    return root
 
 
 def from_requests(response: requests.Response, body: bytes) -> HttpResponse:
