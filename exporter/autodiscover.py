@@ -1,14 +1,20 @@
-"""Autodiscover as the checks speak it: the POX request and how its answer is recognised.
+"""Autodiscover as the checks speak it: POX, SOAP (GetUserSettings) and v2 JSON requests and answers.
 
 Written from Microsoft's documented wire format, independently of the simulator.
 """
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
+import ipaddress
+import json
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from urllib.parse import quote, urlsplit, urlunsplit
 from xml.sax.saxutils import escape
 
+from . import xmlsafe
 from .httpclient import HttpResponse, xml_document
+from .results import ProbeFailure, Reason
 
 POX_PATH = "/autodiscover/autodiscover.xml"
 REQUEST_NS = "http://schemas.microsoft.com/exchange/autodiscover/outlook/requestschema/2006"
@@ -36,3 +42,143 @@ def pox_request(mailbox: str) -> bytes:
 def check_pox_answer(response: HttpResponse) -> None:
     """A POX answer, settings or error alike, proves the server processed a signed-in request."""
     xml_document(response, f"{{{AUTODISCOVER_NS}}}Autodiscover", "an Autodiscover answer")
+
+
+SOAP_PATH = "/autodiscover/autodiscover.svc"
+JSON_PATH = "/autodiscover/autodiscover.json/v1.0/"
+SOAP_AUTODISCOVER_NS = "http://schemas.microsoft.com/exchange/2010/Autodiscover"
+WSA_NS = "http://www.w3.org/2005/08/addressing"
+XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
+SOAP_ENVELOPE_NS = "http://schemas.xmlsoap.org/soap/envelope/"
+SOAP_HEADERS = {"Content-Type": "text/xml; charset=utf-8"}
+MAX_HOPS = 10  # Microsoft's AutodiscoverMaxRedirections
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """Autodiscover's answer: the EWS URL, or where to ask next (another address, another URL)."""
+
+    ews_url: str | None = None
+    redirect_address: str | None = None
+    redirect_url: str | None = None
+
+
+def endpoint(protocol: str, target_url: str, mailbox: str) -> str:
+    parts = urlsplit(target_url)
+    if protocol == "pox":
+        path, query = POX_PATH, ""
+    elif protocol == "soap":
+        path, query = SOAP_PATH, ""
+    else:
+        path, query = JSON_PATH + quote(mailbox, safe="@"), "Protocol=EWS"
+    return urlunsplit((parts.scheme, parts.netloc, path, query, ""))
+
+
+def soap_request(mailbox: str, url: str) -> bytes:
+    settings = "".join(f"<a:Setting>{name}</a:Setting>" for name in ("ExternalEwsUrl", "InternalEwsUrl"))
+    return (
+        "<?xml version='1.0' encoding='utf-8'?>"
+        f'<s:Envelope xmlns:s="{SOAP_ENVELOPE_NS}" xmlns:a="{SOAP_AUTODISCOVER_NS}" xmlns:wsa="{WSA_NS}" '
+        f'xmlns:xsi="{XSI_NS}"><s:Header><a:RequestedServerVersion>Exchange2013</a:RequestedServerVersion>'
+        f"<wsa:Action>{SOAP_AUTODISCOVER_NS}/Autodiscover/GetUserSettings</wsa:Action>"
+        f"<wsa:To>{escape(url)}</wsa:To></s:Header><s:Body><a:GetUserSettingsRequestMessage><a:Request>"
+        f"<a:Users><a:User><a:Mailbox>{escape(mailbox)}</a:Mailbox></a:User></a:Users>"
+        f"<a:RequestedSettings>{settings}</a:RequestedSettings></a:Request></a:GetUserSettingsRequestMessage>"
+        "</s:Body></s:Envelope>"
+    ).encode()
+
+
+def _not_found(message: str) -> ProbeFailure:
+    return ProbeFailure(Reason.MAILBOX_NOT_FOUND, f"Autodiscover does not know the address: {message[:200]}")
+
+
+def read_pox(response: HttpResponse) -> Found:
+    root = xml_document(response, f"{{{AUTODISCOVER_NS}}}Autodiscover", "an Autodiscover answer")
+    error = next((e for e in root.iter() if xmlsafe.local_name(e.tag) == "Error"), None)
+    if error is not None:
+        code = _text(error, "ErrorCode")
+        message = _text(error, "Message") or "no message"
+        if code == "500":  # "The email address can't be found."
+            raise _not_found(message)
+        raise ProbeFailure(Reason.BAD_RESPONSE, f"Autodiscover error {code}: {message[:200]}")
+    action = next((_text(a, "Action") for a in root.iter() if xmlsafe.local_name(a.tag) == "Account"), "")
+    if action == "redirectAddr":
+        return Found(redirect_address=_deep_text(root, "RedirectAddr"))
+    if action == "redirectUrl":
+        return Found(redirect_url=_deep_text(root, "RedirectUrl"))
+    # The external EWS URL is EXPR's; EXCH carries the internal one.
+    urls = {_text(p, "Type"): _text(p, "EwsUrl") for p in root.iter() if xmlsafe.local_name(p.tag) == "Protocol"}
+    url = urls.get("EXPR") or urls.get("EXCH") or next((u for u in urls.values() if u), "")
+    if not url:
+        raise ProbeFailure(Reason.BAD_RESPONSE, "the Autodiscover answer holds no EwsUrl")
+    return Found(ews_url=url)
+
+
+def read_soap(response: HttpResponse) -> Found:
+    root = xml_document(response, f"{{{SOAP_ENVELOPE_NS}}}Envelope", "a SOAP Autodiscover answer")
+    user = next((e for e in root.iter(f"{{{SOAP_AUTODISCOVER_NS}}}UserResponse")), None)
+    if user is None:
+        response_element = next(root.iter(f"{{{SOAP_AUTODISCOVER_NS}}}Response"), None)
+        code = _text(response_element, "ErrorCode") if response_element is not None else ""
+        raise ProbeFailure(Reason.BAD_RESPONSE, f"a GetUserSettings answer without a user response ({code})")
+    code = _text(user, "ErrorCode")
+    target = _text(user, "RedirectTarget")
+    if code == "RedirectAddress":
+        return Found(redirect_address=target)
+    if code == "RedirectUrl":
+        return Found(redirect_url=target)
+    if code == "InvalidUser":
+        raise _not_found(_text(user, "ErrorMessage"))
+    if code != "NoError":
+        raise ProbeFailure(Reason.BAD_RESPONSE, f"GetUserSettings error {code}: {_text(user, 'ErrorMessage')[:200]}")
+    settings = {_text(s, "Name"): _text(s, "Value") for s in user.iter(f"{{{SOAP_AUTODISCOVER_NS}}}UserSetting")}
+    url = settings.get("ExternalEwsUrl") or settings.get("InternalEwsUrl")
+    if not url:
+        raise ProbeFailure(Reason.BAD_RESPONSE, "GetUserSettings returned neither ExternalEwsUrl nor InternalEwsUrl")
+    return Found(ews_url=url)
+
+
+def read_json(response: HttpResponse) -> Found:
+    try:
+        answer = json.loads(response.body)
+    except ValueError:
+        answer = None
+    url = answer.get("Url") if isinstance(answer, dict) else None
+    if not isinstance(url, str) or not url:
+        raise ProbeFailure(Reason.BAD_RESPONSE, "the Autodiscover v2 answer holds no Url")
+    return Found(ews_url=url)
+
+
+def _text(element: ET.Element | None, name: str) -> str:
+    """Text of the direct child called ``name``, whatever its namespace."""
+    if element is None:
+        return ""
+    child = next((c for c in element if xmlsafe.local_name(c.tag) == name), None)
+    return (child.text or "").strip() if child is not None else ""
+
+
+def _deep_text(root: ET.Element, name: str) -> str:
+    element = next((e for e in root.iter() if xmlsafe.local_name(e.tag) == name), None)
+    return (element.text or "").strip() if element is not None else ""
+
+
+def host_allowed(url: str, allowed: tuple[str, ...]) -> bool:
+    """https only, to a host equal to an allowed entry or a subdomain of one."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower().rstrip(".")
+    if parts.scheme != "https" or not host:
+        return False
+    return any(host == entry or host.endswith("." + entry) for entry in allowed)
+
+
+def default_allowed_hosts(target_url: str) -> tuple[str, ...]:
+    """The target host's parent domain (and so its subdomains); for an IP address, that address alone."""
+    host = (urlsplit(target_url).hostname or "").lower().rstrip(".")
+    try:
+        ipaddress.ip_address(host)
+        return (host,)
+    except ValueError:
+        pass
+    labels = host.split(".")
+    # autodiscover.corp.example.com -> corp.example.com; a two-label or single-label name stays itself.
+    return (".".join(labels[1:]),) if len(labels) > 2 else (host,)

@@ -12,13 +12,14 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import __version__, report
+from . import __version__, report, scenario
 from .app import Exporter
 from .config import DEFAULT_CONFIG_FILE, Config, ConfigError, format_duration, load_config
 from .logs import FORMATS, LEVELS, setup_logging
-from .probes import CHECKS, checks_for
+from .probes import CHECKS, checks_for, planned_checks
 from .resources import Resources
 from .runner import execute
+from .store import ResultStore
 from .web import create_app
 from .webconfig import WebConfig, load_web_config
 
@@ -86,7 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     probe = sub.add_parser("probe", help="run a target's checks once and print a step-by-step report")
     _common_flags(probe, suppress=True)
-    probe.add_argument("target", help="target name from the configuration")
+    probe.add_argument(
+        "target",
+        nargs="?",
+        help="target name from the configuration (default: every target, then the scenario verdict)",
+    )
     probe.add_argument("--check", choices=sorted(CHECKS), help="run only this check")
 
     for name, text in (
@@ -138,23 +143,30 @@ def config_summary(config: Config, file: str) -> str:
     return "\n".join(lines)
 
 
-async def _run_probe(config: Config, target_name: str, check_name: str | None) -> int:
-    target = config.targets_by_name().get(target_name)
-    if target is None:
+async def _run_probe(config: Config, target_name: str | None, check_name: str | None) -> int:
+    targets = config.targets if target_name is None else [config.targets_by_name().get(target_name)]
+    if targets == [None]:
         known = ", ".join(config.targets_by_name())
         print(f"unknown target {target_name!r}; configured targets: {known}", file=sys.stderr)
         return 2
-    checks = [c for c in checks_for(config, target) if check_name in (None, c.name)]
-    if not checks:
-        print(f"check {check_name!r} does not apply to target {target_name!r}", file=sys.stderr)
+    plan = [(t, [c for c in checks_for(config, t) if check_name in (None, c.name)]) for t in targets if t is not None]
+    if not any(checks for _, checks in plan):
+        print(f"check {check_name!r} does not apply to target {target_name or 'any target'!r}", file=sys.stderr)
         return 2
+    store = ResultStore(targets=config.targets_by_name(), checks=planned_checks(config))
     resources = Resources()
     try:
-        results = [await execute(check, config, target, resources) for check in checks]
+        for target, checks in plan:
+            results = [await execute(check, config, target, resources) for check in checks]
+            for result in results:
+                store.record(result)
+            if results:
+                sys.stdout.write(report.render(target, results))
     finally:
         await resources.close()
-    sys.stdout.write(report.render(target, results))
-    return 0 if all(r.success for r in results) else 1
+    if target_name is None and check_name is None:
+        sys.stdout.write(report.render_verdict(config.scenario.value, scenario.evaluate(config, store)))
+    return 0 if all(r.success for r in store.latest.values()) else 1
 
 
 async def _serve(
@@ -244,7 +256,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "probe":
             return asyncio.run(_run_probe(load_config(args.config_file), args.target, args.check))
         if args.config_check:
-            print(config_summary(load_config(args.config_file), args.config_file))
+            config = load_config(args.config_file)
+            print(config_summary(config, args.config_file))
+            for requirement in scenario.unconfigured(config):
+                print(f"warning: {config.scenario.value} requires {requirement}, but no target checks it")
             return 0
         web_config = load_web_config(args.web_config_file) if args.web_config_file else None
         parse_listen_address(args.listen_address)

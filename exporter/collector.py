@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from . import scenario as verdict
 from .config import Config
 from .metrics import MetricSpec
 from .probes import CHECKS
@@ -65,7 +66,10 @@ def _family(spec: MetricSpec, labels: Iterable[str]) -> Metric:
 def all_specs() -> list[MetricSpec]:
     """Every metric family the exporter can expose (docs and tests compare against this)."""
     owned = [spec for check in CHECKS.values() for spec in check.metrics]
-    return [*PROBE_METRICS, *owned, TARGET_INFO, SCENARIO_INFO, BUILD_INFO, RELOAD_OK, RELOAD_TIME]
+    return [
+        *PROBE_METRICS, *owned, TARGET_INFO, SCENARIO_INFO, BUILD_INFO, RELOAD_OK, RELOAD_TIME,
+        verdict.REQUIREMENT_MET, verdict.REQUIREMENT_REASON, verdict.SCENARIO_READY,
+    ]  # fmt: skip
 
 
 @dataclass
@@ -142,6 +146,7 @@ class BemsCollector(Collector):
         scenario = _family(SCENARIO_INFO, ["scenario"])
         if status.config is not None:
             scenario.add_metric([status.config.scenario.value], 1.0)
+            yield from verdict.families(status.config, self.store)
         yield scenario
         build = _family(BUILD_INFO, ["version", "revision", "pythonversion"])
         build.add_metric([status.version, status.revision, platform.python_version()], 1.0)

@@ -105,6 +105,12 @@ class AuthMethod(StrEnum):
 WINDOWS_METHODS = frozenset({AuthMethod.BASIC, AuthMethod.NTLM})
 
 
+class AutodiscoverProtocol(StrEnum):
+    POX = "pox"  # POST /autodiscover/autodiscover.xml
+    SOAP = "soap"  # POST /autodiscover/autodiscover.svc, GetUserSettings
+    JSON = "json"  # GET /autodiscover/autodiscover.json/v1.0/{mailbox}?Protocol=EWS (anonymous)
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -152,6 +158,7 @@ def _resolve_secret(data: dict[str, Any], field: str) -> None:
         data[field] = _read_secret_env(str(raw))
         data[f"{field}_source"] = f"env:{raw}"
     else:
+        data[field] = raw
         data[f"{field}_source"] = "inline"
     if not data[field]:
         raise ValueError(f"{source} gives an empty secret")
@@ -295,6 +302,8 @@ class Target(_Model):
     timeout: Duration | None = None
     proxy_url: ProxyUrl = None
     proxy_credential: str | None = None
+    protocols: tuple[AutodiscoverProtocol, ...] | None = Field(default=None, min_length=1)
+    allowed_redirect_hosts: tuple[str, ...] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -302,6 +311,24 @@ class Target(_Model):
         if isinstance(data, dict) and data.get("kind") == Kind.GRAPH and data.get("url") is None:
             data = {**data, "url": DEFAULT_GRAPH_URL}
         return data
+
+    @model_validator(mode="after")
+    def _autodiscover_keys(self) -> Target:
+        for key in ("protocols", "allowed_redirect_hosts"):
+            if getattr(self, key) is not None and self.kind != Kind.AUTODISCOVER:
+                raise _KeyedError(key, "only autodiscover targets have this key")
+        if self.protocols is not None and len(set(self.protocols)) != len(self.protocols):
+            raise _KeyedError("protocols", "a protocol is listed twice")
+        return self
+
+    @property
+    def autodiscover_protocols(self) -> tuple[AutodiscoverProtocol, ...]:
+        """The configured protocols, or the default: POX and SOAP on-premises, v2 JSON in Exchange Online."""
+        if self.protocols:
+            return self.protocols
+        if self.exchange == Exchange.ONLINE:
+            return (AutodiscoverProtocol.JSON,)
+        return (AutodiscoverProtocol.POX, AutodiscoverProtocol.SOAP)
 
     @field_validator("mailboxes")
     @classmethod
@@ -449,7 +476,9 @@ def _first_error(err: ValidationError) -> tuple[str, str]:
     detail = err.errors(include_url=False)[0]
     ctx_error = (detail.get("ctx") or {}).get("error")
     if isinstance(ctx_error, _KeyedError):
-        return ctx_error.key, ctx_error.reason
+        # Raised by a nested model's validator, its key is relative to where pydantic found it.
+        where = _key_path(tuple(detail["loc"]))
+        return (f"{where}.{ctx_error.key}" if where else ctx_error.key), ctx_error.reason
     message = detail["msg"].removeprefix("Value error, ")
     if detail["type"] == "extra_forbidden":
         message = "unknown key"

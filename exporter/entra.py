@@ -99,11 +99,11 @@ class EntraApps:
             tuple[str, Proxy | None], tuple[object, msal.ConfidentialClientApplication, requests.Session]
         ] = {}
         self._lock = threading.Lock()
-        self._scope_locks: dict[tuple[str, str], threading.Lock] = {}
+        self._credential_locks: dict[str, threading.Lock] = {}
 
-    def _scope_lock(self, name: str, scope: str) -> threading.Lock:
+    def _credential_lock(self, name: str) -> threading.Lock:
         with self._lock:
-            return self._scope_locks.setdefault((name, scope), threading.Lock())
+            return self._credential_locks.setdefault(name, threading.Lock())
 
     def _app(
         self, name: str, credential: EntraCredential, ca_file: str | None, proxy: Proxy | None, timeout: float
@@ -164,9 +164,10 @@ class EntraApps:
         timeout: float,
     ) -> Token:
         """A token for ``scope`` from the cache or Entra ID (blocking; call from a worker thread)."""
-        app = self._app(name, credential, ca_file, proxy, timeout)
-        with self._scope_lock(name, scope):
-            # One request at a time per credential and scope: concurrent cache misses would each fetch.
+        with self._credential_lock(name):
+            # One caller at a time per credential: two concurrent cache misses would each fetch a token,
+            # and two concurrent first calls would each build an app (with a cache of its own).
+            app = self._app(name, credential, ca_file, proxy, timeout)
             try:
                 result = app.acquire_token_for_client(scopes=[scope])
             except requests.RequestException as err:

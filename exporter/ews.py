@@ -6,6 +6,7 @@ channels), independently of the simulator's own implementation.
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
@@ -21,6 +22,9 @@ SOAP_HEADERS = {"Content-Type": "text/xml; charset=utf-8", "Accept": "text/xml"}
 
 # Request-level codes that mean "signed in, but not allowed": the account or app lacks the right.
 ACCESS_DENIED_CODES = frozenset({"ErrorAccessDenied"})
+IMPERSONATION_DENIED_CODES = frozenset({"ErrorImpersonateUserDenied", "ErrorImpersonationDenied"})
+MAILBOX_NOT_FOUND_CODES = frozenset({"ErrorNonExistentMailbox"})
+THROTTLED_CODES = frozenset({"ErrorServerBusy", "ErrorExceededConnectionCount"})
 
 
 def get_folder(folder: str = "msgfolderroot", impersonate: str | None = None) -> bytes:
@@ -50,6 +54,7 @@ class Answer:
     code: str
     message: str
     fault: bool  # a request-level SOAP fault (HTTP 500), as opposed to a per-operation error
+    backoff_ms: int | None = None  # ErrorServerBusy's BackOffMilliseconds: wait this long before the next call
 
     @property
     def ok(self) -> bool:
@@ -64,12 +69,25 @@ def read(response: HttpResponse) -> Answer:
         code = fault.findtext(f"detail/{{{ERRORS_NS}}}ResponseCode") or xmlsafe.local_name(
             fault.findtext("faultcode") or ""
         )
-        return Answer(code or "UnknownFault", (fault.findtext("faultstring") or "").strip(), True)
+        backoff = _backoff_ms(fault.find(f"detail/{{{TYPES_NS}}}MessageXml"))
+        return Answer(code or "UnknownFault", (fault.findtext("faultstring") or "").strip(), True, backoff)
     message = root.find(f".//{{{MESSAGES_NS}}}ResponseMessages/*")
     if message is None:
         raise ProbeFailure(Reason.BAD_RESPONSE, "a SOAP envelope without a fault or response message")
     code = message.findtext(f"{{{MESSAGES_NS}}}ResponseCode") or "NoError"
-    return Answer(code, (message.findtext(f"{{{MESSAGES_NS}}}MessageText") or "").strip(), False)
+    backoff = _backoff_ms(message.find(f"{{{MESSAGES_NS}}}MessageXml"))
+    return Answer(code, (message.findtext(f"{{{MESSAGES_NS}}}MessageText") or "").strip(), False, backoff)
+
+
+def _backoff_ms(message_xml: ET.Element | None) -> int | None:
+    # MessageXml is in the types namespace inside a fault and in the messages one in a response message;
+    # its Value elements are always types.
+    if message_xml is None:
+        return None
+    for value in message_xml.iter(f"{{{TYPES_NS}}}Value"):
+        if value.get("Name") == "BackOffMilliseconds" and (value.text or "").strip().isdigit():
+            return int((value.text or "").strip())
+    return None
 
 
 def diagnostics(response: HttpResponse) -> str:

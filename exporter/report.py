@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from .config import Target
 from .logs import redact
 from .results import CheckResult, Step
+from .scenario import Verdict
 
 PASS, FAIL = "✓", "✗"
 
@@ -41,4 +42,19 @@ def render(target: Target, results: Iterable[CheckResult]) -> str:
                 lines.append(f"      hint: {result.hint}")
     failed = sum(1 for r in results if not r.success)
     lines.append(f"{len(results) - failed} of {len(results)} checks passed" if results else "no checks apply")
+    return redact("\n".join(lines)) + "\n"
+
+
+def render_verdict(scenario: str, verdicts: Iterable[Verdict]) -> str:
+    verdicts = list(verdicts)
+    ready = all(v.met for v in verdicts)
+    lines = [f"scenario {scenario}: {'ready' if ready else 'NOT READY'}"]
+    for v in verdicts:
+        lines.append(
+            f"  {PASS if v.met else FAIL} {v.exchange.value}: {v.requirement}" + ("" if v.met else f" ({v.reason})")
+        )
+        if not v.met:
+            if v.detail:
+                lines.append(f"      {v.detail}")
+            lines.append(f"      hint: {v.hint}")
     return redact("\n".join(lines)) + "\n"

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from .backoff import Backoff
+from .config import AuthMethod
 from .entra import EntraApps
 from .httpclient import HttpClients
 from .winauth import NtlmSessions
@@ -24,6 +26,9 @@ class Resources:
         self.http = HttpClients()
         self.entra = EntraApps()
         self.ntlm = NtlmSessions()
+        self.backoff = Backoff()
+        # target -> the first method its last auth check signed in with; later checks sign in the same way
+        self.working_methods: dict[str, AuthMethod] = {}
         self._executor = ThreadPoolExecutor(max_workers=BLOCKING_WORKERS, thread_name_prefix="bems-blocking")
 
     async def run_blocking(self, fn: Callable[..., T], /, *args: object, **kwargs: object) -> T:

@@ -25,6 +25,11 @@ class Reason(StrEnum):
     FORBIDDEN = "forbidden"  # signed in, but access denied (ErrorAccessDenied, HTTP 403)
     TOKEN = "token"  # Entra ID issued no token (AADSTS error, unreachable, bad configuration)
     BAD_RESPONSE = "bad_response"  # not the HTTP/SOAP/XML answer the protocol calls for
+    THROTTLED = "throttled"  # ErrorServerBusy / ErrorExceededConnectionCount / HTTP 429, or backing off
+    IMPERSONATION_DENIED = "impersonation_denied"  # the account may not act as the mailbox
+    MAILBOX_NOT_FOUND = "mailbox_not_found"  # no such mailbox (or not in Exchange Online)
+    EWS_DISABLED = "ews_disabled"  # Exchange Online answers EWS with its policy block (403, empty body)
+    SOAP_FAULT = "soap_fault"  # another EWS SOAP fault
     INTERNAL = "internal"  # a bug in the exporter: see the log
 
 

@@ -56,8 +56,9 @@ class Limiter:
 async def execute(check: Check, config: Config, target: Target, resources: Resources) -> CheckResult:
     """Run one check under its timeout; whatever happens, return a result (never raise)."""
     ctx = ProbeContext.for_target(config, target, check.name, resources)
+    budget = min(ctx.timeout * check.requests(config, target), config.interval_of(target).total_seconds())
     try:
-        async with asyncio.timeout(ctx.timeout):
+        async with asyncio.timeout(budget):
             return await check.probe(target, ctx)
     except ProbeFailure as failure:
         return ctx.rec.failed(failure.reason, failure.message, failure.hint)
@@ -65,7 +66,7 @@ async def execute(check: Check, config: Config, target: Target, resources: Resou
         stuck = ctx.rec.steps[-1] if ctx.rec.steps else None
         return ctx.rec.failed(
             Reason.TIMEOUT,
-            f"{stuck.name if stuck else 'the check'} did not finish within {ctx.timeout:g}s",
+            f"{stuck.name if stuck else 'the check'} did not finish within {budget:g}s",
             (stuck.hint if stuck else "")
             or f"{target.host}:{target.port} does not answer in time: look for a firewall that drops packets, "
             "an overloaded server, or raise the target's timeout",

@@ -24,7 +24,7 @@ from prometheus_client.core import HistogramMetricFamily, Metric
 
 from .config import Config, Target
 from .metrics import MetricSpec
-from .probes import CHECKS, checks_for
+from .probes import CHECKS, checks_for, planned_checks
 from .resources import Resources
 from .results import CheckResult
 from .runner import Limiter, execute_limited
@@ -49,10 +49,6 @@ class JobSpec:
     @property
     def job_id(self) -> str:
         return f"{self.target.name}{_SEPARATOR}{self.check}"
-
-
-def planned_checks(config: Config) -> dict[str, tuple[str, ...]]:
-    return {t.name: tuple(c.name for c in checks_for(config, t)) for t in config.targets}
 
 
 def first_run_offset(job_id: str, interval: timedelta) -> timedelta:

@@ -16,32 +16,36 @@ import requests
 from requests_ntlm import HttpNtlmAuth
 
 from .config import Target, WindowsCredential
-from .httpclient import ForeignOriginError, HttpResponse, from_requests, read_bounded, requests_session
+from .httpclient import ForeignOriginError, HttpResponse, from_requests, origin, read_bounded, requests_session
 from .net import Proxy
 from .results import ProbeFailure, Reason
 
 
 class NtlmSessions:
-    """One requests session per target, rebuilt when its credential, CA file or proxy changes."""
+    """One requests session per target and origin, rebuilt when its credential, CA file or proxy changes.
+
+    Autodiscover may send a target's requests to another allowed host: that host gets its own session
+    (and its own handshake), and every session sends only to its own origin.
+    """
 
     def __init__(self) -> None:
-        self._sessions: dict[str, tuple[object, requests.Session, threading.Lock]] = {}
+        self._sessions: dict[tuple[str, tuple[str, str, int]], tuple[object, requests.Session, threading.Lock]] = {}
         self._lock = threading.Lock()
 
     def _session(
-        self, target: Target, credential: WindowsCredential, ca_file: str | None, proxy: Proxy | None
+        self, target: Target, url: str, credential: WindowsCredential, ca_file: str | None, proxy: Proxy | None
     ) -> tuple[requests.Session, threading.Lock]:
-        identity = (target.url, credential, ca_file, proxy)
+        key, identity = (target.name, origin(url)), (credential, ca_file, proxy)
         with self._lock:
-            known = self._sessions.get(target.name)
+            known = self._sessions.get(key)
             if known is not None and known[0] == identity:
                 return known[1], known[2]
             if known is not None:
                 known[1].close()
-            session = requests_session(target.url, ca_file, proxy)
+            session = requests_session(url, ca_file, proxy)
             session.auth = HttpNtlmAuth(credential.username, credential.password.get_secret_value())
             entry = (identity, session, threading.Lock())
-            self._sessions[target.name] = entry
+            self._sessions[key] = entry
             return session, entry[2]
 
     def post(
@@ -58,7 +62,7 @@ class NtlmSessions:
     ) -> HttpResponse:
         """POST with NTLM (blocking; call from a worker thread). Redirects are returned, not followed."""
         deadline = time.monotonic() + timeout
-        session, lock = self._session(target, credential, ca_file, proxy)
+        session, lock = self._session(target, url, credential, ca_file, proxy)
         with lock:  # a session's connection carries one handshake at a time
             try:
                 response = session.post(

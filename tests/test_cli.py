@@ -48,11 +48,11 @@ AUTH = {
 }
 # Target → its checks: auth where a credential signs in, token once per Entra credential (its first target).
 CHECKS = {
-    "onprem-ews": "reachability, tls, auth",
-    "onprem-autodiscover": "reachability, tls, auth",
-    "online-ews": "reachability, tls, auth, token",
-    "online-autodiscover": "reachability, tls",
-    "online-graph": "reachability, tls",
+    "onprem-ews": "reachability, tls, auth, impersonation",
+    "onprem-autodiscover": "reachability, tls, auth, autodiscover",
+    "online-ews": "reachability, tls, auth, token, impersonation",
+    "online-autodiscover": "reachability, tls, autodiscover",
+    "online-graph": "reachability, tls, graph",
 }
 EXIT_TIMEOUT = 5.0  # seconds a stopped process may take to exit
 START_TIMEOUT = 10.0  # seconds a process may take to start listening
@@ -324,7 +324,7 @@ async def test_probe_reports_every_step_when_all_pass(cli: CLI, simulator: Simul
     assert any(re.match(r"\s+✓ reachability: ok", line) for line in lines), report
     assert any(re.match(r"\s+✓ tls: ok", line) for line in lines), report
     assert "✗" not in report
-    assert lines[-1] == "3 of 3 checks passed"
+    assert lines[-1] == "4 of 4 checks passed"
     assert_no_secrets(simulator, proc.stdout, proc.stderr)
 
 
@@ -339,7 +339,7 @@ async def test_probe_explains_a_failure(cli: CLI, simulator: Simulator, sim_conf
     assert any(re.match(r"\s+✗ tls: FAILED, reason=certificate", line) for line in lines), report
     assert any(re.match(r"\s+✗ TLS handshake with localhost:\d+", line) for line in lines), report
     assert any(re.match(r"\s+hint: \S", line) for line in lines), report
-    assert lines[-1] == "1 of 3 checks passed"
+    assert lines[-1] == "1 of 4 checks passed"
     assert_no_secrets(simulator, proc.stdout, proc.stderr)
 
 

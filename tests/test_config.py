@@ -66,6 +66,13 @@ def test_the_documented_example_loads(tmp_path: Path, secret_file: Path) -> None
     assert sorted(config.secrets()) == ["S3cret-Passw0rd", "entra-client-secret-value"]
 
 
+def test_inline_secret_is_kept_and_marked(tmp_path: Path, secret_file: Path) -> None:
+    text = _replace("    password_file: {secret_file}", "    password: inline-Passw0rd")
+    config = load_config(write(tmp_path, text, secret_file))
+    assert "inline-Passw0rd" in config.secrets()
+    assert config.redacted()["credentials"]["bemsadmin"]["password"] == "<secret>"
+
+
 def test_secrets_never_render(tmp_path: Path, secret_file: Path) -> None:
     config = load_config(write(tmp_path, GOOD, secret_file))
     rendered = f"{config!r} {config} {config.redacted()} {config.model_dump_json()}"
@@ -197,6 +204,18 @@ BAD = [
         "defaults.proxy_url",
         "'https://proxy:3128' must be an http:// proxy URL (HTTP CONNECT) or 'from_environment'",
         id="proxy-scheme",
+    ),
+    pytest.param(
+        _replace("    interval: 30s", "    interval: 30s\n    protocols: [json]"),
+        "targets[0].protocols",
+        "only autodiscover targets have this key",
+        id="protocols-on-ews",
+    ),
+    pytest.param(
+        _replace("    kind: ews", "    kind: autodiscover\n    protocols: [pox, imap]"),
+        "targets[0].protocols[1]",
+        "Input should be 'pox', 'soap' or 'json'",
+        id="unknown-protocol",
     ),
     pytest.param(
         "scenario: onprem-bems-hybrid\ntargets: []\n", "targets", "at least one entry is required", id="no-targets"

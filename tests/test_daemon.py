@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from samples import Samples, parse, targets_in, value
 
 from exporter.app import Exporter
-from exporter.scheduler import planned_checks
+from exporter.probes import planned_checks
 from exporter.simulator.server import Simulator
 from exporter.web import create_app
 

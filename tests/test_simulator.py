@@ -23,7 +23,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from exporter.simulator import CertificateAuthority, Endpoint, Fault, Simulator, UnknownEndpointError
 
-ENDPOINT_NAMES = ["onprem-ews", "onprem-autodiscover", "online-ews", "online-autodiscover", "graph", "entra"]
+ENDPOINT_NAMES = ["onprem-ews", "onprem-autodiscover", "online-ews", "online-autodiscover", "graph", "entra", "foreign"]
+# The stranger's host is reached by address, not as localhost, and has no landing page.
+EXCHANGE_ENDPOINT_NAMES = ENDPOINT_NAMES[:-1]
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -65,7 +67,8 @@ async def request(
 async def test_every_endpoint_completes_a_verified_handshake(simulator: Simulator) -> None:
     assert sorted(simulator.endpoints) == sorted(ENDPOINT_NAMES)
     context = trusting(simulator)
-    for name, endpoint in simulator.endpoints.items():
+    for name in EXCHANGE_ENDPOINT_NAMES:
+        endpoint = simulator.endpoints[name]
         assert endpoint.name == name
         assert endpoint.url == f"https://localhost:{endpoint.port}"
         assert endpoint.fault is Fault.NONE
@@ -74,11 +77,20 @@ async def test_every_endpoint_completes_a_verified_handshake(simulator: Simulato
         assert {("DNS", "localhost"), ("DNS", endpoint.nominal_host), ("IP Address", "127.0.0.1")} <= (
             alternative_names
         )
+    foreign = simulator.endpoints["foreign"]
+    assert foreign.url == f"https://127.0.0.1:{foreign.port}"
+    _, writer = await asyncio.open_connection("127.0.0.1", foreign.port, ssl=context, server_hostname="127.0.0.1")
+    try:
+        alternative_names = set(writer.get_extra_info("peercert")["subjectAltName"])
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    assert alternative_names == {("DNS", "autodiscover.attacker.test"), ("IP Address", "127.0.0.1")}
 
 
 async def test_landing_page_names_the_endpoint(simulator: Simulator) -> None:
-    for name, endpoint in simulator.endpoints.items():
-        status, _, body = await request("GET", endpoint.url + "/", trusting(simulator))
+    for name in EXCHANGE_ENDPOINT_NAMES:
+        status, _, body = await request("GET", simulator.endpoints[name].url + "/", trusting(simulator))
         assert status == 200
         assert name in body.decode()
 

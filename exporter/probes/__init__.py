@@ -3,14 +3,30 @@
 from __future__ import annotations
 
 from ..config import Config, Target
-from . import auth, reachability, tls, token
+from . import auth, autodiscover, graph, impersonation, reachability, tls, token
 from .base import Check, ProbeContext, ProbeFn
 
-CHECKS: dict[str, Check] = {check.name: check for check in (reachability.CHECK, tls.CHECK, auth.CHECK, token.CHECK)}
+CHECKS: dict[str, Check] = {
+    check.name: check
+    for check in (
+        reachability.CHECK,
+        tls.CHECK,
+        auth.CHECK,
+        token.CHECK,
+        impersonation.CHECK,
+        autodiscover.CHECK,
+        graph.CHECK,
+    )
+}
 
 
 def checks_for(config: Config, target: Target) -> list[Check]:
     return [check for check in CHECKS.values() if check.applies(config, target)]
 
 
-__all__ = ["CHECKS", "Check", "ProbeContext", "ProbeFn", "checks_for"]
+def planned_checks(config: Config) -> dict[str, tuple[str, ...]]:
+    """Target name -> the names of the checks the configuration gives it."""
+    return {t.name: tuple(c.name for c in checks_for(config, t)) for t in config.targets}
+
+
+__all__ = ["CHECKS", "Check", "ProbeContext", "ProbeFn", "checks_for", "planned_checks"]

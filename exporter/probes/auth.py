@@ -14,15 +14,14 @@ A 200 (or a SOAP fault that is not about access) proves the sign-in; a 401 is ``
 
 from __future__ import annotations
 
-import base64
 import re
 import time
 from urllib.parse import urlsplit
 
-from .. import autodiscover, ews
-from ..config import AuthMethod, Config, EntraCredential, Kind, Target, WindowsCredential
-from ..entra import EWS_SCOPE, TokenError
-from ..httpclient import MAX_REDIRECTS, HttpResponse, redirect_target
+from .. import autodiscover, ews, signin
+from ..config import AuthMethod, Config, Exchange, Kind, Target
+from ..entra import EWS_SCOPE
+from ..httpclient import HttpResponse
 from ..metrics import MetricSpec
 from ..results import CheckResult, ProbeFailure, Reason
 from .base import Check, ProbeContext
@@ -37,6 +36,10 @@ OFFERED = MetricSpec(
     "bems_auth_offered",
     "1 if the endpoint's unauthenticated 401 advertises the method in WWW-Authenticate, else 0.",
     labels=("method",),
+)
+EWS_DISABLED = MetricSpec(
+    "bems_ews_disabled",
+    "1 when Exchange Online answered the last auth check's EWS request with its policy block (403, empty body).",
 )
 ADVERTISED = ("basic", "ntlm", "negotiate", "bearer")
 _WANTED = {AuthMethod.BASIC: {"basic"}, AuthMethod.NTLM: {"ntlm", "negotiate"}, AuthMethod.OAUTH: {"bearer"}}
@@ -90,10 +93,12 @@ def _request_for(target: Target, methods: tuple[AuthMethod, ...]) -> tuple[str, 
     return target.url, ews.get_folder("msgfolderroot", impersonate), dict(ews.SOAP_HEADERS)
 
 
-def _judge(target: Target, response: HttpResponse) -> str:
+def _judge(ctx: ProbeContext, target: Target, url: str, response: HttpResponse) -> str:
     """Raise the failure an authenticated answer shows, or return a detail line for the report."""
     if response.status == 401:
         raise ProbeFailure(Reason.UNAUTHORIZED, f"credentials rejected (HTTP 401){ews.diagnostics(response)}")
+    if signin.is_ews_disabled(target, response):
+        raise signin.ews_disabled_failure()
     if response.status == 403:
         raise ProbeFailure(Reason.FORBIDDEN, "signed in, but access is forbidden (HTTP 403)")
     if response.status not in (200, 500):
@@ -103,7 +108,7 @@ def _judge(target: Target, response: HttpResponse) -> str:
             raise ProbeFailure(Reason.BAD_RESPONSE, f"HTTP {response.status} from Autodiscover")
         autodiscover.check_pox_answer(response)
         return "Autodiscover answered"
-    answer = ews.read(response)
+    answer = signin.ews_answer(ctx, target, url, response)
     if answer.code in ews.ACCESS_DENIED_CODES:
         raise ProbeFailure(Reason.FORBIDDEN, f"signed in, but {answer.code}: {answer.message[:200]}")
     return f"EWS answered {answer.code}" + (" (a SOAP fault, after signing in)" if answer.fault else "")
@@ -112,49 +117,10 @@ def _judge(target: Target, response: HttpResponse) -> str:
 async def _send(
     ctx: ProbeContext, target: Target, url: str, body: bytes, headers: dict[str, str], method: AuthMethod | None
 ) -> HttpResponse:
-    """Send with ``method``'s credentials (None: anonymously), following same-origin redirects only."""
-    for _ in range(MAX_REDIRECTS + 1):
-        response = await _send_once(ctx, target, url, body, headers, method)
-        next_url = redirect_target(response, target.url)
-        if next_url is None:
-            return response
-        url = next_url
-    raise ProbeFailure(Reason.BAD_RESPONSE, f"more than {MAX_REDIRECTS} redirects")
-
-
-async def _send_once(
-    ctx: ProbeContext, target: Target, url: str, body: bytes, headers: dict[str, str], method: AuthMethod | None
-) -> HttpResponse:
-    proxy, resources = ctx.proxy(target), ctx.resources
-    credential = ctx.config.credentials.get(target.credential or "")
-    if method == AuthMethod.NTLM:
-        assert isinstance(credential, WindowsCredential)
-        return await resources.run_blocking(
-            resources.ntlm.post, target, credential, url, body, headers,
-            ca_file=ctx.ca_file, proxy=proxy, timeout=ctx.timeout,
-        )  # fmt: skip
-    headers = dict(headers)
-    if method == AuthMethod.BASIC:
-        assert isinstance(credential, WindowsCredential)
-        pair = f"{credential.username}:{credential.password.get_secret_value()}".encode()
-        headers["Authorization"] = f"Basic {base64.b64encode(pair).decode()}"
-    elif method == AuthMethod.OAUTH:
-        assert isinstance(credential, EntraCredential)
-        headers["Authorization"] = f"Bearer {await _token(ctx, target, credential)}"
-        if target.mailboxes:
-            headers["X-AnchorMailbox"] = target.mailboxes[0]
-    return await resources.http.request("POST", url, ca_file=ctx.ca_file, proxy=proxy, headers=headers, body=body)
-
-
-async def _token(ctx: ProbeContext, target: Target, credential: EntraCredential) -> str:
-    try:
-        token = await ctx.resources.run_blocking(
-            ctx.resources.entra.acquire, target.credential, credential, EWS_SCOPE,
-            ca_file=ctx.ca_file, proxy=ctx.proxy(target), timeout=ctx.timeout,
-        )  # fmt: skip
-    except TokenError as err:
-        raise ProbeFailure(Reason.TOKEN, f"no token from Entra ID: {err}") from None
-    return token.access_token
+    anchor = {"X-AnchorMailbox": target.mailboxes[0]} if method == AuthMethod.OAUTH and target.mailboxes else {}
+    return await signin.send_following(
+        ctx, target, url, method=method, body=body, headers=headers | anchor, scope=EWS_SCOPE
+    )
 
 
 def _require_offered(method: AuthMethod, offered: set[str]) -> None:
@@ -178,26 +144,35 @@ async def probe(target: Target, ctx: ProbeContext) -> CheckResult:
     for scheme in ADVERTISED:
         ctx.rec.measure(OFFERED.name, 1.0 if scheme in offered else 0.0, method=scheme)
     failures: list[ProbeFailure] = []
+    worked: list[AuthMethod] = []
     for method in methods:
         t0 = time.perf_counter()
         try:
             async with ctx.rec.step(f"{method.value} sign-in") as detail:
                 try:
                     _require_offered(method, offered)
-                    detail.append(_judge(target, await _send(ctx, target, url, body, headers, method)))
+                    detail.append(_judge(ctx, target, url, await _send(ctx, target, url, body, headers, method)))
                 except ProbeFailure as failure:
                     failure.hint = failure.hint or _HINTS.get((method, failure.reason), "")
                     raise
             ok = True
+            worked.append(method)
         except ProbeFailure as failure:
             failures.append(failure)
             ok = False
         ctx.rec.measure(SUCCESS.name, 1.0 if ok else 0.0, method=method.value)
         ctx.rec.measure(DURATION.name, time.perf_counter() - t0, method=method.value)
+    if worked:
+        ctx.resources.working_methods[target.name] = worked[0]
+    else:
+        ctx.resources.working_methods.pop(target.name, None)
+    if target.kind == Kind.EWS and target.exchange == Exchange.ONLINE:
+        disabled = any(f.reason == Reason.EWS_DISABLED for f in failures)
+        ctx.rec.measure(EWS_DISABLED.name, 1.0 if disabled else 0.0)
     if failures:
         first = failures[0]
         raise ProbeFailure(first.reason, "; ".join(f.message for f in failures), first.hint)
     return ctx.rec.passed()
 
 
-CHECK = Check("auth", probe, _applies, (SUCCESS, DURATION, OFFERED), uses_credential=True)
+CHECK = Check("auth", probe, _applies, (SUCCESS, DURATION, OFFERED, EWS_DISABLED), uses_credential=True)

@@ -47,6 +47,9 @@ class Check:
     applies: Callable[[Config, Target], bool]
     metrics: tuple[MetricSpec, ...] = ()
     uses_credential: bool = False  # bound by the per-credential concurrency limit
+    # How many requests one run makes that each get the target's timeout (per-mailbox checks make one
+    # per mailbox); the run as a whole gets that many timeouts, but never more than the interval.
+    requests: Callable[[Config, Target], int] = lambda _config, _target: 1
 
 
 def every_target(_config: Config, _target: Target) -> bool:

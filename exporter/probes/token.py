@@ -8,10 +8,14 @@ never into a label.
 
 from __future__ import annotations
 
+import json
 import time
+from datetime import datetime
+from urllib.parse import quote
 
-from ..config import Config, EntraCredential, Kind, Target
-from ..entra import EWS_SCOPE, GRAPH_SCOPE, TokenError
+from .. import signin
+from ..config import AuthMethod, Config, EntraCredential, Kind, Target
+from ..entra import EWS_SCOPE, GRAPH_SCOPE, TokenError, certificate_expiry
 from ..metrics import MetricSpec
 from ..results import CheckResult, ProbeFailure, Reason
 from .base import Check, ProbeContext
@@ -27,6 +31,12 @@ EXPIRY = MetricSpec(
 DURATION = MetricSpec(
     "bems_oauth_token_duration_seconds", "How long obtaining the credential's tokens took in the last token check.",
     labels=("credential",), per_target=False,
+)  # fmt: skip
+CREDENTIAL_EXPIRY = MetricSpec(
+    "bems_entra_credential_expiry_timestamp_seconds",
+    "When the Entra app's configured secret or certificate expires (kind: secret, certificate); absent when "
+    "unknown (a secret, and the app may not read its own registration).",
+    labels=("credential", "kind"), per_target=False,
 )  # fmt: skip
 HINT = (
     "check the app registration in Entra ID: the client secret or certificate (expired?), the tenant id and the "
@@ -70,7 +80,62 @@ async def probe(target: Target, ctx: ProbeContext) -> CheckResult:
         ctx.rec.measure(DURATION.name, time.perf_counter() - t0, credential=name)
         if expiries:
             ctx.rec.measure(EXPIRY.name, min(expiries), credential=name)
+    await _credential_expiry(ctx, name, credential)
     return ctx.rec.passed()
 
 
-CHECK = Check("token", probe, _applies, (SUCCESS, EXPIRY, DURATION), uses_credential=True)
+async def _credential_expiry(ctx: ProbeContext, name: str, credential: EntraCredential) -> None:
+    """When the app's secret or certificate stops working: a certificate says so itself; Graph knows both,
+    when the app may read its own registration (Application.Read.All). Not knowing is not a failure."""
+    kinds: dict[str, float] = {}
+    own_certificate = certificate_expiry(credential)
+    if own_certificate is not None:
+        kinds["certificate"] = own_certificate
+    graph_target = next((t for t in ctx.config.targets if t.kind == Kind.GRAPH and t.credential == name), None)
+    if graph_target is not None:
+        async with ctx.rec.step(f"credential end dates of {name} from Graph") as detail:
+            registered = await _registered_end_dates(ctx, graph_target, credential)
+            detail.append(", ".join(f"{k} until {time.strftime('%Y-%m-%d', time.gmtime(v))}"
+                                    for k, v in registered.items()) or _UNKNOWN)  # fmt: skip
+            kinds = registered | kinds  # the certificate file itself wins over the registration
+    for kind, when in kinds.items():
+        ctx.rec.measure(CREDENTIAL_EXPIRY.name, when, credential=name, kind=kind)
+
+
+_UNKNOWN = "unknown: the app may not read its own registration (grant Application.Read.All to see its end dates)"
+
+
+async def _registered_end_dates(ctx: ProbeContext, target: Target, credential: EntraCredential) -> dict[str, float]:
+    url = f"{target.url.rstrip('/')}/applications(appId='{quote(credential.client_id)}')"
+    try:
+        response = await signin.send(ctx, target, url, method=AuthMethod.OAUTH, scope=GRAPH_SCOPE, http_method="GET",
+                                     headers={"Accept": "application/json"})  # fmt: skip
+        app = json.loads(response.body) if response.status == 200 else None
+    except (ProbeFailure, ValueError):
+        return {}
+    if not isinstance(app, dict):
+        return {}
+    found: dict[str, float] = {}
+    secret = credential.client_secret.get_secret_value() if credential.client_secret else None
+    passwords = [p for p in app.get("passwordCredentials") or [] if isinstance(p, dict)]
+    # Graph shows a secret's first three characters as its hint: that picks out the configured one.
+    mine = [p for p in passwords if secret and p.get("hint") == secret[:3]] or passwords
+    if secret and (end := _earliest(mine)) is not None:
+        found["secret"] = end
+    keys = [k for k in app.get("keyCredentials") or [] if isinstance(k, dict)]
+    if credential.certificate_file and (end := _earliest(keys)) is not None:
+        found["certificate"] = end
+    return found
+
+
+def _earliest(credentials: list[dict[str, object]]) -> float | None:
+    ends = []
+    for item in credentials:
+        try:
+            ends.append(datetime.fromisoformat(str(item.get("endDateTime", "")).replace("Z", "+00:00")).timestamp())
+        except ValueError:
+            continue
+    return min(ends) if ends else None
+
+
+CHECK = Check("token", probe, _applies, (SUCCESS, EXPIRY, DURATION, CREDENTIAL_EXPIRY), uses_credential=True)

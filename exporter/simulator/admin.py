@@ -16,16 +16,53 @@ Authentication faults:
 - ``PATCH  /api/v1/auth/entra`` ``{"secret_expired": true, "token_endpoint_down": false, "throttled": false,
   "throttled_retry_after_seconds": 5, "roles_granted": true, "expires_in": 3599}`` (any subset).
 
-Bad input is a 400 and an unknown endpoint a 404, each with ``{"error": "..."}``.
+Mailboxes and rights (``impersonation`` on-prem, ``app_access`` online; both default to granted):
+
+- ``GET    /api/v1/mailboxes``: each side's mailboxes with their right;
+- ``PUT    /api/v1/mailboxes/{mailbox}`` ``{"exchange": "onprem" | "online"}``: create a mailbox;
+- ``DELETE /api/v1/mailboxes/{mailbox}``: delete it;
+- ``PATCH  /api/v1/mailboxes/{mailbox}`` ``{"impersonation": false}`` (on-prem) or ``{"app_access": false}``
+  (online): the right to one mailbox;
+- ``PATCH  /api/v1/mailboxes`` ``{"impersonation": false, "app_access": true}`` (either): the right to all.
+
+EWS (endpoints ``onprem-ews``, ``online-ews``):
+
+- ``GET    /api/v1/ews``: each endpoint's throttling and whether it is disabled;
+- ``PUT    /api/v1/ews/{name}/throttling`` ``{"kind": "server_busy_fault" | "server_busy_message" |
+  "connection_count" | "none", "backoff_ms": 2000}`` (``backoff_ms`` optional); ``DELETE``: ``none``;
+- ``PUT    /api/v1/ews/online-ews/disabled`` ``{"disabled": true}``: the retirement's 403;
+- ``GET    /api/v1/ews/requests``: every authenticated EWS request (``endpoint``, ``caller``,
+  ``operation``, ``impersonated``, ``time`` from the simulator's monotonic clock).
+
+Autodiscover (endpoints ``onprem-autodiscover``, ``online-autodiscover``) and the foreign host:
+
+- ``GET    /api/v1/autodiscover``: each endpoint's reported EWS URL and redirects;
+- ``PUT    /api/v1/autodiscover/{name}/redirects/{mailbox}`` ``{"kind": "redirect_addr" | "redirect_url" |
+  "http_302", "target": "..."}``; ``DELETE``: no redirect;
+- ``PUT    /api/v1/autodiscover/{name}/ews_url`` ``{"url": "https://..."}``; ``DELETE``: the real one;
+- ``GET    /api/v1/foreign/requests``: what reached the foreign host (``carried_authorization`` among them).
+
+Graph and the app registration:
+
+- ``GET    /api/v1/graph``; ``PATCH /api/v1/graph`` ``{"throttled": true, "retry_after": 3}``;
+- ``PUT    /api/v1/graph/mailboxes/{mailbox}`` ``{"enabled": false}``: ``MailboxNotEnabledForRESTAPI``;
+- ``GET    /api/v1/graph/requests``: every Graph request (``method``, ``path``, ``app_id``, ``time``);
+- ``PUT    /api/v1/auth/entra/credentials/{secret|certificate}`` ``{"end": "2026-01-31T00:00:00Z"}``:
+  the ``endDateTime`` Graph lists; Graph's roles are ``PATCH /api/v1/auth/entra`` ``{"graph_roles": [...]}``.
+
+Bad input is a 400 and an unknown endpoint or mailbox a 404, each with ``{"error": "..."}``.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from .directory import UnknownMailboxError
 from .endpoint import UnknownEndpointError
 from .onprem_auth import AuthMethod, ExtendedProtection, parse_choice
 
@@ -34,6 +71,11 @@ if TYPE_CHECKING:
 
 ENDPOINTS_PATH = "/api/v1/endpoints"
 AUTH_PATH = "/api/v1/auth"
+MAILBOXES_PATH = "/api/v1/mailboxes"
+EWS_PATH = "/api/v1/ews"
+AUTODISCOVER_PATH = "/api/v1/autodiscover"
+FOREIGN_PATH = "/api/v1/foreign"
+GRAPH_PATH = "/api/v1/graph"
 
 
 def build_admin_app(simulator: Simulator) -> web.Application:
@@ -46,6 +88,27 @@ def build_admin_app(simulator: Simulator) -> web.Application:
     app.router.add_put(AUTH_PATH + "/account", api.set_account_fault)
     app.router.add_put(AUTH_PATH + "/endpoints/{name}", api.configure_endpoint_auth)
     app.router.add_patch(AUTH_PATH + "/entra", api.configure_entra)
+    app.router.add_put(AUTH_PATH + "/entra/credentials/{kind}", api.set_app_credential_end)
+    app.router.add_get(MAILBOXES_PATH, api.mailboxes)
+    app.router.add_patch(MAILBOXES_PATH, api.set_rights_to_all)
+    app.router.add_put(MAILBOXES_PATH + "/{mailbox}", api.add_mailbox)
+    app.router.add_delete(MAILBOXES_PATH + "/{mailbox}", api.remove_mailbox)
+    app.router.add_patch(MAILBOXES_PATH + "/{mailbox}", api.set_rights_to_mailbox)
+    app.router.add_get(EWS_PATH, api.ews)
+    app.router.add_get(EWS_PATH + "/requests", api.ews_requests)
+    app.router.add_put(EWS_PATH + "/{name}/throttling", api.set_ews_throttling)
+    app.router.add_delete(EWS_PATH + "/{name}/throttling", api.clear_ews_throttling)
+    app.router.add_put(EWS_PATH + "/{name}/disabled", api.set_ews_disabled)
+    app.router.add_get(AUTODISCOVER_PATH, api.autodiscover)
+    app.router.add_put(AUTODISCOVER_PATH + "/{name}/redirects/{mailbox}", api.set_autodiscover_redirect)
+    app.router.add_delete(AUTODISCOVER_PATH + "/{name}/redirects/{mailbox}", api.clear_autodiscover_redirect)
+    app.router.add_put(AUTODISCOVER_PATH + "/{name}/ews_url", api.set_autodiscover_ews_url)
+    app.router.add_delete(AUTODISCOVER_PATH + "/{name}/ews_url", api.clear_autodiscover_ews_url)
+    app.router.add_get(FOREIGN_PATH + "/requests", api.foreign_requests)
+    app.router.add_get(GRAPH_PATH, api.graph)
+    app.router.add_patch(GRAPH_PATH, api.configure_graph)
+    app.router.add_put(GRAPH_PATH + "/mailboxes/{mailbox}", api.set_graph_mailbox)
+    app.router.add_get(GRAPH_PATH + "/requests", api.graph_requests)
     return app
 
 
@@ -121,14 +184,197 @@ class _AdminApi:
             return _error(400, str(error))
         return web.json_response(self._simulator.entra.state())
 
+    async def set_app_credential_end(self, request: web.Request) -> web.Response:
+        async def change() -> Any:
+            body = await _json_object(request, 'like {"end": "2026-01-31T00:00:00Z"}', required="end", allowed={"end"})
+            credential = self._simulator.set_app_credential_end(
+                request.match_info["kind"], _aware_datetime(body["end"])
+            )
+            return credential.state()
 
-async def _json_object(request: web.Request, example: str, required: str | None = None) -> dict[str, Any]:
+        return await _answer(change)
+
+    # --- mailboxes and rights --------------------------------------------------------------------------
+
+    async def mailboxes(self, request: web.Request) -> web.Response:
+        return web.json_response(self._simulator.mailbox_state())
+
+    async def add_mailbox(self, request: web.Request) -> web.Response:
+        async def change() -> Any:
+            body = await _json_object(request, 'like {"exchange": "onprem"}', required="exchange", allowed={"exchange"})
+            self._simulator.add_mailbox(request.match_info["mailbox"], body["exchange"])
+            return self._simulator.mailbox_state()
+
+        return await _answer(change)
+
+    async def remove_mailbox(self, request: web.Request) -> web.Response:
+        async def change() -> Any:
+            self._simulator.remove_mailbox(request.match_info["mailbox"])
+            return self._simulator.mailbox_state()
+
+        return await _answer(change)
+
+    async def set_rights_to_mailbox(self, request: web.Request) -> web.Response:
+        return await self._set_rights(request, request.match_info["mailbox"])
+
+    async def set_rights_to_all(self, request: web.Request) -> web.Response:
+        return await self._set_rights(request, None)
+
+    async def _set_rights(self, request: web.Request, mailbox: str | None) -> web.Response:
+        async def change() -> Any:
+            body = await _json_object(request, 'like {"impersonation": false}', allowed={"impersonation", "app_access"})
+            rights = {"impersonation": self._simulator.onprem_mailboxes, "app_access": self._simulator.online_mailboxes}
+            if not body or not all(isinstance(granted, bool) for granted in body.values()):
+                raise _BadRequestError('the body takes "impersonation", "app_access" or both, each true or false')
+            # Both are checked before either changes, so an unknown mailbox leaves everything as it was.
+            if mailbox is not None:
+                for right in body:
+                    if mailbox not in rights[right]:
+                        raise UnknownMailboxError(mailbox, list(rights[right]))
+            for right, granted in body.items():
+                rights[right].set_granted(mailbox, granted)
+            return self._simulator.mailbox_state()
+
+        return await _answer(change)
+
+    # --- EWS -------------------------------------------------------------------------------------------
+
+    async def ews(self, request: web.Request) -> web.Response:
+        return web.json_response(self._simulator.ews_state())
+
+    async def ews_requests(self, request: web.Request) -> web.Response:
+        return web.json_response([record.state() for record in self._simulator.ews_requests])
+
+    async def set_ews_throttling(self, request: web.Request) -> web.Response:
+        async def change() -> Any:
+            body = await _json_object(
+                request, 'like {"kind": "server_busy_fault", "backoff_ms": 2000}', "kind", {"kind", "backoff_ms"}
+            )
+            name = request.match_info["name"]
+            return {name: self._simulator.set_ews_throttling(name, body["kind"], body.get("backoff_ms")).state()}
+
+        return await _answer(change)
+
+    async def clear_ews_throttling(self, request: web.Request) -> web.Response:
+        async def change() -> Any:
+            name = request.match_info["name"]
+            return {name: self._simulator.set_ews_throttling(name, "none").state()}
+
+        return await _answer(change)
+
+    async def set_ews_disabled(self, request: web.Request) -> web.Response:
+        async def change() -> Any:
+            name = request.match_info["name"]
+            if name != "online-ews":  # the retirement concerns Exchange Online only
+                raise UnknownEndpointError(name, ["online-ews"])
+            body = await _json_object(request, 'like {"disabled": true}', required="disabled", allowed={"disabled"})
+            return {name: self._simulator.set_ews_disabled(body["disabled"]).state()}
+
+        return await _answer(change)
+
+    # --- Autodiscover and the foreign host --------------------------------------------------------------
+
+    async def autodiscover(self, request: web.Request) -> web.Response:
+        return web.json_response(self._simulator.autodiscover_state())
+
+    async def set_autodiscover_redirect(self, request: web.Request) -> web.Response:
+        async def change() -> Any:
+            body = await _json_object(
+                request, 'like {"kind": "redirect_url", "target": "https://..."}', "kind", {"kind", "target"}
+            )
+            return self._change_redirect(request, body["kind"], body.get("target"))
+
+        return await _answer(change)
+
+    async def clear_autodiscover_redirect(self, request: web.Request) -> web.Response:
+        async def change() -> Any:
+            return self._change_redirect(request, "none", None)
+
+        return await _answer(change)
+
+    def _change_redirect(self, request: web.Request, kind: Any, target: Any) -> Any:
+        name, mailbox = request.match_info["name"], request.match_info["mailbox"]
+        return {name: self._simulator.set_autodiscover_redirect(name, mailbox, kind, target).state()}
+
+    async def set_autodiscover_ews_url(self, request: web.Request) -> web.Response:
+        async def change() -> Any:
+            body = await _json_object(request, 'like {"url": "https://..."}', required="url", allowed={"url"})
+            name = request.match_info["name"]
+            return {name: self._simulator.set_autodiscover_ews_url(name, body["url"]).state()}
+
+        return await _answer(change)
+
+    async def clear_autodiscover_ews_url(self, request: web.Request) -> web.Response:
+        async def change() -> Any:
+            name = request.match_info["name"]
+            return {name: self._simulator.set_autodiscover_ews_url(name, None).state()}
+
+        return await _answer(change)
+
+    async def foreign_requests(self, request: web.Request) -> web.Response:
+        return web.json_response([record.state() for record in self._simulator.foreign.requests])
+
+    # --- Graph -----------------------------------------------------------------------------------------
+
+    async def graph(self, request: web.Request) -> web.Response:
+        return web.json_response(self._simulator.graph.state())
+
+    async def configure_graph(self, request: web.Request) -> web.Response:
+        async def change() -> Any:
+            body = await _json_object(
+                request, 'like {"throttled": true, "retry_after": 3}', "throttled", {"throttled", "retry_after"}
+            )
+            return self._simulator.set_graph_throttled(body["throttled"], body.get("retry_after", 1)).state()
+
+        return await _answer(change)
+
+    async def set_graph_mailbox(self, request: web.Request) -> web.Response:
+        async def change() -> Any:
+            body = await _json_object(request, 'like {"enabled": false}', required="enabled", allowed={"enabled"})
+            if not isinstance(body["enabled"], bool):
+                raise _BadRequestError('"enabled" must be true or false')
+            return self._simulator.set_graph_mailbox_not_enabled(
+                request.match_info["mailbox"], not body["enabled"]
+            ).state()
+
+        return await _answer(change)
+
+    async def graph_requests(self, request: web.Request) -> web.Response:
+        return web.json_response([record.state() for record in self._simulator.graph_requests])
+
+
+async def _answer(change: Callable[[], Awaitable[Any]]) -> web.Response:
+    """Run ``change`` and answer with what it returns as JSON; 404 for an unknown name, 400 for bad input."""
+    try:
+        result = await change()
+    except (UnknownEndpointError, UnknownMailboxError) as error:
+        return _error(404, str(error))
+    except ValueError as error:
+        return _error(400, str(error))
+    return web.json_response(result)
+
+
+def _aware_datetime(value: Any) -> datetime:
+    try:
+        moment = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise _BadRequestError(f"expected an ISO 8601 time with a zone, like 2026-01-31T00:00:00Z, not {value!r}")
+    return moment
+
+
+async def _json_object(
+    request: web.Request, example: str, required: str | None = None, allowed: set[str] | None = None
+) -> dict[str, Any]:
     try:
         body = await request.json()
     except json.JSONDecodeError as error:
         raise _BadRequestError(f"the body is not JSON: {error}") from None
     if not isinstance(body, dict) or (required is not None and required not in body):
         raise _BadRequestError(f"the body must be a JSON object {example}")
+    if allowed is not None and set(body) - allowed:
+        raise _BadRequestError(f"unknown keys {sorted(set(body) - allowed)}; the body is a JSON object {example}")
     return body
 
 

@@ -138,11 +138,16 @@ class Endpoint:
         sock: socket.socket,
         build_app: Callable[[], web.Application],
         certificates: ServerCertificates,
+        reached_by_address: bool = False,
     ) -> None:
         self.name = name
         self.nominal_host = nominal_host
         self._host, self.port = sock.getsockname()[:2]
-        self.url = f"https://{LOOPBACK_HOSTNAME}:{self.port}"
+        # Normally reached as localhost; ``reached_by_address`` makes it a host of its own, named by its IP
+        # address in its URL and certificate, and not by localhost.
+        url_host = self._host if reached_by_address else LOOPBACK_HOSTNAME
+        self.url = f"https://{url_host}:{self.port}"
+        self._certificate_hostnames = [nominal_host] if reached_by_address else [LOOPBACK_HOSTNAME, nominal_host]
         self.fault = Fault.NONE
         self.delay_seconds = 0.0
         self._unused_socket: socket.socket | None = sock
@@ -188,7 +193,7 @@ class Endpoint:
                 ssl_context = None
             else:
                 variant = _CERTIFICATE_FOR_FAULT[fault]
-                ssl_context = self._certificates.context(self.name, self.nominal_host, variant)
+                ssl_context = self._certificates.context(self.name, self._certificate_hostnames, variant)
             app = self._build_app()
             app.middlewares.append(self._delay_when_slow)
             return await _HttpListener.start(app, sock, ssl_context)

@@ -16,7 +16,12 @@ application permissions). Errors carry the AADSTS shapes of facts file 7.2.
 Faults, in ``EntraId.settings`` (``Simulator.configure_entra``, admin ``PATCH /api/v1/auth/entra``):
 ``secret_expired`` (401 AADSTS7000222 for the right secret; certificates still work),
 ``token_endpoint_down`` (503), ``throttled`` (429 with ``Retry-After``), ``roles_granted`` false
-(tokens without ``roles``: the app was never consented) and ``expires_in`` (token lifetime).
+(tokens without ``roles``: the app was never consented), ``graph_roles`` (the Graph application
+permissions consented, ``Application.Read.All`` for instance) and ``expires_in`` (token lifetime).
+
+The app registration's credentials, as Graph lists them (``AppCredential``): the client secret and the
+certificate, each with an end date that ``set_credential_end`` moves. Only the listing changes; the
+secret keeps working until ``secret_expired`` says otherwise, so the two can be tested apart.
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ import hashlib
 import time
 import uuid
 from collections import Counter
-from dataclasses import asdict, dataclass, fields
-from datetime import UTC, datetime
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from functools import partial
 from typing import Any
 from urllib.parse import unquote
@@ -39,15 +45,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from .credentials import SimulatorCredentials
+from .credentials import APP_DISPLAY_NAME, SimulatorCredentials
 
 EXCHANGE_ONLINE_RESOURCE = "https://outlook.office365.com"
 GRAPH_RESOURCE = "https://graph.microsoft.com"
-# The application permissions admin consent granted the app, per resource.
-GRANTED_ROLES = {
-    EXCHANGE_ONLINE_RESOURCE: ["full_access_as_app"],
-    GRAPH_RESOURCE: ["Mail.Read", "User.Read.All"],
-}
+EXCHANGE_ONLINE_ROLES = ["full_access_as_app"]
+# BEMS's Graph permissions (bems-context.md); a setting, since reading the app's own credentials needs more.
+DEFAULT_GRAPH_ROLES = ["Mail.Read", "User.Read.All"]
+# A client secret's lifetime as the Entra portal recommends it.
+_SECRET_LIFETIME = timedelta(days=180)
 DEFAULT_EXPIRES_IN = 3599
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 _DEFAULT_SCOPE_SUFFIX = "/.default"
@@ -64,6 +70,7 @@ class EntraSettings:
     throttled: bool = False
     throttled_retry_after_seconds: int = 5
     roles_granted: bool = True
+    graph_roles: list[str] = field(default_factory=lambda: list(DEFAULT_GRAPH_ROLES))
     expires_in: int = DEFAULT_EXPIRES_IN
 
     def update(self, **changes: Any) -> None:
@@ -77,11 +84,31 @@ class EntraSettings:
                 raise ValueError(f"Entra setting {name} must be a {types[name].__name__}, not {value!r}")
             if types[name] is int and value <= 0:
                 raise ValueError(f"Entra setting {name} must be a positive number of seconds, not {value}")
+            if types[name] is list and not all(isinstance(item, str) and item for item in value):
+                raise ValueError(f"Entra setting {name} must be a list of names, not {value!r}")
         for name, value in changes.items():
-            setattr(self, name, value)
+            setattr(self, name, list(value) if isinstance(value, list) else value)
 
     def state(self) -> dict[str, Any]:
         return asdict(self)
+
+
+class CredentialKind(StrEnum):
+    SECRET = "secret"  # a passwordCredential in Graph
+    CERTIFICATE = "certificate"  # a keyCredential in Graph
+
+
+@dataclass
+class AppCredential:
+    """One credential of the app registration, with what Graph lists about it (never the secret itself)."""
+
+    key_id: str
+    display_name: str
+    start: datetime
+    end: datetime
+
+    def state(self) -> dict[str, Any]:
+        return {"key_id": self.key_id, "start": iso_utc(self.start), "end": iso_utc(self.end)}
 
 
 class EntraId:
@@ -101,6 +128,27 @@ class EntraId:
         self._tenant_aliases = {credentials.tenant_id.casefold(), credentials.tenant_guid.casefold()}
         self._client_secret = credentials.client_secret
         self._app_certificate = x509.load_pem_x509_certificate(self.app_certificate_file.read_bytes())
+        # The app registration's directory object; its ids are derived from the client id, so they are stable.
+        self.app_object_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"application:{self.client_id}"))
+        self.app_display_name = APP_DISPLAY_NAME
+        # Graph's hint is the secret's first three characters.
+        self.app_secret_hint = self._client_secret[:3]
+        secret_start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=30)
+        self.app_credentials = {
+            CredentialKind.SECRET: AppCredential(
+                str(uuid.uuid5(uuid.NAMESPACE_URL, f"secret:{self.client_id}")),
+                "exporter",
+                secret_start,
+                secret_start + _SECRET_LIFETIME,
+            ),
+            # Entra takes a certificate credential's dates from the certificate.
+            CredentialKind.CERTIFICATE: AppCredential(
+                str(uuid.uuid5(uuid.NAMESPACE_URL, f"certificate:{self.app_certificate_thumbprint}")),
+                self._app_certificate.subject.rfc4514_string(),
+                self._app_certificate.not_valid_before_utc,
+                self._app_certificate.not_valid_after_utc,
+            ),
+        }
         # Tokens need not outlive the simulator, so the signing key is new on each start.
         self._signing_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         public_der = self._signing_key.public_key().public_bytes(
@@ -115,9 +163,21 @@ class EntraId:
         """The SHA-1 thumbprint, in hex, that the app registration shows and MSAL's ``thumbprint`` takes."""
         return self._app_certificate.fingerprint(hashes.SHA1()).hex().upper()
 
+    def set_credential_end(self, kind: CredentialKind | str, end: datetime) -> AppCredential:
+        """Move the end date Graph lists for the app's ``secret`` or ``certificate``; ValueError for bad input."""
+        try:
+            credential = self.app_credentials[CredentialKind(kind)]
+        except ValueError:
+            raise ValueError(f"unknown credential kind {kind!r}; valid: {', '.join(CredentialKind)}") from None
+        if not isinstance(end, datetime) or end.tzinfo is None:
+            raise ValueError(f"the end must be a datetime with a time zone, not {end!r}")
+        credential.end = end.astimezone(UTC)
+        return credential
+
     def state(self) -> dict[str, Any]:
         return {
             **self.settings.state(),
+            "app_credentials": {str(kind): credential.state() for kind, credential in self.app_credentials.items()},
             "app_certificate_file": str(self.app_certificate_file),
             "app_private_key_file": str(self.app_private_key_file),
             "token_requests": [
@@ -346,12 +406,23 @@ class EntraId:
             "tid": self.tenant_guid,
             "ver": "1.0",
         }
-        if self.settings.roles_granted:
-            claims["roles"] = list(GRANTED_ROLES[resource])
+        roles = self._granted_roles(resource) if self.settings.roles_granted else []
+        # Entra leaves the claim out when nothing was consented, rather than sending it empty.
+        if roles:
+            claims["roles"] = roles
         token = jwt.encode(
             claims, self._signing_key, algorithm="RS256", headers={"kid": self._key_id, "x5t": self._key_id}
         )
         return {"token_type": "Bearer", "expires_in": expires_in, "ext_expires_in": expires_in, "access_token": token}
+
+    def _granted_roles(self, resource: str) -> list[str]:
+        """The application permissions admin consent granted the app on ``resource``."""
+        return list(EXCHANGE_ONLINE_ROLES if resource == EXCHANGE_ONLINE_RESOURCE else self.settings.graph_roles)
+
+
+def iso_utc(moment: datetime) -> str:
+    """ISO 8601 in UTC with a ``Z``, as Graph writes dates."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _resource_of(scope: str) -> str | None:
@@ -359,7 +430,7 @@ def _resource_of(scope: str) -> str | None:
     if not scope.endswith(_DEFAULT_SCOPE_SUFFIX) or " " in scope:
         return None
     resource = scope.removesuffix(_DEFAULT_SCOPE_SUFFIX)
-    return resource if resource in GRANTED_ROLES else None
+    return resource if resource in (EXCHANGE_ONLINE_RESOURCE, GRAPH_RESOURCE) else None
 
 
 def _basic_credentials(request: web.Request) -> tuple[str | None, str | None]:

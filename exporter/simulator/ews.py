@@ -2,26 +2,34 @@
 
 Once a request is authenticated, ``GetFolder`` for distinguished folders is served (facts file 1.3).
 Everything else comes back on the channel real EWS uses for it (1.5): request-level problems (XML
-that does not parse, an operation this simulator does not know, impersonation) as an HTTP 500 SOAP
-fault, per-folder problems as ``ResponseClass="Error"`` inside an HTTP 200.
+that does not parse, an operation this simulator does not know, impersonation, throttling) as an
+HTTP 500 SOAP fault, per-folder problems as ``ResponseClass="Error"`` inside an HTTP 200.
 
-Exchange Online's app-only tokens act as no user, so it demands the ``ExchangeImpersonation`` header
-(a 500 fault without it, section 2.2) and ``X-AnchorMailbox`` (section 2.3; a 503 without it here,
-one of the answers the docs warn of).
+Impersonation (section 2.2): an impersonated address without a mailbox is ``ErrorNonExistentMailbox``,
+a mailbox the caller may not reach (no ApplicationImpersonation on-prem, no application access
+online) ``ErrorImpersonateUserDenied``. Exchange Online's app-only tokens act as no user, so it
+demands the ``ExchangeImpersonation`` header (a 500 fault without it) and ``X-AnchorMailbox``
+(section 2.3; a 503 without it here, one of the answers the docs warn of).
+
+Each endpoint can be throttled (section 3) in the fault or the response-message form, and Exchange
+Online's EWS can be switched off as the retirement will (section 9: 403, empty body). Both hold for
+every authenticated request, whatever its operation, and every authenticated request is recorded.
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Collection
+import time
 from dataclasses import dataclass
-from functools import partial
+from enum import StrEnum
+from typing import Any, NamedTuple
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape, quoteattr
 
 from aiohttp import web
 
 from .challenges import with_iis_headers
+from .directory import MailboxDirectory
 from .identity import Authenticator, Caller
 
 EWS_PATH = "/EWS/Exchange.asmx"
@@ -75,48 +83,241 @@ _DISTINGUISHED_FOLDERS = {
 }
 _CHANGE_KEY = "AQAAABYAAABUlHmorID7SqN3OoVflc6XAAAAAACW"
 _NO_MAILBOX_TEXT = "The SMTP address has no mailbox associated with it."
+_IMPERSONATION_DENIED_TEXT = "The account does not have permission to impersonate the requested user."
+_SERVER_BUSY_TEXT = "The server cannot service this request right now. Try again later."
+_CONNECTION_COUNT_TEXT = (
+    "You have exceeded the available concurrent connections for your account.  "
+    "Try again once your other requests have completed."
+)
+# EWSMaxConcurrency's default on Exchange 2013 and later, and in Exchange Online (facts file 3.4).
+_MAX_CONCURRENCY = 27
+# The budget part and value a plain GetFolder would exceed [UNVERIFIED: the 3.2 capture names
+# 'ConcurrentSyncCalls', which only sync operations are charged against].
+_BUSY_BUDGET_PART, _BUSY_BUDGET_VALUE = "EwsCutoffBalance", "180000"
+# The double spaces are Exchange's own.
+_BUDGET_EXCEEDED_TEXT = (
+    "This operation exceeds the throttling budget for policy part '{part}', policy value '{value}',  "
+    "Budget type: 'Ews'.  Suggested backoff time {backoff_ms} ms."
+)
+# What an error response message of an operation carries after its MessageXml (facts file 1.5).
+_EMPTY_RESULTS = {"GetFolder": "<m:Folders/>"}
 
 
-def add_routes(
-    app: web.Application, authenticator: Authenticator, mailboxes: Collection[str], server_version: ServerVersion
-) -> None:
-    handler = partial(
-        _serve,
-        authenticator=authenticator,
-        mailboxes={mailbox.casefold() for mailbox in mailboxes},
-        server_version=server_version,
-    )
-    app.router.add_post(EWS_PATH, handler)
-    # IIS authenticates a GET like any request; once past that, EWS finds no SOAP request in it.
-    app.router.add_get(EWS_PATH, handler)
+class ThrottlingKind(StrEnum):
+    NONE = "none"
+    SERVER_BUSY_FAULT = "server_busy_fault"  # HTTP 500 ErrorServerBusy fault (facts file 3.1)
+    SERVER_BUSY_MESSAGE = "server_busy_message"  # HTTP 200, ErrorServerBusy response message (3.2)
+    CONNECTION_COUNT = "connection_count"  # HTTP 500 ErrorExceededConnectionCount fault (3.3)
 
 
-async def _serve(
-    request: web.Request, authenticator: Authenticator, mailboxes: set[str], server_version: ServerVersion
-) -> web.Response:
-    caller = await authenticator.authenticate(request)
-    if isinstance(caller, web.Response):
-        return caller
-    body = await request.read()
-    try:
-        envelope = ElementTree.fromstring(body) if body.strip() else None
-    except ElementTree.ParseError as error:
-        line, column = error.position
-        return _fault(
-            "ErrorSchemaValidation",
-            f"The request failed schema validation: {error}",
-            "The request failed schema validation.",
-            f"<t:LineNumber>{line}</t:LineNumber><t:LinePosition>{column}</t:LinePosition>"
-            f"<t:Violation>{escape(str(error))}</t:Violation>",
+# Exchange suggests no wait for a connection-count error: "the existing connections remain valid" (3.4).
+_DEFAULT_BACKOFF_MS = {
+    ThrottlingKind.SERVER_BUSY_FAULT: 5000,
+    ThrottlingKind.SERVER_BUSY_MESSAGE: 5000,
+    ThrottlingKind.CONNECTION_COUNT: 0,
+}
+
+
+@dataclass(frozen=True)
+class Throttling:
+    kind: ThrottlingKind = ThrottlingKind.NONE
+    backoff_ms: int | None = None
+
+    @classmethod
+    def parse(cls, kind: Any, backoff_ms: Any = None) -> Throttling:
+        try:
+            kind = ThrottlingKind(kind)
+        except ValueError:
+            raise ValueError(f"unknown throttling kind {kind!r}; valid: {', '.join(ThrottlingKind)}") from None
+        if kind is ThrottlingKind.NONE:
+            if backoff_ms is not None:
+                raise ValueError("backoff_ms applies to a throttling kind, not to none")
+            return cls()
+        if backoff_ms is None:
+            return cls(kind, _DEFAULT_BACKOFF_MS[kind])
+        if isinstance(backoff_ms, bool) or not isinstance(backoff_ms, int) or backoff_ms < 0:
+            raise ValueError(f"backoff_ms must be a whole number of milliseconds, 0 or more, not {backoff_ms!r}")
+        return cls(kind, backoff_ms)
+
+    def state(self) -> dict[str, Any]:
+        return {"kind": str(self.kind), "backoff_ms": self.backoff_ms}
+
+
+class EwsRequest(NamedTuple):
+    """One authenticated EWS request, recorded before anything else is decided about it."""
+
+    endpoint: str
+    caller: str  # DOMAIN\user on-prem, the app id for an OAuth token
+    operation: str | None  # the SOAP body's first element, None when there is none
+    impersonated: str | None  # the address the ExchangeImpersonation header names
+    time: float  # time.monotonic() at arrival
+
+    def state(self) -> dict[str, Any]:
+        return self._asdict()
+
+
+class EwsService:
+    """One EWS endpoint's behaviour; it outlives the listeners that a fault change restarts."""
+
+    def __init__(
+        self, endpoint: str, directory: MailboxDirectory, server_version: ServerVersion, requests: list[EwsRequest]
+    ) -> None:
+        self.endpoint = endpoint
+        self.throttling = Throttling()
+        self.disabled = False
+        self.directory = directory
+        self.server_version = server_version
+        self._requests = requests
+
+    def state(self) -> dict[str, Any]:
+        return {"throttling": self.throttling.state(), "disabled": self.disabled}
+
+    def add_routes(self, app: web.Application, authenticator: Authenticator) -> None:
+        async def handler(request: web.Request) -> web.Response:
+            return await self._serve(request, authenticator)
+
+        app.router.add_post(EWS_PATH, handler)
+        # IIS authenticates a GET like any request; once past that, EWS finds no SOAP request in it.
+        app.router.add_get(EWS_PATH, handler)
+
+    async def _serve(self, request: web.Request, authenticator: Authenticator) -> web.Response:
+        caller = await authenticator.authenticate(request)
+        if isinstance(caller, web.Response):
+            return caller
+        body = await request.read()
+        try:
+            envelope = ElementTree.fromstring(body) if body.strip() else None
+        except ElementTree.ParseError as error:
+            envelope, parse_error = None, error
+        else:
+            parse_error = None
+        operation = _operation(envelope)
+        operation_name = _local_name(operation.tag) if operation is not None else None
+        impersonated = _impersonated_mailbox(envelope) if envelope is not None else None
+        self._requests.append(EwsRequest(self.endpoint, caller.name, operation_name, impersonated, time.monotonic()))
+        if self.disabled:
+            return with_iis_headers(web.Response(status=403))
+        if parse_error is not None:
+            line, column = parse_error.position
+            return _fault(
+                "ErrorSchemaValidation",
+                f"The request failed schema validation: {parse_error}",
+                "The request failed schema validation.",
+                f"<t:LineNumber>{line}</t:LineNumber><t:LinePosition>{column}</t:LinePosition>"
+                f"<t:Violation>{escape(str(parse_error))}</t:Violation>",
+            )
+        if operation is None or operation_name is None:
+            return _fault("ErrorInvalidRequest", "The request is invalid.")
+        throttled = self._throttled(operation_name)
+        if throttled is not None:
+            return throttled
+        if operation.tag != f"{{{MESSAGES_NS}}}GetFolder":
+            return _fault("ErrorInvalidRequest", "The request is invalid.")
+        rejection = self._check_impersonation(request, caller, impersonated)
+        if rejection is not None:
+            return rejection
+        return self._get_folder(operation)
+
+    def _throttled(self, operation_name: str) -> web.Response | None:
+        backoff_ms = self.throttling.backoff_ms
+        match self.throttling.kind:
+            case ThrottlingKind.NONE:
+                return None
+            case ThrottlingKind.SERVER_BUSY_FAULT:
+                return _fault("ErrorServerBusy", _SERVER_BUSY_TEXT, detail_xml=_backoff_value(backoff_ms))
+            case ThrottlingKind.SERVER_BUSY_MESSAGE:
+                budget = _BUDGET_EXCEEDED_TEXT.format(
+                    part=_BUSY_BUDGET_PART, value=_BUSY_BUDGET_VALUE, backoff_ms=backoff_ms
+                )
+                message = _error_message(
+                    operation_name,
+                    "ErrorServerBusy",
+                    f"{_SERVER_BUSY_TEXT}, {budget}",
+                    message_xml=_backoff_value(backoff_ms),
+                )
+                return self._response(operation_name, message)
+            case ThrottlingKind.CONNECTION_COUNT:
+                budget = _BUDGET_EXCEEDED_TEXT.format(
+                    part="MaxConcurrency", value=_MAX_CONCURRENCY, backoff_ms=backoff_ms
+                )
+                return _fault(
+                    "ErrorExceededConnectionCount",
+                    _CONNECTION_COUNT_TEXT,
+                    detail_xml=(
+                        '<t:Value Name="Policy">MaxConcurrency</t:Value>'
+                        f'<t:Value Name="MaxConcurrencyLimit">{_MAX_CONCURRENCY}</t:Value>'
+                        f'<t:Value Name="ErrorMessage">{escape(budget)}</t:Value>'
+                    ),
+                )
+
+    def _check_impersonation(
+        self, request: web.Request, caller: Caller, impersonated: str | None
+    ) -> web.Response | None:
+        if caller.app_only:
+            if impersonated is None:
+                return _fault(
+                    "ErrorInvalidExchangeImpersonationHeaderData",
+                    "ExchangeImpersonation SOAP header must be present for this type of OAuth token.",
+                )
+            if not request.headers.get("X-AnchorMailbox"):
+                return with_iis_headers(web.Response(status=503))
+        if impersonated is None:
+            return None
+        if impersonated not in self.directory:
+            return _fault(
+                "ErrorNonExistentMailbox",
+                _NO_MAILBOX_TEXT,
+                detail_xml=f'<t:Value Name="SmtpAddress">{escape(impersonated)}</t:Value>',
+            )
+        if not self.directory.is_granted(impersonated):
+            return _fault("ErrorImpersonateUserDenied", _IMPERSONATION_DENIED_TEXT)
+        return None
+
+    def _get_folder(self, operation: ElementTree.Element) -> web.Response:
+        folder_ids = operation.find(f"{{{MESSAGES_NS}}}FolderIds")
+        if folder_ids is None or not len(folder_ids):
+            return _fault("ErrorInvalidRequest", "The request is invalid.")
+        messages = []
+        for folder_id in folder_ids:
+            if folder_id.tag != f"{{{TYPES_NS}}}DistinguishedFolderId":
+                messages.append(_error_message("GetFolder", "ErrorInvalidIdMalformed", "Id is malformed."))
+                continue
+            name = folder_id.get("Id", "")
+            if name not in _DISTINGUISHED_FOLDERS:
+                violation = (
+                    f"The 'Id' attribute is invalid - The value '{name}' is invalid according to its datatype "
+                    f"'{TYPES_NS}:DistinguishedFolderIdNameType' - The Enumeration constraint failed."
+                )
+                return _fault(
+                    "ErrorSchemaValidation",
+                    f"The request failed schema validation: {violation}",
+                    "The request failed schema validation.",
+                    f"<t:Violation>{escape(violation)}</t:Violation>",
+                )
+            mailbox = (folder_id.findtext(f"{{{TYPES_NS}}}Mailbox/{{{TYPES_NS}}}EmailAddress") or "").strip()
+            if mailbox and mailbox not in self.directory:
+                messages.append(_error_message("GetFolder", "ErrorNonExistentMailbox", _NO_MAILBOX_TEXT))
+            else:
+                messages.append(_folder_message(name, mailbox))
+        return self._response("GetFolder", "".join(messages))
+
+    def _response(self, operation_name: str, response_messages: str) -> web.Response:
+        """An HTTP 200 answer: the ``ServerVersionInfo`` header and the operation's response messages."""
+        return _soap_response(
+            f"<s:Header>{self.server_version.header()}</s:Header>"
+            '<s:Body xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xmlns:xsd="http://www.w3.org/2001/XMLSchema">'
+            f'<m:{operation_name}Response xmlns:m="{MESSAGES_NS}" xmlns:t="{TYPES_NS}"><m:ResponseMessages>'
+            f"{response_messages}</m:ResponseMessages></m:{operation_name}Response></s:Body>",
+            status=200,
         )
-    operation = _operation(envelope)
-    if operation is None or operation.tag != f"{{{MESSAGES_NS}}}GetFolder":
-        return _fault("ErrorInvalidRequest", "The request is invalid.")
-    impersonated = _impersonated_mailbox(envelope)
-    rejection = _check_impersonation(request, caller, impersonated, mailboxes)
-    if rejection is not None:
-        return rejection
-    return _get_folder(operation, mailboxes, server_version)
+
+
+def _local_name(tag: str) -> str:
+    return tag.rpartition("}")[2]
+
+
+def _backoff_value(backoff_ms: int | None) -> str:
+    return f'<t:Value Name="BackOffMilliseconds">{backoff_ms}</t:Value>'
 
 
 def _operation(envelope: ElementTree.Element | None) -> ElementTree.Element | None:
@@ -137,64 +338,6 @@ def _impersonated_mailbox(envelope: ElementTree.Element) -> str | None:
     return (connecting_sid[0].text or "").strip() or None
 
 
-def _check_impersonation(
-    request: web.Request, caller: Caller, impersonated: str | None, mailboxes: set[str]
-) -> web.Response | None:
-    if caller.app_only:
-        if impersonated is None:
-            return _fault(
-                "ErrorInvalidExchangeImpersonationHeaderData",
-                "ExchangeImpersonation SOAP header must be present for this type of OAuth token.",
-            )
-        if not request.headers.get("X-AnchorMailbox"):
-            return with_iis_headers(web.Response(status=503))
-    if impersonated is not None and impersonated.casefold() not in mailboxes:
-        return _fault(
-            "ErrorNonExistentMailbox",
-            _NO_MAILBOX_TEXT,
-            detail_xml=f'<t:Value Name="SmtpAddress">{escape(impersonated)}</t:Value>',
-        )
-    return None
-
-
-def _get_folder(operation: ElementTree.Element, mailboxes: set[str], server_version: ServerVersion) -> web.Response:
-    folder_ids = operation.find(f"{{{MESSAGES_NS}}}FolderIds")
-    if folder_ids is None or not len(folder_ids):
-        return _fault("ErrorInvalidRequest", "The request is invalid.")
-    messages = []
-    for folder_id in folder_ids:
-        if folder_id.tag != f"{{{TYPES_NS}}}DistinguishedFolderId":
-            messages.append(_error_message("ErrorInvalidIdMalformed", "Id is malformed."))
-            continue
-        name = folder_id.get("Id", "")
-        if name not in _DISTINGUISHED_FOLDERS:
-            violation = (
-                f"The 'Id' attribute is invalid - The value '{name}' is invalid according to its datatype "
-                f"'{TYPES_NS}:DistinguishedFolderIdNameType' - The Enumeration constraint failed."
-            )
-            return _fault(
-                "ErrorSchemaValidation",
-                f"The request failed schema validation: {violation}",
-                "The request failed schema validation.",
-                f"<t:Violation>{escape(violation)}</t:Violation>",
-            )
-        mailbox = (folder_id.findtext(f"{{{TYPES_NS}}}Mailbox/{{{TYPES_NS}}}EmailAddress") or "").strip()
-        if mailbox and mailbox.casefold() not in mailboxes:
-            messages.append(_error_message("ErrorNonExistentMailbox", _NO_MAILBOX_TEXT))
-        else:
-            messages.append(_folder_message(name, mailbox))
-    body = (
-        f'<m:GetFolderResponse xmlns:m="{MESSAGES_NS}" xmlns:t="{TYPES_NS}"><m:ResponseMessages>'
-        f"{''.join(messages)}</m:ResponseMessages></m:GetFolderResponse>"
-    )
-    return _soap_response(
-        f"<s:Header>{server_version.header()}</s:Header>"
-        '<s:Body xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xmlns:xsd="http://www.w3.org/2001/XMLSchema">'
-        f"{body}</s:Body>",
-        status=200,
-    )
-
-
 def _folder_message(name: str, mailbox: str) -> str:
     folder = _DISTINGUISHED_FOLDERS[name]
     folder_id = base64.b64encode(f"{mailbox or 'self'}/{name}".encode()).decode()
@@ -209,11 +352,13 @@ def _folder_message(name: str, mailbox: str) -> str:
     )
 
 
-def _error_message(code: str, text: str) -> str:
+def _error_message(operation_name: str, code: str, text: str, message_xml: str = "") -> str:
+    """A ``ResponseClass="Error"`` message; in a response message ``MessageXml`` is in the messages namespace."""
+    message_xml = f"<m:MessageXml>{message_xml}</m:MessageXml>" if message_xml else ""
     return (
-        f'<m:GetFolderResponseMessage ResponseClass="Error"><m:MessageText>{escape(text)}</m:MessageText>'
-        f"<m:ResponseCode>{code}</m:ResponseCode><m:DescriptiveLinkKey>0</m:DescriptiveLinkKey>"
-        "<m:Folders/></m:GetFolderResponseMessage>"
+        f'<m:{operation_name}ResponseMessage ResponseClass="Error"><m:MessageText>{escape(text)}</m:MessageText>'
+        f"<m:ResponseCode>{code}</m:ResponseCode><m:DescriptiveLinkKey>0</m:DescriptiveLinkKey>{message_xml}"
+        f"{_EMPTY_RESULTS.get(operation_name, '')}</m:{operation_name}ResponseMessage>"
     )
 
 

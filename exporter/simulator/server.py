@@ -6,6 +6,7 @@ import asyncio
 import ipaddress
 import json
 import signal
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from types import TracebackType
@@ -16,11 +17,17 @@ from aiohttp import web
 
 from . import autodiscover, ews, graph
 from .admin import ENDPOINTS_PATH, build_admin_app
+from .autodiscover import AutodiscoverService, RedirectKind
 from .bearer import ExchangeOnlineAuthenticator
 from .credentials import SimulatorCredentials
+from .directory import MailboxDirectory, UnknownMailboxError
 from .endpoint import Endpoint, Fault, UnknownEndpointError, bind_loopback_socket
-from .entra import EntraId, EntraSettings
+from .entra import AppCredential, CredentialKind, EntraId, EntraSettings
+from .ews import EwsRequest, EwsService, Throttling, ThrottlingKind
 from .files import write_atomically
+from .foreign import ForeignHost
+from .graph import GraphRequest, GraphService
+from .identity import Authenticator
 from .onprem_auth import (
     AccountFault,
     AuthMethod,
@@ -33,7 +40,9 @@ from .pki import CertificateAuthority
 from .proxy import ForwardProxy
 from .tls import ServerCertificates
 
-# Endpoint name → the host name it stands in for (also in its certificate, beside "localhost").
+FOREIGN_ENDPOINT = "foreign"
+# Endpoint name → the host name it stands in for (also in its certificate, beside "localhost", except
+# for the foreign host, which is reached by its IP address).
 NOMINAL_HOSTS = {
     "onprem-ews": "mail.corp.example.test",
     "onprem-autodiscover": "autodiscover.corp.example.test",
@@ -41,9 +50,14 @@ NOMINAL_HOSTS = {
     "online-autodiscover": "autodiscover-s.outlook.test",
     "graph": "graph.microsoft.test",
     "entra": "login.microsoftonline.test",
+    FOREIGN_ENDPOINT: "autodiscover.attacker.test",
 }
 ONPREM_MAILBOXES = ["alice@corp.example.test", "bob@corp.example.test"]
 ONLINE_MAILBOXES = ["carol@contoso.test"]
+# Each side's EWS endpoint, and the Autodiscover endpoint that reports it.
+_EWS_OF_AUTODISCOVER = {"onprem-autodiscover": "onprem-ews", "online-autodiscover": "online-ews"}
+# The retirement of EWS concerns Exchange Online only (facts file 9).
+_RETIRING_EWS = "online-ews"
 # Extended Protection as Exchange's recommended front-end settings have it (facts file 6.3).
 _DEFAULT_EXTENDED_PROTECTION = {
     "onprem-ews": ExtendedProtection.ALLOW,
@@ -64,6 +78,16 @@ class Simulator:
     account, Exchange Online takes bearer tokens from the fake Entra ID at ``sim.entra``. Besides
     endpoint faults, ``set_account_fault``, ``set_auth_methods``, ``set_extended_protection`` and
     ``configure_entra`` switch authentication faults; each holds from the next request on.
+
+    Exchange itself: ``sim.onprem_mailboxes`` and ``sim.online_mailboxes`` hold the mailboxes and the
+    rights to them (impersonation on-prem, the app's access online), changed with ``add_mailbox``,
+    ``remove_mailbox``, ``grant_impersonation``, ``revoke_impersonation``, ``allow_app_access`` and
+    ``deny_app_access``. EWS can be throttled (``set_ews_throttling``) or, online, switched off
+    (``set_ews_disabled``); Autodiscover can redirect (``set_autodiscover_redirect``) or report
+    another EWS URL (``set_autodiscover_ews_url``); Graph can be throttled (``set_graph_throttled``) or
+    refuse a mailbox (``set_graph_mailbox_not_enabled``). ``sim.ews_requests``, ``sim.graph_requests``
+    and ``sim.foreign.requests`` record what arrived, with ``time.monotonic()`` times. The ``foreign``
+    endpoint, at ``https://127.0.0.1:PORT``, is a stranger's host for redirects to point at.
     """
 
     def __init__(self, state_dir: Path, host: str = "127.0.0.1", admin_port: int = 0) -> None:
@@ -86,6 +110,18 @@ class Simulator:
             name: VirtualDirectoryAuth(realm=NOMINAL_HOSTS[name], extended_protection=mode)
             for name, mode in _DEFAULT_EXTENDED_PROTECTION.items()
         }
+        self.onprem_mailboxes = MailboxDirectory("impersonation", ONPREM_MAILBOXES)
+        self.online_mailboxes = MailboxDirectory("app_access", ONLINE_MAILBOXES)
+        self.ews_requests: list[EwsRequest] = []
+        self.graph_requests: list[GraphRequest] = []
+        self._ews = {
+            "onprem-ews": EwsService("onprem-ews", self.onprem_mailboxes, ews.EXCHANGE_2019, self.ews_requests),
+            "online-ews": EwsService("online-ews", self.online_mailboxes, ews.EXCHANGE_ONLINE, self.ews_requests),
+        }
+        # Autodiscover and Graph need the endpoints' URLs and Entra, which exist once started.
+        self._autodiscover: dict[str, AutodiscoverService] = {}
+        self._graph: GraphService | None = None
+        self.foreign = ForeignHost(realm=NOMINAL_HOSTS[FOREIGN_ENDPOINT])
 
     @property
     def admin_url(self) -> str:
@@ -137,11 +173,22 @@ class Simulator:
         cert_dir = self.state_dir / "certs"
         cert_dir.mkdir(mode=0o700, exist_ok=True)
         self._certificates = ServerCertificates(trusted, untrusted, cert_dir, ip_address=self.host)
+        self._graph = GraphService(self._entra, self.online_mailboxes, self.graph_requests)
         try:
             for name, nominal_host in NOMINAL_HOSTS.items():
                 sock = bind_loopback_socket(self.host, 0)
                 builder = partial(self._build_endpoint_app, name)
-                self.endpoints[name] = Endpoint(name, nominal_host, sock, builder, self._certificates)
+                self.endpoints[name] = Endpoint(
+                    name, nominal_host, sock, builder, self._certificates, reached_by_address=name == FOREIGN_ENDPOINT
+                )
+            for name, ews_endpoint in _EWS_OF_AUTODISCOVER.items():
+                self._autodiscover[name] = AutodiscoverService(
+                    own_url=self.endpoints[name].url,
+                    directory=self._ews[ews_endpoint].directory,
+                    ews_url=self.endpoints[ews_endpoint].url + ews.EWS_PATH,
+                    server_version=self._ews[ews_endpoint].server_version,
+                    redirects_unknown_json_users=name == "online-autodiscover",
+                )
             # Apps are built only once every port is known: autodiscover answers with other endpoints' URLs.
             for endpoint in self.endpoints.values():
                 await endpoint.start()
@@ -230,6 +277,126 @@ class Simulator:
         if endpoint not in self._virtual_directories:
             raise UnknownEndpointError(endpoint, list(self._virtual_directories))
         return self._virtual_directories[endpoint]
+
+    # --- mailboxes and the rights to them ------------------------------------------------------------
+
+    def add_mailbox(self, mailbox: str, exchange: str = "onprem") -> None:
+        """Create ``mailbox`` on-prem (``exchange="onprem"``) or in Exchange Online (``"online"``)."""
+        self._directory(exchange).add(mailbox)
+
+    def remove_mailbox(self, mailbox: str) -> None:
+        """Delete ``mailbox`` wherever it is; UnknownMailboxError if it is nowhere."""
+        for directory in (self.onprem_mailboxes, self.online_mailboxes):
+            if mailbox in directory:
+                directory.remove(mailbox)
+                return
+        raise UnknownMailboxError(mailbox, [*self.onprem_mailboxes, *self.online_mailboxes])
+
+    def grant_impersonation(self, mailbox: str | None = None) -> None:
+        """Let the on-prem account impersonate ``mailbox``, or every mailbox (the role without a scope)."""
+        self.onprem_mailboxes.set_granted(mailbox, True)
+
+    def revoke_impersonation(self, mailbox: str | None = None) -> None:
+        """Take ApplicationImpersonation for ``mailbox`` (or for all) from the on-prem account."""
+        self.onprem_mailboxes.set_granted(mailbox, False)
+
+    def allow_app_access(self, mailbox: str | None = None) -> None:
+        """Give the Entra app application access to online ``mailbox`` (or all), for EWS and Graph alike."""
+        self.online_mailboxes.set_granted(mailbox, True)
+
+    def deny_app_access(self, mailbox: str | None = None) -> None:
+        """Scope online ``mailbox`` (or all) out of the Entra app's access, for EWS and Graph alike."""
+        self.online_mailboxes.set_granted(mailbox, False)
+
+    def mailbox_state(self) -> dict[str, Any]:
+        return {"onprem": self.onprem_mailboxes.state(), "online": self.online_mailboxes.state()}
+
+    def _directory(self, exchange: str) -> MailboxDirectory:
+        match exchange:
+            case "onprem":
+                return self.onprem_mailboxes
+            case "online":
+                return self.online_mailboxes
+        raise ValueError(f"exchange must be 'onprem' or 'online', not {exchange!r}")
+
+    # --- EWS -------------------------------------------------------------------------------------------
+
+    def set_ews_throttling(
+        self, endpoint: str, kind: ThrottlingKind | str, backoff_ms: int | None = None
+    ) -> EwsService:
+        """Throttle every authenticated request to an EWS endpoint until ``kind`` is ``none`` again.
+
+        ``server_busy_fault``, ``server_busy_message`` (both suggest ``backoff_ms``, default 5000) or
+        ``connection_count`` (default 0). UnknownEndpointError, or ValueError for a bad kind or back-off.
+        """
+        service = self._ews_service(endpoint)
+        service.throttling = Throttling.parse(kind, backoff_ms)
+        return service
+
+    def set_ews_disabled(self, disabled: bool = True) -> EwsService:
+        """Switch Exchange Online's EWS off (every authenticated request: 403, empty body) or back on."""
+        if not isinstance(disabled, bool):
+            raise ValueError(f"disabled must be true or false, not {disabled!r}")
+        service = self._ews[_RETIRING_EWS]
+        service.disabled = disabled
+        return service
+
+    def ews_state(self) -> dict[str, Any]:
+        return {name: service.state() for name, service in self._ews.items()}
+
+    def _ews_service(self, endpoint: str) -> EwsService:
+        if endpoint not in self._ews:
+            raise UnknownEndpointError(endpoint, list(self._ews))
+        return self._ews[endpoint]
+
+    # --- Autodiscover ----------------------------------------------------------------------------------
+
+    def set_autodiscover_redirect(
+        self, endpoint: str, mailbox: str, kind: RedirectKind | str, target: str | None = None
+    ) -> AutodiscoverService:
+        """Redirect Autodiscover for ``mailbox`` (any address, hosted here or not) on an Autodiscover endpoint.
+
+        ``redirect_addr`` to another address, ``redirect_url`` or ``http_302`` to a URL, ``none`` to stop.
+        """
+        service = self._autodiscover_service(endpoint)
+        service.set_redirect(mailbox, kind, target)
+        return service
+
+    def set_autodiscover_ews_url(self, endpoint: str, url: str | None) -> AutodiscoverService:
+        """Report ``url`` as the EWS URL on an Autodiscover endpoint; None reports the real one again."""
+        service = self._autodiscover_service(endpoint)
+        service.set_ews_url(url)
+        return service
+
+    def autodiscover_state(self) -> dict[str, Any]:
+        return {name: service.state() for name, service in self._autodiscover.items()}
+
+    def _autodiscover_service(self, endpoint: str) -> AutodiscoverService:
+        if endpoint not in self._autodiscover:
+            raise UnknownEndpointError(endpoint, list(_EWS_OF_AUTODISCOVER))
+        return self._autodiscover[endpoint]
+
+    # --- Graph and the app registration -----------------------------------------------------------------
+
+    @property
+    def graph(self) -> GraphService:
+        if self._graph is None:
+            raise RuntimeError("the simulator is not running")
+        return self._graph
+
+    def set_graph_throttled(self, throttled: bool = True, retry_after: int = 1) -> GraphService:
+        """Answer every authenticated Graph request with 429 ``ApplicationThrottled`` and ``Retry-After``."""
+        self.graph.set_throttled(throttled, retry_after)
+        return self.graph
+
+    def set_graph_mailbox_not_enabled(self, mailbox: str, not_enabled: bool = True) -> GraphService:
+        """Graph's 404 ``MailboxNotEnabledForRESTAPI`` for online ``mailbox`` (False: served again)."""
+        self.graph.set_mailbox_enabled(mailbox, not not_enabled)
+        return self.graph
+
+    def set_app_credential_end(self, kind: CredentialKind | str, end: datetime) -> AppCredential:
+        """The ``endDateTime`` Graph lists for the app's ``secret`` or ``certificate`` (an aware datetime)."""
+        return self.entra.set_credential_end(kind, end)
 
     def write_exporter_config(
         self, path: Path, interval: str = "15s", timeout: str = "5s", entra_app_auth: str = "secret"
@@ -323,30 +490,26 @@ class Simulator:
 
     def _build_endpoint_app(self, name: str) -> web.Application:
         app = web.Application()
+        if name == FOREIGN_ENDPOINT:
+            # Everything, "/" included, gets the foreign host's challenge: it has no landing page.
+            self.foreign.add_routes(app)
+            return app
         app.router.add_get("/", partial(_landing_page, endpoint=self.endpoints[name]))
-        self._install_protocol_routes(app, name)
+        match name:
+            case "onprem-ews" | "online-ews":
+                self._ews[name].add_routes(app, self._authenticator(name))
+            case "onprem-autodiscover" | "online-autodiscover":
+                self._autodiscover[name].add_routes(app, self._authenticator(name))
+            case "graph":
+                self.graph.add_routes(app)
+            case "entra":
+                self.entra.add_routes(app, base_url=self.endpoints[name].url)
         return app
 
-    def _install_protocol_routes(self, app: web.Application, name: str) -> None:
-        urls = {other: endpoint.url for other, endpoint in self.endpoints.items()}
-        match name:
-            case "onprem-ews":
-                ews.add_routes(app, self._onprem_authenticator(name), ONPREM_MAILBOXES, ews.EXCHANGE_2019)
-            case "online-ews":
-                online = ExchangeOnlineAuthenticator(self.entra)
-                ews.add_routes(app, online, ONLINE_MAILBOXES, ews.EXCHANGE_ONLINE)
-            case "onprem-autodiscover":
-                authenticator = self._onprem_authenticator(name)
-                autodiscover.add_pox_routes(app, authenticator, ONPREM_MAILBOXES, urls["onprem-ews"] + ews.EWS_PATH)
-            case "online-autodiscover":
-                online = ExchangeOnlineAuthenticator(self.entra)
-                ews_url = urls["online-ews"] + ews.EWS_PATH
-                autodiscover.add_pox_routes(app, online, ONLINE_MAILBOXES, ews_url)
-                autodiscover.add_json_routes(app, ews_url=ews_url, pox_url=urls[name] + autodiscover.POX_PATH)
-            case "graph":
-                graph.add_routes(app)
-            case "entra":
-                self.entra.add_routes(app, base_url=urls[name])
+    def _authenticator(self, name: str) -> Authenticator:
+        if name in self._virtual_directories:
+            return self._onprem_authenticator(name)
+        return ExchangeOnlineAuthenticator(self.entra)
 
     def _onprem_authenticator(self, name: str) -> OnPremAuthenticator:
         # A new one per listener: handshake state belongs to connections, which a fault change drops.

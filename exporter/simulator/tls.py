@@ -27,7 +27,7 @@ class CertificateVariant(StrEnum):
 class ServerCertificates:
     """Issues each endpoint's certificates on first use and keeps one SSL context per variant.
 
-    Correct certificates name ``localhost``, the endpoint's nominal host and ``ip_address``.
+    Correct certificates name the endpoint's ``hostnames`` and ``ip_address``.
 
     ``ssl.SSLContext.load_cert_chain`` only reads files, so every certificate and its key are written
     (mode 0600) under ``directory``, where they can also be inspected with ``openssl x509``.
@@ -43,10 +43,10 @@ class ServerCertificates:
         self._contexts: dict[tuple[str, CertificateVariant], ssl.SSLContext] = {}
         self._end_point_hashes: dict[ssl.SSLContext, bytes] = {}
 
-    def context(self, endpoint: str, nominal_host: str, variant: CertificateVariant) -> ssl.SSLContext:
+    def context(self, endpoint: str, hostnames: list[str], variant: CertificateVariant) -> ssl.SSLContext:
         key = (endpoint, variant)
         if key not in self._contexts:
-            cert_pem, key_pem = self._issue(nominal_host, variant)
+            cert_pem, key_pem = self._issue(hostnames, variant)
             path = self._directory / f"{endpoint}-{variant}.pem"
             write_private_file(path, cert_pem + key_pem)
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -64,8 +64,7 @@ class ServerCertificates:
         """
         return self._end_point_hashes[context]
 
-    def _issue(self, nominal_host: str, variant: CertificateVariant) -> tuple[bytes, bytes]:
-        right_names = [LOOPBACK_HOSTNAME, nominal_host]
+    def _issue(self, right_names: list[str], variant: CertificateVariant) -> tuple[bytes, bytes]:
         match variant:
             case CertificateVariant.VALID:
                 return self._trusted.issue(right_names, [self._ip_address])

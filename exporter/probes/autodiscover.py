@@ -1,0 +1,149 @@
+"""``autodiscover``: Autodiscover finds each mailbox's EWS URL by every configured protocol
+(``pox``, ``soap``, ``json``), and the URL is the configured EWS endpoint of the same Exchange side.
+
+Redirects (HTTP 302, ``redirectAddr``/``redirectUrl``, SOAP ``RedirectAddress``/``RedirectUrl``) are
+followed up to 10 hops, over HTTPS only, and only to hosts in ``allowed_redirect_hosts`` (default: the
+target host's parent domain and its subdomains). Anything else is not followed and no credentials go
+there (``redirect_blocked``): the 2021 "Autodiscover leak" came from clients that did.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from urllib.parse import urljoin, urlsplit
+
+from .. import autodiscover as protocol
+from .. import signin
+from ..config import AuthMethod, AutodiscoverProtocol, Config, EntraCredential, Kind, Target
+from ..entra import EWS_SCOPE
+from ..httpclient import HttpResponse
+from ..metrics import MetricSpec
+from ..results import CheckResult, ProbeFailure, Reason
+from .base import Check, ProbeContext
+from .mailboxes import Unit, each
+
+SUCCESS = MetricSpec(
+    "bems_autodiscover_success",
+    "1 if Autodiscover returned an EWS URL for the mailbox by the protocol in the last check.",
+    labels=("mailbox", "protocol"),
+)
+EWS_URL = MetricSpec(
+    "bems_autodiscover_ews_url_info", "The EWS URL Autodiscover returned for the mailbox.", "info",
+    labels=("mailbox", "url"),
+)  # fmt: skip
+URL_MATCH = MetricSpec(
+    "bems_autodiscover_ews_url_match",
+    "1 if every EWS URL Autodiscover returned for the mailbox is a configured EWS target of the same side.",
+    labels=("mailbox",),
+)
+REDIRECT_HINT = (
+    "Autodiscover sent the exporter somewhere it was not allowed to go: check the Autodiscover DNS records and "
+    "virtual directory URLs, or add the host to the target's allowed_redirect_hosts if it is really yours"
+)
+
+
+def _applies(_config: Config, target: Target) -> bool:
+    return target.kind == Kind.AUTODISCOVER and bool(target.mailboxes)
+
+
+def _requests(_config: Config, target: Target) -> int:
+    return max(1, len(target.mailboxes)) * len(target.autodiscover_protocols)
+
+
+def _method(ctx: ProbeContext, target: Target, kind: AutodiscoverProtocol) -> AuthMethod | None:
+    if kind == AutodiscoverProtocol.JSON or target.credential is None:
+        return None  # v2 is anonymous; a target without credential asks anonymously too
+    if isinstance(ctx.config.credentials.get(target.credential), EntraCredential):
+        return AuthMethod.OAUTH
+    return ctx.resources.working_methods.get(target.name) or ctx.config.auth_methods_of(target)[0]
+
+
+def normalized(url: str) -> tuple[str, str, int, str]:
+    parts = urlsplit(url)
+    return parts.scheme.lower(), (parts.hostname or "").lower(), parts.port or 443, parts.path.rstrip("/").lower()
+
+
+async def discover(ctx: ProbeContext, target: Target, mailbox: str, kind: AutodiscoverProtocol) -> str:
+    """Follow Autodiscover from the target to an EWS URL, within the redirect rules."""
+    allowed = target.allowed_redirect_hosts or protocol.default_allowed_hosts(target.url)
+    method = _method(ctx, target, kind)
+    address, url = mailbox, protocol.endpoint(kind, target.url, mailbox)
+    seen: set[tuple[str, str]] = set()
+    for _ in range(protocol.MAX_HOPS + 1):
+        if (url, address) in seen:
+            raise ProbeFailure(Reason.REDIRECT_BLOCKED, f"redirect loop at {url} for {address}", REDIRECT_HINT)
+        seen.add((url, address))
+        if not protocol.host_allowed(url, allowed):
+            raise ProbeFailure(
+                Reason.REDIRECT_BLOCKED,
+                f"redirect to {url} not followed: only https to {', '.join(allowed)} is allowed",
+                REDIRECT_HINT,
+            )
+        response = await _ask(ctx, target, url, address, kind, method)
+        if response.status in (301, 302, 303, 307, 308):
+            url = urljoin(url, response.header("Location") or "")
+            continue
+        if response.status == 401:
+            raise ProbeFailure(Reason.UNAUTHORIZED, f"{url} rejected the credentials (HTTP 401)")
+        if response.status != 200:
+            raise ProbeFailure(Reason.BAD_RESPONSE, f"HTTP {response.status} from {url}")
+        read = {"pox": protocol.read_pox, "soap": protocol.read_soap, "json": protocol.read_json}[kind]
+        found = read(response)
+        if found.ews_url:
+            return found.ews_url
+        if found.redirect_address:
+            if found.redirect_address.lower() == address.lower():
+                raise ProbeFailure(Reason.BAD_RESPONSE, f"Autodiscover redirects {address} to itself")
+            address = found.redirect_address  # a new address starts over at the target's own host
+            url = protocol.endpoint(kind, target.url, address)
+        else:
+            url = found.redirect_url or ""
+    raise ProbeFailure(Reason.REDIRECT_BLOCKED, f"more than {protocol.MAX_HOPS} redirects", REDIRECT_HINT)
+
+
+async def _ask(
+    ctx: ProbeContext, target: Target, url: str, address: str, kind: AutodiscoverProtocol, method: AuthMethod | None
+) -> HttpResponse:
+    if kind == AutodiscoverProtocol.JSON:
+        return await signin.send(
+            ctx, target, url, method=None, http_method="GET", headers={"Accept": "application/json"}
+        )
+    if kind == AutodiscoverProtocol.POX:
+        body, headers = protocol.pox_request(address), protocol.POX_HEADERS
+    else:
+        body, headers = protocol.soap_request(address, url), protocol.SOAP_HEADERS
+    return await signin.send(ctx, target, url, method=method, body=body, headers=dict(headers), scope=EWS_SCOPE)
+
+
+async def _attempt(ctx: ProbeContext, target: Target, mailbox: str, kind: AutodiscoverProtocol,
+                   found: dict[str, set[str]]) -> str:  # fmt: skip
+    url = await discover(ctx, target, mailbox, kind)
+    found.setdefault(mailbox, set()).add(url)
+    return f"EWS at {url}"
+
+
+async def probe(target: Target, ctx: ProbeContext) -> CheckResult:
+    found: dict[str, set[str]] = {}
+    units = [
+        Unit(f"{kind.value} Autodiscover for {mailbox}", {"mailbox": mailbox, "protocol": kind.value},
+             partial(_attempt, ctx, target, mailbox, kind, found))
+        for mailbox in target.mailboxes
+        for kind in target.autodiscover_protocols
+    ]  # fmt: skip
+    ews_targets = {
+        normalized(t.url) for t in ctx.config.targets if t.kind == Kind.EWS and t.exchange == target.exchange
+    }
+    try:
+        await each(ctx, units, SUCCESS.name)
+    finally:
+        for mailbox, urls in found.items():
+            for url in sorted(urls):
+                ctx.rec.measure(EWS_URL.name, 1.0, mailbox=mailbox, url=url)
+            if ews_targets:
+                match = all(normalized(url) in ews_targets for url in urls)
+                ctx.rec.measure(URL_MATCH.name, 1.0 if match else 0.0, mailbox=mailbox)
+    return ctx.rec.passed()
+
+
+CHECK = Check("autodiscover", probe, _applies, (SUCCESS, EWS_URL, URL_MATCH), uses_credential=True,
+              requests=_requests)  # fmt: skip

@@ -1,0 +1,102 @@
+"""``impersonation``: the service account (on-premises) or the Entra app (Exchange Online) may act as
+each configured mailbox: an EWS ``GetFolder`` of the inbox with the ``ExchangeImpersonation`` header.
+
+On-premises this needs the ``ApplicationImpersonation`` role; in Exchange Online, where that role is
+gone, application access for the app (RBAC for Applications) and the ``full_access_as_app`` permission.
+Denials come back as HTTP 500 SOAP faults (``ErrorImpersonateUserDenied``, ``ErrorNonExistentMailbox``);
+throttling answers start the account's back-off.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from .. import ews, signin
+from ..config import AuthMethod, Config, Exchange, Kind, Target, WindowsCredential
+from ..entra import EWS_SCOPE
+from ..httpclient import HttpResponse
+from ..metrics import MetricSpec
+from ..results import CheckResult, ProbeFailure, Reason
+from .base import Check, ProbeContext
+from .mailboxes import Unit, each, per_mailbox
+
+SUCCESS = MetricSpec(
+    "bems_impersonation_success",
+    "1 if the account could open the mailbox's inbox through EWS impersonation in the last check.",
+    labels=("mailbox",),
+)
+
+
+def _applies(config: Config, target: Target) -> bool:
+    return target.kind == Kind.EWS and bool(target.mailboxes) and bool(config.auth_methods_of(target))
+
+
+def _hint(ctx: ProbeContext, target: Target, reason: Reason, mailbox: str) -> str:
+    credential = ctx.config.credentials.get(target.credential or "")
+    if reason == Reason.IMPERSONATION_DENIED:
+        if isinstance(credential, WindowsCredential):
+            user = credential.username.rpartition("\\")[2]
+            return (
+                "grant the role: New-ManagementRoleAssignment -Name:BlackBerryAppImpersonation "
+                f"-Role:ApplicationImpersonation -User:{user} (mind any management scope that excludes {mailbox})"
+            )
+        client_id = getattr(credential, "client_id", "<app id>")
+        return (
+            f"give the Entra app access to {mailbox}: New-ManagementRoleAssignment -App {client_id} "
+            '-Role "Application EWS.AccessAsApp" -CustomResourceScope <scope including the mailbox>, and grant '
+            "full_access_as_app with admin consent"
+        )
+    if reason == Reason.MAILBOX_NOT_FOUND:
+        return f"check the address: Get-Mailbox {mailbox} (a typo, a removed user, or a mailbox on the other side)"
+    return ""
+
+
+def _method(ctx: ProbeContext, target: Target) -> AuthMethod:
+    if target.exchange == Exchange.ONLINE or AuthMethod.OAUTH in ctx.config.auth_methods_of(target):
+        return AuthMethod.OAUTH
+    # The method the last auth check signed in with; before one ran, the first configured.
+    return ctx.resources.working_methods.get(target.name) or ctx.config.auth_methods_of(target)[0]
+
+
+async def _impersonate(ctx: ProbeContext, target: Target, mailbox: str, method: AuthMethod) -> str:
+    body = ews.get_folder("inbox", impersonate=mailbox)
+    headers = ews.SOAP_HEADERS | {"X-AnchorMailbox": mailbox}
+    response = await signin.send_following(
+        ctx, target, target.url, method=method, body=body, headers=headers, scope=EWS_SCOPE
+    )
+    return judge(ctx, target, mailbox, method, response)
+
+
+def judge(ctx: ProbeContext, target: Target, mailbox: str, method: AuthMethod, response: HttpResponse) -> str:
+    """The detail line of a mailbox EWS opened, or the failure its answer shows."""
+    if response.status == 401:
+        raise ProbeFailure(Reason.UNAUTHORIZED, f"credentials rejected (HTTP 401){ews.diagnostics(response)}")
+    if signin.is_ews_disabled(target, response):
+        raise signin.ews_disabled_failure()
+    if response.status not in (200, 500):
+        raise ProbeFailure(Reason.BAD_RESPONSE, f"unexpected HTTP {response.status}")
+    answer = signin.ews_answer(ctx, target, target.url, response)
+    if answer.ok:
+        return f"inbox opened as {mailbox} ({method.value})"
+    if answer.code in ews.IMPERSONATION_DENIED_CODES:
+        reason = Reason.IMPERSONATION_DENIED
+    elif answer.code in ews.MAILBOX_NOT_FOUND_CODES:
+        reason = Reason.MAILBOX_NOT_FOUND
+    elif answer.code in ews.ACCESS_DENIED_CODES:
+        reason = Reason.IMPERSONATION_DENIED  # signed in, but not allowed into this mailbox
+    else:
+        reason = Reason.SOAP_FAULT
+    raise ProbeFailure(reason, f"{answer.code}: {answer.message[:200]}", _hint(ctx, target, reason, mailbox))
+
+
+async def probe(target: Target, ctx: ProbeContext) -> CheckResult:
+    method = _method(ctx, target)
+    units = [
+        Unit(f"impersonate {mailbox}", {"mailbox": mailbox}, partial(_impersonate, ctx, target, mailbox, method))
+        for mailbox in target.mailboxes
+    ]
+    await each(ctx, units, SUCCESS.name)
+    return ctx.rec.passed()
+
+
+CHECK = Check("impersonation", probe, _applies, (SUCCESS,), uses_credential=True, requests=per_mailbox)
