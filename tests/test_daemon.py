@@ -69,6 +69,13 @@ async def test_first_round_makes_the_exporter_ready(client: TestClient) -> None:
             assert value(samples, "bems_probe_success", target=target, exchange=exchange, check=check) == 1.0
         assert value(samples, "bems_tls_version_info", target=target, exchange=exchange, version="TLSv1.3") == 1
     assert value(samples, "bems_scenario_info", scenario="onprem-bems-hybrid") == 1
+    assert value(samples, "bems_scenario_ready", scenario="onprem-bems-hybrid") == 1
+    met = {dict(labels)["requirement"] + "@" + dict(labels)["exchange"]: v
+           for (name, labels), v in samples.items() if name == "bems_requirement_met"}  # fmt: skip
+    assert met == {f"{r}@onprem": 1.0 for r in ("ews_reachable", "autodiscover_reachable", "basic_or_windows_auth",
+                                                "impersonation")} | {
+        f"{r}@online": 1.0 for r in ("autodiscover_reachable", "modern_auth", "graph_access", "impersonation",
+                                     "ews_reachable")}  # fmt: skip
     assert value(samples, "bems_config_last_reload_successful") == 1
 
 

@@ -1,0 +1,224 @@
+"""The impersonation, autodiscover and graph checks, back-off and the verdict, against the simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+from checks import run
+
+from exporter import cli
+from exporter.config import Config, load_config
+from exporter.probes import CHECKS
+from exporter.resources import Resources
+from exporter.results import CheckResult, Reason
+from exporter.runner import execute
+from exporter.simulator.server import Simulator
+
+
+@pytest.fixture
+def config_file(simulator: Simulator, tmp_path: Path) -> Path:
+    return simulator.write_exporter_config(tmp_path / "bems.yml", interval="10s", timeout="5s")
+
+
+async def check(config: Config, target: str, name: str) -> CheckResult:
+    return await run(config, config.targets_by_name()[target], name)
+
+
+def per(result: CheckResult, metric: str, *keys: str) -> dict[tuple[str, ...], float]:
+    return {tuple(dict(m.labels)[k] for k in keys): m.value for m in result.measurements if m.metric == metric}
+
+
+async def test_every_mailbox_check_passes(simulator: Simulator, config_file: Path) -> None:
+    config = load_config(config_file)
+    for target, name in [("onprem-ews", "impersonation"), ("online-ews", "impersonation"),
+                         ("onprem-autodiscover", "autodiscover"), ("online-autodiscover", "autodiscover"),
+                         ("online-graph", "graph")]:  # fmt: skip
+        result = await check(config, target, name)
+        assert result.success, result
+    onprem = await check(config, "onprem-ews", "impersonation")
+    assert per(onprem, "bems_impersonation_success", "mailbox") == {
+        ("alice@corp.example.test",): 1.0, ("bob@corp.example.test",): 1.0,
+    }  # fmt: skip
+    discovered = await check(config, "onprem-autodiscover", "autodiscover")
+    assert per(discovered, "bems_autodiscover_success", "protocol") == {("pox",): 1.0, ("soap",): 1.0}
+    assert per(discovered, "bems_autodiscover_ews_url_match", "mailbox") == {("alice@corp.example.test",): 1.0}
+    urls = per(discovered, "bems_autodiscover_ews_url_info", "url")
+    assert list(urls) == [(config.targets_by_name()["onprem-ews"].url,)]
+    online = await check(config, "online-autodiscover", "autodiscover")
+    assert per(online, "bems_autodiscover_success", "protocol") == {("json",): 1.0}
+
+
+async def test_one_revoked_mailbox(simulator: Simulator, config_file: Path) -> None:
+    simulator.revoke_impersonation("bob@corp.example.test")
+    result = await check(load_config(config_file), "onprem-ews", "impersonation")
+    assert result.reason == Reason.IMPERSONATION_DENIED
+    assert per(result, "bems_impersonation_success", "mailbox") == {
+        ("alice@corp.example.test",): 1.0, ("bob@corp.example.test",): 0.0,
+    }  # fmt: skip
+    assert "1 of 2 failed" in result.message
+    assert "-Role:ApplicationImpersonation -User:BEMSAdmin" in result.hint
+
+
+async def test_removed_mailbox_and_online_denial(simulator: Simulator, config_file: Path) -> None:
+    config = load_config(config_file)
+    simulator.remove_mailbox("alice@corp.example.test")
+    assert (await check(config, "onprem-ews", "impersonation")).reason == Reason.MAILBOX_NOT_FOUND
+    simulator.deny_app_access("carol@contoso.test")
+    online = await check(config, "online-ews", "impersonation")
+    assert online.reason == Reason.IMPERSONATION_DENIED and "Application EWS.AccessAsApp" in online.hint
+    graph = await check(config, "online-graph", "graph")
+    assert graph.reason == Reason.FORBIDDEN and "RAOP" in graph.message
+
+
+async def test_server_busy_back_off_is_honoured(simulator: Simulator, config_file: Path) -> None:
+    config = load_config(config_file)
+    target = config.targets_by_name()["onprem-ews"]
+    simulator.set_ews_throttling("onprem-ews", "server_busy_fault", backoff_ms=1500)
+    resources = Resources()  # one exporter's memory of the back-off, across checks
+    try:
+        first = await execute(CHECKS["impersonation"], config, target, resources)
+        assert first.reason == Reason.THROTTLED and "back off 1.5 s" in first.message
+        told = time.monotonic()
+        sent = len(simulator.ews_requests)
+        simulator.set_ews_throttling("onprem-ews", "none")
+        for name in ("auth", "impersonation"):  # every EWS check of the account holds back
+            held = await execute(CHECKS[name], config, target, resources)
+            assert held.reason == Reason.THROTTLED and "not sent" in held.message, held
+        assert len(simulator.ews_requests) == sent  # nothing went to Exchange meanwhile
+        await asyncio.sleep(1.6)
+        assert (await execute(CHECKS["impersonation"], config, target, resources)).success
+        resumed = [r for r in simulator.ews_requests[sent:] if r.caller.endswith("BEMSAdmin")]
+        assert resumed and min(r.time for r in resumed) >= told + 1.4
+    finally:
+        await resources.close()
+
+
+async def test_connection_count_and_ews_disabled(simulator: Simulator, config_file: Path) -> None:
+    config = load_config(config_file)
+    simulator.set_ews_throttling("onprem-ews", "connection_count")
+    assert (await check(config, "onprem-ews", "impersonation")).reason == Reason.THROTTLED
+    simulator.set_ews_disabled(True)
+    auth = await check(config, "online-ews", "auth")
+    assert auth.reason == Reason.EWS_DISABLED
+    assert [m.value for m in auth.measurements if m.metric == "bems_ews_disabled"] == [1.0]
+    assert (await check(config, "online-ews", "impersonation")).reason == Reason.EWS_DISABLED
+    simulator.set_ews_disabled(False)
+    auth = await check(config, "online-ews", "auth")
+    assert [m.value for m in auth.measurements if m.metric == "bems_ews_disabled"] == [0.0]
+
+
+async def test_autodiscover_follows_allowed_redirects(simulator: Simulator, config_file: Path) -> None:
+    config = load_config(config_file)
+    simulator.set_autodiscover_redirect(
+        "onprem-autodiscover", "alice@corp.example.test", "redirect_addr", "bob@corp.example.test"
+    )
+    result = await check(config, "onprem-autodiscover", "autodiscover")
+    assert result.success, result
+    # Proof that the redirect is followed: send alice to an address Autodiscover does not know.
+    simulator.set_autodiscover_redirect(
+        "onprem-autodiscover", "alice@corp.example.test", "redirect_addr", "nobody@corp.example.test"
+    )
+    followed = await check(config, "onprem-autodiscover", "autodiscover")
+    assert followed.reason == Reason.MAILBOX_NOT_FOUND, followed
+
+
+@pytest.mark.parametrize("kind", ["redirect_url", "http_302"])
+async def test_autodiscover_never_follows_to_a_foreign_host(simulator: Simulator, config_file: Path, kind: str) -> None:
+    config = load_config(config_file)
+    foreign = simulator.endpoints["foreign"].url  # https://127.0.0.1:PORT: not under the target's domain
+    simulator.set_autodiscover_redirect("onprem-autodiscover", "alice@corp.example.test", kind,
+                                        f"{foreign}/autodiscover/autodiscover.xml")  # fmt: skip
+    result = await check(config, "onprem-autodiscover", "autodiscover")
+    assert result.reason == Reason.REDIRECT_BLOCKED
+    assert simulator.foreign.requests == []  # not a request, let alone credentials
+
+
+async def test_autodiscover_refuses_plain_http_and_loops(simulator: Simulator, config_file: Path) -> None:
+    config = load_config(config_file)
+    own = simulator.endpoints["onprem-autodiscover"].url
+    simulator.set_autodiscover_redirect(
+        "onprem-autodiscover",
+        "alice@corp.example.test",
+        "http_302",
+        own.replace("https://", "http://") + "/autodiscover/autodiscover.xml",
+    )
+    assert (await check(config, "onprem-autodiscover", "autodiscover")).reason == Reason.REDIRECT_BLOCKED
+    simulator.set_autodiscover_redirect("onprem-autodiscover", "alice@corp.example.test", "redirect_url",
+                                        own + "/autodiscover/autodiscover.xml")  # fmt: skip
+    looped = await check(config, "onprem-autodiscover", "autodiscover")
+    assert looped.reason == Reason.REDIRECT_BLOCKED and "loop" in looped.message
+
+
+async def test_autodiscover_url_mismatch(simulator: Simulator, config_file: Path) -> None:
+    simulator.set_autodiscover_ews_url("onprem-autodiscover", "https://old-cas.corp.example.test/EWS/Exchange.asmx")
+    result = await check(load_config(config_file), "onprem-autodiscover", "autodiscover")
+    assert result.success  # Autodiscover works; what it says is the problem
+    assert per(result, "bems_autodiscover_ews_url_match", "mailbox") == {("alice@corp.example.test",): 0.0}
+
+
+async def test_graph_faults(simulator: Simulator, config_file: Path) -> None:
+    config = load_config(config_file)
+    simulator.set_graph_mailbox_not_enabled("carol@contoso.test")
+    assert (await check(config, "online-graph", "graph")).reason == Reason.MAILBOX_NOT_FOUND
+    simulator.set_graph_mailbox_not_enabled("carol@contoso.test", False)
+    simulator.set_graph_throttled(True, retry_after=2)
+    resources = Resources()
+    try:
+        target = config.targets_by_name()["online-graph"]
+        assert (await execute(CHECKS["graph"], config, target, resources)).reason == Reason.THROTTLED
+        simulator.set_graph_throttled(False)
+        sent = len(simulator.graph_requests)
+        held = await execute(CHECKS["graph"], config, target, resources)
+        assert held.reason == Reason.THROTTLED and len(simulator.graph_requests) == sent  # Retry-After honoured
+    finally:
+        await resources.close()
+
+
+async def test_credential_expiry(simulator: Simulator, config_file: Path, tmp_path: Path) -> None:
+    config = load_config(config_file)
+    token = await check(config, "online-ews", "token")
+    assert token.success
+    assert not per(token, "bems_entra_credential_expiry_timestamp_seconds", "kind")  # unknown, not a failure
+    end = datetime.now(UTC).replace(microsecond=0) + timedelta(days=12)
+    simulator.set_app_credential_end("secret", end)
+    simulator.configure_entra(graph_roles=["Mail.Read", "User.Read.All", "Application.Read.All"])
+    token = await check(config, "online-ews", "token")
+    assert per(token, "bems_entra_credential_expiry_timestamp_seconds", "kind") == {("secret",): end.timestamp()}
+    cert_config = load_config(simulator.write_exporter_config(tmp_path / "cert.yml", entra_app_auth="certificate"))
+    token = await check(cert_config, "online-ews", "token")
+    expiry = per(token, "bems_entra_credential_expiry_timestamp_seconds", "kind")
+    assert list(expiry) == [("certificate",)] and expiry[("certificate",)] > time.time()
+
+
+async def test_probe_prints_the_verdict(simulator: Simulator, config_file: Path) -> None:
+    simulator.revoke_impersonation()
+
+    def probe() -> tuple[int, str]:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            status = cli.main(["--config.file", str(config_file), "probe"])
+        return status, out.getvalue()
+
+    status, report = await asyncio.to_thread(probe)
+    assert status == 1
+    assert "scenario onprem-bems-hybrid: NOT READY" in report
+    assert "✗ onprem: impersonation (impersonation_denied)" in report
+    assert "hint: New-ManagementRoleAssignment -Name:BlackBerryAppImpersonation" in report
+    assert "✓ online: graph_access" in report
+
+
+async def test_config_check_warns_about_unchecked_requirements(simulator: Simulator, config_file: Path) -> None:
+    data = yaml.safe_load(config_file.read_text())
+    data["targets"] = [t for t in data["targets"] if t["kind"] != "graph"]
+    config_file.write_text(yaml.safe_dump(data))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli.main(["--config.file", str(config_file), "--config.check"]) == 0
+    assert "warning: onprem-bems-hybrid requires online: graph_access, but no target checks it" in out.getvalue()
