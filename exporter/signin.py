@@ -74,13 +74,30 @@ async def send(
     headers: dict[str, str] | None = None,
     scope: str = "",
     http_method: str = "POST",
+    follow: bool = False,
 ) -> HttpResponse:
-    """One request to ``url`` with ``method``'s credentials (None: anonymously); redirects are returned."""
+    """A request to ``url`` with ``method``'s credentials (None: anonymously).
+
+    Redirects are returned; with ``follow``, those within the target's own origin are followed (any
+    other is ``redirect_blocked``).
+    """
+    for _ in range(MAX_REDIRECTS + 1):
+        response = await _send_once(ctx, target, url, method, body, dict(headers or {}), scope, http_method)
+        next_url = redirect_target(response, target.url) if follow else None
+        if next_url is None:
+            return response
+        url = next_url
+    raise ProbeFailure(Reason.BAD_RESPONSE, f"more than {MAX_REDIRECTS} redirects")
+
+
+async def _send_once(
+    ctx: ProbeContext, target: Target, url: str, method: AuthMethod | None, body: bytes | None,
+    headers: dict[str, str], scope: str, http_method: str,
+) -> HttpResponse:  # fmt: skip
     if method is not None:
         check_backoff(ctx, target, url)
     proxy, resources = ctx.proxy(target), ctx.resources
     credential = ctx.config.credentials.get(target.credential or "")
-    headers = dict(headers or {})
     if method == AuthMethod.NTLM:
         assert isinstance(credential, WindowsCredential)
         return await resources.run_blocking(
@@ -94,29 +111,6 @@ async def send(
     elif method == AuthMethod.OAUTH:
         headers["Authorization"] = f"Bearer {await token(ctx, target, scope)}"
     return await resources.http.request(http_method, url, ca_file=ctx.ca_file, proxy=proxy, headers=headers, body=body)
-
-
-async def send_following(
-    ctx: ProbeContext,
-    target: Target,
-    url: str,
-    *,
-    method: AuthMethod | None,
-    body: bytes | None = None,
-    headers: dict[str, str] | None = None,
-    scope: str = "",
-    http_method: str = "POST",
-) -> HttpResponse:
-    """``send``, following redirects within the target's own origin only (else redirect_blocked)."""
-    for _ in range(MAX_REDIRECTS + 1):
-        response = await send(
-            ctx, target, url, method=method, body=body, headers=headers, scope=scope, http_method=http_method
-        )
-        next_url = redirect_target(response, target.url)
-        if next_url is None:
-            return response
-        url = next_url
-    raise ProbeFailure(Reason.BAD_RESPONSE, f"more than {MAX_REDIRECTS} redirects")
 
 
 def ews_answer(ctx: ProbeContext, target: Target, url: str, response: HttpResponse) -> ews.Answer:

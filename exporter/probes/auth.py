@@ -118,8 +118,8 @@ async def _send(
     ctx: ProbeContext, target: Target, url: str, body: bytes, headers: dict[str, str], method: AuthMethod | None
 ) -> HttpResponse:
     anchor = {"X-AnchorMailbox": target.mailboxes[0]} if method == AuthMethod.OAUTH and target.mailboxes else {}
-    return await signin.send_following(
-        ctx, target, url, method=method, body=body, headers=headers | anchor, scope=EWS_SCOPE
+    return await signin.send(
+        ctx, target, url, method=method, body=body, headers=headers | anchor, scope=EWS_SCOPE, follow=True
     )
 
 

@@ -89,9 +89,9 @@ def _judge(ctx: ProbeContext, target: Target, url: str, mailbox: str, response: 
 
 async def _read_inbox(ctx: ProbeContext, target: Target, mailbox: str) -> str:
     url = f"{target.url.rstrip('/')}/users/{quote(mailbox)}/mailFolders/inbox"
-    response = await signin.send_following(
+    response = await signin.send(
         ctx, target, url, method=AuthMethod.OAUTH, headers={"Accept": "application/json"}, scope=GRAPH_SCOPE,
-        http_method="GET",
+        http_method="GET", follow=True,
     )  # fmt: skip
     return _judge(ctx, target, url, mailbox, response)
 

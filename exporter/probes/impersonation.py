@@ -61,8 +61,8 @@ def _method(ctx: ProbeContext, target: Target) -> AuthMethod:
 async def _impersonate(ctx: ProbeContext, target: Target, mailbox: str, method: AuthMethod) -> str:
     body = ews.get_folder("inbox", impersonate=mailbox)
     headers = ews.SOAP_HEADERS | {"X-AnchorMailbox": mailbox}
-    response = await signin.send_following(
-        ctx, target, target.url, method=method, body=body, headers=headers, scope=EWS_SCOPE
+    response = await signin.send(
+        ctx, target, target.url, method=method, body=body, headers=headers, scope=EWS_SCOPE, follow=True
     )
     return judge(ctx, target, mailbox, method, response)
 
