@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import itertools
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -222,3 +223,15 @@ async def test_config_check_warns_about_unchecked_requirements(simulator: Simula
     with contextlib.redirect_stdout(out):
         assert cli.main(["--config.file", str(config_file), "--config.check"]) == 0
     assert "warning: onprem-bems-hybrid requires online: graph_access, but no target checks it" in out.getvalue()
+
+
+async def test_autodiscover_stops_after_ten_redirects(simulator: Simulator, config_file: Path) -> None:
+    chain = ["alice@corp.example.test"] + [f"hop{i}@corp.example.test" for i in range(1, 12)]
+    for here, there in itertools.pairwise(chain):
+        simulator.set_autodiscover_redirect("onprem-autodiscover", here, "redirect_addr", there)
+    result = await check(load_config(config_file), "onprem-autodiscover", "autodiscover")
+    assert result.reason == Reason.REDIRECT_BLOCKED and "more than 10 redirects" in result.message
+    # Ten hops are still followed: cut the chain after the tenth and the last address is simply unknown.
+    simulator.set_autodiscover_redirect("onprem-autodiscover", chain[10], "none")
+    result = await check(load_config(config_file), "onprem-autodiscover", "autodiscover")
+    assert result.reason == Reason.MAILBOX_NOT_FOUND, result
