@@ -6,6 +6,7 @@ import asyncio
 import logging
 import subprocess
 import time
+from functools import partial
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -13,11 +14,13 @@ from prometheus_client import CollectorRegistry
 from . import __version__, logs
 from .collector import BemsCollector, ExporterStatus
 from .config import Config, ConfigError, load_config
+from .listener import Listener
 from .probes import checks_for
+from .probes.push import end_graph_subscriptions
 from .resources import Resources
 from .results import CheckResult
 from .runner import execute_limited
-from .scheduler import Scheduler
+from .scheduler import Scheduler, lag_families
 from .store import ResultStore
 
 log = logging.getLogger(__name__)
@@ -47,8 +50,10 @@ class Exporter:
         self.store = ResultStore()
         self.status = ExporterStatus(__version__, revision())
         self.resources = Resources()
+        self.listener = Listener(self.resources.push)
         self.scheduler = Scheduler(self.store, self.resources, on_result=self._log_result)
-        self.status.extra.append(self.scheduler.lag.families)
+        self.status.extra.append(partial(lag_families, self.scheduler.lag))
+        self.status.extra.append(self.resources.push.families)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(BemsCollector(self.store, self.status))
         self._reload_lock = asyncio.Lock()
@@ -63,11 +68,15 @@ class Exporter:
         """The first load: a bad file is fatal (raises ConfigError)."""
         self._apply(load_config(self.config_file))
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """Start the checks and, when push probes are configured, the notification listener."""
+        await self.listener.apply(self.config.notifications)
         self.scheduler.start()
 
     async def stop(self) -> None:
         self.scheduler.shutdown()
+        await end_graph_subscriptions(self.config, self.resources)
+        await self.listener.stop()
         await self.resources.close()
 
     async def reload(self) -> ConfigError | None:
@@ -83,6 +92,10 @@ class Exporter:
                 )
                 return err
             self._apply(config)
+            try:
+                await self.listener.apply(config.notifications)
+            except OSError as err:  # the new listen address is taken: callbacks cannot arrive
+                log.error("cannot start the notification listener", extra={"fields": {"err": str(err)}})
             log.info("configuration reloaded", extra={"fields": {"file": self.config_file}})
             return None
 
@@ -91,6 +104,7 @@ class Exporter:
         for secret in config.secrets():
             logs.register_secret(secret)
         self.status.config = config
+        self.resources.push.configure(config)
         self.scheduler.apply(config)
         self.status.reload_successful = True
         self.status.reload_success_timestamp = time.time()

@@ -14,9 +14,11 @@ from aiohttp import web
 
 from . import __version__, report, scenario
 from .app import Exporter
-from .config import DEFAULT_CONFIG_FILE, Config, ConfigError, format_duration, load_config
+from .config import DEFAULT_CONFIG_FILE, Config, ConfigError, format_duration, load_config, parse_listen_address
+from .listener import Listener
 from .logs import FORMATS, LEVELS, setup_logging
 from .probes import CHECKS, checks_for, planned_checks
+from .probes.push import end_graph_subscriptions
 from .resources import Resources
 from .runner import execute
 from .store import ResultStore
@@ -118,14 +120,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_listen_address(value: str) -> tuple[str | None, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"--web.listen-address {value!r}: expected HOST:PORT or :PORT")
-    host = host.strip("[]")
-    return (host or None), int(port)
-
-
 def config_summary(config: Config, file: str) -> str:
     lines = [f"{file}: valid", f"scenario: {config.scenario.value}", "credentials:"]
     for name, credential in config.credentials.items():
@@ -135,7 +129,7 @@ def config_summary(config: Config, file: str) -> str:
         checks = ", ".join(c.name for c in checks_for(config, target))
         auth = ", ".join(m.value for m in config.auth_methods_of(target)) or "none"
         lines.append(
-            f"  {target.name}: {target.kind.value}, exchange={target.exchange.value}, {target.url}\n"
+            f"  {target.name}: {target.kind.value}, exchange={target.exchange_label}, {target.url}\n"
             f"    every {format_duration(config.interval_of(target))}, timeout "
             f"{format_duration(config.timeout_of(target))}; checks: {checks}; auth: {auth}; "
             f"mailboxes: {len(target.mailboxes)}"
@@ -155,7 +149,10 @@ async def _run_probe(config: Config, target_name: str | None, check_name: str | 
         return 2
     store = ResultStore(targets=config.targets_by_name(), checks=planned_checks(config))
     resources = Resources()
+    resources.push.configure(config)
+    listener = Listener(resources.push)  # a push check subscribes: the callbacks need somewhere to go
     try:
+        await listener.apply(config.notifications)
         for target, checks in plan:
             results = [await execute(check, config, target, resources) for check in checks]
             for result in results:
@@ -163,6 +160,8 @@ async def _run_probe(config: Config, target_name: str | None, check_name: str | 
             if results:
                 sys.stdout.write(report.render(target, results))
     finally:
+        await end_graph_subscriptions(config, resources)
+        await listener.stop()
         await resources.close()
     if target_name is None and check_name is None:
         sys.stdout.write(report.render_verdict(config.scenario.value, scenario.evaluate(config, store)))
@@ -173,7 +172,7 @@ async def _serve(
     exporter: Exporter, listen_address: str, web_config: WebConfig | None, ready: asyncio.Event | None = None
 ) -> None:
     host, port = parse_listen_address(listen_address)
-    exporter.start()
+    await exporter.start()
     runner = web.AppRunner(create_app(exporter, web_config), access_log=None, handle_signals=False)
     await runner.setup()
     try:
@@ -262,7 +261,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"warning: {config.scenario.value} requires {requirement}, but no target checks it")
             return 0
         web_config = load_web_config(args.web_config_file) if args.web_config_file else None
-        parse_listen_address(args.listen_address)
+        try:
+            parse_listen_address(args.listen_address)
+        except ValueError as err:
+            raise ValueError(f"--web.listen-address {err}") from None
         exporter = Exporter(args.config_file)
         exporter.load()
     except (ConfigError, ValueError) as err:

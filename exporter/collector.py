@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from . import push
 from . import scenario as verdict
 from .config import Config
 from .metrics import MetricSpec
@@ -69,6 +70,7 @@ def all_specs() -> list[MetricSpec]:
     return [
         *PROBE_METRICS, *owned, TARGET_INFO, SCENARIO_INFO, BUILD_INFO, RELOAD_OK, RELOAD_TIME,
         verdict.REQUIREMENT_MET, verdict.REQUIREMENT_REASON, verdict.SCENARIO_READY,
+        push.ACTIVE, push.LAST_NOTIFICATION, push.DELAY, push.NOTIFICATIONS, push.REJECTED,
     ]  # fmt: skip
 
 
@@ -100,7 +102,7 @@ class BemsCollector(Collector):
         store = self.store
         fams = {spec.name: _family(spec, spec.label_names) for spec in PROBE_METRICS}
         for target_name, checks in store.checks.items():
-            exchange = store.targets[target_name].exchange.value
+            exchange = store.targets[target_name].exchange_label
             for check in checks:
                 key = (target_name, check)
                 labels = [target_name, exchange, check]
@@ -117,7 +119,7 @@ class BemsCollector(Collector):
                     fams["bems_probe_failure_reason"].add_metric([*labels, result.reason.value], 1.0)
                 fams["bems_probe_runs_total"].add_metric(labels, store.runs[key])
         for (target_name, check, reason), count in store.failures.items():
-            exchange = store.targets[target_name].exchange.value
+            exchange = store.targets[target_name].exchange_label
             fams["bems_probe_failures_total"].add_metric([target_name, exchange, check, reason.value], count)
         yield from fams.values()
 
@@ -125,7 +127,7 @@ class BemsCollector(Collector):
         specs = {spec.name: spec for check in CHECKS.values() for spec in check.metrics}
         samples: dict[str, list[tuple[list[str], float]]] = defaultdict(list)
         for (target_name, _check), result in self.store.latest.items():
-            exchange = self.store.targets[target_name].exchange.value
+            exchange = self.store.targets[target_name].exchange_label
             for m in result.measurements:
                 own = [v for _, v in m.labels]
                 labels = [target_name, exchange, *own] if specs[m.metric].per_target else own
@@ -139,7 +141,7 @@ class BemsCollector(Collector):
     def _config_families(self) -> Iterator[Metric]:
         family = _family(TARGET_INFO, TARGET_INFO.label_names)
         for target in self.store.targets.values():
-            family.add_metric([target.name, target.exchange.value, target.kind.value, target.url], 1.0)
+            family.add_metric([target.name, target.exchange_label, target.kind.value, target.url], 1.0)
         yield family
 
     def _exporter_families(self, status: ExporterStatus) -> Iterator[Metric]:

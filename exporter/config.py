@@ -89,6 +89,7 @@ class Kind(StrEnum):
     EWS = "ews"
     AUTODISCOVER = "autodiscover"
     GRAPH = "graph"
+    NOTIFICATION_URL = "notification_url"  # BEMS' External Notification URL: the BEMS side, no Exchange
 
 
 class Exchange(StrEnum):
@@ -290,10 +291,67 @@ class Limits(_Model):
     global_concurrency: int = Field(default=512, ge=1, le=100_000)
 
 
+class Push(_Model):
+    """A push-notification probe: the exporter subscribes for ``mailbox`` and watches what arrives."""
+
+    mailbox: str
+    status_frequency: int | None = Field(default=None, ge=1, le=1440)  # minutes; EWS only (default 1)
+    stall_after: Duration | None = None
+    write_probe: bool = False
+    write_interval: Duration = timedelta(minutes=5)
+
+    @field_validator("mailbox")
+    @classmethod
+    def _smtp(cls, value: str) -> str:
+        if "@" not in value or value.startswith("@") or value.endswith("@"):
+            raise ValueError(f"{value!r} is not an SMTP address")
+        return value
+
+
+class NotificationsTLS(_Model):
+    cert_file: str
+    key_file: str
+
+    @field_validator("cert_file", "key_file")
+    @classmethod
+    def _readable(cls, value: str) -> str:
+        if not os.access(value, os.R_OK):
+            raise ValueError(f"cannot read {value}")
+        return value
+
+
+def parse_listen_address(value: str) -> tuple[str | None, int]:
+    """``HOST:PORT``, ``:PORT`` or ``[V6]:PORT`` as (host or None for every interface, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{value!r}: expected HOST:PORT or :PORT")
+    return (host.strip("[]") or None), int(port)
+
+
+def _listen_address(value: Any) -> str:
+    parse_listen_address(str(value))  # raises ValueError with the reason
+    return str(value)
+
+
+def _public_url(value: Any) -> str:
+    parts = urlsplit(str(value))
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ValueError(f"{value!r} must be an http:// or https:// URL without query or fragment")
+    return str(value).rstrip("/")
+
+
+class Notifications(_Model):
+    """The exporter's own listener for EWS and Graph callbacks."""
+
+    listen_address: Annotated[str, BeforeValidator(_listen_address)] = "0.0.0.0:10443"
+    public_url: Annotated[str, BeforeValidator(_public_url)]
+    tls: NotificationsTLS | None = None
+
+
 class Target(_Model):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     kind: Kind
-    exchange: Exchange
+    exchange: Exchange | None = None  # required, except for notification_url targets (the BEMS side)
     url: HttpsUrl
     credential: str | None = None
     auth: tuple[AuthMethod, ...] | None = None
@@ -304,6 +362,7 @@ class Target(_Model):
     proxy_credential: str | None = None
     protocols: tuple[AutodiscoverProtocol, ...] | None = Field(default=None, min_length=1)
     allowed_redirect_hosts: tuple[str, ...] | None = None
+    push: Push | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -311,6 +370,39 @@ class Target(_Model):
         if isinstance(data, dict) and data.get("kind") == Kind.GRAPH and data.get("url") is None:
             data = {**data, "url": DEFAULT_GRAPH_URL}
         return data
+
+    @model_validator(mode="after")
+    def _exchange_side(self) -> Target:
+        if self.kind == Kind.NOTIFICATION_URL:
+            if self.exchange is not None:
+                raise _KeyedError("exchange", "a notification_url target is on the BEMS side: it has no exchange")
+            for key in ("credential", "auth", "push"):
+                if getattr(self, key):
+                    raise _KeyedError(key, "a notification_url target has no such key")
+        elif self.exchange is None:
+            raise _KeyedError("exchange", "required key is missing")
+        if self.push is not None:
+            if self.kind not in (Kind.EWS, Kind.GRAPH):
+                raise _KeyedError("push", "only ews and graph targets subscribe to notifications")
+            if self.kind == Kind.GRAPH and self.push.status_frequency is not None:
+                raise _KeyedError("push.status_frequency", "Graph sends no keep-alives: this is an EWS setting")
+        return self
+
+    @property
+    def exchange_label(self) -> str:
+        """The ``exchange`` label: ``onprem``, ``online``, or empty for the BEMS side."""
+        return self.exchange.value if self.exchange is not None else ""
+
+    @property
+    def push_stall_after(self) -> timedelta:
+        """How long without a notification counts as stalled (EWS: twice the status frequency; Graph:
+        the write interval plus a minute)."""
+        assert self.push is not None
+        if self.push.stall_after is not None:
+            return self.push.stall_after
+        if self.kind == Kind.GRAPH:
+            return self.push.write_interval + timedelta(minutes=1)
+        return timedelta(minutes=2 * (self.push.status_frequency or 1))
 
     @model_validator(mode="after")
     def _autodiscover_keys(self) -> Target:
@@ -353,6 +445,7 @@ class Config(_Model):
     scenario: Scenario
     defaults: Defaults = Defaults()
     limits: Limits = Limits()
+    notifications: Notifications | None = None
     credentials: dict[str, Credential] = {}
     targets: tuple[Target, ...] = Field(min_length=1)
 
@@ -365,6 +458,11 @@ class Config(_Model):
                 raise _KeyedError(f"{where}.name", f"duplicate target name {target.name!r}")
             seen.add(target.name)
             self._check_target_auth(target, where)
+            if target.push is not None:
+                if self.notifications is None:
+                    raise _KeyedError(f"{where}.push", "push needs a notifications block (the exporter's listener)")
+                if target.kind == Kind.GRAPH and not self.notifications.public_url.startswith("https://"):
+                    raise _KeyedError("notifications.public_url", "Graph calls back over https only")
             interval = target.interval or self.defaults.interval
             timeout = target.timeout or self.defaults.timeout
             if timeout > interval:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
-from xml.sax.saxutils import escape
+from xml.sax.saxutils import escape, quoteattr
 
 from . import xmlsafe
 from .httpclient import HttpResponse, xml_document
@@ -30,21 +30,11 @@ THROTTLED_CODES = frozenset({"ErrorServerBusy", "ErrorExceededConnectionCount"})
 def get_folder(folder: str = "msgfolderroot", impersonate: str | None = None) -> bytes:
     """A GetFolder request: the cheapest read that proves a signed-in session (and, with
     ``impersonate``, the right to act as that mailbox)."""
-    impersonation = (
-        "<t:ExchangeImpersonation><t:ConnectingSID>"
-        f"<t:PrimarySmtpAddress>{escape(impersonate)}</t:PrimarySmtpAddress>"
-        "</t:ConnectingSID></t:ExchangeImpersonation>"
-        if impersonate
-        else ""
+    return _envelope(
+        "<m:GetFolder><m:FolderShape><t:BaseShape>IdOnly</t:BaseShape></m:FolderShape>"
+        f'<m:FolderIds><t:DistinguishedFolderId Id="{escape(folder)}"/></m:FolderIds></m:GetFolder>',
+        impersonate,
     )
-    return (
-        '<?xml version="1.0" encoding="utf-8"?>'
-        f'<s:Envelope xmlns:s="{SOAP_NS}" xmlns:m="{MESSAGES_NS}" xmlns:t="{TYPES_NS}">'
-        f'<s:Header><t:RequestServerVersion Version="Exchange2016"/>{impersonation}</s:Header>'
-        "<s:Body><m:GetFolder><m:FolderShape><t:BaseShape>IdOnly</t:BaseShape></m:FolderShape>"
-        f'<m:FolderIds><t:DistinguishedFolderId Id="{escape(folder)}"/></m:FolderIds>'
-        "</m:GetFolder></s:Body></s:Envelope>"
-    ).encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,3 +84,126 @@ def diagnostics(response: HttpResponse) -> str:
     """Exchange's own explanation of a 401 (``x-ms-diagnostics``), when it gives one."""
     value = response.header("x-ms-diagnostics")
     return f" ({value[:200]})" if value else ""
+
+
+# --- push notifications -----------------------------------------------------------------------------------
+
+EVENT_KINDS = {  # the EWS event element -> the kind label of bems_push_notifications_total
+    "StatusEvent": "status",
+    "CreatedEvent": "created",
+    "NewMailEvent": "new_mail",
+    "ModifiedEvent": "changed",
+}
+
+
+def _envelope(body: str, impersonate: str | None) -> bytes:
+    impersonation = (
+        "<t:ExchangeImpersonation><t:ConnectingSID>"
+        f"<t:PrimarySmtpAddress>{escape(impersonate)}</t:PrimarySmtpAddress>"
+        "</t:ConnectingSID></t:ExchangeImpersonation>"
+        if impersonate
+        else ""
+    )
+    return (
+        '<?xml version="1.0" encoding="utf-8"?>'
+        f'<s:Envelope xmlns:s="{SOAP_NS}" xmlns:m="{MESSAGES_NS}" xmlns:t="{TYPES_NS}">'
+        f'<s:Header><t:RequestServerVersion Version="Exchange2016"/>{impersonation}</s:Header>'
+        f"<s:Body>{body}</s:Body></s:Envelope>"
+    ).encode()
+
+
+def subscribe_push(url: str, status_frequency: int, impersonate: str) -> bytes:
+    """A push subscription for new and created items in the inbox (element order per the schema)."""
+    return _envelope(
+        "<m:Subscribe><m:PushSubscriptionRequest>"
+        '<t:FolderIds><t:DistinguishedFolderId Id="inbox"/></t:FolderIds>'
+        "<t:EventTypes><t:EventType>NewMailEvent</t:EventType><t:EventType>CreatedEvent</t:EventType></t:EventTypes>"
+        f"<t:StatusFrequency>{status_frequency}</t:StatusFrequency><t:URL>{escape(url)}</t:URL>"
+        "</m:PushSubscriptionRequest></m:Subscribe>",
+        impersonate,
+    )
+
+
+def create_probe_item(subject: str, impersonate: str) -> bytes:
+    return _envelope(
+        '<m:CreateItem MessageDisposition="SaveOnly"><m:SavedItemFolderId>'
+        '<t:DistinguishedFolderId Id="inbox"/></m:SavedItemFolderId><m:Items><t:Message>'
+        f'<t:Subject>{escape(subject)}</t:Subject><t:Body BodyType="Text">Written by bems-exchange-exporter to '
+        "measure notification delivery; deleted once its notification arrives.</t:Body>"
+        "</t:Message></m:Items></m:CreateItem>",
+        impersonate,
+    )
+
+
+def delete_item(item_id: str, impersonate: str) -> bytes:
+    return _envelope(
+        f'<m:DeleteItem DeleteType="HardDelete"><m:ItemIds><t:ItemId Id={quoteattr(item_id)}/>'
+        "</m:ItemIds></m:DeleteItem>",
+        impersonate,
+    )
+
+
+def first_message(response: HttpResponse) -> ET.Element:
+    """The first response message of a successful EWS answer (the caller checked ``read`` first)."""
+    root = xml_document(response, f"{{{SOAP_NS}}}Envelope", "a SOAP envelope")
+    message = root.find(f".//{{{MESSAGES_NS}}}ResponseMessages/*")
+    if message is None:
+        raise ProbeFailure(Reason.BAD_RESPONSE, "a SOAP envelope without a response message")
+    return message
+
+
+def subscription_id(response: HttpResponse) -> str:
+    subscription = (first_message(response).findtext(f"{{{MESSAGES_NS}}}SubscriptionId") or "").strip()
+    if not subscription:
+        raise ProbeFailure(Reason.BAD_RESPONSE, "SubscribeResponse without a SubscriptionId")
+    return subscription
+
+
+def created_item_id(response: HttpResponse) -> str:
+    item = first_message(response).find(f".//{{{TYPES_NS}}}ItemId")
+    if item is None or not item.get("Id"):
+        raise ProbeFailure(Reason.BAD_RESPONSE, "CreateItemResponse without an ItemId")
+    return str(item.get("Id"))
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """One ``Notification`` of a ``SendNotification`` callback: its subscription and its events."""
+
+    subscription_id: str
+    events: tuple[tuple[str, str | None], ...]  # (kind, ItemId or None)
+    watermark: str | None
+
+
+def read_notifications(body: bytes) -> list[Notification]:
+    """Parse Exchange's SendNotification callback; UnsafeXML or ValueError when it is not one."""
+    root = xmlsafe.parse(body)
+    if root.tag != f"{{{SOAP_NS}}}Envelope":
+        raise ValueError("not a SOAP envelope")
+    found = []
+    for notification in root.iter(f"{{{MESSAGES_NS}}}Notification"):
+        subscription = (notification.findtext(f"{{{TYPES_NS}}}SubscriptionId") or "").strip()
+        if not subscription:
+            raise ValueError("a notification without a SubscriptionId")
+        events, watermark = [], None
+        for event in notification:
+            kind = EVENT_KINDS.get(xmlsafe.local_name(event.tag))
+            if kind is None:
+                continue  # SubscriptionId, PreviousWatermark, MoreEvents, and event types not subscribed to
+            item = event.find(f"{{{TYPES_NS}}}ItemId")
+            events.append((kind, item.get("Id") if item is not None else None))
+            watermark = event.findtext(f"{{{TYPES_NS}}}Watermark") or watermark
+        found.append(Notification(subscription, tuple(events), watermark))
+    if not found:
+        raise ValueError("a SendNotification without notifications")
+    return found
+
+
+def notification_result(keep: bool) -> bytes:
+    """Our answer to a callback: ``OK`` keeps the subscription, ``Unsubscribe`` is the only way to end one."""
+    status = "OK" if keep else "Unsubscribe"
+    return (
+        "<?xml version='1.0' encoding='utf-8'?>"
+        f'<s:Envelope xmlns:s="{SOAP_NS}" xmlns:m="{MESSAGES_NS}"><s:Body><m:SendNotificationResult>'
+        f"<m:SubscriptionStatus>{status}</m:SubscriptionStatus></m:SendNotificationResult></s:Body></s:Envelope>"
+    ).encode()

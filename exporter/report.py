@@ -28,7 +28,7 @@ def _step_lines(step: Step) -> Iterable[str]:
 
 def render(target: Target, results: Iterable[CheckResult]) -> str:
     results = list(results)
-    lines = [f"{target.name} ({target.kind.value}, exchange={target.exchange.value}) {target.url}"]
+    lines = [f"{target.name} ({target.kind.value}, exchange={target.exchange_label}) {target.url}"]
     for result in results:
         verdict = PASS if result.success else FAIL
         status = "ok" if result.success else f"FAILED, reason={result.reason.value if result.reason else '?'}"

@@ -12,6 +12,7 @@ from .backoff import Backoff
 from .config import AuthMethod
 from .entra import EntraApps
 from .httpclient import HttpClients
+from .push import PushRegistry
 from .winauth import NtlmSessions
 
 T = TypeVar("T")
@@ -27,6 +28,7 @@ class Resources:
         self.entra = EntraApps()
         self.ntlm = NtlmSessions()
         self.backoff = Backoff()
+        self.push = PushRegistry()
         # target -> the first method its last auth check signed in with; later checks sign in the same way
         self.working_methods: dict[str, AuthMethod] = {}
         self._executor = ThreadPoolExecutor(max_workers=BLOCKING_WORKERS, thread_name_prefix="bems-blocking")

@@ -9,7 +9,6 @@ skipped run counts as an overrun.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import logging
 import time
 import zlib
@@ -23,7 +22,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client.core import HistogramMetricFamily, Metric
 
 from .config import Config, Target
-from .metrics import MetricSpec
+from .metrics import Histogram, MetricSpec
 from .probes import CHECKS, checks_for, planned_checks
 from .resources import Resources
 from .results import CheckResult
@@ -51,28 +50,15 @@ class JobSpec:
         return f"{self.target.name}{_SEPARATOR}{self.check}"
 
 
+def lag_families(lag: Histogram) -> Iterator[Metric]:
+    family = HistogramMetricFamily(SCHEDULING_LAG.name, SCHEDULING_LAG.help)
+    lag.add_to(family, [])
+    yield family
+
+
 def first_run_offset(job_id: str, interval: timedelta) -> timedelta:
     """A stable jitter in [0, interval): the same job starts at the same phase after every restart."""
     return interval * (zlib.crc32(job_id.encode()) / 2**32)
-
-
-class LagHistogram:
-    def __init__(self) -> None:
-        self.counts = [0] * (len(LAG_BUCKETS) + 1)
-        self.total = 0.0
-
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect.bisect_left(LAG_BUCKETS, seconds)] += 1
-        self.total += seconds
-
-    def families(self) -> Iterator[Metric]:
-        cumulative, buckets = 0, []
-        for bound, count in zip((*LAG_BUCKETS, float("inf")), self.counts, strict=True):
-            cumulative += count
-            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
-        family = HistogramMetricFamily(SCHEDULING_LAG.name, SCHEDULING_LAG.help)
-        family.add_metric([], buckets, self.total)
-        yield family
 
 
 ResultCallback = Callable[[CheckResult | None, CheckResult], None]  # (previous, new)
@@ -84,7 +70,7 @@ class Scheduler:
         self.resources = resources
         self.config: Config | None = None
         self.limiter: Limiter | None = None
-        self.lag = LagHistogram()
+        self.lag = Histogram(LAG_BUCKETS)
         self._on_result = on_result
         self._jobs: dict[str, JobSpec] = {}
         self._aps = AsyncIOScheduler(

@@ -143,3 +143,31 @@ EWS_DISABLED_HINT = (
 
 def ews_disabled_failure() -> ProbeFailure:
     return ProbeFailure(Reason.EWS_DISABLED, "Exchange Online blocks EWS (HTTP 403, empty body)", EWS_DISABLED_HINT)
+
+
+def method_for(ctx: ProbeContext, target: Target) -> AuthMethod:
+    """How EWS calls other than ``auth`` sign in: online with the app's token; on-premises with the
+    method the last auth check signed in with (before one ran, the first configured)."""
+    if target.exchange == Exchange.ONLINE or AuthMethod.OAUTH in ctx.config.auth_methods_of(target):
+        return AuthMethod.OAUTH
+    return ctx.resources.working_methods.get(target.name) or ctx.config.auth_methods_of(target)[0]
+
+
+def ews_result(ctx: ProbeContext, target: Target, response: HttpResponse) -> ews.Answer:
+    """The successful answer of a signed-in EWS call, or the failure it shows."""
+    if response.status == 401:
+        raise ProbeFailure(Reason.UNAUTHORIZED, f"credentials rejected (HTTP 401){ews.diagnostics(response)}")
+    if is_ews_disabled(target, response):
+        raise ews_disabled_failure()
+    if response.status not in (200, 500):
+        raise ProbeFailure(Reason.BAD_RESPONSE, f"unexpected HTTP {response.status}")
+    answer = ews_answer(ctx, target, target.url, response)
+    if answer.ok:
+        return answer
+    if answer.code in ews.IMPERSONATION_DENIED_CODES or answer.code in ews.ACCESS_DENIED_CODES:
+        reason = Reason.IMPERSONATION_DENIED  # signed in, but not allowed into this mailbox
+    elif answer.code in ews.MAILBOX_NOT_FOUND_CODES:
+        reason = Reason.MAILBOX_NOT_FOUND
+    else:
+        reason = Reason.SOAP_FAULT
+    raise ProbeFailure(reason, f"{answer.code}: {answer.message[:200]}")

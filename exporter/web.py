@@ -84,7 +84,7 @@ async def landing(request: web.Request) -> web.Response:
         cells = "".join(_status_cell(store, name, check, now) for check in store.checks.get(name, ()))
         link = f'<a href="probe?target={html.escape(name)}">probe now</a>'
         rows.append(
-            f"<tr><th>{html.escape(name)}</th><td>{target.kind.value}</td><td>{target.exchange.value}</td>"
+            f"<tr><th>{html.escape(name)}</th><td>{target.kind.value}</td><td>{target.exchange_label}</td>"
             f"<td><code>{html.escape(target.url)}</code></td>{cells}<td>{link}</td></tr>"
         )
     reload_note = (

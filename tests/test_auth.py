@@ -292,7 +292,7 @@ async def test_per_credential_concurrency_is_bounded(
     recorder_config(sim_config_file, bundle, home.url, count=8, per_credential_concurrency=2)
     exporter = Exporter(str(sim_config_file))
     exporter.load()
-    exporter.start()
+    await exporter.start()
     try:
         await asyncio.sleep(3)
     finally:
@@ -314,7 +314,7 @@ async def test_secrets_appear_nowhere(
     config_of(sim_config_file, defaults={"interval": "1s", "timeout": "1s"})
     exporter = Exporter(str(sim_config_file))
     exporter.load()
-    exporter.start()
+    await exporter.start()
     outputs: list[str] = []
     try:
         async with TestClient(TestServer(create_app(exporter), host="127.0.0.1")) as client:

@@ -171,7 +171,7 @@ BAD = [
     pytest.param(
         _replace("    kind: graph", "    kind: owa"),
         "targets[1].kind",
-        "Input should be 'ews', 'autodiscover' or 'graph'",
+        "Input should be 'ews', 'autodiscover', 'graph' or 'notification_url'",
         id="unknown-kind",
     ),
     pytest.param(

@@ -27,7 +27,7 @@ def config_file(simulator: Simulator, tmp_path: Path) -> Path:
 async def exporter(config_file: Path) -> AsyncIterator[Exporter]:
     exporter = Exporter(str(config_file))
     exporter.load()
-    exporter.start()
+    await exporter.start()
     yield exporter
     await exporter.stop()
 
@@ -200,7 +200,7 @@ async def test_runs_that_cannot_start_in_time_count_as_overruns(simulator: Simul
     await simulator.set_fault("online-ews", "hang")
     exporter = Exporter(str(config_file))
     exporter.load()
-    exporter.start()
+    await exporter.start()
     try:
         await asyncio.sleep(3.5)
     finally:

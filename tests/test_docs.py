@@ -8,7 +8,18 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from exporter.collector import all_specs
-from exporter.config import Config, Defaults, EntraCredential, Limits, Target, TLSConfig, WindowsCredential
+from exporter.config import (
+    Config,
+    Defaults,
+    EntraCredential,
+    Limits,
+    Notifications,
+    NotificationsTLS,
+    Push,
+    Target,
+    TLSConfig,
+    WindowsCredential,
+)
 from exporter.results import Reason
 from exporter.scheduler import SCHEDULING_LAG
 
@@ -34,7 +45,10 @@ def test_every_reason_is_documented() -> None:
 def test_every_config_key_is_documented() -> None:
     text = (DOCS / "configuration.md").read_text()
     internal = {"password_source", "client_secret_source"}  # filled in by the loader, not keys a user writes
-    models: list[type[BaseModel]] = [Config, Defaults, Limits, TLSConfig, WindowsCredential, EntraCredential, Target]
+    models: list[type[BaseModel]] = [
+        Config, Defaults, Limits, TLSConfig, WindowsCredential, EntraCredential, Target, Push, Notifications,
+        NotificationsTLS,
+    ]  # fmt: skip
     missing = {
         f"{model.__name__}.{key}"
         for model in models

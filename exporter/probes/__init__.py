@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..config import Config, Target
-from . import auth, autodiscover, graph, impersonation, reachability, tls, token
+from . import auth, autodiscover, graph, impersonation, notification_url, push, reachability, tls, token
 from .base import Check, ProbeContext, ProbeFn
 
 CHECKS: dict[str, Check] = {
@@ -16,6 +16,8 @@ CHECKS: dict[str, Check] = {
         impersonation.CHECK,
         autodiscover.CHECK,
         graph.CHECK,
+        push.CHECK,
+        notification_url.CHECK,
     )
 }
 

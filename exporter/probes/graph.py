@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from functools import partial
+from typing import Any
 from urllib.parse import quote
 
 from .. import signin
@@ -49,15 +50,25 @@ def retry_after(response: HttpResponse) -> float:
 
 
 def _judge(ctx: ProbeContext, target: Target, url: str, mailbox: str, response: HttpResponse) -> str:
+    folder = json_answer(ctx, target, url, mailbox, response)
+    if "id" not in folder:
+        raise ProbeFailure(Reason.BAD_RESPONSE, "HTTP 200 without a mail folder in the body")
+    return f"inbox opened ({folder.get('totalItemCount', '?')} items)"
+
+
+def json_answer(ctx: ProbeContext, target: Target, url: str, mailbox: str, response: HttpResponse) -> dict[str, Any]:
+    """The JSON object of a 2xx Graph answer (empty for 204), or the failure a Graph error shows."""
     code, message = graph_error(response)
-    if response.status == 200:
+    if 200 <= response.status < 300:
+        if response.status == 204 or not response.body:
+            return {}
         try:
-            folder = json.loads(response.body)
+            answer = json.loads(response.body)
         except ValueError:
-            folder = None
-        if not isinstance(folder, dict) or "id" not in folder:
-            raise ProbeFailure(Reason.BAD_RESPONSE, "HTTP 200 without a mail folder in the body")
-        return f"inbox opened ({folder.get('totalItemCount', '?')} items)"
+            answer = None
+        if not isinstance(answer, dict):
+            raise ProbeFailure(Reason.BAD_RESPONSE, f"HTTP {response.status} without a JSON object")
+        return answer
     if response.status == 429:
         seconds = retry_after(response)
         signin.hold_off(ctx, target, url, seconds)

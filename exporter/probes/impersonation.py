@@ -12,7 +12,7 @@ from __future__ import annotations
 from functools import partial
 
 from .. import ews, signin
-from ..config import AuthMethod, Config, Exchange, Kind, Target, WindowsCredential
+from ..config import AuthMethod, Config, Kind, Target, WindowsCredential
 from ..entra import EWS_SCOPE
 from ..httpclient import HttpResponse
 from ..metrics import MetricSpec
@@ -51,13 +51,6 @@ def _hint(ctx: ProbeContext, target: Target, reason: Reason, mailbox: str) -> st
     return ""
 
 
-def _method(ctx: ProbeContext, target: Target) -> AuthMethod:
-    if target.exchange == Exchange.ONLINE or AuthMethod.OAUTH in ctx.config.auth_methods_of(target):
-        return AuthMethod.OAUTH
-    # The method the last auth check signed in with; before one ran, the first configured.
-    return ctx.resources.working_methods.get(target.name) or ctx.config.auth_methods_of(target)[0]
-
-
 async def _impersonate(ctx: ProbeContext, target: Target, mailbox: str, method: AuthMethod) -> str:
     body = ews.get_folder("inbox", impersonate=mailbox)
     headers = ews.SOAP_HEADERS | {"X-AnchorMailbox": mailbox}
@@ -69,28 +62,16 @@ async def _impersonate(ctx: ProbeContext, target: Target, mailbox: str, method: 
 
 def judge(ctx: ProbeContext, target: Target, mailbox: str, method: AuthMethod, response: HttpResponse) -> str:
     """The detail line of a mailbox EWS opened, or the failure its answer shows."""
-    if response.status == 401:
-        raise ProbeFailure(Reason.UNAUTHORIZED, f"credentials rejected (HTTP 401){ews.diagnostics(response)}")
-    if signin.is_ews_disabled(target, response):
-        raise signin.ews_disabled_failure()
-    if response.status not in (200, 500):
-        raise ProbeFailure(Reason.BAD_RESPONSE, f"unexpected HTTP {response.status}")
-    answer = signin.ews_answer(ctx, target, target.url, response)
-    if answer.ok:
-        return f"inbox opened as {mailbox} ({method.value})"
-    if answer.code in ews.IMPERSONATION_DENIED_CODES:
-        reason = Reason.IMPERSONATION_DENIED
-    elif answer.code in ews.MAILBOX_NOT_FOUND_CODES:
-        reason = Reason.MAILBOX_NOT_FOUND
-    elif answer.code in ews.ACCESS_DENIED_CODES:
-        reason = Reason.IMPERSONATION_DENIED  # signed in, but not allowed into this mailbox
-    else:
-        reason = Reason.SOAP_FAULT
-    raise ProbeFailure(reason, f"{answer.code}: {answer.message[:200]}", _hint(ctx, target, reason, mailbox))
+    try:
+        signin.ews_result(ctx, target, response)
+    except ProbeFailure as failure:
+        failure.hint = failure.hint or _hint(ctx, target, failure.reason, mailbox)
+        raise
+    return f"inbox opened as {mailbox} ({method.value})"
 
 
 async def probe(target: Target, ctx: ProbeContext) -> CheckResult:
-    method = _method(ctx, target)
+    method = signin.method_for(ctx, target)
     units = [
         Unit(f"impersonate {mailbox}", {"mailbox": mailbox}, partial(_impersonate, ctx, target, mailbox, method))
         for mailbox in target.mailboxes

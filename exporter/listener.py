@@ -1,0 +1,102 @@
+"""The exporter's own HTTP(S) listener for EWS push and Graph webhook callbacks.
+
+Only the expected paths answer (under the path of ``notifications.public_url``); bodies are read up to
+a bound; a Graph validation request is echoed at once, as Graph requires within 10 seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from .config import Kind, Notifications, Target, parse_listen_address
+from .push import MAX_CALLBACK_BYTES, PushRegistry
+
+log = logging.getLogger(__name__)
+
+
+def callback_path(kind: str, target: str) -> str:
+    return f"/push/{kind}/{target}"
+
+
+def callback_url(notifications: Notifications, target: Target, lifecycle: bool = False) -> str:
+    kind = "graph" if target.kind == Kind.GRAPH else "ews"
+    return notifications.public_url + callback_path(kind, target.name) + ("/lifecycle" if lifecycle else "")
+
+
+async def _body(request: web.Request) -> bytes:
+    # Up to one byte past the bound: enough to tell an oversize body without reading the rest of it.
+    chunks, size = [], 0
+    while size <= MAX_CALLBACK_BYTES:
+        chunk = await request.content.read(MAX_CALLBACK_BYTES + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+class Listener:
+    def __init__(self, registry: PushRegistry) -> None:
+        self.registry = registry
+        self.settings: Notifications | None = None
+        self._runner: web.AppRunner | None = None
+
+    def _app(self, prefix: str) -> web.Application:
+        app = web.Application(client_max_size=MAX_CALLBACK_BYTES * 2)
+        app.router.add_post(prefix + "/push/ews/{target}", self._ews)
+        app.router.add_post(prefix + "/push/graph/{target}", self._graph)
+        app.router.add_post(prefix + "/push/graph/{target}/lifecycle", self._graph_lifecycle)
+        return app
+
+    async def _ews(self, request: web.Request) -> web.Response:
+        status, body = self.registry.ews_callback(request.match_info["target"], await _body(request))
+        return web.Response(status=status, body=body, content_type="text/xml", charset="utf-8")
+
+    async def _graph(self, request: web.Request) -> web.Response:
+        return await self._graph_common(request, lifecycle=False)
+
+    async def _graph_lifecycle(self, request: web.Request) -> web.Response:
+        return await self._graph_common(request, lifecycle=True)
+
+    async def _graph_common(self, request: web.Request, lifecycle: bool) -> web.Response:
+        token = request.query.get("validationToken")
+        if token is not None:  # Graph proves the URL is ours: echo the decoded token as text/plain
+            known = request.match_info["target"] in self.registry.targets
+            return web.Response(status=200 if known else 404, text=token if known else "", content_type="text/plain")
+        status = self.registry.graph_callback(request.match_info["target"], await _body(request), lifecycle)
+        return web.Response(status=status)
+
+    async def apply(self, settings: Notifications | None) -> None:
+        """Listen as ``settings`` say: (re)start on a change, stop when they are gone."""
+        if settings == self.settings and (self._runner is not None or settings is None):
+            return
+        await self.stop()
+        self.settings = settings
+        if settings is None:
+            return
+        host, port = parse_listen_address(settings.listen_address)
+        context = None
+        if settings.tls is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(settings.tls.cert_file, settings.tls.key_file)
+        runner = web.AppRunner(self._app(urlsplit(settings.public_url).path.rstrip("/")), access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port, ssl_context=context).start()
+        except OSError:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        log.info(
+            "notification listener started",
+            extra={"fields": {"address": settings.listen_address, "public_url": settings.public_url}},
+        )
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None

@@ -1,0 +1,219 @@
+"""Push-notification state shared by the listener (which receives callbacks) and the ``push`` check
+(which subscribes, writes probe items and judges delivery).
+
+Counters, the delivery-delay histogram and whether a subscription is active are exported from this
+state at scrape time: a subscription that Graph removes between two checks shows as inactive at once.
+Callbacks that are rejected (wrong ``clientState``, unknown subscription, oversize, malformed) move
+neither the notification counters nor the last-notification time.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+
+from . import ews, xmlsafe
+from .config import Config, Kind, Target
+from .metrics import TARGET_LABELS, Histogram, MetricSpec
+
+RECENT_ITEMS = 64
+MAX_CALLBACK_BYTES = 256 * 1024  # a SendNotification or a Graph batch is a few KiB
+DELAY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+NOTIFICATION_KINDS = ("status", "created", "new_mail", "changed", "lifecycle")
+REJECTION_REASONS = ("client_state", "unknown_subscription", "oversize", "malformed")
+
+ACTIVE = MetricSpec(
+    "bems_push_subscription_active",
+    "1 while a subscription the server confirmed is held and not replaced, dropped or expired.",
+    labels=("mailbox",),
+)
+LAST_NOTIFICATION = MetricSpec(
+    "bems_push_last_notification_timestamp_seconds",
+    "When the last accepted notification (keep-alive or event) arrived (Unix time).",
+    labels=("mailbox",),
+)
+DELAY = MetricSpec(
+    "bems_push_notification_delay_seconds",
+    "From the end of the write probe's create request to the arrival of its notification.",
+    "histogram",
+)
+NOTIFICATIONS = MetricSpec("bems_push_notifications_total", "Accepted notifications, by kind.", "counter", ("kind",))
+REJECTED = MetricSpec(
+    "bems_push_rejected_total", "Callbacks rejected by the listener, by reason.", "counter", ("reason",)
+)
+
+
+@dataclass
+class Subscription:
+    id: str
+    confirmed_at: float  # Unix time the server confirmed it
+    client_state: str = ""  # Graph: the secret every notification must carry
+    expires_at: float = 0.0  # Graph: when the server drops it unless renewed
+    active: bool = True
+    reauthorize: bool = False  # Graph asked for reauthorization
+
+
+@dataclass
+class ProbeItem:
+    """A write probe's item: when its create request ended, and whether its notification came."""
+
+    item_id: str
+    written_at: float  # time.monotonic()
+    written_unix: float
+    delivered: bool = False
+
+
+@dataclass
+class PushTarget:
+    target: Target
+    current: Subscription | None = None
+    last_notification: float | None = None  # Unix time
+    probe: ProbeItem | None = None
+    to_delete: list[str] = field(default_factory=list)  # delivered probe items, deleted by the next check
+    notifications: Counter[str] = field(default_factory=Counter)
+    rejected: Counter[str] = field(default_factory=Counter)
+    delays: Histogram = field(default_factory=lambda: Histogram(DELAY_BUCKETS))
+    # Items notified lately, by arrival (time.monotonic()): a notification can beat the create call's answer.
+    recent_items: dict[str, float] = field(default_factory=dict)
+
+    def accept(self, kind: str, item_id: str | None) -> None:
+        self.notifications[kind] += 1
+        self.last_notification = time.time()
+        if item_id is None:
+            return
+        probe = self.probe
+        if probe is not None and not probe.delivered and item_id == probe.item_id:
+            self._delivered(probe, time.monotonic())
+            return
+        self.recent_items[item_id] = time.monotonic()
+        while len(self.recent_items) > RECENT_ITEMS:
+            del self.recent_items[next(iter(self.recent_items))]
+
+    def register_probe(self, probe: ProbeItem) -> None:
+        self.probe = probe
+        arrived = self.recent_items.pop(probe.item_id, None)
+        if arrived is not None:
+            self._delivered(probe, arrived)
+
+    def _delivered(self, probe: ProbeItem, arrived: float) -> None:
+        probe.delivered = True
+        self.delays.observe(max(0.0, arrived - probe.written_at))
+        self.to_delete.append(probe.item_id)
+
+    def replace(self, subscription: Subscription | None) -> None:
+        self.current = subscription
+        self.last_notification = None
+
+
+class PushRegistry:
+    def __init__(self) -> None:
+        self.targets: dict[str, PushTarget] = {}
+
+    def configure(self, config: Config) -> None:
+        """Keep the state of unchanged push targets; forget removed or changed ones (their EWS
+        subscriptions are then unknown, and answered ``Unsubscribe`` when they call)."""
+        wanted = {t.name: t for t in config.targets if t.push is not None}
+        self.targets = {
+            name: self.targets[name] if name in self.targets and self.targets[name].target == target
+            else PushTarget(target)
+            for name, target in wanted.items()
+        }  # fmt: skip
+
+    # -- callbacks (the listener) ---------------------------------------------------------------------
+
+    def ews_callback(self, target_name: str, body: bytes) -> tuple[int, bytes]:
+        """Status and body answering an EWS ``SendNotification``."""
+        state = self.targets.get(target_name)
+        if state is None or state.target.kind != Kind.EWS:
+            return 404, b""
+        if len(body) > MAX_CALLBACK_BYTES:
+            state.rejected["oversize"] += 1
+            return 413, b""
+        try:
+            notifications = ews.read_notifications(body)
+        except (ValueError, xmlsafe.UnsafeXML):
+            state.rejected["malformed"] += 1
+            return 400, b""
+        keep = True
+        for notification in notifications:
+            current = state.current
+            if current is None or not current.active or notification.subscription_id != current.id:
+                # Not ours (replaced, or from an earlier life): Unsubscribe is the only way to end it.
+                state.rejected["unknown_subscription"] += 1
+                keep = False
+                continue
+            for kind, item_id in notification.events:
+                state.accept(kind, item_id)
+        return 200, ews.notification_result(keep)
+
+    def graph_callback(self, target_name: str, body: bytes, lifecycle: bool) -> int:
+        """Status answering a Graph change or lifecycle notification batch."""
+        state = self.targets.get(target_name)
+        if state is None or state.target.kind != Kind.GRAPH:
+            return 404
+        if len(body) > MAX_CALLBACK_BYTES:
+            state.rejected["oversize"] += 1
+            return 413
+        try:
+            batch = json.loads(body)["value"]
+            if not isinstance(batch, list):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            state.rejected["malformed"] += 1
+            return 400
+        for item in batch:
+            if not isinstance(item, dict):
+                state.rejected["malformed"] += 1
+                continue
+            current = state.current
+            if current is None or item.get("subscriptionId") != current.id:
+                state.rejected["unknown_subscription"] += 1  # acknowledged and ignored
+                continue
+            if item.get("clientState") != current.client_state:
+                state.rejected["client_state"] += 1
+                continue
+            if lifecycle:
+                self._lifecycle(state, current, str(item.get("lifecycleEvent", "")))
+                continue
+            change = "created" if item.get("changeType") == "created" else "changed"
+            resource = item.get("resourceData") if isinstance(item.get("resourceData"), dict) else {}
+            state.accept(change, str(resource.get("id")) if resource.get("id") else None)
+        return 202
+
+    @staticmethod
+    def _lifecycle(state: PushTarget, current: Subscription, event: str) -> None:
+        state.notifications["lifecycle"] += 1
+        state.last_notification = time.time()
+        if event == "subscriptionRemoved":
+            current.active = False  # the next check subscribes again
+        elif event == "reauthorizationRequired":
+            current.reauthorize = True
+
+    # -- metrics ----------------------------------------------------------------------------------------
+
+    def families(self) -> Iterator[Metric]:
+        labels = [*TARGET_LABELS, "mailbox"]
+        active = GaugeMetricFamily(ACTIVE.name, ACTIVE.help, labels=labels)
+        last = GaugeMetricFamily(LAST_NOTIFICATION.name, LAST_NOTIFICATION.help, labels=labels)
+        counted = CounterMetricFamily(NOTIFICATIONS.name, NOTIFICATIONS.help, labels=[*TARGET_LABELS, "kind"])
+        rejected = CounterMetricFamily(REJECTED.name, REJECTED.help, labels=[*TARGET_LABELS, "reason"])
+        delays = HistogramMetricFamily(DELAY.name, DELAY.help, labels=list(TARGET_LABELS))
+        for name, state in self.targets.items():
+            target, push = state.target, state.target.push
+            assert push is not None
+            ids = [name, target.exchange_label]
+            current = state.current
+            active.add_metric([*ids, push.mailbox], 1.0 if current is not None and current.active else 0.0)
+            if state.last_notification is not None:
+                last.add_metric([*ids, push.mailbox], state.last_notification)
+            for kind in NOTIFICATION_KINDS:
+                counted.add_metric([*ids, kind], state.notifications[kind])
+            for reason in REJECTION_REASONS:
+                rejected.add_metric([*ids, reason], state.rejected[reason])
+            state.delays.add_to(delays, ids)
+        yield from (active, last, counted, rejected, delays)
