@@ -124,6 +124,13 @@ class PushRegistry:
             for name, target in wanted.items()
         }  # fmt: skip
 
+    def state_for(self, target: Target) -> PushTarget:
+        """The target's state; a push check run outside the daemon (``probe``, tests) starts one."""
+        state = self.targets.get(target.name)
+        if state is None or state.target != target:
+            state = self.targets[target.name] = PushTarget(target)
+        return state
+
     # -- callbacks (the listener) ---------------------------------------------------------------------
 
     def ews_callback(self, target_name: str, body: bytes) -> tuple[int, bytes]:

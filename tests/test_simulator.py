@@ -23,7 +23,16 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from exporter.simulator import CertificateAuthority, Endpoint, Fault, Simulator, UnknownEndpointError
 
-ENDPOINT_NAMES = ["onprem-ews", "onprem-autodiscover", "online-ews", "online-autodiscover", "graph", "entra", "foreign"]
+ENDPOINT_NAMES = [
+    "onprem-ews",
+    "onprem-autodiscover",
+    "online-ews",
+    "online-autodiscover",
+    "graph",
+    "entra",
+    "bems",
+    "foreign",
+]
 # The stranger's host is reached by address, not as localhost, and has no landing page.
 EXCHANGE_ENDPOINT_NAMES = ENDPOINT_NAMES[:-1]
 REPO_ROOT = Path(__file__).resolve().parent.parent

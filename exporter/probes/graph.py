@@ -95,7 +95,7 @@ def json_answer(ctx: ProbeContext, target: Target, url: str, mailbox: str, respo
             Reason.MAILBOX_NOT_FOUND, f"{code or 'HTTP 404'}: {message}",
             f"check the address (Get-Mailbox {mailbox}): Graph reads only mailboxes in Exchange Online",
         )  # fmt: skip
-    raise ProbeFailure(Reason.BAD_RESPONSE, f"unexpected HTTP {response.status} {code}".strip())
+    raise ProbeFailure(Reason.BAD_RESPONSE, f"unexpected HTTP {response.status} {code}: {message}".strip(" :"))
 
 
 async def _read_inbox(ctx: ProbeContext, target: Target, mailbox: str) -> str:

@@ -154,7 +154,7 @@ async def _graph(target: Target, ctx: ProbeContext, state: PushTarget) -> None:
     if current is None or not current.active:
         async with ctx.rec.step(f"subscribe to {push.mailbox}'s inbox (Graph)") as detail:
             client_state, until = secrets.token_urlsafe(32), now + GRAPH_LIFETIME
-            answer = await _graph_call(ctx, target, "POST", "subscriptions", {
+            answer = await _subscribe_graph(ctx, target, {
                 "changeType": "created",
                 "notificationUrl": callback_url(ctx.config.notifications, target),
                 "lifecycleNotificationUrl": callback_url(ctx.config.notifications, target, lifecycle=True),
@@ -175,6 +175,19 @@ async def _graph(target: Target, ctx: ProbeContext, state: PushTarget) -> None:
         await _write_probe(ctx, target, state, _graph_write)
 
 
+async def _subscribe_graph(ctx: ProbeContext, target: Target, request: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return await _graph_call(ctx, target, "POST", "subscriptions", request)
+    except ProbeFailure as failure:
+        if failure.reason == Reason.BAD_RESPONSE:  # Graph's 400: it could not validate our listener
+            failure.hint = (
+                f"Graph must reach {request['notificationUrl']} from the Internet over https with a publicly "
+                "trusted certificate, and get the validation token echoed within 10 s: check "
+                "notifications.public_url, the reverse proxy and the firewall"
+            )
+        raise
+
+
 async def _graph_write(ctx: ProbeContext, target: Target) -> str:
     assert target.push is not None
     answer = await _graph_call(
@@ -190,9 +203,7 @@ async def _graph_write(ctx: ProbeContext, target: Target) -> str:
 
 
 async def probe(target: Target, ctx: ProbeContext) -> CheckResult:
-    state = ctx.resources.push.targets.get(target.name)
-    if state is None:
-        raise ProbeFailure(Reason.INTERNAL, "no push state for this target (a reload is in progress?)")
+    state = ctx.resources.push.state_for(target)
     await (_graph if target.kind == Kind.GRAPH else _ews)(target, ctx, state)
     return ctx.rec.passed()
 

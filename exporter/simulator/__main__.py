@@ -21,8 +21,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--config", type=Path, help="where to write the exporter config (default: STATE_DIR/exporter.yml)"
     )
+    parser.add_argument(
+        "--minute-seconds",
+        type=float,
+        default=60.0,
+        help="how long a simulated minute lasts, for push StatusFrequency and Graph subscription lifetimes",
+    )
     args = parser.parse_args(argv)
-    asyncio.run(serve(args.state_dir, admin_port=args.admin_port, config_path=args.config))
+    asyncio.run(
+        serve(args.state_dir, admin_port=args.admin_port, config_path=args.config, minute_seconds=args.minute_seconds)
+    )
 
 
 if __name__ == "__main__":

@@ -50,6 +50,23 @@ Graph and the app registration:
 - ``PUT    /api/v1/auth/entra/credentials/{secret|certificate}`` ``{"end": "2026-01-31T00:00:00Z"}``:
   the ``endDateTime`` Graph lists; Graph's roles are ``PATCH /api/v1/auth/entra`` ``{"graph_roles": [...]}``.
 
+Push notifications (``kind`` ``callback_blocked`` | ``delayed`` | ``drop_subscriptions`` | ``none``;
+``delay_seconds`` for ``delayed`` only) and the items they announce:
+
+- ``GET    /api/v1/push``: the EWS and Graph push fault and every subscription's state;
+- ``PUT    /api/v1/push/ews/fault`` and ``PUT /api/v1/push/graph/fault`` ``{"kind": "delayed",
+  "delay_seconds": 2}``; ``DELETE``: ``none``;
+- ``GET    /api/v1/push/ews/deliveries`` and ``GET /api/v1/push/graph/deliveries``: every POST to a
+  listener and what it answered;
+- ``POST   /api/v1/push/graph/subscriptions/{id}/lifecycle`` ``{"event": "reauthorizationRequired" |
+  "subscriptionRemoved" | "missed"}``;
+- ``GET    /api/v1/mailboxes/{mailbox}/items``: the items EWS or Graph created there.
+
+BEMS's notification URL (the ``bems`` endpoint):
+
+- ``GET    /api/v1/bems``; ``PUT /api/v1/bems/fault`` ``{"fault": "no_echo" | "wrong_echo" | "none"}``;
+- ``GET    /api/v1/bems/requests``: what reached it.
+
 Bad input is a 400 and an unknown endpoint or mailbox a 404, each with ``{"error": "..."}``.
 """
 
@@ -76,6 +93,8 @@ EWS_PATH = "/api/v1/ews"
 AUTODISCOVER_PATH = "/api/v1/autodiscover"
 FOREIGN_PATH = "/api/v1/foreign"
 GRAPH_PATH = "/api/v1/graph"
+PUSH_PATH = "/api/v1/push"
+BEMS_PATH = "/api/v1/bems"
 
 
 def build_admin_app(simulator: Simulator) -> web.Application:
@@ -109,6 +128,15 @@ def build_admin_app(simulator: Simulator) -> web.Application:
     app.router.add_patch(GRAPH_PATH, api.configure_graph)
     app.router.add_put(GRAPH_PATH + "/mailboxes/{mailbox}", api.set_graph_mailbox)
     app.router.add_get(GRAPH_PATH + "/requests", api.graph_requests)
+    app.router.add_get(MAILBOXES_PATH + "/{mailbox}/items", api.mailbox_items)
+    app.router.add_get(PUSH_PATH, api.push)
+    app.router.add_put(PUSH_PATH + "/{protocol}/fault", api.set_push_fault)
+    app.router.add_delete(PUSH_PATH + "/{protocol}/fault", api.clear_push_fault)
+    app.router.add_get(PUSH_PATH + "/{protocol}/deliveries", api.push_deliveries)
+    app.router.add_post(PUSH_PATH + "/graph/subscriptions/{subscription_id}/lifecycle", api.send_lifecycle)
+    app.router.add_get(BEMS_PATH, api.bems)
+    app.router.add_put(BEMS_PATH + "/fault", api.set_bems_fault)
+    app.router.add_get(BEMS_PATH + "/requests", api.bems_requests)
     return app
 
 
@@ -341,6 +369,73 @@ class _AdminApi:
 
     async def graph_requests(self, request: web.Request) -> web.Response:
         return web.json_response([record.state() for record in self._simulator.graph_requests])
+
+    # --- push notifications and BEMS's notification URL ------------------------------------------------
+
+    async def mailbox_items(self, request: web.Request) -> web.Response:
+        items = self._simulator.mailbox_items(request.match_info["mailbox"])
+        return web.json_response([item.state() for item in items])
+
+    async def push(self, request: web.Request) -> web.Response:
+        return web.json_response(self._push_state())
+
+    async def set_push_fault(self, request: web.Request) -> web.Response:
+        async def change() -> Any:
+            body = await _json_object(
+                request, 'like {"kind": "delayed", "delay_seconds": 2}', "kind", {"kind", "delay_seconds"}
+            )
+            self._push_fault_setter(request)(body["kind"], body.get("delay_seconds"))
+            return self._push_state()
+
+        return await _answer(change)
+
+    async def clear_push_fault(self, request: web.Request) -> web.Response:
+        async def change() -> Any:
+            self._push_fault_setter(request)("none", None)
+            return self._push_state()
+
+        return await _answer(change)
+
+    async def push_deliveries(self, request: web.Request) -> web.Response:
+        async def change() -> Any:
+            deliveries = {"ews": self._simulator.ews_push_deliveries, "graph": self._simulator.graph_push_deliveries}
+            return [delivery.state() for delivery in deliveries[_push_protocol(request)]]
+
+        return await _answer(change)
+
+    async def send_lifecycle(self, request: web.Request) -> web.Response:
+        async def change() -> Any:
+            body = await _json_object(request, 'like {"event": "missed"}', required="event", allowed={"event"})
+            return self._simulator.send_lifecycle(request.match_info["subscription_id"], body["event"]).state()
+
+        return await _answer(change)
+
+    def _push_fault_setter(self, request: web.Request) -> Callable[[Any, Any], Any]:
+        setters = {"ews": self._simulator.set_push_fault, "graph": self._simulator.set_graph_push_fault}
+        return setters[_push_protocol(request)]
+
+    def _push_state(self) -> dict[str, Any]:
+        return {"ews": self._simulator.ews_push.state(), "graph": self._simulator.graph.webhooks.state()}
+
+    async def bems(self, request: web.Request) -> web.Response:
+        return web.json_response(self._simulator.bems.state())
+
+    async def set_bems_fault(self, request: web.Request) -> web.Response:
+        async def change() -> Any:
+            body = await _json_object(request, 'like {"fault": "no_echo"}', required="fault", allowed={"fault"})
+            return self._simulator.set_bems_fault(body["fault"]).state()
+
+        return await _answer(change)
+
+    async def bems_requests(self, request: web.Request) -> web.Response:
+        return web.json_response([record.state() for record in self._simulator.bems.requests])
+
+
+def _push_protocol(request: web.Request) -> str:
+    protocol = request.match_info["protocol"]
+    if protocol not in ("ews", "graph"):
+        raise UnknownEndpointError(protocol, ["ews", "graph"])
+    return protocol
 
 
 async def _answer(change: Callable[[], Awaitable[Any]]) -> web.Response:

@@ -26,8 +26,9 @@ from aiohttp import web
 
 from .challenges import with_iis_headers
 from .directory import MailboxDirectory, validated_address
-from .ews import SOAP_NS, ServerVersion
+from .ews import ServerVersion
 from .identity import Authenticator
+from .soap import SOAP_NS
 
 POX_PATH = "/autodiscover/autodiscover.xml"
 SOAP_PATH = "/autodiscover/autodiscover.svc"

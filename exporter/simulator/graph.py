@@ -4,6 +4,12 @@ Served:
 
 - ``GET /v1.0/users/{mailbox}/mailFolders/inbox``: the inbox (8.1); the app needs a ``Mail.*`` read
   role and application access to the mailbox (RBAC for Applications, the same switch as EWS's);
+- ``POST /v1.0/users/{mailbox}/mailFolders/{folder}/messages`` (201) and ``DELETE
+  /v1.0/users/{mailbox}/messages/{id}`` (204): a message in the shared ``mailstore``, for an app
+  holding ``Mail.ReadWrite`` (``Mail.Read`` cannot write);
+- ``/v1.0/subscriptions``: change notification subscriptions on messages (8.3), served by ``webhooks``:
+  ``POST`` (201, after the validation handshake), ``GET``, ``PATCH /{id}`` (renew, 200), ``DELETE
+  /{id}`` (204) and ``POST /{id}/reauthorize`` (204, as documented);
 - ``GET /v1.0/applications(appId='{id}')`` and ``GET /v1.0/applications?$filter=appId eq '{id}'``:
   the app registration with its credentials' dates, for an app holding ``Application.Read.All``
   (or a permission that includes it). ``$select`` narrows the properties as Graph does.
@@ -18,6 +24,7 @@ import json
 import re
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -27,6 +34,8 @@ from aiohttp import web
 from .challenges import AUTHORIZATION_URI
 from .directory import MailboxDirectory, UnknownMailboxError
 from .entra import GRAPH_RESOURCE, AppCredential, CredentialKind, EntraId, iso_utc
+from .mailstore import MailItem, MailStore
+from .webhooks import GraphRequestError, GraphSubscription, GraphWebhooks, graph_time, parse_resource
 
 GRAPH_PATH = "/v1.0"
 _METADATA_URL = "https://graph.microsoft.com/v1.0/$metadata"
@@ -37,6 +46,7 @@ _ODATA_CONTENT_TYPE = (
 )
 # Application permissions that let an app read mail folders, and ones that let it read app registrations.
 _MAIL_READ_ROLES = {"Mail.ReadBasic.All", "Mail.Read", "Mail.ReadWrite"}
+_MAIL_WRITE_ROLES = {"Mail.ReadWrite"}
 _APPLICATION_READ_ROLES = {"Application.Read.All", "Application.ReadWrite.All", "Directory.Read.All"}
 _RAOP_DENIED = "Access to OData is disabled: [RAOP] : Blocked by tenant configured AppOnly AccessPolicy settings."
 
@@ -44,6 +54,20 @@ _INBOX = re.compile(r"users/(?P<user>[^/]+)/mailFolders(?:/inbox|\('inbox'\))", 
 _APPLICATION_BY_APP_ID = re.compile(r"applications\(appId='(?P<app_id>[^']*)'\)", re.IGNORECASE)
 _APPLICATIONS = re.compile(r"applications", re.IGNORECASE)
 _APP_ID_FILTER = re.compile(r"\s*appId\s+eq\s+'(?P<app_id>[^']*)'\s*", re.IGNORECASE)
+# users/{id}/messages, or the messages of a folder named users/{id}/mailFolders/{name} or mailFolders('{name}').
+_MESSAGES = re.compile(
+    r"users/(?P<user>[^/]+)/(?:mailFolders(?:/(?P<plain>[^/()']+)|\('(?P<quoted>[^']+)'\))/)?messages",
+    re.IGNORECASE,
+)
+_MESSAGE = re.compile(r"users/(?P<user>[^/]+)/messages/(?P<message_id>[^/]+)", re.IGNORECASE)
+_SUBSCRIPTIONS = re.compile(r"subscriptions", re.IGNORECASE)
+_SUBSCRIPTION = re.compile(r"subscriptions/(?P<subscription_id>[^/]+)", re.IGNORECASE)
+_REAUTHORIZE = re.compile(r"subscriptions/(?P<subscription_id>[^/]+)/reauthorize", re.IGNORECASE)
+# The well-known folders a message can be created in; without a folder Graph saves it in Drafts.
+_MESSAGE_FOLDERS = {"inbox", "drafts", "sentitems", "deleteditems"}
+_DEFAULT_MESSAGE_FOLDER = "drafts"
+
+_Handler = Callable[[web.Request, re.Match[str], dict[str, Any]], Awaitable[web.Response]]
 
 
 class GraphRequest(NamedTuple):
@@ -59,13 +83,35 @@ class GraphRequest(NamedTuple):
 class GraphService:
     """Graph's behaviour; it outlives the listeners that a fault change restarts."""
 
-    def __init__(self, entra: EntraId, directory: MailboxDirectory, requests: list[GraphRequest]) -> None:
+    def __init__(
+        self,
+        entra: EntraId,
+        directory: MailboxDirectory,
+        requests: list[GraphRequest],
+        store: MailStore,
+        webhooks: GraphWebhooks,
+    ) -> None:
         self.requests = requests
         self.throttled = False
         self.retry_after_seconds = 1
+        self.webhooks = webhooks
         self._entra = entra
         self._directory = directory
+        self._store = store
         self._mailboxes_not_enabled: set[str] = set()
+        self._routes: list[tuple[str, re.Pattern[str], _Handler]] = [
+            ("GET", _INBOX, self._inbox),
+            ("GET", _APPLICATION_BY_APP_ID, self._application),
+            ("GET", _APPLICATIONS, self._applications),
+            ("POST", _MESSAGES, self._create_message),
+            ("DELETE", _MESSAGE, self._delete_message),
+            ("GET", _SUBSCRIPTIONS, self._list_subscriptions),
+            ("POST", _SUBSCRIPTIONS, self._create_subscription),
+            ("GET", _SUBSCRIPTION, self._get_subscription),
+            ("PATCH", _SUBSCRIPTION, self._renew_subscription),
+            ("DELETE", _SUBSCRIPTION, self._delete_subscription),
+            ("POST", _REAUTHORIZE, self._reauthorize_subscription),
+        ]
 
     def set_throttled(self, throttled: bool, retry_after: int = 1) -> None:
         if not isinstance(throttled, bool):
@@ -108,17 +154,19 @@ class GraphService:
                 headers={"Retry-After": str(self.retry_after_seconds)},
             )
         resource = request.match_info["resource"]
-        if request.method != "GET":
+        known_resource = False
+        for method, pattern, handler in self._routes:
+            if match := pattern.fullmatch(resource):
+                known_resource = True
+                if method == request.method:
+                    try:
+                        return await handler(request, match, claims)
+                    except GraphRequestError as error:
+                        return _error(request, error.status, error.code, error.message)
+        if known_resource:
             return _error(
                 request, 405, "Request_BadRequest", "Specified HTTP method is not allowed for the request target."
             )
-        roles = set(claims.get("roles", []))
-        if match := _INBOX.fullmatch(resource):
-            return self._inbox(request, match["user"], roles)
-        if match := _APPLICATION_BY_APP_ID.fullmatch(resource):
-            return self._application(request, match["app_id"], roles)
-        if _APPLICATIONS.fullmatch(resource):
-            return self._applications(request, roles)
         segment = resource.split("/")[0]
         return _error(request, 400, "BadRequest", f"Resource not found for the segment '{segment}'.")
 
@@ -146,20 +194,24 @@ class GraphService:
             )
         return claims
 
-    def _inbox(self, request: web.Request, user: str, roles: set[str]) -> web.Response:
-        if not roles & _MAIL_READ_ROLES:
-            return _error(request, 403, "ErrorAccessDenied", "Access is denied. Check credentials and try again.")
+    def _check_mailbox_access(self, user: str, claims: dict[str, Any], needed_roles: set[str]) -> None:
+        """GraphRequestError unless the app holds one of ``needed_roles`` and may reach ``user``'s mailbox."""
+        if not _roles(claims) & needed_roles:
+            raise GraphRequestError(403, "ErrorAccessDenied", "Access is denied. Check credentials and try again.")
         if user not in self._directory:
-            return _error(request, 404, "ErrorInvalidUser", f"The requested user '{user}' is invalid.")
+            raise GraphRequestError(404, "ErrorInvalidUser", f"The requested user '{user}' is invalid.")
         if user.casefold() in self._mailboxes_not_enabled:
-            return _error(
-                request,
+            raise GraphRequestError(
                 404,
                 "MailboxNotEnabledForRESTAPI",
                 "The mailbox is either inactive, soft-deleted, or is hosted on-premise.",
             )
         if not self._directory.is_granted(user):
-            return _error(request, 403, "ErrorAccessDenied", _RAOP_DENIED)
+            raise GraphRequestError(403, "ErrorAccessDenied", _RAOP_DENIED)
+
+    async def _inbox(self, request: web.Request, match: re.Match[str], claims: dict[str, Any]) -> web.Response:
+        user = match["user"]
+        self._check_mailbox_access(user, claims, _MAIL_READ_ROLES)
         return _odata(
             request,
             {
@@ -175,8 +227,9 @@ class GraphService:
             },
         )
 
-    def _application(self, request: web.Request, app_id: str, roles: set[str]) -> web.Response:
-        denied = _application_read_denied(request, roles)
+    async def _application(self, request: web.Request, match: re.Match[str], claims: dict[str, Any]) -> web.Response:
+        app_id = match["app_id"]
+        denied = _application_read_denied(request, _roles(claims))
         if denied is not None:
             return denied
         if app_id.casefold() != self._entra.client_id.casefold():
@@ -189,8 +242,8 @@ class GraphService:
         application = _selected(self._application_object(), request.query.get("$select"))
         return _odata(request, {"@odata.context": f"{_METADATA_URL}#applications/$entity", **application})
 
-    def _applications(self, request: web.Request, roles: set[str]) -> web.Response:
-        denied = _application_read_denied(request, roles)
+    async def _applications(self, request: web.Request, match: re.Match[str], claims: dict[str, Any]) -> web.Response:
+        denied = _application_read_denied(request, _roles(claims))
         if denied is not None:
             return denied
         applications = [self._application_object()]
@@ -208,6 +261,76 @@ class GraphService:
                 "value": [_selected(application, select) for application in applications],
             },
         )
+
+    async def _create_message(self, request: web.Request, match: re.Match[str], claims: dict[str, Any]) -> web.Response:
+        user = match["user"]
+        self._check_mailbox_access(user, claims, _MAIL_WRITE_ROLES)
+        folder = (match["plain"] or match["quoted"] or _DEFAULT_MESSAGE_FOLDER).lower()
+        if folder not in _MESSAGE_FOLDERS:
+            raise GraphRequestError(400, "ErrorInvalidIdMalformed", "Id is malformed.")
+        message = await _json_object(request)
+        body = message.get("body") if isinstance(message.get("body"), dict) else {}
+        item = self._store.create(
+            user, folder, subject=str(message.get("subject") or ""), body=str(body.get("content") or "")
+        )
+        return _odata(request, _message_json(user, item), status=201)
+
+    async def _delete_message(self, request: web.Request, match: re.Match[str], claims: dict[str, Any]) -> web.Response:
+        user = match["user"]
+        self._check_mailbox_access(user, claims, _MAIL_WRITE_ROLES)
+        if not self._store.delete(user, match["message_id"]):
+            raise GraphRequestError(404, "ErrorItemNotFound", "The specified object was not found in the store.")
+        return _no_content(request)
+
+    async def _list_subscriptions(
+        self, request: web.Request, match: re.Match[str], claims: dict[str, Any]
+    ) -> web.Response:
+        app_id = _app_id(claims)
+        subscriptions = [
+            subscription.resource_json()
+            for subscription in self.webhooks.subscriptions.values()
+            if subscription.alive and subscription.app_id == app_id
+        ]
+        return _odata(request, {"@odata.context": f"{_METADATA_URL}#subscriptions", "value": subscriptions})
+
+    async def _create_subscription(
+        self, request: web.Request, match: re.Match[str], claims: dict[str, Any]
+    ) -> web.Response:
+        body = await _json_object(request)
+        self._check_mailbox_access(parse_resource(body.get("resource")).mailbox, claims, _MAIL_READ_ROLES)
+        subscription = await self.webhooks.create(_app_id(claims), body)
+        return _odata(request, subscription.resource_json(), status=201)
+
+    async def _get_subscription(
+        self, request: web.Request, match: re.Match[str], claims: dict[str, Any]
+    ) -> web.Response:
+        return _odata(request, self._own_subscription(match, claims).resource_json())
+
+    async def _renew_subscription(
+        self, request: web.Request, match: re.Match[str], claims: dict[str, Any]
+    ) -> web.Response:
+        subscription = self._own_subscription(match, claims)
+        body = await _json_object(request)
+        return _odata(request, self.webhooks.renew(subscription.id, body).resource_json())
+
+    async def _delete_subscription(
+        self, request: web.Request, match: re.Match[str], claims: dict[str, Any]
+    ) -> web.Response:
+        self.webhooks.delete(self._own_subscription(match, claims).id)
+        return _no_content(request)
+
+    async def _reauthorize_subscription(
+        self, request: web.Request, match: re.Match[str], claims: dict[str, Any]
+    ) -> web.Response:
+        self._own_subscription(match, claims)
+        return _no_content(request)
+
+    def _own_subscription(self, match: re.Match[str], claims: dict[str, Any]) -> GraphSubscription:
+        """The caller's live subscription the URL names; another app's is as good as missing."""
+        subscription = self.webhooks.find(match["subscription_id"])
+        if subscription.app_id != _app_id(claims):
+            raise GraphRequestError(404, "ResourceNotFound", "The object was not found.")
+        return subscription
 
     def _application_object(self) -> dict[str, Any]:
         entra = self._entra
@@ -263,10 +386,55 @@ def _folder_id(user: str, folder: str) -> str:
     return "AAMkAD" + uuid.uuid5(uuid.NAMESPACE_URL, f"{user.casefold()}/{folder}").hex
 
 
-def _odata(request: web.Request, body: dict[str, Any]) -> web.Response:
+def _roles(claims: dict[str, Any]) -> set[str]:
+    return set(claims.get("roles", []))
+
+
+def _app_id(claims: dict[str, Any]) -> str:
+    return str(claims.get("appid", ""))
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = None
+    if not isinstance(body, dict):
+        raise GraphRequestError(
+            400,
+            "BadRequest",
+            "Unable to read JSON request payload. Please ensure Content-Type header is set and payload is of valid "
+            "JSON format.",
+        )
+    return body
+
+
+def _message_json(user: str, item: MailItem) -> dict[str, Any]:
+    created = graph_time(item.created)
+    return {
+        "@odata.context": f"{_METADATA_URL}#users('{user}')/messages/$entity",
+        "@odata.etag": f'W/"{item.change_key}"',
+        "id": item.id,
+        "createdDateTime": created,
+        "lastModifiedDateTime": created,
+        "changeKey": item.change_key,
+        "subject": item.subject,
+        "body": {"contentType": "text", "content": item.body},
+        "parentFolderId": _folder_id(user, item.folder),
+        "isDraft": True,  # a message created over the API is a draft until sent
+        "isRead": True,
+    }
+
+
+def _odata(request: web.Request, body: dict[str, Any], status: int = 200) -> web.Response:
     request_id, client_request_id = _request_ids(request)
     headers = {"Content-Type": _ODATA_CONTENT_TYPE, "request-id": request_id, "client-request-id": client_request_id}
-    return web.Response(text=json.dumps(body), headers=headers)
+    return web.Response(status=status, text=json.dumps(body), headers=headers)
+
+
+def _no_content(request: web.Request) -> web.Response:
+    request_id, client_request_id = _request_ids(request)
+    return web.Response(status=204, headers={"request-id": request_id, "client-request-id": client_request_id})
 
 
 def _error(

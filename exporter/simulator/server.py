@@ -19,6 +19,7 @@ from . import autodiscover, ews, graph
 from .admin import ENDPOINTS_PATH, build_admin_app
 from .autodiscover import AutodiscoverService, RedirectKind
 from .bearer import ExchangeOnlineAuthenticator
+from .bems import BemsFault, BemsNotificationUrl
 from .credentials import SimulatorCredentials
 from .directory import MailboxDirectory, UnknownMailboxError
 from .endpoint import Endpoint, Fault, UnknownEndpointError, bind_loopback_socket
@@ -28,6 +29,7 @@ from .files import write_atomically
 from .foreign import ForeignHost
 from .graph import GraphRequest, GraphService
 from .identity import Authenticator
+from .mailstore import MailItem, MailStore
 from .onprem_auth import (
     AccountFault,
     AuthMethod,
@@ -36,9 +38,12 @@ from .onprem_auth import (
     OnPremAuthenticator,
     VirtualDirectoryAuth,
 )
+from .outbound import CallbackClient, PushFaultKind, Timescale
 from .pki import CertificateAuthority
 from .proxy import ForwardProxy
+from .push import EwsPushEngine, PushDelivery, PushSubscription
 from .tls import ServerCertificates
+from .webhooks import GraphDelivery, GraphRequestError, GraphSubscription, GraphWebhooks
 
 FOREIGN_ENDPOINT = "foreign"
 # Endpoint name → the host name it stands in for (also in its certificate, beside "localhost", except
@@ -51,6 +56,8 @@ NOMINAL_HOSTS = {
     "graph": "graph.microsoft.test",
     "entra": "login.microsoftonline.test",
     FOREIGN_ENDPOINT: "autodiscover.attacker.test",
+    # BEMS's own host, whose notification URL Graph calls (through BEMS's reverse proxy).
+    "bems": "bems.corp.example.test",
 }
 ONPREM_MAILBOXES = ["alice@corp.example.test", "bob@corp.example.test"]
 ONLINE_MAILBOXES = ["carol@contoso.test"]
@@ -88,9 +95,24 @@ class Simulator:
     refuse a mailbox (``set_graph_mailbox_not_enabled``). ``sim.ews_requests``, ``sim.graph_requests``
     and ``sim.foreign.requests`` record what arrived, with ``time.monotonic()`` times. The ``foreign``
     endpoint, at ``https://127.0.0.1:PORT``, is a stranger's host for redirects to point at.
+
+    Push: EWS ``Subscribe`` starts a push subscription (``sim.ews_subscriptions``) that calls the
+    client back with status pings and the item events of ``CreateItem``; every POST is logged in
+    ``sim.ews_push_deliveries``, and ``set_push_fault`` breaks it. ``minute_seconds`` is how long a
+    simulated minute lasts, for StatusFrequency, retries and Graph subscription lifetimes alike.
+    ``sim.mailbox_items`` lists a mailbox's items; ``issue_certificate`` gives a test's listener a
+    certificate the push engines trust.
+
+    Graph ``/v1.0/subscriptions`` (``sim.graph_subscriptions``, deliveries with the listener's answers
+    in ``sim.graph_push_deliveries``) handshakes with and notifies the client's HTTPS listener;
+    ``set_graph_push_fault`` and ``send_lifecycle`` break it. The ``bems`` endpoint is BEMS's own
+    notification URL, ``endpoints["bems"].url + "/notificationClient"``, which echoes validation
+    tokens unless ``set_bems_fault`` says otherwise; ``sim.bems.requests`` records what reached it.
     """
 
-    def __init__(self, state_dir: Path, host: str = "127.0.0.1", admin_port: int = 0) -> None:
+    def __init__(
+        self, state_dir: Path, host: str = "127.0.0.1", admin_port: int = 0, minute_seconds: float = 60.0
+    ) -> None:
         address = ipaddress.ip_address(host)
         if not (isinstance(address, ipaddress.IPv4Address) and address.is_loopback):
             raise ValueError(f"the simulator listens on IPv4 loopback only, not on {host}")
@@ -114,10 +136,25 @@ class Simulator:
         self.online_mailboxes = MailboxDirectory("app_access", ONLINE_MAILBOXES)
         self.ews_requests: list[EwsRequest] = []
         self.graph_requests: list[GraphRequest] = []
+        self.timescale = Timescale(minute_seconds)
+        self.mail = MailStore()
+        self._callbacks = CallbackClient(self.ca_file)
+        self.ews_subscriptions: dict[str, PushSubscription] = {}
+        self.ews_push_deliveries: list[PushDelivery] = []
+        self.ews_push = EwsPushEngine(
+            self.mail, self._callbacks, self.timescale, self.ews_subscriptions, self.ews_push_deliveries
+        )
         self._ews = {
-            "onprem-ews": EwsService("onprem-ews", self.onprem_mailboxes, ews.EXCHANGE_2019, self.ews_requests),
-            "online-ews": EwsService("online-ews", self.online_mailboxes, ews.EXCHANGE_ONLINE, self.ews_requests),
+            name: EwsService(name, directory, version, self.ews_requests, self.mail, self.ews_push)
+            for name, directory, version in (
+                ("onprem-ews", self.onprem_mailboxes, ews.EXCHANGE_2019),
+                ("online-ews", self.online_mailboxes, ews.EXCHANGE_ONLINE),
+            )
         }
+        self._trusted_ca: CertificateAuthority | None = None
+        self.graph_subscriptions: dict[str, GraphSubscription] = {}
+        self.graph_push_deliveries: list[GraphDelivery] = []
+        self.bems = BemsNotificationUrl()
         # Autodiscover and Graph need the endpoints' URLs and Entra, which exist once started.
         self._autodiscover: dict[str, AutodiscoverService] = {}
         self._graph: GraphService | None = None
@@ -168,12 +205,21 @@ class Simulator:
         self._entra = EntraId(self._credentials)
         trusted = CertificateAuthority.create("BEMS Exchange Simulator Test CA")
         self.ca_file.write_bytes(trusted.cert_pem)
+        self._trusted_ca = trusted
         # A CA that nobody is told about, for the `untrusted` fault.
         untrusted = CertificateAuthority.create("Untrusted Simulator CA")
         cert_dir = self.state_dir / "certs"
         cert_dir.mkdir(mode=0o700, exist_ok=True)
         self._certificates = ServerCertificates(trusted, untrusted, cert_dir, ip_address=self.host)
-        self._graph = GraphService(self._entra, self.online_mailboxes, self.graph_requests)
+        webhooks = GraphWebhooks(
+            self.mail,
+            self._callbacks,
+            self.timescale,
+            self._credentials.tenant_guid,
+            self.graph_subscriptions,
+            self.graph_push_deliveries,
+        )
+        self._graph = GraphService(self._entra, self.online_mailboxes, self.graph_requests, self.mail, webhooks)
         try:
             for name, nominal_host in NOMINAL_HOSTS.items():
                 sock = bind_loopback_socket(self.host, 0)
@@ -200,7 +246,10 @@ class Simulator:
             raise
 
     async def stop(self) -> None:
-        """Close every listener and connection; safe to call twice or after a failed start."""
+        """Close every listener and connection and end every push task; safe to call twice or after a failed start."""
+        await self.ews_push.close()
+        if self._graph is not None:
+            await self._graph.webhooks.close()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
             self._admin_runner = None
@@ -211,6 +260,14 @@ class Simulator:
         for endpoint in self.endpoints.values():
             await endpoint.close()
         self.endpoints.clear()
+        # Last: handlers still running until their listener closed may have been calling back.
+        await self._callbacks.close()
+
+    def issue_certificate(self, hostnames: list[str], ip_addresses: list[str] | None = None) -> tuple[bytes, bytes]:
+        """A TLS server certificate and key (PEM) from the CA in ``ca_file``, which the push engines trust."""
+        if self._trusted_ca is None:
+            raise RuntimeError("the simulator is not running")
+        return self._trusted_ca.issue(hostnames, ip_addresses or [])
 
     async def __aenter__(self) -> Simulator:
         await self.start()
@@ -308,6 +365,10 @@ class Simulator:
         """Scope online ``mailbox`` (or all) out of the Entra app's access, for EWS and Graph alike."""
         self.online_mailboxes.set_granted(mailbox, False)
 
+    def mailbox_items(self, mailbox: str) -> list[MailItem]:
+        """The items EWS ``CreateItem`` or Graph created in ``mailbox`` and nobody deleted yet."""
+        return self.mail.items(mailbox)
+
     def mailbox_state(self) -> dict[str, Any]:
         return {"onprem": self.onprem_mailboxes.state(), "online": self.online_mailboxes.state()}
 
@@ -340,6 +401,16 @@ class Simulator:
         service = self._ews[_RETIRING_EWS]
         service.disabled = disabled
         return service
+
+    def set_push_fault(self, kind: PushFaultKind | str, delay_seconds: float | None = None) -> EwsPushEngine:
+        """Break EWS push notifications: ``callback_blocked``, ``delayed`` (``delay_seconds``), ``drop_subscriptions``.
+
+        ``callback_blocked`` fails every delivery (so retries, then expiry), ``delayed`` sends item events
+        ``delay_seconds`` late, ``drop_subscriptions`` silently forgets every current subscription
+        (later ones live on), ``none`` ends a fault. ValueError for a bad kind or delay.
+        """
+        self.ews_push.set_fault(kind, delay_seconds)
+        return self.ews_push
 
     def ews_state(self) -> dict[str, Any]:
         return {name: service.state() for name, service in self._ews.items()}
@@ -393,6 +464,31 @@ class Simulator:
         """Graph's 404 ``MailboxNotEnabledForRESTAPI`` for online ``mailbox`` (False: served again)."""
         self.graph.set_mailbox_enabled(mailbox, not not_enabled)
         return self.graph
+
+    def set_graph_push_fault(self, kind: PushFaultKind | str, delay_seconds: float | None = None) -> GraphWebhooks:
+        """Break Graph change notifications, with the kinds of ``set_push_fault``.
+
+        ``callback_blocked`` also fails the validation handshake, so creating a subscription fails.
+        """
+        self.graph.webhooks.set_fault(kind, delay_seconds)
+        return self.graph.webhooks
+
+    def send_lifecycle(self, subscription_id: str, event: str) -> GraphSubscription:
+        """Send ``reauthorizationRequired``, ``subscriptionRemoved`` (which ends it) or ``missed`` now.
+
+        ValueError for an unknown event, an unknown subscription or one without a lifecycleNotificationUrl.
+        """
+        webhooks = self.graph.webhooks
+        try:
+            webhooks.send_lifecycle(subscription_id, event)
+        except GraphRequestError:
+            raise ValueError(f"no live Graph subscription {subscription_id!r}") from None
+        return webhooks.subscriptions[subscription_id]
+
+    def set_bems_fault(self, fault: BemsFault | str) -> BemsNotificationUrl:
+        """``no_echo`` (200, empty body), ``wrong_echo`` (200, another token) or ``none`` on BEMS's notification URL."""
+        self.bems.set_fault(fault)
+        return self.bems
 
     def set_app_credential_end(self, kind: CredentialKind | str, end: datetime) -> AppCredential:
         """The ``endDateTime`` Graph lists for the app's ``secret`` or ``certificate`` (an aware datetime)."""
@@ -504,6 +600,8 @@ class Simulator:
                 self.graph.add_routes(app)
             case "entra":
                 self.entra.add_routes(app, base_url=self.endpoints[name].url)
+            case "bems":
+                self.bems.add_routes(app)
         return app
 
     def _authenticator(self, name: str) -> Authenticator:
@@ -545,6 +643,7 @@ async def serve(
     admin_port: int = 0,
     config_path: Path | None = None,
     ready_file: Path | None = None,
+    minute_seconds: float = 60.0,
 ) -> None:
     """Run the simulator until SIGINT or SIGTERM.
 
@@ -562,7 +661,7 @@ async def serve(
     for stop_signal in stop_signals:
         loop.add_signal_handler(stop_signal, stop_requested.set)
     try:
-        async with Simulator(state_dir, admin_port=admin_port) as simulator:
+        async with Simulator(state_dir, admin_port=admin_port, minute_seconds=minute_seconds) as simulator:
             simulator.write_exporter_config(config_path)
             print(_summary(simulator, config_path), flush=True)
             write_atomically(ready_file, json.dumps(_ready_document(simulator, config_path), indent=2))

@@ -1,0 +1,173 @@
+"""Push notifications end to end: the simulator's push engines call the exporter's real listener."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from checks import run
+
+from exporter.app import Exporter
+from exporter.config import Config, load_config
+from exporter.results import Reason
+from exporter.simulator.server import Simulator
+
+SCALE = 1.0  # one simulated minute lasts one second: StatusFrequency 1 means a keep-alive a second
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+async def sim(tmp_path: Path) -> AsyncIterator[Simulator]:
+    async with Simulator(tmp_path / "sim", minute_seconds=SCALE) as simulator:
+        # The write probe creates and deletes messages: Graph wants Mail.ReadWrite for that.
+        simulator.configure_entra(graph_roles=["Mail.Read", "Mail.ReadWrite", "User.Read.All"])
+        yield simulator
+
+
+def push_config(sim: Simulator, tmp_path: Path, **push: dict[str, Any]) -> Path:
+    """The simulator's config plus a TLS listener (certificate from the simulator's CA) and push blocks."""
+    path = sim.write_exporter_config(tmp_path / "bems.yml", interval="1s", timeout="1s")
+    data = yaml.safe_load(path.read_text())
+    cert, key = sim.issue_certificate(["localhost"], ["127.0.0.1"])
+    (tmp_path / "listener.crt").write_bytes(cert)
+    (tmp_path / "listener.key").write_bytes(key)
+    port = free_port()
+    data["notifications"] = {
+        "listen_address": f"127.0.0.1:{port}",
+        "public_url": f"https://localhost:{port}/monitor",
+        "tls": {"cert_file": str(tmp_path / "listener.crt"), "key_file": str(tmp_path / "listener.key")},
+    }
+    for target in data["targets"]:
+        if target["name"] in push:
+            target["push"] = push[target["name"]]
+    data["targets"].append({"name": "bems-url", "kind": "notification_url",
+                            "url": sim.endpoints["bems"].url + "/notificationClient"})  # fmt: skip
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture
+async def started() -> AsyncIterator[list[Exporter]]:
+    exporters: list[Exporter] = []
+    yield exporters
+    for exporter in exporters:
+        await exporter.stop()
+
+
+async def start(started: list[Exporter], path: Path) -> Exporter:
+    exporter = Exporter(str(path))
+    exporter.load()
+    await exporter.start()
+    started.append(exporter)
+    return exporter
+
+
+async def until(condition, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+EWS_PUSH = {"mailbox": "alice@corp.example.test", "status_frequency": 1, "stall_after": "3s",
+            "write_probe": True, "write_interval": "1s"}  # fmt: skip
+
+
+async def test_ews_push_keepalives_events_and_stall(sim: Simulator, tmp_path: Path, started: list[Exporter]) -> None:
+    exporter = await start(started, push_config(sim, tmp_path, **{"onprem-ews": EWS_PUSH}))
+    state = exporter.resources.push.targets["onprem-ews"]
+    await until(lambda: state.notifications["status"] >= 2 and state.notifications["created"] >= 1)
+    await until(lambda: sum(state.delays.counts) >= 1)
+    assert 0 <= state.delays.total / sum(state.delays.counts) < 1.0  # loopback: well under a second
+    first = state.current
+    assert first is not None and first.active
+    result = exporter.store.latest.get(("onprem-ews", "push"))
+    assert result is not None and result.success, result
+
+    sim.set_push_fault("drop_subscriptions")  # Exchange silently forgets: nothing more arrives
+
+    def stalled() -> bool:
+        latest = exporter.store.latest.get(("onprem-ews", "push"))
+        return latest is not None and latest.reason == Reason.PUSH_STALLED
+
+    await until(stalled, timeout=8)
+    sim.set_push_fault("none")
+    assert state.current is not None and state.current.id != first.id  # subscribed again
+    await until(lambda: exporter.store.latest[("onprem-ews", "push")].success, timeout=8)
+
+
+async def test_write_probe_measures_an_injected_delay(sim: Simulator, tmp_path: Path,
+                                                      started: list[Exporter]) -> None:  # fmt: skip
+    sim.set_push_fault("delayed", delay_seconds=1.5)
+    push = EWS_PUSH | {"stall_after": "6s"}
+    exporter = await start(started, push_config(sim, tmp_path, **{"onprem-ews": push}))
+    state = exporter.resources.push.targets["onprem-ews"]
+    await until(lambda: sum(state.delays.counts) >= 1, timeout=10)
+    observed = state.delays.total / sum(state.delays.counts)
+    assert 1.3 < observed < 2.5, observed
+
+
+async def test_a_restarted_exporter_ends_the_old_subscription(sim: Simulator, tmp_path: Path,
+                                                              started: list[Exporter]) -> None:  # fmt: skip
+    path = push_config(sim, tmp_path, **{"onprem-ews": EWS_PUSH | {"write_probe": False}})
+    first = await start(started, path)
+    await until(lambda: first.resources.push.targets["onprem-ews"].current is not None)
+    old_id = first.resources.push.targets["onprem-ews"].current.id  # type: ignore[union-attr]
+    await first.stop()
+    started.remove(first)
+    second = await start(started, path)  # the same listener address: the old subscription calls it
+    await until(lambda: not sim.ews_subscriptions[old_id].alive, timeout=8)
+    assert second.resources.push.targets["onprem-ews"].rejected["unknown_subscription"] >= 1
+
+
+GRAPH_PUSH = {"mailbox": "carol@contoso.test", "write_probe": True, "write_interval": "1s", "stall_after": "4s"}
+
+
+async def test_graph_push_validation_delivery_and_cleanup(sim: Simulator, tmp_path: Path,
+                                                          started: list[Exporter]) -> None:  # fmt: skip
+    exporter = await start(started, push_config(sim, tmp_path, **{"online-graph": GRAPH_PUSH}))
+    state = exporter.resources.push.targets["online-graph"]
+    await until(lambda: state.current is not None and state.notifications["created"] >= 1)
+    await until(lambda: sum(state.delays.counts) >= 1)
+    subscription = sim.graph_subscriptions[state.current.id]  # type: ignore[union-attr]
+    assert subscription.alive
+    await until(lambda: exporter.store.latest.get(("online-graph", "push")) is not None
+                and exporter.store.latest[("online-graph", "push")].success)  # fmt: skip
+
+    sim.send_lifecycle(subscription.id, "subscriptionRemoved")
+    await until(lambda: state.current is not None and state.current.id != subscription.id, timeout=8)
+
+    current = state.current.id  # type: ignore[union-attr]
+    await exporter.stop()
+    started.remove(exporter)
+    assert not sim.graph_subscriptions[current].alive  # deleted on shutdown
+
+
+async def test_graph_validation_failure_is_a_subscribe_failure(sim: Simulator, tmp_path: Path) -> None:
+    path = push_config(sim, tmp_path, **{"online-graph": GRAPH_PUSH})
+    config = load_config(path)  # no exporter running: nothing answers Graph's validation request
+    result = await run(config, config.targets_by_name()["online-graph"], "push")
+    assert not result.success and result.reason == Reason.BAD_RESPONSE, result
+    assert "validation" in result.message.lower()
+
+
+async def test_notification_url(sim: Simulator, tmp_path: Path) -> None:
+    config: Config = load_config(push_config(sim, tmp_path))
+    target = config.targets_by_name()["bems-url"]
+    assert target.exchange_label == ""
+    assert (await run(config, target, "notification_url")).success
+    for fault in ("no_echo", "wrong_echo"):
+        sim.set_bems_fault(fault)
+        result = await run(config, target, "notification_url")
+        assert result.reason == Reason.BAD_RESPONSE and "echo" in result.message, result
