@@ -282,3 +282,46 @@ def test_ca_file_must_be_readable(tmp_path: Path, secret_file: Path) -> None:
         "defaults.tls.ca_file",
         "cannot read CA file /nonexistent/ca.pem",
     )
+
+
+PUSH_BASE = """
+scenario: onprem-bems-hybrid
+{notifications}
+credentials:
+  app: {{tenant_id: t.onmicrosoft.com, client_id: c, client_secret: s3cret}}
+targets:
+  - {{name: g, kind: graph, exchange: online, credential: app, {push}}}
+  - {{name: bems, kind: notification_url, url: 'https://bems.corp.example.com/notificationClient'{extra}}}
+"""
+LISTENER = "notifications: {listen_address: ':10443', public_url: 'https://monitor.corp.example.com:10443'}"
+
+
+@pytest.mark.parametrize(("notifications", "push", "extra", "key", "reason"), [
+    ("", "push: {mailbox: p@contoso.com}", "", "targets[0].push",
+     "push needs a notifications block (the exporter's listener)"),
+    (LISTENER.replace("https://", "http://"), "push: {mailbox: p@contoso.com}", "", "notifications.public_url",
+     "Graph calls back over https only"),
+    (LISTENER, "push: {mailbox: p@contoso.com, status_frequency: 5}", "", "targets[0].push.status_frequency",
+     "Graph sends no keep-alives: this is an EWS setting"),
+    (LISTENER, "push: {mailbox: p@contoso.com}", ", exchange: online", "targets[1].exchange",
+     "a notification_url target is on the BEMS side: it has no exchange"),
+    (LISTENER.replace("10443'}", "10443/x?y=1'}"), "push: {mailbox: p@contoso.com}",
+     "", "notifications.public_url",
+     "'https://monitor.corp.example.com:10443/x?y=1' must be an http:// or https:// URL without query or fragment"),
+    (LISTENER.replace("':10443'", "'10443'"), "push: {mailbox: p@contoso.com}", "", "notifications.listen_address",
+     "'10443': expected HOST:PORT or :PORT"),
+    (LISTENER, "push: {mailbox: nobody}", "", "targets[0].push.mailbox", "'nobody' is not an SMTP address"),
+])  # fmt: skip
+def test_bad_push_configuration(notifications: str, push: str, extra: str, key: str, reason: str) -> None:
+    text = PUSH_BASE.format(notifications=notifications, push=push, extra=extra)
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "push.yml")
+    assert (caught.value.key, caught.value.reason) == (key, reason)
+
+
+def test_push_defaults() -> None:
+    config = parse_config(PUSH_BASE.format(notifications=LISTENER, push="push: {mailbox: p@contoso.com}", extra=""),
+                          "push.yml")  # fmt: skip
+    graph = config.targets_by_name()["g"]
+    assert graph.push_stall_after.total_seconds() == 360  # the write interval (5m) plus a minute
+    assert config.targets_by_name()["bems"].exchange_label == ""

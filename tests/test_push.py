@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,7 +14,9 @@ from typing import Any
 import pytest
 import yaml
 from checks import run
+from samples import parse, value
 
+from exporter import exposition
 from exporter.app import Exporter
 from exporter.config import Config, load_config
 from exporter.results import Reason
@@ -94,6 +98,13 @@ async def test_ews_push_keepalives_events_and_stall(sim: Simulator, tmp_path: Pa
     assert first is not None and first.active
     result = exporter.store.latest.get(("onprem-ews", "push"))
     assert result is not None and result.success, result
+    samples = parse(exposition.render(exporter.registry.collect()).decode())
+    labels = {"target": "onprem-ews", "exchange": "onprem"}
+    assert value(samples, "bems_push_subscription_active", **labels, mailbox="alice@corp.example.test") == 1
+    assert value(samples, "bems_push_notifications_total", **labels, kind="status") >= 2
+    assert value(samples, "bems_push_notification_delay_seconds_count", **labels) >= 1
+    assert value(samples, "bems_push_rejected_total", **labels, reason="client_state") == 0
+    assert value(samples, "bems_notification_url_success", target="bems-url") in (None, 1.0)
 
     sim.set_push_fault("drop_subscriptions")  # Exchange silently forgets: nothing more arrives
 
@@ -145,6 +156,10 @@ async def test_graph_push_validation_delivery_and_cleanup(sim: Simulator, tmp_pa
     await until(lambda: exporter.store.latest.get(("online-graph", "push")) is not None
                 and exporter.store.latest[("online-graph", "push")].success)  # fmt: skip
 
+    expiration = subscription.expiration
+    sim.send_lifecycle(subscription.id, "reauthorizationRequired")  # answered by renewing it
+    await until(lambda: subscription.expiration > expiration and not state.current.reauthorize, timeout=8)  # type: ignore[union-attr]
+
     sim.send_lifecycle(subscription.id, "subscriptionRemoved")
     await until(lambda: state.current is not None and state.current.id != subscription.id, timeout=8)
 
@@ -171,3 +186,17 @@ async def test_notification_url(sim: Simulator, tmp_path: Path) -> None:
         sim.set_bems_fault(fault)
         result = await run(config, target, "notification_url")
         assert result.reason == Reason.BAD_RESPONSE and "echo" in result.message, result
+
+
+async def test_push_metrics_pass_promtool(sim: Simulator, tmp_path: Path, started: list[Exporter]) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:  # `make test` installs it: a missing tool is a failure, never a skip
+        pytest.fail("promtool is not installed (run `make tools`)")
+    exporter = await start(started, push_config(sim, tmp_path, **{"onprem-ews": EWS_PUSH}))
+    state = exporter.resources.push.targets["onprem-ews"]
+    await until(lambda: sum(state.delays.counts) >= 1)
+    text = exposition.render(exporter.registry.collect())
+    lint = await asyncio.to_thread(
+        subprocess.run, [promtool, "check", "metrics"], input=text, capture_output=True, timeout=30
+    )
+    assert lint.returncode == 0 and not lint.stdout.strip() and not lint.stderr.strip(), lint
