@@ -42,6 +42,11 @@ PROBE_METRICS = (
     MetricSpec("bems_probe_runs_total", "Runs of the check since the exporter started.", "counter", ("check",)),
     MetricSpec("bems_probe_failures_total", "Failed runs of the check, by reason.", "counter", ("check", "reason")),
     MetricSpec(
+        "bems_probe_interval_seconds",
+        "How often the check is scheduled: a last run older than a few intervals means stale results.",
+        labels=("check",),
+    ),
+    MetricSpec(
         "bems_probe_overruns_total",
         "Runs of the check skipped because the previous run was still going.",
         "counter",
@@ -100,13 +105,17 @@ class BemsCollector(Collector):
 
     def _check_families(self) -> Iterator[Metric]:
         store = self.store
+        config = self.status.config if self.status is not None else None
         fams = {spec.name: _family(spec, spec.label_names) for spec in PROBE_METRICS}
         for target_name, checks in store.checks.items():
-            exchange = store.targets[target_name].exchange_label
+            target = store.targets[target_name]
+            exchange = target.exchange_label
             for check in checks:
                 key = (target_name, check)
                 labels = [target_name, exchange, check]
                 fams["bems_probe_overruns_total"].add_metric(labels, store.overruns[key])
+                if config is not None:
+                    fams["bems_probe_interval_seconds"].add_metric(labels, config.interval_of(target).total_seconds())
                 result = store.latest.get(key)
                 if result is None:
                     continue
