@@ -62,16 +62,8 @@ class CertificateAuthority:
     @classmethod
     def create(cls, common_name: str) -> CertificateAuthority:
         key = _new_key()
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-        now = datetime.now(UTC)
         certificate = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - _CA_VALIDITY_BEFORE_NOW)
-            .not_valid_after(now + _CA_VALIDITY_AFTER_NOW)
+            _self_signed(key, common_name, _CA_VALIDITY_BEFORE_NOW, _CA_VALIDITY_AFTER_NOW)
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(_key_usage(signs_certificates=True), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
@@ -129,16 +121,22 @@ def create_signing_certificate(common_name: str, validity: timedelta = timedelta
     RSA, not EC: Entra accepts RS256/PS256 client assertions only, and those are what MSAL signs.
     """
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    certificate = _self_signed(key, common_name, DEFAULT_LEAF_VALIDITY_BEFORE_NOW, validity).sign(key, hashes.SHA256())
+    return certificate.public_bytes(serialization.Encoding.PEM), _private_key_pem(key)
+
+
+def _self_signed(
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey, common_name: str, before: timedelta, after: timedelta
+) -> x509.CertificateBuilder:
+    """A builder for a certificate that names ``common_name`` as both subject and issuer."""
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = datetime.now(UTC)
-    certificate = (
+    return (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - DEFAULT_LEAF_VALIDITY_BEFORE_NOW)
-        .not_valid_after(now + validity)
-        .sign(key, hashes.SHA256())
+        .not_valid_before(now - before)
+        .not_valid_after(now + after)
     )
-    return certificate.public_bytes(serialization.Encoding.PEM), _private_key_pem(key)
