@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/bems-exchange-exporter demo
 
-## tools: the external programs the tests use (promtool from Debian's prometheus package)
+## tools: the external programs the tests use (promtool, Prometheus, Alertmanager and amtool, from Debian)
 tools:
 	scripts/install-tools.sh
 

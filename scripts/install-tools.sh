@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Installs the external programs the test suite runs for real: promtool (Debian package prometheus).
+# Installs the external programs the test suite runs for real: promtool (Debian package prometheus) and
+# amtool and alertmanager (Debian package prometheus-alertmanager).
 # In CI (CI=true) a missing tool is a failure, so this must succeed there; elsewhere it explains.
 set -euo pipefail
 
 packages=()
 command -v promtool >/dev/null 2>&1 || packages+=(prometheus)
+# Debian calls the alertmanager binary prometheus-alertmanager.
+{ command -v amtool && { command -v alertmanager || command -v prometheus-alertmanager; }; } >/dev/null 2>&1 \
+  || packages+=(prometheus-alertmanager)
 [ ${#packages[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
