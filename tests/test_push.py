@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import socket
 import subprocess
@@ -200,3 +201,32 @@ async def test_push_metrics_pass_promtool(sim: Simulator, tmp_path: Path, starte
         subprocess.run, [promtool, "check", "metrics"], input=text, capture_output=True, timeout=30
     )
     assert lint.returncode == 0 and not lint.stdout.strip() and not lint.stderr.strip(), lint
+
+
+RULES = Path(__file__).resolve().parent.parent / "deploy" / "prometheus" / "rules"
+RULE_METRIC = re.compile(r"(?<![:\w])(bems_[a-z0-9_]+)")
+
+
+async def test_every_metric_the_rules_use_is_in_real_output(sim: Simulator, tmp_path: Path,
+                                                            started: list[Exporter]) -> None:  # fmt: skip
+    used = {
+        re.sub(r"_(bucket|count|sum)$", "", name)
+        for path in RULES.glob("*.yml")
+        for group in yaml.safe_load(path.read_text())["groups"]
+        for rule in group["rules"]
+        for name in RULE_METRIC.findall(str(rule.get("expr", "")) + str(rule.get("annotations", "")))
+    }
+    assert "bems_impersonation_success" in used
+    # An estate that exercises every family: push, the BEMS URL, a certificate credential that may read its own
+    # registration, and one failing mailbox for the failure series.
+    sim.configure_entra(graph_roles=["Mail.Read", "Mail.ReadWrite", "User.Read.All", "Application.Read.All"])
+    sim.revoke_impersonation("bob@corp.example.test")
+    exporter = await start(started, push_config(sim, tmp_path, **{"onprem-ews": EWS_PUSH}))
+    await until(lambda: exporter.ready(), timeout=15)
+    await until(lambda: exporter.store.latest.get(("online-ews", "token")) is not None)
+    exported = {
+        re.sub(r"_(bucket|count|sum|total|created)$", "", name)
+        for (name, _labels) in parse(exposition.render(exporter.registry.collect()).decode())
+    }
+    missing = {name for name in used if name not in exported and re.sub(r"_total$", "", name) not in exported}
+    assert missing == set()
