@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the external programs the test suite runs for real: promtool (Debian package prometheus) and
-# amtool and alertmanager (Debian package prometheus-alertmanager).
+# amtool and alertmanager (Debian package prometheus-alertmanager), and chromium for the status page.
 # In CI (CI=true) a missing tool is a failure, so this must succeed there; elsewhere it explains.
 set -euo pipefail
 
@@ -9,6 +9,8 @@ command -v promtool >/dev/null 2>&1 || packages+=(prometheus)
 # Debian calls the alertmanager binary prometheus-alertmanager.
 { command -v amtool && { command -v alertmanager || command -v prometheus-alertmanager; }; } >/dev/null 2>&1 \
   || packages+=(prometheus-alertmanager)
+# The status page is tested in a real headless browser.
+command -v chromium >/dev/null 2>&1 || packages+=(chromium)
 [ ${#packages[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -189,7 +189,14 @@ async def test_landing_page_lists_targets_and_links(client: TestClient, exporter
 
     await wait_for(ready)
     page = await (await client.get("/")).text()
-    for needle in ("onprem-ews", "online-graph", 'href="metrics"', 'href="config"', "✓ tls", "onprem-bems-hybrid"):
+    for needle in (
+        "onprem-ews",
+        "online-graph",
+        'href="metrics"',
+        'href="config"',
+        "onprem-bems-hybrid",
+        'data-target="onprem-ews" data-check="tls" data-state="ok"',
+    ):
         assert needle in page
 
 
