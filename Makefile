@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint tools bench clean
+.PHONY: demo test lint tools bench dashboards clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ test: $(STAMP) tools lint
 ## bench: the benchmark (prints figures; asserts nothing timed)
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+## dashboards: regenerate the Grafana dashboards (grafana/dashboards/*.json) from grafana/dashboards.py
+dashboards: $(STAMP)
+	$(BIN)/python -m grafana.build
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info .demo

@@ -1,0 +1,1 @@
+"""Grafana dashboards of bems-exchange-exporter as code: `python -m grafana.build` writes grafana/dashboards/."""
