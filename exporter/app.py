@@ -45,8 +45,9 @@ def revision() -> str:
 
 
 class Exporter:
-    def __init__(self, config_file: str) -> None:
+    def __init__(self, config_file: str, shard: tuple[int, int] | None = None) -> None:
         self.config_file = config_file
+        self.shard = shard  # --shard overrides the file's shard key
         self.store = ResultStore()
         self.status = ExporterStatus(__version__, revision())
         self.resources = Resources()
@@ -66,7 +67,14 @@ class Exporter:
 
     def load(self) -> None:
         """The first load: a bad file is fatal (raises ConfigError)."""
-        self._apply(load_config(self.config_file))
+        self._apply(self._read())
+
+    def _read(self) -> Config:
+        """The configuration file, cut down to this replica's share when sharded."""
+        config = load_config(self.config_file)
+        if self.shard is not None:
+            config = config.model_copy(update={"shard": self.shard})
+        return config.sharded()
 
     async def start(self) -> None:
         """Start the checks and, when push probes are configured, the notification listener."""
@@ -83,7 +91,7 @@ class Exporter:
         """Load the file again; on error keep running the last good configuration."""
         async with self._reload_lock:
             try:
-                config = load_config(self.config_file)
+                config = self._read()
             except ConfigError as err:
                 self.status.reload_successful = False
                 log.error(

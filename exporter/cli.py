@@ -14,7 +14,15 @@ from aiohttp import web
 
 from . import __version__, report, scenario
 from .app import Exporter
-from .config import DEFAULT_CONFIG_FILE, Config, ConfigError, format_duration, load_config, parse_listen_address
+from .config import (
+    DEFAULT_CONFIG_FILE,
+    Config,
+    ConfigError,
+    format_duration,
+    load_config,
+    parse_listen_address,
+    parse_shard,
+)
 from .listener import Listener
 from .logs import FORMATS, LEVELS, setup_logging
 from .probes import CHECKS, checks_for, planned_checks
@@ -84,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="exporter-toolkit web configuration: TLS and basic authentication",
     )
+    parser.add_argument(
+        "--shard", metavar="i/N", type=_shard,
+        help="run shard i (from 0) of N replicas that split the checks by a stable hash (overrides shard:)",
+    )  # fmt: skip
     parser.add_argument("--version", action="version", version=f"bems-exchange-exporter {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -118,6 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
                 help=f"exporter address (default {DEMO_LISTEN_ADDRESS})",
             )
     return parser
+
+
+def _shard(value: str) -> tuple[int, int]:
+    try:
+        shard = parse_shard(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    assert shard is not None
+    return shard
 
 
 def config_summary(config: Config, file: str) -> str:
@@ -265,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parse_listen_address(args.listen_address)
         except ValueError as err:
             raise ValueError(f"--web.listen-address {err}") from None
-        exporter = Exporter(args.config_file)
+        exporter = Exporter(args.config_file, shard=args.shard)
         exporter.load()
     except (ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

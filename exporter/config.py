@@ -8,6 +8,7 @@ reason; nothing is half-applied.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Iterator
@@ -441,6 +442,22 @@ class Target(_Model):
         return urlsplit(self.url).port or 443
 
 
+def parse_shard(value: Any) -> tuple[int, int] | None:
+    """``i/N``: this replica is shard ``i`` (from 0) of ``N``."""
+    if value is None or isinstance(value, tuple):
+        return value
+    index, sep, count = str(value).partition("/")
+    if not sep or not index.isdigit() or not count.isdigit() or not 0 <= int(index) < int(count):
+        raise ValueError(f"{value!r} is not i/N with 0 <= i < N (for example 0/3)")
+    return int(index), int(count)
+
+
+def shard_of(key: str, count: int) -> int:
+    """Rendezvous hashing: the shard with the highest hash of (key, shard). Stable across restarts and
+    replicas, and going from N to N+1 shards moves only the keys the new shard wins: about 1/(N+1)."""
+    return max(range(count), key=lambda shard: hashlib.blake2b(f"{key}\x1f{shard}".encode(), digest_size=8).digest())
+
+
 class Config(_Model):
     scenario: Scenario
     defaults: Defaults = Defaults()
@@ -448,6 +465,25 @@ class Config(_Model):
     notifications: Notifications | None = None
     credentials: dict[str, Credential] = {}
     targets: tuple[Target, ...] = Field(min_length=1)
+    shard: Annotated[tuple[int, int] | None, BeforeValidator(parse_shard)] = None  # (index, count)
+
+    def owns(self, key: str) -> bool:
+        """Whether this replica runs the work keyed ``key`` (always, unless sharded)."""
+        return self.shard is None or shard_of(key, self.shard[1]) == self.shard[0]
+
+    def sharded(self) -> Config:
+        """This replica's share: targets keep only the mailboxes (and push probe) it owns; target-level
+        checks are filtered by ``owns(target)`` when they are planned (``probes.checks_for``)."""
+        if self.shard is None:
+            return self
+        targets = tuple(
+            t.model_copy(update={
+                "mailboxes": tuple(m for m in t.mailboxes if self.owns(mailbox_key(t, m))),
+                "push": t.push if t.push is None or self.owns(mailbox_key(t, t.push.mailbox)) else None,
+            })
+            for t in self.targets
+        )  # fmt: skip
+        return self.model_copy(update={"targets": targets})
 
     @model_validator(mode="after")
     def _cross_references(self) -> Config:
@@ -547,6 +583,10 @@ class Config(_Model):
                     credential[field] = f"<secret from {source}>" if source != "inline" else "<secret>"
             data["credentials"][name] = credential
         return data
+
+
+def mailbox_key(target: Target, mailbox: str) -> str:
+    return f"{target.name}\x1f{mailbox.lower()}"
 
 
 class _KeyedError(ValueError):

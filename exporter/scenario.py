@@ -162,6 +162,8 @@ def evaluate(config: Config, store: ResultStore) -> list[Verdict]:
     for side in SIDES[config.scenario]:
         for requirement, rule in _rules(config, side).items():
             met, reason, detail = rule(config, store, side)
+            if reason == NOT_CONFIGURED and config.shard is not None:
+                continue  # another shard checks it (or none does: the unsharded --config.check says so)
             verdicts.append(Verdict(side, requirement, met, reason, detail, "" if met else HINTS[requirement]))
     return verdicts
 

@@ -23,7 +23,8 @@ CHECKS: dict[str, Check] = {
 
 
 def checks_for(config: Config, target: Target) -> list[Check]:
-    return [check for check in CHECKS.values() if check.applies(config, target)]
+    owned = config.owns(target.name)  # per-mailbox checks are owned through the sharded mailboxes instead
+    return [check for check in CHECKS.values() if (owned or check.per_mailbox) and check.applies(config, target)]
 
 
 def planned_checks(config: Config) -> dict[str, tuple[str, ...]]:

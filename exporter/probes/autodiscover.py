@@ -145,5 +145,12 @@ async def probe(target: Target, ctx: ProbeContext) -> CheckResult:
     return ctx.rec.passed()
 
 
-CHECK = Check("autodiscover", probe, _applies, (SUCCESS, EWS_URL, URL_MATCH), uses_credential=True,
-              requests=_requests)  # fmt: skip
+CHECK = Check(
+    "autodiscover",
+    probe,
+    _applies,
+    (SUCCESS, EWS_URL, URL_MATCH),
+    uses_credential=True,
+    requests=_requests,
+    per_mailbox=True,
+)

@@ -50,6 +50,8 @@ class Check:
     # How many requests one run makes that each get the target's timeout (per-mailbox checks make one
     # per mailbox); the run as a whole gets that many timeouts, but never more than the interval.
     requests: Callable[[Config, Target], int] = lambda _config, _target: 1
+    # Sharded by (target, mailbox) rather than by target: the sharded config keeps a target's owned mailboxes.
+    per_mailbox: bool = False
 
 
 def every_target(_config: Config, _target: Target) -> bool:

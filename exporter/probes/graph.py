@@ -116,4 +116,4 @@ async def probe(target: Target, ctx: ProbeContext) -> CheckResult:
     return ctx.rec.passed()
 
 
-CHECK = Check("graph", probe, _applies, (SUCCESS,), uses_credential=True, requests=per_mailbox)
+CHECK = Check("graph", probe, _applies, (SUCCESS,), uses_credential=True, requests=per_mailbox, per_mailbox=True)

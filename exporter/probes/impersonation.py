@@ -80,4 +80,6 @@ async def probe(target: Target, ctx: ProbeContext) -> CheckResult:
     return ctx.rec.passed()
 
 
-CHECK = Check("impersonation", probe, _applies, (SUCCESS,), uses_credential=True, requests=per_mailbox)
+CHECK = Check(
+    "impersonation", probe, _applies, (SUCCESS,), uses_credential=True, requests=per_mailbox, per_mailbox=True
+)

@@ -225,4 +225,4 @@ async def end_graph_subscriptions(config: Config, resources: Resources) -> None:
             log.warning("could not delete a Graph subscription", extra={"fields": {"target": name, "err": str(err)}})
 
 
-CHECK = Check("push", probe, _applies, (), uses_credential=True)
+CHECK = Check("push", probe, _applies, (), uses_credential=True, per_mailbox=True)
