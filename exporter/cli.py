@@ -7,7 +7,7 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from aiohttp import web
@@ -189,6 +189,18 @@ async def _run_probe(config: Config, target_name: str | None, check_name: str | 
     return 0 if all(r.success for r in store.latest.values()) else 1
 
 
+def _on_signals(loop: asyncio.AbstractEventLoop, reload: Callable[[], None], stop: Callable[[], None]) -> None:
+    """SIGHUP reloads, SIGTERM/SIGINT stop. Windows (the BEMS host) has no SIGHUP and its event loop takes
+    no signal handlers: there a reload is ``POST /-/reload`` and a stop comes through ``signal.signal``."""
+    try:
+        loop.add_signal_handler(signal.SIGHUP, reload)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop)
+    except (NotImplementedError, AttributeError):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stop))
+
+
 async def _serve(
     exporter: Exporter, listen_address: str, web_config: WebConfig | None, ready: asyncio.Event | None = None
 ) -> None:
@@ -212,9 +224,7 @@ async def _serve(
             reloads.add(task)
             task.add_done_callback(reloads.discard)
 
-        loop.add_signal_handler(signal.SIGHUP, reload_on_signal)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        _on_signals(loop, reload_on_signal, stop.set)
         if ready is not None:
             ready.set()
         await stop.wait()

@@ -1,0 +1,72 @@
+# syntax=docker/dockerfile:1
+# bems-exchange-exporter container image (docs/deployment.md).
+#
+#   docker build -t bems-exchange-exporter:0.1.0 .
+#   docker run --read-only --tmpfs /tmp:rw,noexec,nosuid,size=16m \
+#     -v /srv/bems/config.yml:/etc/bems-exchange-exporter/config.yml:ro \
+#     -v /srv/bems/secrets:/run/secrets/bems:ro -p 10442:10442 bems-exchange-exporter:0.1.0
+#
+# Nothing secret or site-specific is baked in: the configuration is mounted at
+# /etc/bems-exchange-exporter/config.yml and its secrets as files (`*_file` keys, e.g. /run/secrets/bems/...).
+# The image runs as the numeric non-root user 65532 and needs no writable path but /tmp (a tmpfs).
+
+ARG PYTHON_IMAGE=python:3.11-slim
+
+# --- builder: build the wheel, install it and its dependencies into /opt/venv -----------------------
+FROM ${PYTHON_IMAGE} AS builder
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+# Only what the wheel needs (see .dockerignore): the package, its metadata and the README (long description).
+COPY pyproject.toml README.md ./
+COPY exporter ./exporter
+# tests/test_packaging.py runs these same two pip commands outside Docker: keep them in step.
+RUN python -m venv /opt/venv \
+    && pip wheel --no-deps --wheel-dir /tmp/wheels . \
+    && /opt/venv/bin/pip install /tmp/wheels/*.whl \
+    && /opt/venv/bin/python -m compileall -q /opt/venv
+
+# --- final: the venv on a clean Python, no build tools, no source --------------------------------------
+FROM ${PYTHON_IMAGE}
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+ARG CREATED=unknown
+LABEL org.opencontainers.image.title="bems-exchange-exporter" \
+      org.opencontainers.image.description="Prometheus exporter that checks every Microsoft Exchange prerequisite of BlackBerry BEMS Push Notifications" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.documentation="docs/deployment.md" \
+      org.opencontainers.image.base.name="docker.io/library/python:3.11-slim"
+
+COPY --from=builder /opt/venv /opt/venv
+# PYTHONDONTWRITEBYTECODE: the root filesystem may be read-only; the venv is byte-compiled at build time.
+# TMPDIR: the only writable place, a tmpfs mounted at /tmp (docker run --tmpfs /tmp, emptyDir in Kubernetes).
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    TMPDIR=/tmp
+
+# The configuration directory exists (mount point) but holds nothing: mount config.yml there, read-only.
+# /var/lib/bems-exchange-exporter belongs to the runtime user so that a named volume mounted there (the
+# compose demo's simulator state) starts writable; the exporter itself never writes to disk.
+RUN install -d -m 0755 /etc/bems-exchange-exporter \
+    && install -d -o 65532 -g 65532 -m 0750 /var/lib/bems-exchange-exporter
+
+# A numeric user and group that exist in no passwd file: Kubernetes runAsNonRoot can verify it.
+USER 65532:65532
+WORKDIR /tmp
+
+# /metrics, /-/healthy, /-/ready (the notification listener, 10443 by default, is published only when
+# the configuration has a `notifications:` block).
+EXPOSE 10442
+
+# Python's urllib, no curl in the image. Plain HTTP: with --web.config.file (TLS, basic auth) use an
+# orchestrator probe instead, or --no-healthcheck.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:10442/-/healthy', timeout=4).status == 200 else 1)"]
+
+ENTRYPOINT ["bems-exchange-exporter"]
+CMD ["--config.file=/etc/bems-exchange-exporter/config.yml"]
