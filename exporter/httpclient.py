@@ -19,6 +19,7 @@ from urllib.parse import quote, urljoin, urlsplit
 
 import aiohttp
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from . import xmlsafe
@@ -205,10 +206,15 @@ def requests_session(home: str, ca_file: str | None, proxy: Proxy | None) -> req
 
 
 def read_bounded(response: requests.Response, deadline: float) -> bytes:
-    """Read a streamed requests response up to MAX_BODY_BYTES before ``deadline`` (from a worker thread)."""
+    """Read a streamed requests response up to MAX_BODY_BYTES before ``deadline`` (from a worker thread).
+
+    ``read1`` returns what one read from the socket brought (decompressed, at most ``_CHUNK``): a
+    server that drips a byte at a time, each within the socket timeout, still meets the deadline
+    (``iter_content`` would wait for a whole chunk and hold the thread and the connection for hours).
+    """
     chunks, size = [], 0
     try:
-        for chunk in response.iter_content(_CHUNK):
+        while chunk := response.raw.read1(_CHUNK, decode_content=True):
             size += len(chunk)
             if size > MAX_BODY_BYTES:
                 raise ProbeFailure(
@@ -217,6 +223,10 @@ def read_bounded(response: requests.Response, deadline: float) -> bytes:
             if time.monotonic() > deadline:
                 raise ProbeFailure(Reason.TIMEOUT, "the response did not arrive within the timeout")
             chunks.append(chunk)
+    except urllib3.exceptions.ReadTimeoutError:
+        raise ProbeFailure(Reason.TIMEOUT, "the response did not arrive within the timeout") from None
+    except urllib3.exceptions.HTTPError as err:  # truncated, bad chunking, undecodable Content-Encoding
+        raise ProbeFailure(Reason.BAD_RESPONSE, f"malformed HTTP response: {type(err).__name__}") from None
     finally:
         response.close()
     return b"".join(chunks)

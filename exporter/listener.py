@@ -6,6 +6,7 @@ a bound; a Graph validation request is echoed at once, as Graph requires within 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from urllib.parse import urlsplit
@@ -18,6 +19,9 @@ from .push import MAX_CALLBACK_BYTES, PushRegistry
 log = logging.getLogger(__name__)
 
 
+BODY_SECONDS = 10.0  # Exchange and Graph send a callback at once; Graph itself gives up after 3 s
+
+
 def callback_path(kind: str, target: str) -> str:
     return f"/push/{kind}/{target}"
 
@@ -28,14 +32,23 @@ def callback_url(notifications: Notifications, target: Target, lifecycle: bool =
 
 
 async def _body(request: web.Request) -> bytes:
-    # Up to one byte past the bound: enough to tell an oversize body without reading the rest of it.
+    # Up to one byte past the bound: enough to tell an oversize body without reading the rest of it; and
+    # within a deadline, so that a client dripping its body cannot hold a connection for ever.
     chunks, size = [], 0
-    while size <= MAX_CALLBACK_BYTES:
-        chunk = await request.content.read(MAX_CALLBACK_BYTES + 1 - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
+    try:
+        async with asyncio.timeout(BODY_SECONDS):
+            while size <= MAX_CALLBACK_BYTES:
+                chunk = await request.content.read(MAX_CALLBACK_BYTES + 1 - size)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+    except ConnectionResetError:
+        # The caller went away mid-body (a slow or broken client): nothing to answer, nothing to log
+        # as an error (aiohttp would log a traceback per dropped connection).
+        raise web.HTTPBadRequest() from None
+    except TimeoutError:
+        raise web.HTTPRequestTimeout() from None
     return b"".join(chunks)
 
 

@@ -81,13 +81,17 @@ async def send(
     Redirects are returned; with ``follow``, those within the target's own origin are followed (any
     other is ``redirect_blocked``).
     """
+    visited = {url}
     for _ in range(MAX_REDIRECTS + 1):
         response = await _send_once(ctx, target, url, method, body, dict(headers or {}), scope, http_method)
         next_url = redirect_target(response, target.url) if follow else None
         if next_url is None:
             return response
+        if next_url in visited:  # a loop: nothing more to learn, and no reason to resend credentials
+            raise ProbeFailure(Reason.REDIRECT_BLOCKED, f"redirect loop at {next_url}: not followed again")
+        visited.add(next_url)
         url = next_url
-    raise ProbeFailure(Reason.BAD_RESPONSE, f"more than {MAX_REDIRECTS} redirects")
+    raise ProbeFailure(Reason.REDIRECT_BLOCKED, f"more than {MAX_REDIRECTS} redirects: not followed further")
 
 
 async def _send_once(

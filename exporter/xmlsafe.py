@@ -18,7 +18,8 @@ class UnsafeXML(ValueError):
 
 
 def parse(body: bytes) -> ET.Element:
-    if _DECLARATIONS.search(body):
+    # Dropping NUL bytes makes a UTF-16 document's ASCII markup searchable too.
+    if _DECLARATIONS.search(body) or _DECLARATIONS.search(body.replace(b"\x00", b"")):
         raise UnsafeXML("the document declares a DOCTYPE or an ENTITY, which Exchange never does")
     try:
         return ET.fromstring(body)

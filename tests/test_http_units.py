@@ -179,3 +179,9 @@ def test_requests_sessions_send_only_to_their_origin(url: str) -> None:
     session = requests_session("https://login.example.com/tenant", None, None)
     with pytest.raises(ForeignOriginError, match=re.escape("only https://login.example.com:443 is configured")):
         session.post(url, data={"client_secret": "s3cret"})  # refused before any connection is made
+
+
+def test_a_utf16_doctype_is_refused_too() -> None:
+    body = '<?xml version="1.0" encoding="utf-16"?><!DOCTYPE a [<!ENTITY x "y">]><a>&x;</a>'.encode("utf-16")
+    with pytest.raises(xmlsafe.UnsafeXML, match="DOCTYPE or an ENTITY"):
+        xmlsafe.parse(body)

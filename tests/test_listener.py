@@ -184,3 +184,25 @@ def test_reload_keeps_unchanged_push_state(config: Config) -> None:
     assert registry.targets["ews"].current is not None
     registry.configure(config.model_copy(update={"targets": config.targets[:1]}))
     assert set(registry.targets) == {"ews"}
+
+
+async def test_a_dripping_body_is_cut_off(
+    config: Config, listening: tuple[PushRegistry, aiohttp.ClientSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from exporter import listener
+
+    monkeypatch.setattr(listener, "BODY_SECONDS", 0.5)
+    _registry, http = listening
+    url = local(callback_url(config.notifications, config.targets_by_name()["ews"]))  # type: ignore[arg-type]
+
+    async def drip():  # type: ignore[no-untyped-def]
+        for _ in range(20):
+            yield b"<"
+            await asyncio.sleep(0.2)
+
+    started = time.monotonic()
+    async with http.post(url, data=drip()) as response:
+        assert response.status == 408
+    assert time.monotonic() - started < 2.0  # not the 4 s the drip would take

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from .hostile import Hostile, HostileKind
 from .tls import LOOPBACK_HOSTNAME, CertificateVariant, ServerCertificates
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,20 @@ class Fault(StrEnum):
     WRONG_HOST = "wrong_host"
     UNTRUSTED = "untrusted"
     PLAINTEXT = "plaintext"
+    # Hostile replies after TLS and authentication (hostile.py).
+    ENTITY_EXPANSION = HostileKind.ENTITY_EXPANSION.value
+    XXE = HostileKind.XXE.value
+    ENDLESS_BODY = HostileKind.ENDLESS_BODY.value
+    HUGE_CONTENT_LENGTH = HostileKind.HUGE_CONTENT_LENGTH.value
+    GZIP_BOMB = HostileKind.GZIP_BOMB.value
+    DRIP = HostileKind.DRIP.value
+    REDIRECT_LOOP = HostileKind.REDIRECT_LOOP.value
+    REDIRECT_HTTP = HostileKind.REDIRECT_HTTP.value
+    REDIRECT_FOREIGN = HostileKind.REDIRECT_FOREIGN.value
+    TRUNCATED_XML = HostileKind.TRUNCATED_XML.value
+    INVALID_UTF8 = HostileKind.INVALID_UTF8.value
+    WRONG_NAMESPACE = HostileKind.WRONG_NAMESPACE.value
+    HTML_200 = HostileKind.HTML_200.value
 
     @classmethod
     def parse(cls, value: str) -> Fault:
@@ -53,6 +68,7 @@ _CERTIFICATE_FOR_FAULT = {
     Fault.EXPIRED: CertificateVariant.EXPIRED,
     Fault.WRONG_HOST: CertificateVariant.WRONG_HOST,
     Fault.UNTRUSTED: CertificateVariant.UNTRUSTED,
+    **{Fault(kind.value): CertificateVariant.VALID for kind in HostileKind},
 }
 
 
@@ -139,6 +155,7 @@ class Endpoint:
         build_app: Callable[[], web.Application],
         certificates: ServerCertificates,
         reached_by_address: bool = False,
+        hostile: Hostile | None = None,
     ) -> None:
         self.name = name
         self.nominal_host = nominal_host
@@ -154,6 +171,7 @@ class Endpoint:
         self._build_app = build_app
         self._certificates = certificates
         self._listener: _Listener | None = None
+        self._hostile = hostile
         # Serialises fault changes: two overlapping restarts would race for the same port.
         self._lock = asyncio.Lock()
 
@@ -196,6 +214,10 @@ class Endpoint:
                 ssl_context = self._certificates.context(self.name, self._certificate_hostnames, variant)
             app = self._build_app()
             app.middlewares.append(self._delay_when_slow)
+            if fault.value in HostileKind.__members__.values():
+                if self._hostile is None:
+                    raise ValueError(f"endpoint {self.name} has no hostile replies for the {fault} fault")
+                app.middlewares.append(self._hostile.middleware(self.name, HostileKind(fault.value)))
             return await _HttpListener.start(app, sock, ssl_context)
         except BaseException:
             sock.close()

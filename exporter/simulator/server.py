@@ -28,6 +28,7 @@ from .ews import EwsRequest, EwsService, Throttling, ThrottlingKind
 from .files import write_atomically
 from .foreign import ForeignHost
 from .graph import GraphRequest, GraphService
+from .hostile import Hostile
 from .identity import Authenticator
 from .mailstore import MailItem, MailStore
 from .onprem_auth import (
@@ -159,6 +160,8 @@ class Simulator:
         self._autodiscover: dict[str, AutodiscoverService] = {}
         self._graph: GraphService | None = None
         self.foreign = ForeignHost(realm=NOMINAL_HOSTS[FOREIGN_ENDPOINT])
+        # Hostile endpoint faults (hostile.py): what they saw, and the plain-HTTP trap redirects point at.
+        self.hostile = Hostile()
 
     @property
     def admin_url(self) -> str:
@@ -225,8 +228,11 @@ class Simulator:
                 sock = bind_loopback_socket(self.host, 0)
                 builder = partial(self._build_endpoint_app, name)
                 self.endpoints[name] = Endpoint(
-                    name, nominal_host, sock, builder, self._certificates, reached_by_address=name == FOREIGN_ENDPOINT
-                )
+                    name, nominal_host, sock, builder, self._certificates,
+                    reached_by_address=name == FOREIGN_ENDPOINT, hostile=self.hostile,
+                )  # fmt: skip
+            self.hostile.foreign_url = self.endpoints[FOREIGN_ENDPOINT].url
+            await self.hostile.start(bind_loopback_socket(self.host, 0))
             for name, ews_endpoint in _EWS_OF_AUTODISCOVER.items():
                 self._autodiscover[name] = AutodiscoverService(
                     own_url=self.endpoints[name].url,
@@ -260,6 +266,7 @@ class Simulator:
         for endpoint in self.endpoints.values():
             await endpoint.close()
         self.endpoints.clear()
+        await self.hostile.close()
         # Last: handlers still running until their listener closed may have been calling back.
         await self._callbacks.close()
 
