@@ -100,7 +100,8 @@ class _HttpListener:
     ) -> _HttpListener:
         runner = web.AppRunner(app, shutdown_timeout=_SHUTDOWN_GRACE_SECONDS)
         await runner.setup()
-        await web.SockSite(runner, sock, ssl_context=ssl_context).start()
+        # IIS accepts a deep queue: a burst of probes must not overflow the simulator's SYN backlog.
+        await web.SockSite(runner, sock, ssl_context=ssl_context, backlog=1024).start()
         return cls(runner)
 
     async def stop(self) -> None:
