@@ -270,7 +270,6 @@ Faults: refuse, hang, slow, expired, wrong_host, untrusted, plaintext; DELETE th
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level, args.log_format)
-    logging.getLogger("apscheduler").setLevel(logging.ERROR)  # our own logs say what matters, per check
     if args.command == "simulate":
         from .simulator.server import serve as serve_simulator
 

@@ -66,6 +66,9 @@ ResultCallback = Callable[[CheckResult | None, CheckResult], None]  # (previous,
 
 class Scheduler:
     def __init__(self, store: ResultStore, resources: Resources, on_result: ResultCallback | None = None) -> None:
+        # APScheduler logs every run at INFO: at thousands of checks a minute that is most of the CPU, and our
+        # own logs say what matters per check (and count skipped runs as overruns).
+        logging.getLogger("apscheduler").setLevel(logging.ERROR)
         self.store = store
         self.resources = resources
         self.config: Config | None = None

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -30,3 +31,13 @@ async def simulator(tmp_path: Path) -> AsyncIterator[Simulator]:
 @pytest.fixture
 def sim_config_file(simulator: Simulator, tmp_path: Path) -> Path:
     return simulator.write_exporter_config(tmp_path / "bems.yml", interval="2s", timeout="1s")
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """A test that calls setup_logging (debug level, its own handler) must not slow every later test."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    yield
+    root.setLevel(level)
+    root.handlers[:] = handlers
