@@ -25,8 +25,12 @@ TEST_FILES = ("tests/test_fault_matrix.py", "tests/test_operators.py")
 BEGIN, END = "<!-- fault-matrix:begin -->", "<!-- fault-matrix:end -->"
 
 
-def case_rows(junit_xml: Path) -> list[tuple[str, str, float]]:
-    """(case, result, seconds) per test case of a pytest JUnit XML report (our own file: trusted XML)."""
+Row = tuple[str, str, float, dict[str, str]]
+
+
+def case_rows(junit_xml: Path) -> list[Row]:
+    """(case, result, seconds, recorded properties) per test case of a pytest JUnit XML report (our own
+    file: trusted XML). The matrix records ``peak_mib`` and ``lag_p99_s`` with ``record_property``."""
     rows = []
     for case in ET.parse(junit_xml).getroot().iter("testcase"):
         module = case.get("classname", "").rsplit(".", 1)[-1]
@@ -35,18 +39,22 @@ def case_rows(junit_xml: Path) -> list[tuple[str, str, float]]:
             if case.find(child) is not None:
                 outcome = name
                 break
-        rows.append((f"{module}::{case.get('name', '')}", outcome, float(case.get("time", "0") or 0)))
+        measured = {p.get("name", ""): p.get("value", "") for p in case.iter("property")}
+        rows.append((f"{module}::{case.get('name', '')}", outcome, float(case.get("time", "0") or 0), measured))
     return rows
 
 
-def render(rows: list[tuple[str, str, float]], files: list[str]) -> str:
-    passed = sum(1 for _, result, _ in rows if result == "passed")
+def render(rows: list[Row], files: list[str]) -> str:
+    passed = sum(1 for _, result, _, _ in rows if result == "passed")
     lines = [
         f"{passed} of {len(rows)} cases passed ({', '.join(f'`{f}`' for f in files)}).",
         "",
-        "| case | result | duration |",
-        "|---|---|---|",
-        *(f"| `{case}` | {result} | {seconds:.2f} s |" for case, result, seconds in rows),
+        "| case | result | duration | peak memory (MiB) | scheduling lag p99 (s) |",
+        "|---|---|---|---|---|",
+        *(
+            f"| `{case}` | {result} | {seconds:.2f} s | {m.get('peak_mib', '')} | {m.get('lag_p99_s', '')} |"
+            for case, result, seconds, m in rows
+        ),
     ]
     return "\n".join(lines)
 
