@@ -11,7 +11,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
@@ -22,6 +21,7 @@ import aiohttp
 import pytest
 import yaml
 from aiohttp import web
+from loopback import free_port
 
 from exporter.app import Exporter
 from exporter.simulator.server import Simulator
@@ -38,12 +38,6 @@ def tool(*names: str) -> str:
         if found:
             return found
     pytest.fail(f"{' or '.join(names)} is not installed (run `make tools`): the end-to-end test needs it")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def fast_rules(target_dir: Path) -> list[Path]:

@@ -31,6 +31,7 @@ import aiohttp
 import bcrypt
 import pytest
 import yaml
+from loopback import free_port
 from samples import Samples, parse, value
 
 from exporter.simulator.pki import CertificateAuthority
@@ -163,12 +164,6 @@ def cli(tmp_path: Path) -> Iterator[CLI]:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
         yield session
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def eventually(

@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ import aiohttp
 import pytest
 import yaml
 from aiohttp import web
+from loopback import free_port
 
 from exporter.app import Exporter
 from exporter.simulator.server import Simulator
@@ -240,12 +240,6 @@ def test_provisioning_points_at_the_dashboards() -> None:
 
 
 # ------------------------------------------------------------------------ the queries on a real Prometheus
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def promql(expr: str) -> str:

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
+from loopback import push_listener_config
 
-from exporter.config import Config, load_config
+from exporter.config import Config
 from exporter.listener import Listener, callback_url
 from exporter.push import MAX_CALLBACK_BYTES, ProbeItem, PushRegistry, Subscription
 
@@ -23,12 +23,6 @@ MESSAGES = "http://schemas.microsoft.com/exchange/services/2006/messages"
 def local(url: str) -> str:
     # The public URL is https (Graph requires it); here a TLS-terminating proxy stands in front, as often.
     return url.replace("https://", "http://")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def send_notification(subscription: str, events: str) -> bytes:
@@ -55,20 +49,7 @@ def created(item: str) -> str:
 
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
-    port = free_port()
-    path = tmp_path / "c.yml"
-    path.write_text(f"""
-scenario: onprem-bems-hybrid
-notifications: {{listen_address: "127.0.0.1:{port}", public_url: "https://127.0.0.1:{port}/monitor"}}
-credentials:
-  bemsadmin: {{username: 'CORP\\BEMSAdmin', password: not-used-here}}
-targets:
-  - {{name: ews, kind: ews, exchange: onprem, url: 'https://mail.corp.example.com/EWS/Exchange.asmx',
-     credential: bemsadmin, auth: [ntlm], push: {{mailbox: probe@corp.example.com, status_frequency: 1}}}}
-  - {{name: graph, kind: graph, exchange: online, url: 'https://graph.example.com/v1.0',
-     push: {{mailbox: probe@contoso.com, write_probe: true}}}}
-""")
-    return load_config(path)
+    return push_listener_config(tmp_path)
 
 
 @pytest.fixture

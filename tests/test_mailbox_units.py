@@ -270,7 +270,7 @@ def test_autodiscover_readers() -> None:
     [
         ("https://autodiscover.corp.example.com/autodiscover/autodiscover.xml", ("corp.example.com",)),
         ("https://corp.example.com/", ("example.com",)),
-    ("https://example.com/", ("example.com",)),
+        ("https://example.com/", ("example.com",)),
         ("https://localhost:8443/", ("localhost",)),
         ("https://10.1.2.3/autodiscover/", ("10.1.2.3",)),
     ],

@@ -25,8 +25,9 @@ import bcrypt
 import pytest
 import yaml
 from aiohttp.test_utils import TestClient, TestServer
+from loopback import free_port, push_listener_config
 from samples import parse, value
-from test_cli import CLI, EXIT_TIMEOUT, START_TIMEOUT, Proc, basic_auth, eventually, fetch, free_port, scrape
+from test_cli import CLI, EXIT_TIMEOUT, START_TIMEOUT, Proc, basic_auth, eventually, fetch, scrape
 
 from exporter import exposition
 from exporter.app import Exporter
@@ -152,20 +153,7 @@ async def test_a_reload_storm_keeps_the_last_good_config_without_duplicate_jobs(
 
 @pytest.fixture
 def push_only_config(tmp_path: Path) -> Config:
-    port = free_port()
-    path = tmp_path / "push.yml"
-    path.write_text(f"""
-scenario: onprem-bems-hybrid
-notifications: {{listen_address: "127.0.0.1:{port}", public_url: "https://127.0.0.1:{port}/monitor"}}
-credentials:
-  bemsadmin: {{username: 'CORP\\BEMSAdmin', password: not-used-here}}
-targets:
-  - {{name: ews, kind: ews, exchange: onprem, url: 'https://mail.corp.example.com/EWS/Exchange.asmx',
-     credential: bemsadmin, auth: [ntlm], push: {{mailbox: probe@corp.example.com, status_frequency: 1}}}}
-  - {{name: graph, kind: graph, exchange: online, url: 'https://graph.example.com/v1.0',
-     push: {{mailbox: probe@contoso.com, write_probe: true}}}}
-""")
-    return load_config(path)
+    return push_listener_config(tmp_path)
 
 
 def graph_batch(subscription: str, client_state: str) -> str:

@@ -15,7 +15,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from typing import Any, NoReturn
 
 import pytest
 import yaml
+from loopback import free_port
 
 from exporter.config import load_config
 
@@ -187,12 +187,6 @@ def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = run(venv / "bin" / "pip", "install", "--quiet", wheel, timeout=300, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     return venv
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -15,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 from checks import run
+from loopback import free_port
 from samples import parse, value
 
 from exporter import exposition
@@ -24,12 +24,6 @@ from exporter.results import Reason
 from exporter.simulator.server import Simulator
 
 SCALE = 1.0  # one simulated minute lasts one second: StatusFrequency 1 means a keep-alive a second
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

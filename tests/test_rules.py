@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -21,6 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
+from loopback import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS = ROOT / "deploy" / "prometheus"
@@ -267,12 +267,6 @@ def test_amtool_routes(labels: list[str], receiver: str) -> None:
 def test_alertmanager_groups_by_alert_and_target() -> None:
     route = yaml.safe_load(ALERTMANAGER_CONFIG.read_text())["route"]
     assert route["group_by"] == ["alertname", "target"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def api(base: str, path: str, payload: Any = None) -> Any:
