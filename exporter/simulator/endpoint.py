@@ -20,12 +20,12 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from .hostile import Hostile, HostileKind
+from .serving import serve_app
 from .tls import LOOPBACK_HOSTNAME, CertificateVariant, ServerCertificates
 
 log = logging.getLogger(__name__)
 
 # How long an in-flight request may finish when its listener is torn down by a fault change.
-_SHUTDOWN_GRACE_SECONDS = 0.1
 # Long enough to exceed any reasonable probe timeout, so `slow` without a delay shows up as a timeout.
 DEFAULT_SLOW_DELAY_SECONDS = 10.0
 
@@ -98,11 +98,7 @@ class _HttpListener:
     async def start(
         cls, app: web.Application, sock: socket.socket, ssl_context: ssl.SSLContext | None
     ) -> _HttpListener:
-        runner = web.AppRunner(app, shutdown_timeout=_SHUTDOWN_GRACE_SECONDS)
-        await runner.setup()
-        # IIS accepts a deep queue: a burst of probes must not overflow the simulator's SYN backlog.
-        await web.SockSite(runner, sock, ssl_context=ssl_context, backlog=1024).start()
-        return cls(runner)
+        return cls(await serve_app(app, sock, ssl_context))
 
     async def stop(self) -> None:
         await self._runner.cleanup()

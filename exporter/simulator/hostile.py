@@ -36,6 +36,8 @@ from typing import Any, NamedTuple
 
 from aiohttp import web
 
+from .serving import serve_app
+
 
 class HostileKind(StrEnum):
     ENTITY_EXPANSION = "entity_expansion"
@@ -162,15 +164,7 @@ class Hostile:
         """Start the plain-HTTP trap that ``redirect_http`` points at, on a bound loopback socket."""
         app = web.Application()
         app.router.add_route("*", "/{path:.*}", self._trapped)
-        runner = web.AppRunner(app, shutdown_timeout=0.1)
-        try:
-            await runner.setup()
-            await web.SockSite(runner, sock).start()
-        except BaseException:
-            sock.close()
-            await runner.cleanup()
-            raise
-        self._trap = runner
+        self._trap = await serve_app(app, sock)
         self._trap_url = f"http://localhost:{sock.getsockname()[1]}"
 
     async def close(self) -> None:

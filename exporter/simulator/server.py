@@ -43,6 +43,7 @@ from .outbound import CallbackClient, PushFaultKind, Timescale
 from .pki import CertificateAuthority
 from .proxy import ForwardProxy
 from .push import EwsPushEngine, PushDelivery, PushSubscription
+from .serving import serve_app
 from .tls import ServerCertificates
 from .webhooks import GraphDelivery, GraphRequestError, GraphSubscription, GraphWebhooks
 
@@ -624,15 +625,7 @@ class Simulator:
 
     async def _start_admin(self) -> None:
         sock = bind_loopback_socket(self.host, self._admin_port)
-        runner = web.AppRunner(build_admin_app(self))
-        try:
-            await runner.setup()
-            await web.SockSite(runner, sock).start()
-        except BaseException:
-            sock.close()
-            await runner.cleanup()
-            raise
-        self._admin_runner = runner
+        self._admin_runner = await serve_app(build_admin_app(self), sock)
         self._admin_url = f"http://{self.host}:{sock.getsockname()[1]}"
 
 
