@@ -8,6 +8,7 @@ reason; nothing is half-applied.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -433,11 +434,12 @@ class Target(_Model):
             raise ValueError("a mailbox is listed twice")
         return value
 
-    @property
+    # Read on every check run: parse the URL once per (immutable) target.
+    @functools.cached_property
     def host(self) -> str:
         return urlsplit(self.url).hostname or ""
 
-    @property
+    @functools.cached_property
     def port(self) -> int:
         return urlsplit(self.url).port or 443
 

@@ -15,7 +15,11 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from .config import WindowsCredential
+from .hosts_file import HostsFile
 from .results import ProbeFailure, Reason, Recorder
+
+RECEIVE_SIZE = 16384  # one TLS record
+PROXY_HEAD_LIMIT = 65536  # a proxy whose answer never ends costs at most this much
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,14 +45,16 @@ class Proxy:
 
 @dataclass(slots=True)
 class Connection:
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
+    """A connected non-blocking socket; ``early`` holds bytes a proxy sent after its CONNECT answer."""
+
+    sock: socket.socket
     dns_seconds: float
     connect_seconds: float
     address: str
+    early: bytes = b""
 
     def close(self) -> None:
-        self.writer.close()
+        self.sock.close()
 
 
 def _client_context_uncached(ca_file: str | None, _stamp: tuple[int, int] | None, verify: bool) -> ssl.SSLContext:
@@ -81,6 +87,9 @@ def client_ssl_context(ca_file: str | None, verify: bool = True) -> ssl.SSLConte
     return _cached_context(ca_file, stamp, verify)
 
 
+_hosts_file = HostsFile()
+
+
 async def resolve(host: str, port: int) -> tuple[list[str], float]:
     """Resolve ``host`` to addresses in the resolver's order; the lookup time is measured."""
     t0 = time.perf_counter()
@@ -89,6 +98,9 @@ async def resolve(host: str, port: int) -> tuple[list[str], float]:
         return [host], 0.0
     except OSError:
         pass
+    pinned = _hosts_file.lookup(host)
+    if pinned:
+        return list(pinned), time.perf_counter() - t0
     loop = asyncio.get_running_loop()
     try:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
@@ -102,14 +114,23 @@ async def resolve(host: str, port: int) -> tuple[list[str], float]:
     return addresses, time.perf_counter() - t0
 
 
-async def _tcp_connect(
-    addresses: list[str], port: int, host: str
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
+async def _open_socket(address: str, port: int) -> socket.socket:
+    """A non-blocking socket connected to address:port; closed again if connecting fails or is cancelled."""
+    sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (address, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def _tcp_connect(addresses: list[str], port: int, host: str) -> tuple[socket.socket, str]:
     last: OSError | None = None
     for address in addresses:
         try:
-            reader, writer = await asyncio.open_connection(address, port)
-            return reader, writer, address
+            return await _open_socket(address, port), address
         except OSError as err:
             last = err
     assert last is not None
@@ -144,7 +165,7 @@ async def _proxy_connect(proxy: Proxy, host: str, port: int, rec: Recorder) -> C
     ):
         t0 = time.perf_counter()
         try:
-            reader, writer, address = await _tcp_connect(addresses, proxy.port, proxy.host)
+            sock, address = await _tcp_connect(addresses, proxy.port, proxy.host)
         except ProbeFailure as failure:
             raise ProbeFailure(Reason.PROXY, failure.message, "check that the proxy is running") from None
         connect_seconds = time.perf_counter() - t0
@@ -153,31 +174,43 @@ async def _proxy_connect(proxy: Proxy, host: str, port: int, rec: Recorder) -> C
             f"CONNECT {host}:{port} through the proxy",
             f"the proxy does not answer the CONNECT in time: it may be unable to reach {host}:{port}",
         ) as detail:
-            detail.append(await _connect_request(reader, writer, proxy, host, port))
+            status_line, early = await _connect_request(sock, proxy, host, port)
+            detail.append(status_line)
     except BaseException:
         # Also on the check's timeout (a cancellation): the caller never gets this connection to close.
-        writer.close()
+        sock.close()
         raise
-    return Connection(reader, writer, dns_seconds, connect_seconds, address)
+    return Connection(sock, dns_seconds, connect_seconds, address, early)
 
 
-async def _connect_request(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, proxy: Proxy, host: str, port: int
-) -> str:
-    """Ask the proxy for a tunnel to host:port; its status line, or a ProbeFailure."""
+async def _read_head(sock: socket.socket) -> tuple[bytes, bytes]:
+    """The proxy's answer up to its blank line, and whatever came after it."""
+    loop = asyncio.get_running_loop()
+    received = b""
+    while (end := received.find(b"\r\n\r\n")) < 0:
+        if len(received) > PROXY_HEAD_LIMIT:
+            raise ProbeFailure(
+                Reason.PROXY, f"the proxy's answer has no end within {PROXY_HEAD_LIMIT} bytes", "check the proxy"
+            )
+        chunk = await loop.sock_recv(sock, RECEIVE_SIZE)
+        if not chunk:
+            raise ProbeFailure(Reason.PROXY, "the proxy closed the connection", "check the proxy's logs")
+        received += chunk
+    return received[: end + 4], received[end + 4 :]
+
+
+async def _connect_request(sock: socket.socket, proxy: Proxy, host: str, port: int) -> tuple[str, bytes]:
+    """Ask the proxy for a tunnel to host:port: its status line and any bytes after its head, or a ProbeFailure."""
     request = f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n"
     if proxy.credential is not None:
         token = f"{proxy.credential.username}:{proxy.credential.password.get_secret_value()}"
         request += f"Proxy-Authorization: Basic {base64.b64encode(token.encode()).decode()}\r\n"
-    writer.write((request + "\r\n").encode())
     try:
-        # The reader's 64 KiB limit bounds a proxy that never ends its header.
-        head = await reader.readuntil(b"\r\n\r\n")
-    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError) as err:
+        await asyncio.get_running_loop().sock_sendall(sock, (request + "\r\n").encode())
+        head, early = await _read_head(sock)
+    except ConnectionError as err:
         raise ProbeFailure(
-            Reason.PROXY,
-            f"the proxy closed the connection or sent junk ({type(err).__name__})",
-            "check the proxy's logs",
+            Reason.PROXY, f"the proxy closed the connection ({type(err).__name__})", "check the proxy's logs"
         ) from None
     status_line = head.split(b"\r\n", 1)[0].decode("latin-1")[:200]
     parts = status_line.split(" ", 2)
@@ -188,7 +221,7 @@ async def _connect_request(
             f"allow CONNECT to {host}:{port} on the proxy"
             + (" and check proxy_credential" if parts[1:2] == ["407"] else ""),
         )
-    return status_line
+    return status_line, early
 
 
 async def connect(host: str, port: int, proxy: Proxy | None, rec: Recorder) -> Connection:
@@ -203,7 +236,36 @@ async def connect(host: str, port: int, proxy: Proxy | None, rec: Recorder) -> C
         f"{host}:{port} does not accept the connection in time: a firewall may be dropping packets to port {port}",
     ) as detail:
         t0 = time.perf_counter()
-        reader, writer, address = await _tcp_connect(addresses, port, host)
+        sock, address = await _tcp_connect(addresses, port, host)
         connect_seconds = time.perf_counter() - t0
         detail.append(f"connected to {address}")
-    return Connection(reader, writer, dns_seconds, connect_seconds, address)
+    return Connection(sock, dns_seconds, connect_seconds, address)
+
+
+async def tls_handshake(conn: Connection, context: ssl.SSLContext, server_hostname: str) -> ssl.SSLObject:
+    """A TLS client handshake over ``conn``, driven through memory buffers.
+
+    Cheaper than ``start_tls``'s transport and protocol layers, and works on every event loop
+    (sock_recv/sock_sendall exist on the Windows proactor too). The caller's timeout bounds it; the
+    caller closes the connection. Verification errors raise ``ssl.SSLCertVerificationError``.
+    """
+    loop = asyncio.get_running_loop()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname=server_hostname)
+    if conn.early:
+        incoming.write(conn.early)
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            if outgoing.pending:
+                await loop.sock_sendall(conn.sock, outgoing.read())
+            received = await loop.sock_recv(conn.sock, RECEIVE_SIZE)
+            if received:
+                incoming.write(received)
+            else:
+                incoming.write_eof()  # the next do_handshake raises SSLEOFError
+    if outgoing.pending:  # the client's Finished: without it the server logs an aborted handshake
+        await loop.sock_sendall(conn.sock, outgoing.read())
+    return tls

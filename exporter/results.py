@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -89,24 +87,12 @@ class Recorder:
     steps: list[Step] = field(default_factory=list)
     measurements: list[Measurement] = field(default_factory=list)
 
-    @asynccontextmanager
-    async def step(self, name: str, timeout_hint: str = "") -> AsyncIterator[list[str]]:
-        """Time one step; the yielded list takes an optional detail line for the report.
+    def step(self, name: str, timeout_hint: str = "") -> _StepTimer:
+        """Time one step (``async with``); the yielded list takes an optional detail line for the report.
 
         ``timeout_hint`` says what to fix when the check's timeout ends this step.
         """
-        detail: list[str] = []
-        t0 = time.perf_counter()
-        try:
-            yield detail
-        except ProbeFailure as failure:
-            self.steps.append(Step(name, False, time.perf_counter() - t0, failure.message, failure.hint))
-            raise
-        except BaseException:
-            # Timeout (cancellation) or a bug: the step did not finish; the caller names the reason.
-            self.steps.append(Step(name, False, time.perf_counter() - t0, "did not finish", timeout_hint))
-            raise
-        self.steps.append(Step(name, True, time.perf_counter() - t0, detail[0] if detail else ""))
+        return _StepTimer(self.steps, name, timeout_hint)
 
     def measure(self, metric: str, value: float, **labels: str) -> None:
         self.measurements.append(Measurement(metric, value, tuple(labels.items())))
@@ -138,3 +124,30 @@ class Recorder:
             tuple(self.steps),
             tuple(self.measurements),
         )
+
+
+class _StepTimer:
+    """``Recorder.step``: a plain class, as every check enters a few of these on every run."""
+
+    __slots__ = ("_detail", "_name", "_steps", "_t0", "_timeout_hint")
+
+    def __init__(self, steps: list[Step], name: str, timeout_hint: str) -> None:
+        self._steps = steps
+        self._name = name
+        self._timeout_hint = timeout_hint
+        self._detail: list[str] = []
+        self._t0 = 0.0
+
+    async def __aenter__(self) -> list[str]:
+        self._t0 = time.perf_counter()
+        return self._detail
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, _tb: object) -> None:
+        seconds = time.perf_counter() - self._t0
+        if exc is None:
+            self._steps.append(Step(self._name, True, seconds, self._detail[0] if self._detail else ""))
+        elif isinstance(exc, ProbeFailure):
+            self._steps.append(Step(self._name, False, seconds, exc.message, exc.hint))
+        else:
+            # Timeout (cancellation) or a bug: the step did not finish; the caller names the reason.
+            self._steps.append(Step(self._name, False, seconds, "did not finish", self._timeout_hint))

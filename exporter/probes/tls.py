@@ -8,6 +8,7 @@ from __future__ import annotations
 import _ssl
 import functools
 import ssl
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from cryptography import x509
@@ -32,23 +33,38 @@ _EXPIRED, _NOT_YET_VALID = 10, 9
 _HOST_MISMATCH, _IP_MISMATCH = 62, 64
 
 
-@functools.lru_cache(maxsize=4096)
-def _parse(der: bytes) -> x509.Certificate:
-    # The same few certificates come back on every run: parse each once.
-    return x509.load_der_x509_certificate(der)
+@dataclass(frozen=True, slots=True)
+class Chain:
+    """What the check reports of a presented chain: the leaf first."""
+
+    certificates: tuple[x509.Certificate, ...]
+    names: tuple[str, ...]  # the leaf's DNS names and IP addresses
+    earliest_expiry: datetime  # the earliest notAfter in the chain
+
+    @property
+    def leaf(self) -> x509.Certificate:
+        return self.certificates[0]
 
 
-def _presented_chain(ssl_object: ssl.SSLObject) -> list[x509.Certificate]:
+@functools.lru_cache(maxsize=1024)
+def _summarise(ders: tuple[bytes, ...]) -> Chain:
+    # A server presents the same chain on every run: parse and summarise it once.
+    certificates = tuple(x509.load_der_x509_certificate(der) for der in ders)
+    names = tuple(_names(certificates[0]))
+    return Chain(certificates, names, min(c.not_valid_after_utc for c in certificates))
+
+
+def _presented_chain(ssl_object: ssl.SSLObject) -> Chain:
     chain_fn = getattr(ssl_object, "get_unverified_chain", None)  # public from Python 3.13
     if chain_fn is None:
         chain_fn = ssl_object._sslobj.get_unverified_chain  # type: ignore[attr-defined]
-    ders = []
-    for cert in chain_fn() or ():
-        ders.append(cert if isinstance(cert, bytes) else cert.public_bytes(_ssl.ENCODING_DER))
+    ders = tuple(cert if isinstance(cert, bytes) else cert.public_bytes(_ssl.ENCODING_DER) for cert in chain_fn() or ())
     if not ders:  # a server that sent nothing would have failed the handshake; keep the leaf anyway
         leaf = ssl_object.getpeercert(binary_form=True)
-        ders = [leaf] if leaf else []
-    return [_parse(der) for der in ders]
+        if not leaf:
+            raise ssl.SSLError("the server presented no certificate")
+        ders = (leaf,)
+    return _summarise(ders)
 
 
 def _names(cert: x509.Certificate) -> list[str]:
@@ -61,14 +77,14 @@ def _names(cert: x509.Certificate) -> list[str]:
     ]
 
 
-def _certificate_hint(err: ssl.SSLCertVerificationError, where: str, chain: list[x509.Certificate]) -> str:
-    leaf = chain[0] if chain else None
+def _certificate_hint(err: ssl.SSLCertVerificationError, where: str, chain: Chain | None) -> str:
+    leaf = chain.leaf if chain is not None else None
     if err.verify_code == _EXPIRED and leaf is not None:
         return f"renew the certificate on {where}: it expired on {leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
     if err.verify_code == _NOT_YET_VALID and leaf is not None:
         return f"the certificate on {where} is valid only from {leaf.not_valid_before_utc:%Y-%m-%d}: check clocks"
     if err.verify_code in (_HOST_MISMATCH, _IP_MISMATCH):
-        names = ", ".join(_names(leaf)) if leaf is not None else "other names"
+        names = ", ".join(chain.names) if chain is not None else "other names"
         return f"the certificate on {where} is for {names}: install one whose subjectAltName includes the host"
     return (
         f"the chain presented on {where} does not lead to a trusted root: install the intermediate "
@@ -76,21 +92,16 @@ def _certificate_hint(err: ssl.SSLCertVerificationError, where: str, chain: list
     )
 
 
-async def _handshake(conn: net.Connection, ctx: ProbeContext, host: str, verify: bool) -> ssl.SSLObject:
-    await conn.writer.start_tls(ctx.ssl_context(verify), server_hostname=host, ssl_handshake_timeout=ctx.timeout)
-    return conn.writer.get_extra_info("ssl_object")
-
-
-async def _unverified_chain(target: Target, ctx: ProbeContext) -> list[x509.Certificate]:
+async def _unverified_chain(target: Target, ctx: ProbeContext) -> Chain | None:
     """After a verification failure, look at what the server presents, for the hint and the expiry."""
     scratch = type(ctx.rec)(target.name, ctx.rec.check)  # its steps are not part of the report
     conn = await net.connect(target.host, target.port, ctx.proxy(target), scratch)
     try:
-        return _presented_chain(await _handshake(conn, ctx, target.host, verify=False))
+        return _presented_chain(await net.tls_handshake(conn, ctx.ssl_context(verify=False), target.host))
     except (ssl.SSLError, OSError):
-        return []
+        return None
     finally:
-        conn.writer.transport.abort()
+        conn.close()
 
 
 async def probe(target: Target, ctx: ProbeContext) -> CheckResult:
@@ -103,15 +114,16 @@ async def probe(target: Target, ctx: ProbeContext) -> CheckResult:
             "or a device in the path that holds connections",
         ) as detail:
             try:
-                ssl_object = await _handshake(conn, ctx, target.host, verify=True)
+                ssl_object = await net.tls_handshake(conn, ctx.ssl_context(), target.host)
+                chain = _presented_chain(ssl_object)
             except ssl.SSLCertVerificationError as err:
-                chain = await _unverified_chain(target, ctx)
-                if chain:
-                    ctx.rec.measure(CERT_EXPIRY.name, min(c.not_valid_after_utc for c in chain).timestamp())
+                rejected = await _unverified_chain(target, ctx)
+                if rejected is not None:
+                    ctx.rec.measure(CERT_EXPIRY.name, rejected.earliest_expiry.timestamp())
                 raise ProbeFailure(
                     Reason.CERTIFICATE,
                     f"certificate rejected: {err.verify_message}",
-                    _certificate_hint(err, where, chain),
+                    _certificate_hint(err, where, rejected),
                 ) from None
             except (ssl.SSLError, ConnectionError) as err:
                 raise ProbeFailure(
@@ -119,23 +131,17 @@ async def probe(target: Target, ctx: ProbeContext) -> CheckResult:
                     f"TLS handshake failed: {getattr(err, 'reason', None) or err}",
                     f"check that {where} speaks TLS 1.2 or later (is it plain HTTP, or a TLS-inspecting device?)",
                 ) from None
-            chain = _presented_chain(ssl_object)
-            earliest = min(chain, key=lambda c: c.not_valid_after_utc)
             version = ssl_object.version() or "unknown"
             detail.append(
-                f"{version}, certificate for {', '.join(_names(chain[0]))}, chain expires "
-                f"{earliest.not_valid_after_utc:%Y-%m-%d} ({_days_left(earliest)} days)"
+                f"{version}, certificate for {', '.join(chain.names)}, chain expires "
+                f"{chain.earliest_expiry:%Y-%m-%d} ({(chain.earliest_expiry - datetime.now(UTC)).days} days)"
             )
     finally:
-        conn.writer.transport.abort()
+        conn.close()
     ctx.rec.measure(HANDSHAKE.name, ctx.rec.steps[-1].seconds)
-    ctx.rec.measure(CERT_EXPIRY.name, earliest.not_valid_after_utc.timestamp())
+    ctx.rec.measure(CERT_EXPIRY.name, chain.earliest_expiry.timestamp())
     ctx.rec.measure(VERSION.name, 1, version=version)
     return ctx.rec.passed()
-
-
-def _days_left(cert: x509.Certificate) -> int:
-    return (cert.not_valid_after_utc - datetime.now(UTC)).days
 
 
 CHECK = Check("tls", probe, every_target, (HANDSHAKE, CERT_EXPIRY, VERSION))
