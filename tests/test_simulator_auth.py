@@ -517,3 +517,31 @@ async def test_exporter_config_with_the_certificate_credential(simulator: Simula
     # The thumbprint the app registration shows is the certificate file's SHA-1.
     certificate = x509.load_pem_x509_certificate(simulator.entra.app_certificate_file.read_bytes())
     assert simulator.entra.app_certificate_thumbprint == certificate.fingerprint(hashes.SHA1()).hex().upper()
+
+
+async def test_traffic_counts_requests_connections_and_ntlm_handshakes(simulator: Simulator) -> None:
+    """The benchmark's requests-on-the-wire figures: three requests on one kept-alive NTLM session, one on another."""
+
+    def traffic() -> dict[str, int]:
+        return requests.get(simulator.admin_url + "/api/v1/auth", timeout=10).json()["traffic"]["onprem-ews"]
+
+    def sign_in(session: requests.Session) -> None:
+        response = session.post(
+            url(simulator, "onprem-ews", EWS_PATH), data=get_folder(), auth=ntlm(simulator), verify=simulator.ca_file
+        )
+        assert response.status_code == 200
+
+    def sessions() -> None:
+        with requests.Session() as session:
+            for _ in range(3):
+                sign_in(session)
+        with requests.Session() as session:
+            sign_in(session)
+
+    before = await asyncio.to_thread(traffic)
+    await asyncio.to_thread(sessions)
+    after = await asyncio.to_thread(traffic)
+    assert after["connections"] - before["connections"] == 2
+    assert after["ntlm_handshakes"] - before["ntlm_handshakes"] == 2
+    # A handshake is three requests (anonymous, NEGOTIATE, AUTHENTICATE); later ones on its connection are one each.
+    assert after["requests"] - before["requests"] == (3 + 1 + 1) + 3

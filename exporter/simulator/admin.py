@@ -9,7 +9,8 @@ Endpoint faults (network and TLS):
 Authentication faults:
 
 - ``GET    /api/v1/auth``: the on-prem account, each on-prem endpoint's methods and Extended
-  Protection, the Entra settings, app certificate paths and token request counts;
+  Protection, its ``traffic`` (``requests``, distinct ``connections``, ``ntlm_handshakes`` started), the
+  Entra settings, app certificate paths and token request counts;
 - ``PUT    /api/v1/auth/account`` ``{"fault": "wrong_password" | "locked" | "none"}``;
 - ``PUT    /api/v1/auth/endpoints/{name}`` ``{"methods": ["ntlm", "negotiate"], "extended_protection": "require"}``
   (either key may be left out);

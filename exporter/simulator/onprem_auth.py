@@ -127,6 +127,10 @@ class VirtualDirectoryAuth:
     realm: str
     extended_protection: ExtendedProtection
     methods: list[AuthMethod] = field(default_factory=lambda: list(AuthMethod))
+    # What reached the directory, for the benchmark's requests-on-the-wire figures (and connection-reuse tests).
+    requests: int = 0
+    connections: int = 0  # distinct TLS connections that carried a request
+    ntlm_handshakes: int = 0  # NTLM or Negotiate handshakes started (a NEGOTIATE message)
 
     def set_methods(self, methods: Iterable[AuthMethod | str]) -> None:
         chosen = {parse_choice(AuthMethod, method, "auth method") for method in methods}
@@ -150,6 +154,9 @@ class VirtualDirectoryAuth:
             "methods": [str(method) for method in self.methods],
             "extended_protection": str(self.extended_protection),
         }
+
+    def traffic(self) -> dict[str, int]:
+        return {"requests": self.requests, "connections": self.connections, "ntlm_handshakes": self.ntlm_handshakes}
 
 
 @dataclass
@@ -179,7 +186,11 @@ class OnPremAuthenticator:
         transport = request.transport
         if transport is None:  # the client is already gone; nothing will read the answer
             return await self._challenge(request)
-        connection = self._connections.setdefault(transport, _ConnectionState())
+        self._directory.requests += 1
+        connection = self._connections.get(transport)
+        if connection is None:
+            connection = self._connections[transport] = _ConnectionState()
+            self._directory.connections += 1
         header = request.headers.get("Authorization")
         if header is None:
             return Caller(connection.user) if connection.user else await self._challenge(request)
@@ -208,6 +219,7 @@ class OnPremAuthenticator:
         except binascii.Error:
             token = b""
         if _starts_handshake(token):
+            self._directory.ntlm_handshakes += 1
             connection.user = None
             with self._user_file():
                 connection.handshake = spnego.server(

@@ -334,6 +334,7 @@ class Simulator:
         return {
             "account": {"username": self.account.username, "fault": str(self.account.fault)},
             "endpoints": {name: directory.state() for name, directory in self._virtual_directories.items()},
+            "traffic": {name: directory.traffic() for name, directory in self._virtual_directories.items()},
             "entra": self.entra.state(),
         }
 
