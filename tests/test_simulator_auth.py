@@ -523,7 +523,7 @@ async def test_traffic_counts_requests_connections_and_ntlm_handshakes(simulator
     """The benchmark's requests-on-the-wire figures: three requests on one kept-alive NTLM session, one on another."""
 
     def traffic() -> dict[str, int]:
-        return requests.get(simulator.admin_url + "/api/v1/auth", timeout=10).json()["traffic"]["onprem-ews"]
+        return requests.get(simulator.admin_url + "/api/v1/traffic", timeout=10).json()["onprem-ews"]
 
     def sign_in(session: requests.Session) -> None:
         response = session.post(

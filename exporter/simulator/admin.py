@@ -3,14 +3,15 @@
 Endpoint faults (network and TLS):
 
 - ``GET    /api/v1/endpoints``: every endpoint's URL, port and fault;
+- ``GET    /api/v1/traffic``: per endpoint, the ``requests`` it answered, the distinct ``connections``
+  that carried them and the ``ntlm_handshakes`` started (on-prem endpoints);
 - ``PUT    /api/v1/endpoints/{name}/fault`` ``{"fault": "slow", "delay_seconds": 2.5}``;
 - ``DELETE /api/v1/endpoints/{name}/fault``: back to ``none``.
 
 Authentication faults:
 
 - ``GET    /api/v1/auth``: the on-prem account, each on-prem endpoint's methods and Extended
-  Protection, its ``traffic`` (``requests``, distinct ``connections``, ``ntlm_handshakes`` started), the
-  Entra settings, app certificate paths and token request counts;
+  Protection, the Entra settings, app certificate paths and token request counts;
 - ``PUT    /api/v1/auth/account`` ``{"fault": "wrong_password" | "locked" | "none"}``;
 - ``PUT    /api/v1/auth/endpoints/{name}`` ``{"methods": ["ntlm", "negotiate"], "extended_protection": "require"}``
   (either key may be left out);
@@ -89,6 +90,7 @@ if TYPE_CHECKING:
 
 ENDPOINTS_PATH = "/api/v1/endpoints"
 AUTH_PATH = "/api/v1/auth"
+TRAFFIC_PATH = "/api/v1/traffic"
 MAILBOXES_PATH = "/api/v1/mailboxes"
 EWS_PATH = "/api/v1/ews"
 AUTODISCOVER_PATH = "/api/v1/autodiscover"
@@ -102,6 +104,7 @@ def build_admin_app(simulator: Simulator) -> web.Application:
     api = _AdminApi(simulator)
     app = web.Application()
     app.router.add_get(ENDPOINTS_PATH, api.list_endpoints)
+    app.router.add_get(TRAFFIC_PATH, api.traffic)
     app.router.add_put(ENDPOINTS_PATH + "/{name}/fault", api.set_fault)
     app.router.add_delete(ENDPOINTS_PATH + "/{name}/fault", api.clear_fault)
     app.router.add_get(AUTH_PATH, api.auth_state)
@@ -170,6 +173,9 @@ class _AdminApi:
         except ValueError as error:
             return _error(400, str(error))
         return web.json_response({endpoint.name: endpoint.state()})
+
+    async def traffic(self, request: web.Request) -> web.Response:
+        return web.json_response(self._simulator.traffic_state())
 
     async def auth_state(self, request: web.Request) -> web.Response:
         return web.json_response(self._simulator.auth_state())

@@ -40,6 +40,7 @@ from spnego.exceptions import SpnegoError
 from . import challenges
 from .files import write_private_file
 from .identity import Caller
+from .traffic import EndpointTraffic
 
 _Choice = TypeVar("_Choice", bound=StrEnum)
 
@@ -127,10 +128,6 @@ class VirtualDirectoryAuth:
     realm: str
     extended_protection: ExtendedProtection
     methods: list[AuthMethod] = field(default_factory=lambda: list(AuthMethod))
-    # What reached the directory, for the benchmark's requests-on-the-wire figures (and connection-reuse tests).
-    requests: int = 0
-    connections: int = 0  # distinct TLS connections that carried a request
-    ntlm_handshakes: int = 0  # NTLM or Negotiate handshakes started (a NEGOTIATE message)
 
     def set_methods(self, methods: Iterable[AuthMethod | str]) -> None:
         chosen = {parse_choice(AuthMethod, method, "auth method") for method in methods}
@@ -155,9 +152,6 @@ class VirtualDirectoryAuth:
             "extended_protection": str(self.extended_protection),
         }
 
-    def traffic(self) -> dict[str, int]:
-        return {"requests": self.requests, "connections": self.connections, "ntlm_handshakes": self.ntlm_handshakes}
-
 
 @dataclass
 class _ConnectionState:
@@ -173,10 +167,12 @@ class OnPremAuthenticator:
         account: OnPremAccount,
         directory: VirtualDirectoryAuth,
         end_point_hash: Callable[[ssl.SSLContext], bytes],
+        traffic: EndpointTraffic,
     ) -> None:
         self._account = account
         self._directory = directory
         self._end_point_hash = end_point_hash
+        self._traffic = traffic
         # Keyed by transport, which lives exactly as long as the connection (aiohttp's handler has no weakref slot).
         self._connections: weakref.WeakKeyDictionary[asyncio.BaseTransport, _ConnectionState] = (
             weakref.WeakKeyDictionary()
@@ -186,11 +182,7 @@ class OnPremAuthenticator:
         transport = request.transport
         if transport is None:  # the client is already gone; nothing will read the answer
             return await self._challenge(request)
-        self._directory.requests += 1
-        connection = self._connections.get(transport)
-        if connection is None:
-            connection = self._connections[transport] = _ConnectionState()
-            self._directory.connections += 1
+        connection = self._connections.setdefault(transport, _ConnectionState())
         header = request.headers.get("Authorization")
         if header is None:
             return Caller(connection.user) if connection.user else await self._challenge(request)
@@ -219,7 +211,7 @@ class OnPremAuthenticator:
         except binascii.Error:
             token = b""
         if _starts_handshake(token):
-            self._directory.ntlm_handshakes += 1
+            self._traffic.ntlm_handshakes += 1
             connection.user = None
             with self._user_file():
                 connection.handshake = spnego.server(

@@ -45,6 +45,7 @@ from .proxy import ForwardProxy
 from .push import EwsPushEngine, PushDelivery, PushSubscription
 from .serving import serve_app
 from .tls import ServerCertificates
+from .traffic import EndpointTraffic
 from .webhooks import GraphDelivery, GraphRequestError, GraphSubscription, GraphWebhooks
 
 FOREIGN_ENDPOINT = "foreign"
@@ -137,6 +138,7 @@ class Simulator:
         self.onprem_mailboxes = MailboxDirectory("impersonation", ONPREM_MAILBOXES)
         self.online_mailboxes = MailboxDirectory("app_access", ONLINE_MAILBOXES)
         self.ews_requests: list[EwsRequest] = []
+        self.traffic: dict[str, EndpointTraffic] = {}  # by endpoint name; kept when a fault rebuilds a listener
         self.graph_requests: list[GraphRequest] = []
         self.timescale = Timescale(minute_seconds)
         self.mail = MailStore()
@@ -330,11 +332,13 @@ class Simulator:
         self.entra.settings.update(**settings)
         return self.entra.settings
 
+    def traffic_state(self) -> dict[str, dict[str, int]]:
+        return {name: traffic.state() for name, traffic in self.traffic.items()}
+
     def auth_state(self) -> dict[str, Any]:
         return {
             "account": {"username": self.account.username, "fault": str(self.account.fault)},
             "endpoints": {name: directory.state() for name, directory in self._virtual_directories.items()},
-            "traffic": {name: directory.traffic() for name, directory in self._virtual_directories.items()},
             "entra": self.entra.state(),
         }
 
@@ -594,7 +598,7 @@ class Simulator:
         }
 
     def _build_endpoint_app(self, name: str) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[self.traffic.setdefault(name, EndpointTraffic()).count])
         if name == FOREIGN_ENDPOINT:
             # Everything, "/" included, gets the foreign host's challenge: it has no landing page.
             self.foreign.add_routes(app)
@@ -622,7 +626,12 @@ class Simulator:
         # A new one per listener: handshake state belongs to connections, which a fault change drops.
         if self._certificates is None:
             raise RuntimeError("the simulator is not running")
-        return OnPremAuthenticator(self.account, self._virtual_directories[name], self._certificates.end_point_hash)
+        return OnPremAuthenticator(
+            self.account,
+            self._virtual_directories[name],
+            self._certificates.end_point_hash,
+            self.traffic.setdefault(name, EndpointTraffic()),
+        )
 
     async def _start_admin(self) -> None:
         sock = bind_loopback_socket(self.host, self._admin_port)
