@@ -19,8 +19,11 @@ from samples import parse, value
 
 from exporter import report
 from exporter.app import Exporter
-from exporter.config import Config, load_config
+from exporter.config import AuthMethod, Config, load_config
+from exporter.probes import CHECKS
+from exporter.resources import Resources
 from exporter.results import CheckResult, Reason
+from exporter.runner import execute
 from exporter.simulator.pki import CertificateAuthority
 from exporter.simulator.server import Simulator
 from exporter.web import create_app
@@ -149,6 +152,25 @@ async def test_tokens_come_from_the_cache(simulator: Simulator, sim_config_file:
         await exporter.stop()
     client_id = config.credentials["entra-app"].client_id
     assert simulator.entra.token_requests[(client_id, EWS_SCOPE)] == 1
+
+
+async def test_ntlm_signs_in_once_per_kept_alive_connection(simulator: Simulator, sim_config_file: Path) -> None:
+    """BEMS's account is shared: four NTLM checks on long-lived resources cost one handshake, not four."""
+    config = config_of(sim_config_file, defaults={"interval": "1m"})
+    target = config.targets_by_name()["onprem-ews"].model_copy(update={"auth": (AuthMethod.NTLM,), "mailboxes": ()})
+    config = config.model_copy(update={"targets": [target]})
+    resources = Resources()
+    before = simulator.traffic["onprem-ews"].state()
+    try:
+        for _ in range(4):
+            result = await execute(CHECKS["auth"], config, target, resources)
+            assert result.success, report.render(target, [result])
+    finally:
+        await resources.close()
+    after = simulator.traffic["onprem-ews"].state()
+    assert after["ntlm_handshakes"] - before["ntlm_handshakes"] == 1
+    # One connection for the unauthenticated request that reads the offered methods, one NTLM session.
+    assert after["connections"] - before["connections"] == 2
 
 
 async def test_ntlm_does_not_block_the_event_loop(simulator: Simulator, sim_config_file: Path) -> None:
