@@ -7,17 +7,19 @@ import sys
 import tempfile
 from contextlib import ExitStack
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
+from .check_costs import CASES, measure_check_cost
 from .fixtures import running_simulator
+from .memory import MAILBOXES_PER_TARGET, measure_memory
 from .processes import BenchError
 from .report import Results, render
 from .scheduled import measure_load, measure_metrics
 from .tls_comparison import blackbox_binary, measure_exporter_check, measure_openssl_floor, running_blackbox
 
-STEPS = ("load", "metrics", "tls")
+STEPS = ("load", "knee", "metrics", "memory", "checks", "tls")
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "latest.md"
-METRICS_TARGETS = 600  # about 18 samples per target: just over 10,000 series
 EXPORTER_CHECKS_MEASURED = ("tls", "reachability")  # reachability: the TCP part alone, for scale
 
 
@@ -25,10 +27,15 @@ EXPORTER_CHECKS_MEASURED = ("tls", "reachability")  # reachability: the TCP part
 class Plan:
     name: str
     load_steps: tuple[tuple[int, int], ...]  # (targets, checks per minute)
+    knee_targets: int
+    knee_rates: tuple[int, ...]  # checks per minute, tried upwards until the exporter falls behind
     warmup_seconds: float
     window_seconds: float
-    metrics_checks_per_minute: int  # background load while /metrics is timed; sets how long until ready
-    metrics_scrapes: int
+    metrics_sizes: tuple[tuple[int, int], ...]  # (targets, scrapes): about 18 series per target
+    metrics_interval: timedelta  # the checks' interval while /metrics is timed; sets how long until ready
+    memory_targets: int  # each with 5 mailboxes and every check it gets
+    memory_interval: timedelta
+    check_cost_runs: int  # per case of CPU and requests per check
     probe_rounds: int  # CPU per check: alternating rounds of exporter checks and blackbox_exporter probes
     probes_per_round: int
     probe_concurrency: int
@@ -38,10 +45,15 @@ class Plan:
 DEFAULT_PLAN = Plan(
     name="default",
     load_steps=((100, 1_000), (1_000, 5_000), (1_000, 20_000)),
+    knee_targets=1_000,
+    knee_rates=(40_000, 60_000, 80_000, 100_000, 120_000, 160_000),
     warmup_seconds=5,
     window_seconds=24,  # a whole number of every step's interval (12 s, 24 s, 6 s)
-    metrics_checks_per_minute=2_400,
-    metrics_scrapes=100,
+    metrics_sizes=((56, 100), (560, 100), (2_800, 30)),  # 1,000, 10,000 and 50,000 series
+    metrics_interval=timedelta(seconds=30),
+    memory_targets=1_000,
+    memory_interval=timedelta(seconds=60),
+    check_cost_runs=300,
     probe_rounds=3,
     probes_per_round=2_000,
     probe_concurrency=8,
@@ -50,10 +62,15 @@ DEFAULT_PLAN = Plan(
 QUICK_PLAN = Plan(
     name="quick",
     load_steps=((100, 1_000), (1_000, 20_000)),
+    knee_targets=1_000,
+    knee_rates=(60_000,),
     warmup_seconds=3,
     window_seconds=12,
-    metrics_checks_per_minute=7_200,
-    metrics_scrapes=20,
+    metrics_sizes=((560, 20),),
+    metrics_interval=timedelta(seconds=10),
+    memory_targets=100,
+    memory_interval=timedelta(seconds=15),
+    check_cost_runs=30,
     probe_rounds=1,
     probes_per_round=300,
     probe_concurrency=8,
@@ -76,11 +93,26 @@ def run(plan: Plan, steps: set[str], work_dir: Path) -> Results:
                         simulator, work_dir, targets, checks_per_minute, plan.warmup_seconds, plan.window_seconds
                     )
                 )
+        if "knee" in steps:
+            for checks_per_minute in plan.knee_rates:
+                progress(f"knee: {plan.knee_targets:,} targets at {checks_per_minute:,} checks/min")
+                measured = measure_load(
+                    simulator, work_dir, plan.knee_targets, checks_per_minute, plan.warmup_seconds, plan.window_seconds
+                )
+                results.knee.append(measured)
+                if measured.falls_behind():
+                    break
         if "metrics" in steps:
-            progress(f"/metrics: {METRICS_TARGETS:,} targets, {plan.metrics_scrapes} scrapes")
-            results.metrics = measure_metrics(
-                simulator, work_dir, METRICS_TARGETS, plan.metrics_checks_per_minute, plan.metrics_scrapes
-            )
+            for targets, scrapes in plan.metrics_sizes:
+                progress(f"/metrics: {targets:,} targets, {scrapes} scrapes")
+                results.metrics.append(measure_metrics(simulator, work_dir, targets, plan.metrics_interval, scrapes))
+        if "memory" in steps:
+            progress(f"memory: {plan.memory_targets:,} targets with {MAILBOXES_PER_TARGET} mailboxes each")
+            results.memory = measure_memory(simulator, work_dir, plan.memory_targets, plan.memory_interval)
+        if "checks" in steps:
+            for case in CASES:
+                progress(f"CPU and requests per check: {case.label}, {plan.check_cost_runs} runs")
+                results.check_costs.append(measure_check_cost(simulator, work_dir, case, plan.check_cost_runs))
         if "tls" in steps:
             binary = blackbox_binary(work_dir / "apt-get.log")
             if binary is None:

@@ -1,10 +1,11 @@
 """The CPU of one exporter check, measured inside a fresh process.
 
-``python -m bench.check_cpu --config FILE --check tls --runs M --concurrency C`` runs
-``exporter.runner.execute(CHECKS[check], config, target)`` M times against the configuration's first
-target, at most C at a time, and prints one JSON line: runs, failures, cpu_seconds (this process's
-``time.process_time``, every thread) and wall_seconds. A warm-up round of C checks before the
-measurement creates the TLS context and parses the certificates once, as a long-running exporter has.
+``python -m bench.check_cpu --config FILE --check tls --runs M --concurrency C [--target NAME]`` runs
+``exporter.runner.execute(CHECKS[check], config, target)`` M times against the named target (by
+default the configuration's first), at most C at a time, and prints one JSON line: runs, warmup_runs,
+failures, cpu_seconds (this process's ``time.process_time``, every thread) and wall_seconds. A warm-up
+round of C checks before the measurement creates the TLS context, parses the certificates, signs in
+and fetches tokens once, as a long-running exporter has.
 """
 
 from __future__ import annotations
@@ -16,15 +17,16 @@ import time
 from collections.abc import Iterator
 from itertools import repeat
 
-from exporter.config import Config, load_config
+from exporter.config import Config, Target, load_config
 from exporter.probes import CHECKS, Check
 from exporter.resources import Resources
 from exporter.runner import execute
 
 
-async def _run_checks(check: Check, config: Config, resources: Resources, runs: int, concurrency: int) -> int:
-    """Run ``check`` on the first target ``runs`` times on ``concurrency`` workers; return how many failed."""
-    target = config.targets[0]
+async def _run_checks(
+    check: Check, config: Config, target: Target, resources: Resources, runs: int, concurrency: int
+) -> int:
+    """Run ``check`` on ``target`` ``runs`` times on ``concurrency`` workers; return how many failed."""
     pending: Iterator[None] = repeat(None, runs)
     failures = 0
 
@@ -38,16 +40,22 @@ async def _run_checks(check: Check, config: Config, resources: Resources, runs: 
     return failures
 
 
-async def _measure(check: Check, config: Config, runs: int, concurrency: int) -> dict[str, float]:
+async def _measure(check: Check, config: Config, target: Target, runs: int, concurrency: int) -> dict[str, float]:
     resources = Resources()
     try:
-        await _run_checks(check, config, resources, concurrency, concurrency)
+        await _run_checks(check, config, target, resources, concurrency, concurrency)
         cpu_before, wall_before = time.process_time(), time.perf_counter()
-        failures = await _run_checks(check, config, resources, runs, concurrency)
+        failures = await _run_checks(check, config, target, resources, runs, concurrency)
         cpu_seconds, wall_seconds = time.process_time() - cpu_before, time.perf_counter() - wall_before
     finally:
         await resources.close()
-    return {"runs": runs, "failures": failures, "cpu_seconds": cpu_seconds, "wall_seconds": wall_seconds}
+    return {
+        "runs": runs,
+        "warmup_runs": concurrency,
+        "failures": failures,
+        "cpu_seconds": cpu_seconds,
+        "wall_seconds": wall_seconds,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -56,8 +64,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--check", choices=sorted(CHECKS), required=True)
     parser.add_argument("--runs", type=int, required=True)
     parser.add_argument("--concurrency", type=int, required=True)
+    parser.add_argument("--target", help="the target to check (default: the configuration's first)")
     args = parser.parse_args(argv)
-    figures = asyncio.run(_measure(CHECKS[args.check], load_config(args.config), args.runs, args.concurrency))
+    config = load_config(args.config)
+    target = config.targets_by_name()[args.target] if args.target else config.targets[0]
+    figures = asyncio.run(_measure(CHECKS[args.check], config, target, args.runs, args.concurrency))
     print(json.dumps(figures))
 
 

@@ -19,7 +19,7 @@ from exporter.config import format_duration, load_config
 from exporter.probes import checks_for
 
 from .processes import BenchError, ManagedProcess, free_loopback_port
-from .scrape import get
+from .scrape import admin_call, get
 
 SIMULATOR_START_TIMEOUT_SECONDS = 60.0
 EXPORTER_START_TIMEOUT_SECONDS = 60.0
@@ -35,6 +35,12 @@ class RunningSimulator:
     ca_file: str
     scenario: str
     endpoint_targets: tuple[dict[str, Any], ...]  # name, kind, exchange and url of each ews/autodiscover endpoint
+    config: dict[str, Any]  # the exporter configuration the simulator wrote: credentials, every target
+    admin_url: str
+
+    def admin(self, method: str, path: str, body: Any = None) -> Any:
+        """A call to the simulator's admin API (``/api/v1`` + path); its JSON answer."""
+        return admin_call(self.admin_url, method, path, body)
 
     @property
     def tls_port(self) -> int:
@@ -59,7 +65,14 @@ def running_simulator(state_dir: Path) -> Iterator[RunningSimulator]:
             for target in simulator_config["targets"]
             if target["kind"] in TARGET_KINDS
         )
-        yield RunningSimulator(process, ready["ca_file"], simulator_config["scenario"], endpoint_targets)
+        yield RunningSimulator(
+            process=process,
+            ca_file=ready["ca_file"],
+            scenario=simulator_config["scenario"],
+            endpoint_targets=endpoint_targets,
+            config=simulator_config,
+            admin_url=ready["admin_url"],
+        )
 
 
 def write_exporter_config(path: Path, simulator: RunningSimulator, targets: int, interval: timedelta) -> Path:

@@ -14,7 +14,9 @@ from exporter.app import revision
 from exporter.config import format_duration
 from exporter.scheduler import LAG_BUCKETS
 
-from .scheduled import LoadMeasurement, MetricsMeasurement
+from .check_costs import CheckCost
+from .memory import MemoryMeasurement
+from .scheduled import KEEP_UP_SHARE, KEEP_UP_SHARE_OVERRUNS, LAG_P99_LIMIT_SECONDS, LoadMeasurement, MetricsMeasurement
 from .tls_comparison import OpensslFloor, ProbeCpu
 
 MIB = 1024 * 1024
@@ -25,7 +27,10 @@ REPOSITORY = Path(__file__).resolve().parent.parent
 class Results:
     run: str  # the plan's name: "default" or "quick"
     load: list[LoadMeasurement] = field(default_factory=list)
-    metrics: list[MetricsMeasurement] = field(default_factory=list)  # one per scrape format
+    knee: list[LoadMeasurement] = field(default_factory=list)  # rising rates, ending with the first it falls behind at
+    metrics: list[MetricsMeasurement] = field(default_factory=list)  # one per size
+    memory: MemoryMeasurement | None = None
+    check_costs: list[CheckCost] = field(default_factory=list)
     exporter_checks: dict[str, list[ProbeCpu]] = field(default_factory=dict)  # check name -> rounds
     blackbox: list[ProbeCpu] = field(default_factory=list)  # rounds
     blackbox_skipped_because: str | None = None
@@ -77,7 +82,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
-def _load_table(load: list[LoadMeasurement]) -> list[str]:
+def _load_rows(load: list[LoadMeasurement], with_verdict: bool) -> tuple[list[str], list[list[str]]]:
     header = [
         "targets",
         "interval",
@@ -110,9 +115,15 @@ def _load_table(load: list[LoadMeasurement]) -> list[str]:
             f"{m.peak_rss_bytes / MIB:.0f}",
             f"{100 * m.simulator_cpu_seconds / m.window_seconds:.0f}",
             f"{100 * m.machine_cpu_seconds / m.window_seconds:.0f}",
+            *([m.falls_behind() or "yes"] if with_verdict else []),
         ]
         for m in load
     ]
+    return header + (["keeps up"] if with_verdict else []), rows
+
+
+def _load_table(load: list[LoadMeasurement]) -> list[str]:
+    header, rows = _load_rows(load, with_verdict=False)
     window = ", ".join(f"{m.window_seconds:.0f}" for m in load)
     return [
         "## Scheduled checks (exporter process only)",
@@ -130,14 +141,125 @@ def _load_table(load: list[LoadMeasurement]) -> list[str]:
     ]
 
 
-def _metrics_table(measurements: list[MetricsMeasurement]) -> list[str]:
-    header = ["format", "targets", "samples", "bytes", "scrapes", "median ms", "p90 ms", "exporter CPU ms/scrape"]
+def _knee_table(knee: list[LoadMeasurement]) -> list[str]:
+    header, rows = _load_rows(knee, with_verdict=True)
+    kept = [m for m in knee if not m.falls_behind()]
+    behind = [m for m in knee if m.falls_behind()]
+    if behind and kept:
+        verdict = (
+            f"The knee lies between {kept[-1].planned_per_minute:,.0f} and {behind[0].planned_per_minute:,.0f} "
+            f"checks/min: at the latter the exporter {behind[0].falls_behind()}."
+        )
+    elif behind:
+        verdict = f"Already the lowest rate tried is past the knee: the exporter {behind[0].falls_behind()}."
+    else:
+        verdict = f"The exporter kept up with every rate tried, up to {knee[-1].planned_per_minute:,.0f} checks/min."
+    return [
+        "## Finding the knee",
+        "",
+        *_table(header, rows),
+        "",
+        f"Rates rise until the exporter falls behind: it keeps up while it completes at least {KEEP_UP_SHARE:.0%} of "
+        f"the planned checks, the p99 scheduling lag stays under {LAG_P99_LIMIT_SECONDS:g} s and under "
+        f"{KEEP_UP_SHARE_OVERRUNS:.1%} of runs overrun. The simulator shares the machine's CPUs: look at the "
+        f"machine CPU column before blaming the exporter. {verdict}",
+    ]
+
+
+def _memory_table(m: MemoryMeasurement) -> list[str]:
+    header = [
+        "targets",
+        "mailboxes per target",
+        "interval",
+        "jobs",
+        "samples",
+        "bytes of /metrics",
+        "failing checks",
+        "RSS after first round MiB",
+        "RSS MiB",
+        "peak RSS MiB",
+    ]
+    row = [
+        f"{m.targets:,}",
+        f"{m.mailboxes_per_target}",
+        format_duration(m.interval),
+        f"{m.jobs:,}",
+        f"{m.samples:,}",
+        f"{m.body_bytes:,}",
+        f"{m.failed_checks:,}",
+        f"{m.rss_after_first_round / MIB:.0f}",
+        f"{m.rss / MIB:.0f}",
+        f"{m.peak_rss / MIB:.0f}",
+    ]
+    return [
+        "## Memory with mailboxes",
+        "",
+        *_table(header, [row]),
+        "",
+        "Targets cycle through the simulator's five (on-prem EWS and Autodiscover signing in with Basic and "
+        "NTLM, Exchange Online EWS and Graph with the Entra app, Exchange Online Autodiscover), each with five "
+        "mailboxes its side knows, so every per-mailbox check and kept-alive NTLM session is there. RSS is read "
+        "when /-/ready first answers and again one interval later; the peak is VmHWM.",
+    ]
+
+
+def _check_costs_table(costs: list[CheckCost]) -> list[str]:
+    header = [
+        "check",
+        "runs",
+        "failed",
+        "CPU ms/check",
+        "wall ms/check",
+        "requests/check",
+        "connections",
+        "NTLM handshakes",
+        "token requests",
+    ]
     rows = [
         [
-            m.scrape_format,
+            c.label,
+            f"{c.warmup_runs} + {c.runs:,}",
+            f"{c.failures:,}",
+            f"{c.cpu_ms_per_check:.2f}",
+            f"{1000 * c.wall_seconds / c.runs:.1f}",
+            f"{c.requests_per_check:.2f}",
+            f"{c.connections:,}",
+            f"{c.ntlm_handshakes:,}",
+            f"{c.token_requests:,}",
+        ]
+        for c in costs
+    ]
+    return [
+        "## CPU and requests on the wire per check",
+        "",
+        *_table(header, rows),
+        "",
+        "Each row is a fresh process running one check on one target one run after another, as the scheduler "
+        "does, after a warm-up run (runs: warm-up + measured). CPU is time.process_time of that process (every "
+        "thread, so NTLM's worker threads too) over the measured runs. Requests, connections and NTLM handshakes "
+        "are what the simulator's endpoint saw over all runs, warm-up included; token requests are what Entra ID "
+        "saw. One connection and one handshake for hundreds of runs means kept-alive connections are reused; "
+        "one token request means the token came from the cache until the process ended.",
+    ]
+
+
+def _metrics_table(measurements: list[MetricsMeasurement]) -> list[str]:
+    header = [
+        "targets",
+        "samples",
+        "bytes",
+        "checks/min meanwhile",
+        "scrapes",
+        "median ms",
+        "p90 ms",
+        "exporter CPU ms/scrape",
+    ]
+    rows = [
+        [
             f"{m.targets:,}",
             f"{m.samples:,}",
             f"{m.body_bytes:,}",
+            f"{m.background_checks_per_minute:,}",
             f"{len(m.scrape_seconds)}",
             f"{m.median_ms:.1f}",
             f"{m.p90_ms:.1f}",
@@ -150,8 +272,8 @@ def _metrics_table(measurements: list[MetricsMeasurement]) -> list[str]:
         "",
         *_table(header, rows),
         "",
-        "Measured after the first round of checks, with checks still running at "
-        f"{measurements[0].background_checks_per_minute:,}/min; their CPU is inside the CPU column.",
+        "Measured after the first round of checks, with checks still running; their CPU is inside the CPU "
+        "column. The exporter answers in the text format 0.0.4, here asked for with Prometheus' Accept header.",
     ]
 
 
@@ -237,8 +359,14 @@ def render(results: Results) -> str:
     lines = ["# bems-exchange-exporter benchmark", "", f"Run: {results.run}; {machine_line()}", ""]
     if results.load:
         lines += [*_load_table(results.load), ""]
+    if results.knee:
+        lines += [*_knee_table(results.knee), ""]
     if results.metrics:
         lines += [*_metrics_table(results.metrics), ""]
+    if results.memory is not None:
+        lines += [*_memory_table(results.memory), ""]
+    if results.check_costs:
+        lines += [*_check_costs_table(results.check_costs), ""]
     if results.exporter_checks or results.blackbox or results.blackbox_skipped_because:
         lines += [*_tls_table(results), ""]
     return "\n".join(lines)

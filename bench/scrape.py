@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import http.client
+import json
 import math
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from .processes import BenchError
 
 HTTP_TIMEOUT_SECONDS = 30.0
 RUNS = "bems_probe_runs"  # the parser drops a counter's _total suffix from the family name
@@ -32,6 +36,22 @@ class KeepAliveClient:
 
     def close(self) -> None:
         self._connection.close()
+
+
+def admin_call(admin_url: str, method: str, path: str, body: Any = None) -> Any:
+    """One call to the simulator's admin API; its JSON answer (BenchError unless 2xx)."""
+    parts = urlsplit(admin_url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=HTTP_TIMEOUT_SECONDS)
+    try:
+        payload = None if body is None else json.dumps(body).encode()
+        connection.request(method, "/api/v1" + path, body=payload, headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        answer = response.read()
+    finally:
+        connection.close()
+    if not 200 <= response.status < 300:
+        raise BenchError(f"simulator admin API {method} {path} answered {response.status}: {answer[:200]!r}")
+    return json.loads(answer)
 
 
 def get(base_url: str, path: str) -> tuple[int, bytes]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -18,8 +17,11 @@ from pathlib import Path
 
 import yaml
 
+from exporter.config import load_config
+
+from .check_costs import run_check_cpu
 from .fixtures import RunningSimulator, write_exporter_config
-from .processes import BenchError, ManagedProcess, free_loopback_port
+from .processes import ManagedProcess, free_loopback_port
 from .scrape import KeepAliveClient, get
 
 BLACKBOX_PACKAGE = "prometheus-blackbox-exporter"
@@ -27,10 +29,8 @@ BLACKBOX_MODULE = "tls_connect"
 BLACKBOX_START_TIMEOUT_SECONDS = 30.0
 APT_TIMEOUT_SECONDS = 600.0
 APT_LOG_TAIL_LINES = 10
-CHECK_CPU_TIMEOUT_SECONDS = 600.0
 OPENSSL_MARGIN_SECONDS = 30.0
 SUCCESS_LINE = b"\nprobe_success 1\n"
-REPOSITORY = Path(__file__).resolve().parent.parent  # where ``python -m bench.check_cpu`` finds the package
 # "2778 connections in 1.63s; 1704.29 connections/user sec, bytes read 0" and "... in 4 real seconds".
 S_TIME_USER = re.compile(r"(\d+) connections in [\d.]+s; ([\d.]+) connections/user sec")
 S_TIME_REAL = re.compile(r"(\d+) connections in (\d+) real seconds")
@@ -56,14 +56,8 @@ def measure_exporter_check(
 ) -> ProbeCpu:
     """``bench.check_cpu`` in a fresh interpreter, against one simulator endpoint."""
     config_file = write_exporter_config(work_dir / "check-cpu.yml", simulator, 1, timedelta(minutes=1))
-    argv = [sys.executable, "-m", "bench.check_cpu", "--config", str(config_file), "--check", check]
-    argv += ["--runs", str(runs), "--concurrency", str(concurrency)]
-    done = subprocess.run(
-        argv, cwd=REPOSITORY, capture_output=True, text=True, timeout=CHECK_CPU_TIMEOUT_SECONDS, check=False
-    )
-    if done.returncode != 0:
-        raise BenchError(f"bench.check_cpu failed ({done.returncode}):\n{done.stderr[-2000:]}")
-    figures = json.loads(done.stdout)
+    target = load_config(config_file).targets[0].name
+    figures = run_check_cpu(config_file, target, check, runs, concurrency)
     return ProbeCpu(
         f"exporter: execute({check}) in a fresh process",
         int(figures["runs"]),
