@@ -16,9 +16,11 @@ from prometheus_client.registry import Collector
 
 from . import push
 from . import scenario as verdict
-from .config import Config
-from .metrics import MetricSpec
+from .config import Config, Target
+from .exposition import TextFamily, label_pairs, sample_line
+from .metrics import TARGET_LABELS, MetricSpec
 from .probes import CHECKS
+from .results import CheckResult
 from .store import ResultStore
 
 PROBE_METRICS = (
@@ -63,6 +65,16 @@ RELOAD_TIME = MetricSpec(
 )
 
 
+MEASURED = {spec.name: spec for check in CHECKS.values() for spec in check.metrics}  # families checks measure
+Key = tuple[str, str]  # (target, check)
+
+
+def _text_family(spec: MetricSpec, lines: list[str]) -> TextFamily:
+    if spec.type == "counter":
+        return TextFamily(spec.name.removesuffix("_total"), spec.help, "counter", lines)
+    return TextFamily(spec.name, spec.help, "gauge", lines)
+
+
 def _family(spec: MetricSpec, labels: Iterable[str]) -> Metric:
     if spec.type == "counter":
         return CounterMetricFamily(spec.name, spec.help, labels=list(labels))
@@ -91,67 +103,119 @@ class ExporterStatus:
     extra: list[Callable[[], Iterator[Metric]]] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class _TargetLines:
+    """A configured target's label string and info line, kept while the target object stays the same."""
+
+    target: Target
+    labels: str  # target="..",exchange=".."
+    info_line: str  # its bems_target_info sample
+
+
+@dataclass(frozen=True, slots=True)
+class _ResultLines:
+    """A result's sample lines by family name, written once per result (results are immutable)."""
+
+    result: CheckResult
+    by_family: dict[str, list[str]]
+
+
 class BemsCollector(Collector):
+    """Families from the latest results, written straight to exposition lines.
+
+    Label strings are kept per configured target and (target, check), and a result's own lines per
+    result: a scrape formats only what changed since the last one, and the counters.
+    """
+
     def __init__(self, store: ResultStore, status: ExporterStatus | None = None) -> None:
         self.store = store
         self.status = status  # None for /probe answers, which carry only the target's metrics
+        self._target_lines: dict[str, _TargetLines] = {}
+        self._result_lines: dict[Key, _ResultLines] = {}
 
     def collect(self) -> Iterator[Metric]:
-        yield from self._check_families()
-        yield from self._measurement_families()
+        yield from self._result_families()
         yield from self._config_families()
         if self.status is not None:
             yield from self._exporter_families(self.status)
 
-    def _check_families(self) -> Iterator[Metric]:
+    def _target_lines_of(self, target_name: str) -> _TargetLines:
+        target = self.store.targets[target_name]
+        cached = self._target_lines.get(target_name)
+        if cached is None or cached.target is not target:
+            labels = label_pairs(TARGET_LABELS, (target.name, target.exchange_label))
+            info = f"{labels},{label_pairs(TARGET_INFO.labels, (target.kind.value, target.url))}"
+            cached = _TargetLines(target, labels, sample_line(TARGET_INFO.name, info, 1.0))
+            self._target_lines[target_name] = cached
+        return cached
+
+    def _lines_of(self, key: Key, result: CheckResult, check_labels: str, target_labels: str) -> _ResultLines:
+        cached = self._result_lines.get(key)
+        if cached is not None and cached.result is result:
+            return cached
+        lines: dict[str, list[str]] = defaultdict(list)
+        lines["bems_probe_success"].append(sample_line("bems_probe_success", check_labels, float(result.success)))
+        lines["bems_probe_duration_seconds"].append(
+            sample_line("bems_probe_duration_seconds", check_labels, result.duration)
+        )
+        lines["bems_probe_last_run_timestamp_seconds"].append(
+            sample_line("bems_probe_last_run_timestamp_seconds", check_labels, result.started + result.duration)
+        )
+        if not result.success and result.reason is not None:
+            reason_labels = f'{check_labels},reason="{result.reason.value}"'
+            lines["bems_probe_failure_reason"].append(sample_line("bems_probe_failure_reason", reason_labels, 1.0))
+        for m in result.measurements:
+            spec = MEASURED[m.metric]
+            own = label_pairs(spec.labels, [value for _, value in m.labels])
+            labels = (f"{target_labels},{own}" if own else target_labels) if spec.per_target else own
+            lines[m.metric].append(sample_line(m.metric, labels, m.value))
+        cached = _ResultLines(result, dict(lines))
+        self._result_lines[key] = cached
+        return cached
+
+    def _result_families(self) -> Iterator[Metric]:
         store = self.store
         config = self.status.config if self.status is not None else None
-        fams = {spec.name: _family(spec, spec.label_names) for spec in PROBE_METRICS}
+        lines: dict[str, list[str]] = {spec.name: [] for spec in (*PROBE_METRICS, *MEASURED.values())}
+        live: set[Key] = set()
         for target_name, checks in store.checks.items():
-            target = store.targets[target_name]
-            exchange = target.exchange_label
+            target_labels = self._target_lines_of(target_name).labels
+            interval = config.interval_of(store.targets[target_name]).total_seconds() if config else None
             for check in checks:
                 key = (target_name, check)
-                labels = [target_name, exchange, check]
-                fams["bems_probe_overruns_total"].add_metric(labels, store.overruns[key])
-                if config is not None:
-                    fams["bems_probe_interval_seconds"].add_metric(labels, config.interval_of(target).total_seconds())
+                check_labels = f'{target_labels},check="{check}"'
+                lines["bems_probe_overruns_total"].append(
+                    sample_line("bems_probe_overruns_total", check_labels, store.overruns[key])
+                )
+                if interval is not None:
+                    lines["bems_probe_interval_seconds"].append(
+                        sample_line("bems_probe_interval_seconds", check_labels, interval)
+                    )
                 result = store.latest.get(key)
                 if result is None:
                     continue
-                fams["bems_probe_success"].add_metric(labels, 1.0 if result.success else 0.0)
-                fams["bems_probe_duration_seconds"].add_metric(labels, result.duration)
-                fams["bems_probe_last_run_timestamp_seconds"].add_metric(labels, result.started + result.duration)
+                live.add(key)
+                for family, family_lines in self._lines_of(key, result, check_labels, target_labels).by_family.items():
+                    lines[family] += family_lines
                 if key in store.last_success:
-                    fams["bems_probe_last_success_timestamp_seconds"].add_metric(labels, store.last_success[key])
-                if not result.success and result.reason is not None:
-                    fams["bems_probe_failure_reason"].add_metric([*labels, result.reason.value], 1.0)
-                fams["bems_probe_runs_total"].add_metric(labels, store.runs[key])
+                    lines["bems_probe_last_success_timestamp_seconds"].append(
+                        sample_line("bems_probe_last_success_timestamp_seconds", check_labels, store.last_success[key])
+                    )
+                lines["bems_probe_runs_total"].append(
+                    sample_line("bems_probe_runs_total", check_labels, store.runs[key])
+                )
         for (target_name, check, reason), count in store.failures.items():
-            exchange = store.targets[target_name].exchange_label
-            fams["bems_probe_failures_total"].add_metric([target_name, exchange, check, reason.value], count)
-        yield from fams.values()
-
-    def _measurement_families(self) -> Iterator[Metric]:
-        specs = {spec.name: spec for check in CHECKS.values() for spec in check.metrics}
-        samples: dict[str, list[tuple[list[str], float]]] = defaultdict(list)
-        for (target_name, _check), result in self.store.latest.items():
-            exchange = self.store.targets[target_name].exchange_label
-            for m in result.measurements:
-                own = [v for _, v in m.labels]
-                labels = [target_name, exchange, *own] if specs[m.metric].per_target else own
-                samples[m.metric].append((labels, m.value))
-        for name, spec in specs.items():
-            family = _family(spec, spec.label_names)
-            for labels, value in samples.get(name, ()):
-                family.add_metric(labels, value)
-            yield family
+            labels = f'{self._target_lines_of(target_name).labels},check="{check}",reason="{reason.value}"'
+            lines["bems_probe_failures_total"].append(sample_line("bems_probe_failures_total", labels, count))
+        for key in self._result_lines.keys() - live:  # removed targets, or results dropped by a reload
+            del self._result_lines[key]
+        for spec in (*PROBE_METRICS, *MEASURED.values()):
+            yield _text_family(spec, lines[spec.name])
 
     def _config_families(self) -> Iterator[Metric]:
-        family = _family(TARGET_INFO, TARGET_INFO.label_names)
-        for target in self.store.targets.values():
-            family.add_metric([target.name, target.exchange_label, target.kind.value, target.url], 1.0)
-        yield family
+        yield _text_family(TARGET_INFO, [self._target_lines_of(name).info_line for name in self.store.targets])
+        for name in self._target_lines.keys() - self.store.targets.keys():  # removed by a reload
+            del self._target_lines[name]
 
     def _exporter_families(self, status: ExporterStatus) -> Iterator[Metric]:
         scenario = _family(SCENARIO_INFO, ["scenario"])

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from .config import Config, Target
 from .probes import Check, ProbeContext
@@ -13,6 +13,7 @@ from .resources import Resources
 from .results import CheckResult, ProbeFailure, Reason
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Limiter:
@@ -39,18 +40,20 @@ class Limiter:
             if self._per_credential.get(name, (None,))[0] != size:
                 self._per_credential[name] = (size, asyncio.Semaphore(size))
 
-    @asynccontextmanager
-    async def slot(self, credential: str | None) -> AsyncIterator[None]:
-        async with AsyncExitStack() as stack:
-            await stack.enter_async_context(self._global)
-            if credential is not None:
-                await stack.enter_async_context(self._per_credential[credential][1])
-                self.in_flight[credential] = self.in_flight.get(credential, 0) + 1
-                stack.callback(self._release, credential)
-            yield
+    async def run(self, credential: str | None, work: Callable[[], Awaitable[T]]) -> T:
+        """Await ``work()`` in a global slot and, for a credential, in one of its slots.
 
-    def _release(self, credential: str) -> None:
-        self.in_flight[credential] -= 1
+        Plain ``async with`` on the semaphores: this runs once per check, thousands of times a minute.
+        """
+        async with self._global:
+            if credential is None:
+                return await work()
+            async with self._per_credential[credential][1]:
+                self.in_flight[credential] = self.in_flight.get(credential, 0) + 1
+                try:
+                    return await work()
+                finally:
+                    self.in_flight[credential] -= 1
 
 
 async def execute(check: Check, config: Config, target: Target, resources: Resources) -> CheckResult:
@@ -82,5 +85,4 @@ async def execute_limited(
     limiter: Limiter, check: Check, config: Config, target: Target, resources: Resources
 ) -> CheckResult:
     credential = target.credential if check.uses_credential else None
-    async with limiter.slot(credential):
-        return await execute(check, config, target, resources)
+    return await limiter.run(credential, lambda: execute(check, config, target, resources))

@@ -8,8 +8,8 @@ from __future__ import annotations
 import _ssl
 import functools
 import ssl
+import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from cryptography import x509
 
@@ -39,7 +39,8 @@ class Chain:
 
     certificates: tuple[x509.Certificate, ...]
     names: tuple[str, ...]  # the leaf's DNS names and IP addresses
-    earliest_expiry: datetime  # the earliest notAfter in the chain
+    expires_at: float  # the earliest notAfter in the chain, Unix time
+    described: str  # the report's line, short of the days left
 
     @property
     def leaf(self) -> x509.Certificate:
@@ -51,7 +52,9 @@ def _summarise(ders: tuple[bytes, ...]) -> Chain:
     # A server presents the same chain on every run: parse and summarise it once.
     certificates = tuple(x509.load_der_x509_certificate(der) for der in ders)
     names = tuple(_names(certificates[0]))
-    return Chain(certificates, names, min(c.not_valid_after_utc for c in certificates))
+    earliest = min(c.not_valid_after_utc for c in certificates)
+    described = f"certificate for {', '.join(names)}, chain expires {earliest:%Y-%m-%d}"
+    return Chain(certificates, names, earliest.timestamp(), described)
 
 
 def _presented_chain(ssl_object: ssl.SSLObject) -> Chain:
@@ -119,7 +122,7 @@ async def probe(target: Target, ctx: ProbeContext) -> CheckResult:
             except ssl.SSLCertVerificationError as err:
                 rejected = await _unverified_chain(target, ctx)
                 if rejected is not None:
-                    ctx.rec.measure(CERT_EXPIRY.name, rejected.earliest_expiry.timestamp())
+                    ctx.rec.measure(CERT_EXPIRY.name, rejected.expires_at)
                 raise ProbeFailure(
                     Reason.CERTIFICATE,
                     f"certificate rejected: {err.verify_message}",
@@ -132,14 +135,11 @@ async def probe(target: Target, ctx: ProbeContext) -> CheckResult:
                     f"check that {where} speaks TLS 1.2 or later (is it plain HTTP, or a TLS-inspecting device?)",
                 ) from None
             version = ssl_object.version() or "unknown"
-            detail.append(
-                f"{version}, certificate for {', '.join(chain.names)}, chain expires "
-                f"{chain.earliest_expiry:%Y-%m-%d} ({(chain.earliest_expiry - datetime.now(UTC)).days} days)"
-            )
+            detail.append(f"{version}, {chain.described} ({(chain.expires_at - time.time()) // 86400:.0f} days)")
     finally:
         conn.close()
     ctx.rec.measure(HANDSHAKE.name, ctx.rec.steps[-1].seconds)
-    ctx.rec.measure(CERT_EXPIRY.name, chain.earliest_expiry.timestamp())
+    ctx.rec.measure(CERT_EXPIRY.name, chain.expires_at)
     ctx.rec.measure(VERSION.name, 1, version=version)
     return ctx.rec.passed()
 
