@@ -30,12 +30,14 @@ class Plan:
     knee_targets: int
     knee_rates: tuple[int, ...]  # checks per minute, tried upwards until the exporter falls behind
     warmup_seconds: float
-    window_seconds: float
+    window_seconds: float  # each window; rounded up to a whole number of check intervals
+    windows: int  # per rate: the median window is reported
     metrics_sizes: tuple[tuple[int, int], ...]  # (targets, scrapes): about 18 series per target
     metrics_interval: timedelta  # the checks' interval while /metrics is timed; sets how long until ready
     memory_targets: int  # each with 5 mailboxes and every check it gets
     memory_interval: timedelta
-    check_cost_runs: int  # per case of CPU and requests per check
+    check_cost_runs: int  # per round, per case of CPU and requests per check
+    check_cost_rounds: int
     probe_rounds: int  # CPU per check: alternating rounds of exporter checks and blackbox_exporter probes
     probes_per_round: int
     probe_concurrency: int
@@ -48,12 +50,14 @@ DEFAULT_PLAN = Plan(
     knee_targets=1_000,
     knee_rates=(40_000, 60_000, 80_000, 100_000, 120_000, 160_000),
     warmup_seconds=5,
-    window_seconds=24,  # a whole number of every step's interval (12 s, 24 s, 6 s)
+    window_seconds=12,
+    windows=3,
     metrics_sizes=((56, 100), (560, 100), (2_800, 30)),  # 1,000, 10,000 and 50,000 series
     metrics_interval=timedelta(seconds=30),
     memory_targets=1_000,
     memory_interval=timedelta(seconds=60),
-    check_cost_runs=300,
+    check_cost_runs=200,
+    check_cost_rounds=3,
     probe_rounds=3,
     probes_per_round=2_000,
     probe_concurrency=8,
@@ -66,11 +70,13 @@ QUICK_PLAN = Plan(
     knee_rates=(60_000,),
     warmup_seconds=3,
     window_seconds=12,
+    windows=1,
     metrics_sizes=((560, 20),),
     metrics_interval=timedelta(seconds=10),
     memory_targets=100,
     memory_interval=timedelta(seconds=15),
     check_cost_runs=30,
+    check_cost_rounds=1,
     probe_rounds=1,
     probes_per_round=300,
     probe_concurrency=8,
@@ -90,14 +96,26 @@ def run(plan: Plan, steps: set[str], work_dir: Path) -> Results:
                 progress(f"scheduled checks: {targets:,} targets at {checks_per_minute:,} checks/min")
                 results.load.append(
                     measure_load(
-                        simulator, work_dir, targets, checks_per_minute, plan.warmup_seconds, plan.window_seconds
+                        simulator,
+                        work_dir,
+                        targets,
+                        checks_per_minute,
+                        plan.warmup_seconds,
+                        plan.window_seconds,
+                        plan.windows,
                     )
                 )
         if "knee" in steps:
             for checks_per_minute in plan.knee_rates:
                 progress(f"knee: {plan.knee_targets:,} targets at {checks_per_minute:,} checks/min")
                 measured = measure_load(
-                    simulator, work_dir, plan.knee_targets, checks_per_minute, plan.warmup_seconds, plan.window_seconds
+                    simulator,
+                    work_dir,
+                    plan.knee_targets,
+                    checks_per_minute,
+                    plan.warmup_seconds,
+                    plan.window_seconds,
+                    plan.windows,
                 )
                 results.knee.append(measured)
                 if measured.falls_behind():
@@ -111,8 +129,10 @@ def run(plan: Plan, steps: set[str], work_dir: Path) -> Results:
             results.memory = measure_memory(simulator, work_dir, plan.memory_targets, plan.memory_interval)
         if "checks" in steps:
             for case in CASES:
-                progress(f"CPU and requests per check: {case.label}, {plan.check_cost_runs} runs")
-                results.check_costs.append(measure_check_cost(simulator, work_dir, case, plan.check_cost_runs))
+                progress(f"CPU and requests per check: {case.label}")
+                results.check_costs.append(
+                    measure_check_cost(simulator, work_dir, case, plan.check_cost_runs, plan.check_cost_rounds)
+                )
         if "tls" in steps:
             binary = blackbox_binary(work_dir / "apt-get.log")
             if binary is None:

@@ -10,6 +10,7 @@ run, no new connection, no new NTLM handshake and no new token until the token n
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -66,11 +67,12 @@ CASES = (
 @dataclass(frozen=True)
 class CheckCost:
     label: str
-    runs: int  # measured runs
+    runs: int  # measured runs per round
     warmup_runs: int
-    failures: int
-    cpu_seconds: float
-    wall_seconds: float
+    rounds: int
+    failures: int  # over every round
+    cpu_ms_per_check_by_round: tuple[float, ...]
+    wall_seconds: float  # over every round
     requests: int  # at the endpoint, warm-up included
     connections: int
     ntlm_handshakes: int
@@ -78,21 +80,28 @@ class CheckCost:
 
     @property
     def cpu_ms_per_check(self) -> float:
-        return 1000 * self.cpu_seconds / self.runs
+        """The median round's."""
+        return statistics.median(self.cpu_ms_per_check_by_round)
+
+    @property
+    def wall_ms_per_check(self) -> float:
+        return 1000 * self.wall_seconds / (self.runs * self.rounds)
 
     @property
     def all_runs(self) -> int:
-        return self.runs + self.warmup_runs
+        return self.runs * self.rounds + self.warmup_runs
 
     @property
     def requests_per_check(self) -> float:
         return self.requests / self.all_runs
 
 
-def run_check_cpu(config_file: Path, target: str, check: str, runs: int, concurrency: int) -> dict[str, Any]:
+def run_check_cpu(
+    config_file: Path, target: str, check: str, runs: int, concurrency: int, rounds: int
+) -> dict[str, Any]:
     """``bench.check_cpu`` in a fresh interpreter; its JSON figures."""
     argv = [sys.executable, "-m", "bench.check_cpu", "--config", str(config_file), "--check", check]
-    argv += ["--target", target, "--runs", str(runs), "--concurrency", str(concurrency)]
+    argv += ["--target", target, "--runs", str(runs), "--concurrency", str(concurrency), "--rounds", str(rounds)]
     done = subprocess.run(
         argv, cwd=REPOSITORY, capture_output=True, text=True, timeout=CHECK_CPU_TIMEOUT_SECONDS, check=False
     )
@@ -118,19 +127,23 @@ def _wire(simulator: RunningSimulator, endpoint: str) -> tuple[dict[str, int], i
     return traffic, tokens
 
 
-def measure_check_cost(simulator: RunningSimulator, work_dir: Path, case: CheckCase, runs: int) -> CheckCost:
-    """One case: ``runs`` checks one after another (as the scheduler runs one target's check), after one warm-up."""
+def measure_check_cost(
+    simulator: RunningSimulator, work_dir: Path, case: CheckCase, runs: int, rounds: int
+) -> CheckCost:
+    """One case: rounds of ``runs`` checks one after another (as the scheduler runs one target's check)."""
     config_file = _case_config(simulator, case, work_dir / f"check-{case.check}-{case.target}.yml")
     traffic_before, tokens_before = _wire(simulator, case.endpoint)
-    figures = run_check_cpu(config_file, case.target, case.check, runs, concurrency=1)
+    figures = run_check_cpu(config_file, case.target, case.check, runs, concurrency=1, rounds=rounds)
     traffic_after, tokens_after = _wire(simulator, case.endpoint)
+    measured = figures["rounds"]
     return CheckCost(
         label=case.label,
         runs=int(figures["runs"]),
         warmup_runs=int(figures["warmup_runs"]),
-        failures=int(figures["failures"]),
-        cpu_seconds=figures["cpu_seconds"],
-        wall_seconds=figures["wall_seconds"],
+        rounds=len(measured),
+        failures=sum(int(r["failures"]) for r in measured),
+        cpu_ms_per_check_by_round=tuple(1000 * r["cpu_seconds"] / runs for r in measured),
+        wall_seconds=sum(r["wall_seconds"] for r in measured),
         requests=traffic_after["requests"] - traffic_before["requests"],
         connections=traffic_after["connections"] - traffic_before["connections"],
         ntlm_handshakes=traffic_after["ntlm_handshakes"] - traffic_before["ntlm_handshakes"],

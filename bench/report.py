@@ -92,6 +92,7 @@ def _load_rows(load: list[LoadMeasurement], with_verdict: bool) -> tuple[list[st
         "overruns",
         "CPU (% of 1 core)",
         "CPU ms/check",
+        "range over windows",
         "lag p50",
         "lag p99",
         "RSS MiB",
@@ -109,6 +110,7 @@ def _load_rows(load: list[LoadMeasurement], with_verdict: bool) -> tuple[list[st
             f"{m.overruns:,.0f}",
             f"{100 * m.cpu_seconds / m.window_seconds:.0f}",
             f"{m.cpu_ms_per_check:.2f}",
+            f"{m.cpu_ms_per_check_range[0]:.2f}-{m.cpu_ms_per_check_range[1]:.2f}" if m.cpu_ms_per_check_range else "",
             _seconds(m.lag_p50_seconds),
             _seconds(m.lag_p99_seconds),
             f"{m.rss_bytes / MIB:.0f}",
@@ -130,7 +132,8 @@ def _load_table(load: list[LoadMeasurement]) -> list[str]:
         "",
         *_table(header, rows),
         "",
-        f"Steady window per row (s): {window}, a whole number of check intervals, after a warm-up. Checks, "
+        f"Window per row (s): {window}, a whole number of check intervals, after a warm-up; each row is the "
+        "window with the median CPU per check of consecutive windows. Checks, "
         "failures, overruns and lag are deltas between the two /metrics scrapes that bracket the window; "
         "CPU is /proc/PID/stat utime+stime over the window (scrapes excluded), per check scaled to the "
         "window; RSS is VmRSS at the window's end, peak is VmHWM. CPU % is of one core; machine CPU % is "
@@ -209,6 +212,7 @@ def _check_costs_table(costs: list[CheckCost]) -> list[str]:
         "runs",
         "failed",
         "CPU ms/check",
+        "range over rounds",
         "wall ms/check",
         "requests/check",
         "connections",
@@ -218,10 +222,11 @@ def _check_costs_table(costs: list[CheckCost]) -> list[str]:
     rows = [
         [
             c.label,
-            f"{c.warmup_runs} + {c.runs:,}",
+            f"{c.warmup_runs} + {c.rounds} × {c.runs:,}",
             f"{c.failures:,}",
             f"{c.cpu_ms_per_check:.2f}",
-            f"{1000 * c.wall_seconds / c.runs:.1f}",
+            f"{min(c.cpu_ms_per_check_by_round):.2f}-{max(c.cpu_ms_per_check_by_round):.2f}",
+            f"{c.wall_ms_per_check:.1f}",
             f"{c.requests_per_check:.2f}",
             f"{c.connections:,}",
             f"{c.ntlm_handshakes:,}",
@@ -235,8 +240,8 @@ def _check_costs_table(costs: list[CheckCost]) -> list[str]:
         *_table(header, rows),
         "",
         "Each row is a fresh process running one check on one target one run after another, as the scheduler "
-        "does, after a warm-up run (runs: warm-up + measured). CPU is time.process_time of that process (every "
-        "thread, so NTLM's worker threads too) over the measured runs. Requests, connections and NTLM handshakes "
+        "does: a warm-up run, then rounds of runs. CPU is time.process_time of that process (every thread, so "
+        "NTLM's worker threads too); CPU ms/check is the median round's. Requests, connections and NTLM handshakes "
         "are what the simulator's endpoint saw over all runs, warm-up included; token requests are what Entra ID "
         "saw. One connection and one handshake for hundreds of runs means kept-alive connections are reused; "
         "one token request means the token came from the cache until the process ended.",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -40,6 +40,7 @@ class LoadMeasurement:
     lag_p99_seconds: float
     rss_bytes: int
     peak_rss_bytes: int
+    cpu_ms_per_check_range: tuple[float, float] | None = None  # over every window, for the kept (median) one
 
     @property
     def planned_per_minute(self) -> float:
@@ -81,51 +82,61 @@ def measure_load(
     checks_per_minute: int,
     warmup_seconds: float,
     window_seconds: float,
+    windows: int,
 ) -> LoadMeasurement:
-    """Run the exporter at a check rate; measure its process over a window after a warm-up.
+    """Run the exporter at a check rate; measure its process over ``windows`` windows after a warm-up.
 
-    The window is rounded to a whole number of check intervals: every job then runs equally often in
+    Each window is rounded to a whole number of check intervals: every job then runs equally often in
     it whatever its phase (first runs are spread by a hash of the job id, not evenly). /metrics is read
-    just before the window's first CPU reading and just after its last, so the two scrapes' own cost
-    stays out of the CPU figure; the check rate is counted between the two requests.
+    between windows, outside the CPU readings, so the scrapes' own cost stays out of the CPU figure; the
+    check rate is counted between two such reads. The window with the median CPU per check is kept, with
+    the range over all windows.
     """
     interval = interval_for(targets, checks_per_minute)
     window_seconds = max(1, round(window_seconds / interval.total_seconds())) * interval.total_seconds()
     config_file = write_exporter_config(
         work_dir / f"load-{targets}-{checks_per_minute}.yml", simulator, targets, interval
     )
+    measured: list[LoadMeasurement] = []
     with running_exporter(config_file) as exporter:
         process = exporter.process
         process.sleep(warmup_seconds)
         counted_from, before = _counters(exporter)
-        started = time.monotonic()
-        cpu_before = process.cpu_seconds()
-        simulator_cpu_before = simulator.process.cpu_seconds()
-        machine_cpu_before = machine_busy_cpu_seconds()
-        process.sleep(window_seconds)
-        cpu_seconds = process.cpu_seconds() - cpu_before
-        simulator_cpu_seconds = simulator.process.cpu_seconds() - simulator_cpu_before
-        machine_cpu_seconds = machine_busy_cpu_seconds() - machine_cpu_before
-        measured_seconds = time.monotonic() - started
-        rss, peak_rss = process.memory_bytes()
-        counted_until, after = _counters(exporter)
-    during = after.since(before)
-    return LoadMeasurement(
-        targets=targets,
-        interval=interval,
-        window_seconds=measured_seconds,
-        counted_seconds=counted_until - counted_from,
-        completed=during.runs,
-        failed=during.failures,
-        overruns=during.overruns,
-        cpu_seconds=cpu_seconds,
-        simulator_cpu_seconds=simulator_cpu_seconds,
-        machine_cpu_seconds=machine_cpu_seconds,
-        lag_p50_seconds=histogram_quantile(0.50, during.lag_buckets),
-        lag_p99_seconds=histogram_quantile(0.99, during.lag_buckets),
-        rss_bytes=rss,
-        peak_rss_bytes=peak_rss,
-    )
+        for _ in range(windows):
+            started = time.monotonic()
+            cpu_before = process.cpu_seconds()
+            simulator_cpu_before = simulator.process.cpu_seconds()
+            machine_cpu_before = machine_busy_cpu_seconds()
+            process.sleep(window_seconds)
+            cpu_seconds = process.cpu_seconds() - cpu_before
+            simulator_cpu_seconds = simulator.process.cpu_seconds() - simulator_cpu_before
+            machine_cpu_seconds = machine_busy_cpu_seconds() - machine_cpu_before
+            measured_seconds = time.monotonic() - started
+            rss, peak_rss = process.memory_bytes()
+            counted_until, after = _counters(exporter)
+            during = after.since(before)
+            measured.append(
+                LoadMeasurement(
+                    targets=targets,
+                    interval=interval,
+                    window_seconds=measured_seconds,
+                    counted_seconds=counted_until - counted_from,
+                    completed=during.runs,
+                    failed=during.failures,
+                    overruns=during.overruns,
+                    cpu_seconds=cpu_seconds,
+                    simulator_cpu_seconds=simulator_cpu_seconds,
+                    machine_cpu_seconds=machine_cpu_seconds,
+                    lag_p50_seconds=histogram_quantile(0.50, during.lag_buckets),
+                    lag_p99_seconds=histogram_quantile(0.99, during.lag_buckets),
+                    rss_bytes=rss,
+                    peak_rss_bytes=peak_rss,
+                )
+            )
+            counted_from, before = counted_until, after
+    ordered = sorted(measured, key=lambda m: m.cpu_ms_per_check)
+    median = ordered[(len(ordered) - 1) // 2]
+    return replace(median, cpu_ms_per_check_range=(ordered[0].cpu_ms_per_check, ordered[-1].cpu_ms_per_check))
 
 
 # What Prometheus 2.x sends by default; the exporter answers in the text format whatever the header says.
