@@ -58,7 +58,7 @@ DEFAULT_PLAN = Plan(
     memory_interval=timedelta(seconds=60),
     check_cost_runs=200,
     check_cost_rounds=3,
-    probe_rounds=3,
+    probe_rounds=5,
     probes_per_round=2_000,
     probe_concurrency=8,
     openssl_seconds=5,
