@@ -76,6 +76,10 @@ def _seconds(value: float) -> str:
     return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s"
 
 
+def _section(title: str, header: list[str], rows: list[list[str]], note: str) -> list[str]:
+    return [f"## {title}", "", *_table(header, rows), "", note]
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     alignment = [":---", *("---:" for _ in header[1:])]  # text in the first column, figures after it
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(alignment) + "|"]
@@ -127,11 +131,10 @@ def _load_rows(load: list[LoadMeasurement], with_verdict: bool) -> tuple[list[st
 def _load_table(load: list[LoadMeasurement]) -> list[str]:
     header, rows = _load_rows(load, with_verdict=False)
     window = ", ".join(f"{m.window_seconds:.0f}" for m in load)
-    return [
-        "## Scheduled checks (exporter process only)",
-        "",
-        *_table(header, rows),
-        "",
+    return _section(
+        "Scheduled checks (exporter process only)",
+        header,
+        rows,
         f"Window per row (s): {window}, a whole number of check intervals, after a warm-up; each row is the "
         "window with the median CPU per check of consecutive windows. Checks, "
         "failures, overruns and lag are deltas between the two /metrics scrapes that bracket the window; "
@@ -141,7 +144,7 @@ def _load_table(load: list[LoadMeasurement]) -> list[str]:
         f"{100 * len(os.sched_getaffinity(0))}), so other work running at the same time shows. Lag "
         "percentiles are interpolated "
         f"inside the histogram's buckets as histogram_quantile does (first bucket 0-{LAG_BUCKETS[0] * 1000:g} ms).",
-    ]
+    )
 
 
 def _knee_table(knee: list[LoadMeasurement]) -> list[str]:
@@ -157,16 +160,15 @@ def _knee_table(knee: list[LoadMeasurement]) -> list[str]:
         verdict = f"Already the lowest rate tried is past the knee: the exporter {behind[0].falls_behind()}."
     else:
         verdict = f"The exporter kept up with every rate tried, up to {knee[-1].planned_per_minute:,.0f} checks/min."
-    return [
-        "## Finding the knee",
-        "",
-        *_table(header, rows),
-        "",
+    return _section(
+        "Finding the knee",
+        header,
+        rows,
         f"Rates rise until the exporter falls behind: it keeps up while it completes at least {KEEP_UP_SHARE:.0%} of "
         f"the planned checks, the p99 scheduling lag stays under {LAG_P99_LIMIT_SECONDS:g} s and under "
         f"{KEEP_UP_SHARE_OVERRUNS:.1%} of runs overrun. The simulator shares the machine's CPUs: look at the "
         f"machine CPU column before blaming the exporter. {verdict}",
-    ]
+    )
 
 
 def _memory_table(m: MemoryMeasurement) -> list[str]:
@@ -194,16 +196,15 @@ def _memory_table(m: MemoryMeasurement) -> list[str]:
         f"{m.rss / MIB:.0f}",
         f"{m.peak_rss / MIB:.0f}",
     ]
-    return [
-        "## Memory with mailboxes",
-        "",
-        *_table(header, [row]),
-        "",
+    return _section(
+        "Memory with mailboxes",
+        header,
+        [row],
         "Targets cycle through the simulator's five (on-prem EWS and Autodiscover signing in with Basic and "
         "NTLM, Exchange Online EWS and Graph with the Entra app, Exchange Online Autodiscover), each with five "
         "mailboxes its side knows, so every per-mailbox check and kept-alive NTLM session is there. RSS is read "
         "when /-/ready first answers and again one interval later; the peak is VmHWM.",
-    ]
+    )
 
 
 def _check_costs_table(costs: list[CheckCost]) -> list[str]:
@@ -234,18 +235,17 @@ def _check_costs_table(costs: list[CheckCost]) -> list[str]:
         ]
         for c in costs
     ]
-    return [
-        "## CPU and requests on the wire per check",
-        "",
-        *_table(header, rows),
-        "",
+    return _section(
+        "CPU and requests on the wire per check",
+        header,
+        rows,
         "Each row is a fresh process running one check on one target one run after another, as the scheduler "
         "does: a warm-up run, then rounds of runs. CPU is time.process_time of that process (every thread, so "
         "NTLM's worker threads too); CPU ms/check is the median round's. Requests, connections and NTLM handshakes "
         "are what the simulator's endpoint saw over all runs, warm-up included; token requests are what Entra ID "
         "saw. One connection and one handshake for hundreds of runs means kept-alive connections are reused; "
         "one token request means the token came from the cache until the process ended.",
-    ]
+    )
 
 
 def _metrics_table(measurements: list[MetricsMeasurement]) -> list[str]:
@@ -272,14 +272,13 @@ def _metrics_table(measurements: list[MetricsMeasurement]) -> list[str]:
         ]
         for m in measurements
     ]
-    return [
-        "## GET /metrics (one kept-alive connection, sequential)",
-        "",
-        *_table(header, rows),
-        "",
+    return _section(
+        "GET /metrics (one kept-alive connection, sequential)",
+        header,
+        rows,
         "Measured after the first round of checks, with checks still running; their CPU is inside the CPU "
         "column. The exporter answers in the text format 0.0.4, here asked for with Prometheus' Accept header.",
-    ]
+    )
 
 
 def median_round(rounds: list[ProbeCpu]) -> ProbeCpu:
