@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from test_cli import CLI
 
 from exporter.simulator.server import Simulator
 
@@ -19,6 +20,18 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     if os.environ.get("CI") == "true" and report.skipped and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         report.longrepr = f"skipped in CI, which counts as a failure: {report.longrepr}"
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Iterator[CLI]:
+    """The command line as subprocesses; SIGKILL to every process group the test started, at its end."""
+    workdir = tmp_path / "cli"
+    workdir.mkdir()
+    runner = CLI(workdir)
+    try:
+        yield runner
+    finally:
+        runner.kill_all()
 
 
 @pytest.fixture

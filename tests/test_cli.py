@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -147,17 +147,6 @@ class CLI:
                 os.killpg(proc.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.popen.wait(timeout=5)
-
-
-@pytest.fixture
-def cli(tmp_path: Path) -> Iterator[CLI]:
-    workdir = tmp_path / "cli"
-    workdir.mkdir()
-    runner = CLI(workdir)
-    try:
-        yield runner
-    finally:
-        runner.kill_all()
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import os
 import signal
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -42,17 +42,6 @@ from exporter.simulator.pki import CertificateAuthority
 from exporter.simulator.server import Simulator
 from exporter.web import create_app
 from exporter.webconfig import load_web_config
-
-
-@pytest.fixture
-def cli(tmp_path: Path) -> Iterator[CLI]:
-    workdir = tmp_path / "cli"
-    workdir.mkdir()
-    runner = CLI(workdir)
-    try:
-        yield runner
-    finally:
-        runner.kill_all()  # SIGKILL to every process group this test started
 
 
 @pytest.fixture
