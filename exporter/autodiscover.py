@@ -101,34 +101,63 @@ def read_pox(response: HttpResponse) -> Found:
         if code == "500":  # "The email address can't be found."
             raise _not_found(message)
         raise ProbeFailure(Reason.BAD_RESPONSE, f"Autodiscover error {code}: {message[:200]}")
-    action = next((_text(a, "Action") for a in root.iter() if xmlsafe.local_name(a.tag) == "Account"), "")
+    account = next((e for e in root.iter() if xmlsafe.local_name(e.tag) == "Account"), None)
+    action = _text(account, "Action")
     if action == "redirectAddr":
-        return Found(redirect_address=_deep_text(root, "RedirectAddr"))
+        return Found(redirect_address=_redirect_target(account, "RedirectAddr", action))
     if action == "redirectUrl":
-        return Found(redirect_url=_deep_text(root, "RedirectUrl"))
-    # The external EWS URL is EXPR's; EXCH carries the internal one.
-    urls = {_text(p, "Type"): _text(p, "EwsUrl") for p in root.iter() if xmlsafe.local_name(p.tag) == "Protocol"}
-    url = urls.get("EXPR") or urls.get("EXCH") or next((u for u in urls.values() if u), "")
+        return Found(redirect_url=_redirect_target(account, "RedirectUrl", action))
+    url = _pox_ews_url(account)
     if not url:
         raise ProbeFailure(Reason.BAD_RESPONSE, "the Autodiscover answer holds no EwsUrl")
     return Found(ews_url=url)
 
 
+def _pox_ews_url(account: ET.Element | None) -> str:
+    """The EWS URL of the Account's own Protocol blocks: EXPR's (external), else EXCH's (internal), else another's.
+
+    Only those blocks carry ``EwsUrl`` ("Protocol (POX)"). The ``WEB`` block's ``Internal`` and ``External``
+    children hold Protocol entries of their own with just ``Type`` and ``ASUrl`` ("Internal (POX)",
+    "External (POX)"), so they are not read: Microsoft's sample ("Get user settings from Exchange by using
+    Autodiscover") ends with such an entry of type EXCH.
+    """
+    urls: dict[str, str] = {}
+    for block in account if account is not None else ():
+        url = _text(block, "EwsUrl") if xmlsafe.local_name(block.tag) == "Protocol" else ""
+        if url:
+            urls.setdefault(_text(block, "Type"), url)
+    return urls.get("EXPR") or urls.get("EXCH") or next(iter(urls.values()), "")
+
+
+def _redirect_target(account: ET.Element | None, name: str, action: str) -> str:
+    target = _text(account, name)
+    if not target:
+        raise ProbeFailure(Reason.BAD_RESPONSE, f"the Autodiscover answer says {action} but holds no {name}")
+    return target
+
+
 def read_soap(response: HttpResponse) -> Found:
+    """A GetUserSettings answer: the request's ErrorCode under ``Response``, then one per ``UserResponse``.
+
+    Codes are Microsoft's "ErrorCode (SOAP)" enumeration; ``ServerBusy`` means "try again later".
+    """
     root = xml_document(response, f"{{{SOAP_ENVELOPE_NS}}}Envelope", "a SOAP Autodiscover answer")
     user = next((e for e in root.iter(f"{{{SOAP_AUTODISCOVER_NS}}}UserResponse")), None)
     if user is None:
         response_element = next(root.iter(f"{{{SOAP_AUTODISCOVER_NS}}}Response"), None)
-        code = _text(response_element, "ErrorCode") if response_element is not None else ""
+        code = _text(response_element, "ErrorCode")
+        if code == "ServerBusy":
+            raise _server_busy(_text(response_element, "ErrorMessage"))
         raise ProbeFailure(Reason.BAD_RESPONSE, f"a GetUserSettings answer without a user response ({code})")
     code = _text(user, "ErrorCode")
-    target = _text(user, "RedirectTarget")
     if code == "RedirectAddress":
-        return Found(redirect_address=target)
+        return Found(redirect_address=_redirect_target(user, "RedirectTarget", code))
     if code == "RedirectUrl":
-        return Found(redirect_url=target)
+        return Found(redirect_url=_redirect_target(user, "RedirectTarget", code))
     if code == "InvalidUser":
         raise _not_found(_text(user, "ErrorMessage"))
+    if code == "ServerBusy":
+        raise _server_busy(_text(user, "ErrorMessage"))
     if code != "NoError":
         raise ProbeFailure(Reason.BAD_RESPONSE, f"GetUserSettings error {code}: {_text(user, 'ErrorMessage')[:200]}")
     settings = {_text(s, "Name"): _text(s, "Value") for s in user.iter(f"{{{SOAP_AUTODISCOVER_NS}}}UserSetting")}
@@ -136,6 +165,10 @@ def read_soap(response: HttpResponse) -> Found:
     if not url:
         raise ProbeFailure(Reason.BAD_RESPONSE, "GetUserSettings returned neither ExternalEwsUrl nor InternalEwsUrl")
     return Found(ews_url=url)
+
+
+def _server_busy(message: str) -> ProbeFailure:
+    return ProbeFailure(Reason.THROTTLED, f"Autodiscover is too busy (ServerBusy): {message[:200]}")
 
 
 def read_json(response: HttpResponse) -> Found:
@@ -149,17 +182,23 @@ def read_json(response: HttpResponse) -> Found:
     return Found(ews_url=url)
 
 
+def error_detail(response: HttpResponse) -> str:
+    """``: code: message`` of a v2 JSON error body (``{"ErrorCode": ..., "ErrorMessage": ...}``), else nothing."""
+    try:
+        answer = json.loads(response.body)
+    except ValueError:
+        return ""
+    if not isinstance(answer, dict) or not isinstance(answer.get("ErrorCode"), str):
+        return ""
+    return f": {answer['ErrorCode']}: {str(answer.get('ErrorMessage', ''))[:200]}"
+
+
 def _text(element: ET.Element | None, name: str) -> str:
     """Text of the direct child called ``name``, whatever its namespace."""
     if element is None:
         return ""
     child = next((c for c in element if xmlsafe.local_name(c.tag) == name), None)
     return (child.text or "").strip() if child is not None else ""
-
-
-def _deep_text(root: ET.Element, name: str) -> str:
-    element = next((e for e in root.iter() if xmlsafe.local_name(e.tag) == name), None)
-    return (element.text or "").strip() if element is not None else ""
 
 
 def host_allowed(url: str, allowed: tuple[str, ...]) -> bool:

@@ -81,12 +81,18 @@ async def discover(ctx: ProbeContext, target: Target, mailbox: str, kind: Autodi
             )
         response = await _ask(ctx, target, url, address, kind, method)
         if response.status in (301, 302, 303, 307, 308):
-            url = urljoin(url, response.header("Location") or "")
+            location = response.header("Location")
+            if not location:
+                raise ProbeFailure(Reason.BAD_RESPONSE, f"HTTP {response.status} without a Location from {url}")
+            url = urljoin(url, location)
             continue
         if response.status == 401:
             raise ProbeFailure(Reason.UNAUTHORIZED, f"{url} rejected the credentials (HTTP 401)")
+        if response.status == 403:
+            raise ProbeFailure(Reason.FORBIDDEN, f"{url} denied access (HTTP 403)", _forbidden_hint(method))
         if response.status != 200:
-            raise ProbeFailure(Reason.BAD_RESPONSE, f"HTTP {response.status} from {url}")
+            detail = protocol.error_detail(response)
+            raise ProbeFailure(Reason.BAD_RESPONSE, f"HTTP {response.status} from {url}{detail}")
         read = {"pox": protocol.read_pox, "soap": protocol.read_soap, "json": protocol.read_json}[kind]
         found = read(response)
         if found.ews_url:
@@ -99,6 +105,17 @@ async def discover(ctx: ProbeContext, target: Target, mailbox: str, kind: Autodi
         else:
             url = found.redirect_url or ""
     raise ProbeFailure(Reason.REDIRECT_BLOCKED, f"more than {protocol.MAX_HOPS} redirects", REDIRECT_HINT)
+
+
+def _forbidden_hint(method: AuthMethod | None) -> str:
+    if method == AuthMethod.OAUTH:
+        # learn.microsoft.com/exchange/permissions-exo/application-rbac: "The AutoDiscover service can't be
+        # accessed when using RBAC Application roles".
+        return (
+            "Exchange Online's Autodiscover does not accept an app whose access is granted by RBAC for Applications: "
+            "ask by the anonymous v2 protocol (the target's protocols: [json]) instead"
+        )
+    return "check the Autodiscover virtual directory's authentication and the account's rights to the mailbox"
 
 
 async def _ask(

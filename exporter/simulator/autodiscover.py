@@ -50,6 +50,9 @@ _INVALID_REQUEST = (600, "Invalid Request")
 _SCHEMA_NOT_PROVIDED = (601, "Provider is not available.")
 # The schema versions the SOAP service names for itself (the 4.2 fixture's Version element).
 _AUTODISCOVER_SCHEMA_VERSION = "Exchange2015"
+# Identifiers a settings response carries; fixed, as one organisation's would be.
+_DEPLOYMENT_ID = "50817eff-b925-4578-a0db-13bfc635e7a5"
+_OAB_ID = "c21c7bc2-53b3-4ddc-ad89-1219b486c37c"
 _EWS_SUPPORTED_SCHEMAS = (
     "Exchange2007, Exchange2007_SP1, Exchange2010, Exchange2010_SP1, Exchange2010_SP2, Exchange2013, Exchange2013_SP1"
 )
@@ -95,7 +98,8 @@ class AutodiscoverService:
     """One Autodiscover endpoint's behaviour; it outlives the listeners that a fault change restarts.
 
     ``own_url`` is the endpoint's base URL; ``ews_url`` the EWS URL it reports unless overridden;
-    ``redirects_unknown_json_users`` is Exchange Online's v2 JSON 302 for an unknown user.
+    ``redirects_unknown_json_users`` is Exchange Online's v2 JSON 302 for an unknown user;
+    ``microsoft_online`` says, in POX's MicrosoftOnline, whether this is Exchange Online.
     """
 
     def __init__(
@@ -105,6 +109,7 @@ class AutodiscoverService:
         ews_url: str,
         server_version: ServerVersion,
         redirects_unknown_json_users: bool,
+        microsoft_online: bool = False,
     ) -> None:
         self._own_url = own_url
         self._directory = directory
@@ -112,6 +117,7 @@ class AutodiscoverService:
         self._ews_url_override: str | None = None
         self._server_version = server_version
         self._redirects_unknown_json_users = redirects_unknown_json_users
+        self._microsoft_online = "True" if microsoft_online else "False"
         self._redirects: dict[str, tuple[str, Redirect]] = {}  # casefolded address → (address, redirect)
 
     @property
@@ -182,15 +188,44 @@ class AutodiscoverService:
                     return _pox_redirect("redirectUrl", "RedirectUrl", redirect.target)
         if address not in self._directory:
             return _pox_error(*_UNKNOWN_MAILBOX)
-        ews_url = escape(self.ews_url)
-        return _pox_response(
+        return _pox_response(self._pox_settings(address))
+
+    def _pox_settings(self, address: str) -> str:
+        """The settings response in full, as Microsoft's sample has it ("Get user settings from Exchange by
+        using Autodiscover", office-developer-exchange-docs): the EXCH (internal) and EXPR (external)
+        blocks, then the WEB block whose Internal and External entries hold OWAUrl and a Protocol with
+        only Type and ASUrl ("Internal (POX)", "External (POX)"). This side publishes one EWS URL, both
+        internally and externally, so EXCH and EXPR carry the same EwsUrl.
+        """
+        ews = urlsplit(self.ews_url)
+        base = escape(f"{ews.scheme}://{ews.netloc}")
+        server, ews_url, local = escape(ews.hostname or ""), escape(self.ews_url), escape(address.partition("@")[0])
+        organisation = "/o=First Organization/ou=Exchange Administrative Group (FYDIBOHF23SPDLT)"
+        urls = (
+            f"<ASUrl>{ews_url}</ASUrl><EwsUrl>{ews_url}</EwsUrl><EmwsUrl>{ews_url}</EmwsUrl>"
+            f"<EcpUrl>{base}/ecp/</EcpUrl><OOFUrl>{ews_url}</OOFUrl><OABUrl>{base}/OAB/{_OAB_ID}/</OABUrl>"
+        )
+        version = self._server_version
+        return (
             f'<Response xmlns="{OUTLOOK_RESPONSE_SCHEMA}">'
             f"<User><DisplayName>{escape(_display_name(address))}</DisplayName>"
-            f"<AutoDiscoverSMTPAddress>{escape(address)}</AutoDiscoverSMTPAddress></User>"
+            f"<LegacyDN>{organisation}/cn=Recipients/cn={local}</LegacyDN>"
+            f"<AutoDiscoverSMTPAddress>{escape(address)}</AutoDiscoverSMTPAddress>"
+            f"<DeploymentId>{_DEPLOYMENT_ID}</DeploymentId></User>"
             "<Account><AccountType>email</AccountType><Action>settings</Action>"
-            f"<Protocol><Type>EXCH</Type><ASUrl>{ews_url}</ASUrl><EwsUrl>{ews_url}</EwsUrl>"
-            f"<EmwsUrl>{ews_url}</EmwsUrl><OOFUrl>{ews_url}</OOFUrl></Protocol>"
-            f"<Protocol><Type>EXPR</Type><EwsUrl>{ews_url}</EwsUrl></Protocol>"
+            f"<MicrosoftOnline>{self._microsoft_online}</MicrosoftOnline>"
+            f"<Protocol><Type>EXCH</Type><Server>{server}</Server>"
+            f"<ServerDN>{organisation}/cn=Configuration/cn=Servers/cn={server}</ServerDN>"
+            f"<ServerVersion>{_pox_server_version(version)}</ServerVersion>"
+            f"<AD>dc.{server}</AD>{urls}<ServerExclusiveConnect>off</ServerExclusiveConnect></Protocol>"
+            f"<Protocol><Type>EXPR</Type><Server>{server}</Server><SSL>On</SSL><AuthPackage>Ntlm</AuthPackage>"
+            f"{urls}<ServerExclusiveConnect>on</ServerExclusiveConnect>"
+            "<CertPrincipalName>None</CertPrincipalName></Protocol>"
+            "<Protocol><Type>WEB</Type>"
+            f'<Internal><OWAUrl AuthenticationMethod="Basic, Fba">{base}/owa/</OWAUrl>'
+            f"<Protocol><Type>EXCH</Type><ASUrl>{ews_url}</ASUrl></Protocol></Internal>"
+            f'<External><OWAUrl AuthenticationMethod="Fba">{base}/owa/</OWAUrl>'
+            f"<Protocol><Type>EXPR</Type><ASUrl>{ews_url}</ASUrl></Protocol></External></Protocol>"
             "</Account></Response>"
         )
 
@@ -310,6 +345,11 @@ def _texts(parent: ElementTree.Element, *path: str) -> list[str]:
         (element.text or "").strip()
         for element in parent.iterfind("/".join(f"{{{AUTODISCOVER_NS}}}{name}" for name in path))
     ]
+
+
+def _pox_server_version(version: ServerVersion) -> str:
+    """POX's ServerVersion: hex of 0111, 6 bits major, 6 bits minor, 1, 15 bits build (73C08204 is 15.0.516)."""
+    return f"{(0b0111 << 28) | (version.major << 22) | (version.minor << 16) | (1 << 15) | version.major_build:08X}"
 
 
 def _display_name(address: str) -> str:

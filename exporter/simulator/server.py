@@ -243,6 +243,7 @@ class Simulator:
                     ews_url=self.endpoints[ews_endpoint].url + ews.EWS_PATH,
                     server_version=self._ews[ews_endpoint].server_version,
                     redirects_unknown_json_users=name == "online-autodiscover",
+                    microsoft_online=name == "online-autodiscover",
                 )
             # Apps are built only once every port is known: autodiscover answers with other endpoints' URLs.
             for endpoint in self.endpoints.values():
