@@ -9,7 +9,7 @@ import ipaddress
 import json
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 from xml.sax.saxutils import escape
 
 from . import xmlsafe
@@ -45,7 +45,8 @@ def check_pox_answer(response: HttpResponse) -> None:
 
 
 SOAP_PATH = "/autodiscover/autodiscover.svc"
-JSON_PATH = "/autodiscover/autodiscover.json/v1.0/"
+JSON_BASE = "/autodiscover/autodiscover.json"
+JSON_PATH = JSON_BASE + "/v1.0/"
 SOAP_AUTODISCOVER_NS = "http://schemas.microsoft.com/exchange/2010/Autodiscover"
 WSA_NS = "http://www.w3.org/2005/08/addressing"
 XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
@@ -72,6 +73,20 @@ def endpoint(protocol: str, target_url: str, mailbox: str) -> str:
     else:
         path, query = JSON_PATH + quote(mailbox, safe="@"), "Protocol=EWS"
     return urlunsplit((parts.scheme, parts.netloc, path, query, ""))
+
+
+def unknown_to_json(url: str, location: str, mailbox: str) -> bool:
+    """Exchange Online's v2 answer for an address it does not know: a 302 back to its own ``autodiscover.json``
+    with ``Email`` (the address) and ``RedirectCount`` (protocol facts 4.3, a capture). Followed, it only
+    counts up."""
+    asked, there = urlsplit(url), urlsplit(location)
+    query = parse_qs(there.query)
+    return (
+        there.netloc.lower() == asked.netloc.lower()
+        and there.path.rstrip("/").lower() == JSON_BASE
+        and "RedirectCount" in query
+        and [address.lower() for address in query.get("Email", [])] == [mailbox.lower()]
+    )
 
 
 def soap_request(mailbox: str, url: str) -> bytes:

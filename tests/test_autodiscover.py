@@ -154,6 +154,9 @@ HOST = "https://autodiscover.corp.example.com"
 POX_URL, SOAP_URL = HOST + autodiscover.POX_PATH, HOST + autodiscover.SOAP_PATH
 ALICE, BOB, EX02 = "alice@corp.example.com", "bob@corp.example.com", "https://ex02.corp.example.com"
 INVALID_PROTOCOL = b'{"ErrorCode":"InvalidProtocol","ErrorMessage":"The given protocol value \'xyz\' is invalid."}'
+# Exchange Online's 302 for an address it does not know (protocol facts 4.3), without its RedirectCount.
+EXO_AGAIN = "https://outlook.office365.com/autodiscover/autodiscover.json?Email=alice%40corp.example.com&Protocol=EWS"
+ELSEWHERE = EXO_AGAIN.replace("outlook", "autodiscover-s")
 JSON_URL = "https://outlook.office365.com/autodiscover/autodiscover.json/v1.0/alice@corp.example.com?Protocol=EWS"
 
 
@@ -300,6 +303,13 @@ ROWS = {
     "json-invalid-protocol": Row("json", (answer(400, INVALID_PROTOCOL),), Reason.BAD_RESPONSE,
                                  "HTTP 400 from https://outlook.office365.com/autodiscover/autodiscover.json/v1.0/"
                                  "alice@corp.example.com?Protocol=EWS: InvalidProtocol: The given protocol value"),
+    "json-unknown-address": Row("json", (REDIRECT(EXO_AGAIN + "&RedirectCount=1"),), Reason.MAILBOX_NOT_FOUND,
+                                "Autodiscover v2 does not know alice@corp.example.com"),
+    "json-redirect-without-count": Row("json", (REDIRECT(EXO_AGAIN), OK(b'{"Url":"https://x.office365.com/EWS"}')),
+                                       None, "https://x.office365.com/EWS"),
+    "json-redirect-to-another-host": Row("json", (REDIRECT(ELSEWHERE + "&RedirectCount=1"),
+                                                  OK(b'{"Protocol":"EWS","Url":"https://x.office365.com/EWS"}')),
+                                         None, "https://x.office365.com/EWS"),
     "json-without-url": Row("json", (OK(b'{"Protocol":"EWS"}'),), Reason.BAD_RESPONSE, "holds no Url"),
     "json-not-json": Row("json", (OK(b"<html></html>"),), Reason.BAD_RESPONSE, "holds no Url"),
 }  # fmt: skip
@@ -439,6 +449,15 @@ async def test_simulator_answers_pox_with_microsofts_complete_shape(simulator: S
         assert entry is not None, side
         assert [xml.tag.rpartition("}")[2] for xml in entry] == ["Type", "ASUrl"]
     assert autodiscover.read_pox(response).ews_url == ews_url
+
+
+async def test_exchange_onlines_v2_answer_for_an_unknown_address(simulator: Simulator, tmp_path: Path) -> None:
+    config = load_config(simulator.write_exporter_config(tmp_path / "bems.yml"))
+    known = config.targets_by_name()["online-autodiscover"]
+    assert (await run(config, known, "autodiscover")).success
+    unknown = known.model_copy(update={"mailboxes": ("dave@contoso.test",)})
+    result = await run(config, unknown, "autodiscover")
+    assert result.reason == Reason.MAILBOX_NOT_FOUND, result
 
 
 @dataclass(frozen=True)

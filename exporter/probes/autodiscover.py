@@ -84,6 +84,9 @@ async def discover(ctx: ProbeContext, target: Target, mailbox: str, kind: Autodi
             location = response.header("Location")
             if not location:
                 raise ProbeFailure(Reason.BAD_RESPONSE, f"HTTP {response.status} without a Location from {url}")
+            if kind == AutodiscoverProtocol.JSON and protocol.unknown_to_json(url, urljoin(url, location), address):
+                raise ProbeFailure(Reason.MAILBOX_NOT_FOUND, f"Autodiscover v2 does not know {address}: it redirects "
+                                   "the address back to itself")  # fmt: skip
             url = urljoin(url, location)
             continue
         if response.status == 401:
