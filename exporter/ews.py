@@ -24,7 +24,25 @@ SOAP_HEADERS = {"Content-Type": "text/xml; charset=utf-8", "Accept": "text/xml"}
 ACCESS_DENIED_CODES = frozenset({"ErrorAccessDenied"})
 IMPERSONATION_DENIED_CODES = frozenset({"ErrorImpersonateUserDenied", "ErrorImpersonationDenied"})
 MAILBOX_NOT_FOUND_CODES = frozenset({"ErrorNonExistentMailbox"})
-THROTTLED_CODES = frozenset({"ErrorServerBusy", "ErrorExceededConnectionCount"})
+# The codes exchangelib backs off on (services/common.py ``_get_elements``): Exchange is busy, not the
+# request wrong. ErrorExceededConnectionCount is there too: exchangelib then retries at once with fewer
+# connections, as Exchange says "the existing connections remain valid" (ews-throttling-in-exchange).
+THROTTLED_CODES = frozenset(
+    {
+        "ErrorServerBusy",
+        "ErrorExceededConnectionCount",
+        "ErrorTooManyObjectsOpened",
+        "ErrorInternalServerTransientError",
+        "ErrorTimeoutExpired",
+    }
+)
+# What ErrorInternalServerError may wrap (MessageXml ``InnerErrorResponseCode``), per the HTTP status table of
+# ews-throttling-in-exchange: "200: ... ErrorInternalServerError, possibly with an inner ErrorServerBusy".
+WRAPPER_CODE = "ErrorInternalServerError"
+# The wait when Exchange names none: exchangelib's FaultTolerance.DEFAULT_BACKOFF ("Back off 60 seconds if
+# we didn't get an explicit suggested value", protocol.py). It also covers a check interval of a minute, so
+# the next check of the account sends nothing either.
+DEFAULT_BACKOFF_SECONDS = 60.0
 
 
 def get_folder(folder: str = "msgfolderroot", impersonate: str | None = None) -> bytes:
@@ -45,10 +63,23 @@ class Answer:
     message: str
     fault: bool  # a request-level SOAP fault (HTTP 500), as opposed to a per-operation error
     backoff_ms: int | None = None  # ErrorServerBusy's BackOffMilliseconds: wait this long before the next call
+    inner_code: str | None = None  # MessageXml's InnerErrorResponseCode (ErrorInternalServerError wraps one)
 
     @property
     def ok(self) -> bool:
         return self.code == "NoError"
+
+    @property
+    def throttled(self) -> bool:
+        """Exchange asks the account to slow down, in any of the ways exchangelib backs off on."""
+        return self.code in THROTTLED_CODES or (self.code == WRAPPER_CODE and self.inner_code in THROTTLED_CODES)
+
+    def backoff_seconds(self) -> float:
+        """How long the account must wait: Exchange's BackOffMilliseconds, else DEFAULT_BACKOFF_SECONDS
+        (none for a connection count error, whose own text suggests 0 ms)."""
+        if self.backoff_ms is not None:
+            return self.backoff_ms / 1000
+        return 0.0 if self.code == "ErrorExceededConnectionCount" else DEFAULT_BACKOFF_SECONDS
 
 
 def read(response: HttpResponse) -> Answer:
@@ -59,25 +90,42 @@ def read(response: HttpResponse) -> Answer:
         code = fault.findtext(f"detail/{{{ERRORS_NS}}}ResponseCode") or xmlsafe.local_name(
             fault.findtext("faultcode") or ""
         )
-        backoff = _backoff_ms(fault.find(f"detail/{{{TYPES_NS}}}MessageXml"))
-        return Answer(code or "UnknownFault", (fault.findtext("faultstring") or "").strip(), True, backoff)
+        values = _message_values(fault.find(f"detail/{{{TYPES_NS}}}MessageXml"))
+        return Answer(
+            code or "UnknownFault", (fault.findtext("faultstring") or "").strip(), True, *_backoff_and_inner(values)
+        )
     message = root.find(f".//{{{MESSAGES_NS}}}ResponseMessages/*")
     if message is None:
         raise ProbeFailure(Reason.BAD_RESPONSE, "a SOAP envelope without a fault or response message")
-    code = message.findtext(f"{{{MESSAGES_NS}}}ResponseCode") or "NoError"
-    backoff = _backoff_ms(message.find(f"{{{MESSAGES_NS}}}MessageXml"))
-    return Answer(code, (message.findtext(f"{{{MESSAGES_NS}}}MessageText") or "").strip(), False, backoff)
+    # Success is NoError in ResponseCode, never its absence. The schema lets the element out
+    # (MS-OXWSCDATA 2.2.4.65: minOccurs="0"), but every documented answer carries it, and exchangelib
+    # fails any message without one, ResponseClass="Success" included ("Empty ResponseCode in
+    # ResponseMessage", services/common.py ``_get_exception``).
+    code = (message.findtext(f"{{{MESSAGES_NS}}}ResponseCode") or "").strip()
+    if not code:
+        raise ProbeFailure(
+            Reason.BAD_RESPONSE, f"<{xmlsafe.local_name(message.tag)}> without the ResponseCode the schema requires"
+        )
+    values = _message_values(message.find(f"{{{MESSAGES_NS}}}MessageXml"))
+    text = (message.findtext(f"{{{MESSAGES_NS}}}MessageText") or "").strip()
+    return Answer(code, text, False, *_backoff_and_inner(values))
 
 
-def _backoff_ms(message_xml: ET.Element | None) -> int | None:
+def _message_values(message_xml: ET.Element | None) -> dict[str, str]:
     # MessageXml is in the types namespace inside a fault and in the messages one in a response message;
     # its Value elements are always types.
     if message_xml is None:
-        return None
-    for value in message_xml.iter(f"{{{TYPES_NS}}}Value"):
-        if value.get("Name") == "BackOffMilliseconds" and (value.text or "").strip().isdigit():
-            return int((value.text or "").strip())
-    return None
+        return {}
+    return {
+        str(value.get("Name")): (value.text or "").strip()
+        for value in message_xml.iter(f"{{{TYPES_NS}}}Value")
+        if value.get("Name")
+    }
+
+
+def _backoff_and_inner(values: dict[str, str]) -> tuple[int | None, str | None]:
+    backoff = values.get("BackOffMilliseconds", "")
+    return (int(backoff) if backoff.isdigit() else None), (values.get("InnerErrorResponseCode") or None)
 
 
 def diagnostics(response: HttpResponse) -> str:

@@ -11,6 +11,7 @@ a hostile or broken server costs a bounded amount of memory and time.
 
 from __future__ import annotations
 
+import errno
 import ssl
 import time
 import xml.etree.ElementTree as ET
@@ -147,6 +148,17 @@ class HttpClients:
             raise ProbeFailure(Reason.BAD_RESPONSE, f"malformed HTTP response: {type(err).__name__}") from None
         except aiohttp.ServerDisconnectedError:
             raise ProbeFailure(Reason.BAD_RESPONSE, "the server closed the connection without an answer") from None
+        except (aiohttp.ClientOSError, ConnectionError) as err:
+            # Connected, then reset or broken (ECONNRESET, EPIPE) while the request or its answer was under
+            # way: the network's or the server's doing, not the exporter's. (ClientConnectorError, a
+            # ClientOSError raised while connecting, is caught above.)
+            message = f"the connection broke after it was made: {_os_error(err)}"
+            raise ProbeFailure(Reason.UNREACHABLE, message) from None
+
+
+def _os_error(err: OSError) -> str:
+    name = errno.errorcode.get(err.errno or 0)
+    return f"{name} ({err.strerror or err})" if name else str(err) or type(err).__name__
 
 
 class ForeignOriginError(requests.RequestException):

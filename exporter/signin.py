@@ -10,7 +10,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import email.utils
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -120,12 +123,13 @@ async def _send_once(
 def ews_answer(ctx: ProbeContext, target: Target, url: str, response: HttpResponse) -> ews.Answer:
     """Read an EWS answer; throttling answers start the back-off and end the check as ``throttled``."""
     answer = ews.read(response)
-    if answer.code in ews.THROTTLED_CODES:
-        seconds = (answer.backoff_ms or 0) / 1000
+    if answer.throttled:
+        seconds = answer.backoff_seconds()
         hold_off(ctx, target, url, seconds)
+        code = answer.code + (f" wrapping {answer.inner_code}" if answer.inner_code else "")
         raise ProbeFailure(
             Reason.THROTTLED,
-            f"Exchange is throttling the account: {answer.code}"
+            f"Exchange is throttling the account: {code}"
             + (f", back off {seconds:.1f} s" if seconds else "")
             + f" ({answer.message[:150]})",
             THROTTLED_HINT,
@@ -133,9 +137,60 @@ def ews_answer(ctx: ProbeContext, target: Target, url: str, response: HttpRespon
     return answer
 
 
-def is_ews_disabled(target: Target, response: HttpResponse) -> bool:
-    """Exchange Online's EWS policy block (EWSEnabled, EwsAllowedAppIDs, retirement): 403, empty body."""
+def throttled_http(ctx: ProbeContext, target: Target, url: str, response: HttpResponse) -> None:
+    """HTTP 503 from EWS: "requests are queuing in IIS; the client should delay" (ews-throttling-in-exchange).
+
+    exchangelib backs off on it too, for ``Retry-After`` when given (protocol.py ``raise_response_errors``).
+    """
+    if response.status != 503:
+        return
+    given = retry_after(response)
+    seconds = ews.DEFAULT_BACKOFF_SECONDS if given is None else given
+    hold_off(ctx, target, url, seconds)
+    raise ProbeFailure(
+        Reason.THROTTLED,
+        f"Exchange answered HTTP 503 (requests queue in IIS), back off {seconds:.1f} s"
+        + ("" if given is not None else " (no Retry-After)"),
+        THROTTLED_HINT,
+    )
+
+
+def retry_after(response: HttpResponse) -> float | None:
+    """``Retry-After`` in seconds, as delta-seconds or an HTTP date (RFC 9110 10.2.3); None when absent or bad."""
+    value = (response.header("Retry-After") or "").strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:
+        return None
+    return max(0.0, (moment - datetime.now(UTC)).total_seconds())
+
+
+def is_policy_block(target: Target, response: HttpResponse) -> bool:
+    """Exchange Online's policy block: HTTP 403 with an empty body (facts file 2.2, 9).
+
+    The same answer comes from an organisation-wide block (EWSEnabled, EwsAllowedAppIDs, the retirement) and
+    from an application access policy, an RBAC for Applications scope or ``Get-CASMailbox -EwsEnabled`` that
+    excludes the one mailbox asked for: only ``organisation_blocks_ews`` tells them apart.
+    """
     return target.exchange == Exchange.ONLINE and response.status == 403 and not response.body.strip()
+
+
+class PolicyBlock(ProbeFailure):
+    """A bare 403 for one mailbox: ``forbidden`` until organisation-wide evidence says EWS is disabled."""
+
+    def __init__(self, mailbox: str | None, hint: str) -> None:
+        scope = f" for {mailbox}" if mailbox else ""
+        super().__init__(
+            Reason.FORBIDDEN,
+            f"Exchange Online refuses EWS{scope} (HTTP 403, empty body: an application access policy or RBAC "
+            "scope that leaves the mailbox out)",
+            hint,
+        )
+        self.mailbox = mailbox
 
 
 EWS_DISABLED_HINT = (
@@ -146,7 +201,50 @@ EWS_DISABLED_HINT = (
 
 
 def ews_disabled_failure() -> ProbeFailure:
-    return ProbeFailure(Reason.EWS_DISABLED, "Exchange Online blocks EWS (HTTP 403, empty body)", EWS_DISABLED_HINT)
+    return ProbeFailure(
+        Reason.EWS_DISABLED,
+        "Exchange Online blocks EWS for the whole organisation (HTTP 403, empty body, with and without "
+        "ExchangeImpersonation)",
+        EWS_DISABLED_HINT,
+    )
+
+
+class OrganisationEvidence:
+    """Whether Exchange Online's bare 403 holds for the whole organisation, asked at most once per check.
+
+    The evidence is one app-only ``GetFolder`` with neither ``ExchangeImpersonation`` nor ``X-AnchorMailbox``:
+    it names no mailbox, so no per-mailbox policy can apply to it, and Exchange Online answers it with a
+    SOAP fault (``ErrorInvalidExchangeImpersonationHeaderData``, "must be present for this type of OAuth
+    token", facts file 2.2). Only an organisation-wide block (EWSEnabled false, an EwsAllowedAppIDs list
+    without the app, the retirement) answers it with the same bare 403.
+    """
+
+    def __init__(self, ctx: ProbeContext, target: Target, scope: str) -> None:
+        self._ctx, self._target, self._scope = ctx, target, scope
+        self._verdict: asyncio.Task[bool | str] | None = None
+
+    async def failure(self, block: PolicyBlock) -> ProbeFailure:
+        """``ews_disabled`` on organisation-wide evidence, else ``block`` itself (a per-mailbox ``forbidden``)."""
+        if block.mailbox is None:  # the blocked request named no mailbox: it is the evidence
+            return ews_disabled_failure()
+        if self._verdict is None:
+            self._verdict = asyncio.ensure_future(self._ask())
+        verdict = await asyncio.shield(self._verdict)
+        if verdict is True:
+            return ews_disabled_failure()
+        if isinstance(verdict, str):
+            block.message += f"; whether all of EWS is blocked is unknown: {verdict}"
+        return block
+
+    async def _ask(self) -> bool | str:
+        try:
+            response = await send(
+                self._ctx, self._target, self._target.url, method=AuthMethod.OAUTH,
+                body=ews.get_folder("msgfolderroot"), headers=dict(ews.SOAP_HEADERS), scope=self._scope,
+            )  # fmt: skip
+        except ProbeFailure as failure:
+            return failure.message
+        return is_policy_block(self._target, response)
 
 
 def method_for(ctx: ProbeContext, target: Target) -> AuthMethod:
@@ -157,12 +255,48 @@ def method_for(ctx: ProbeContext, target: Target) -> AuthMethod:
     return ctx.resources.working_methods.get(target.name) or ctx.config.auth_methods_of(target)[0]
 
 
-def ews_result(ctx: ProbeContext, target: Target, response: HttpResponse) -> ews.Answer:
-    """The successful answer of a signed-in EWS call, or the failure it shows."""
+def app_access_hint(ctx: ProbeContext, target: Target, mailbox: str) -> str:
+    """What gives an Entra app EWS access to one mailbox in Exchange Online, per Microsoft's RBAC for
+    Applications guidance (learn.microsoft.com/exchange/permissions-exo/application-rbac): a scoped role
+    assignment, and no unscoped grant beside it, since Entra's tenant-wide consent reaches every mailbox
+    whatever the scope says (learn.microsoft.com/graph/auth-limit-mailbox-access)."""
+    credential = ctx.config.credentials.get(target.credential or "")
+    client_id = getattr(credential, "client_id", "<app id>")
+    return (
+        f"give the Entra app access to {mailbox} with RBAC for Applications: New-ServicePrincipal -AppId {client_id} "
+        "(once), a management scope that includes the mailbox (New-ManagementScope -RecipientRestrictionFilter), "
+        f'New-ManagementRoleAssignment -App {client_id} -Role "Application EWS.AccessAsApp" -CustomResourceScope '
+        f"<scope>; check with Test-ServicePrincipalAuthorization -Identity {client_id} -Resource {mailbox}. Remove "
+        "any tenant-wide full_access_as_app consent in Entra ID: it reaches every mailbox and defeats the scope. An "
+        f"application access policy (Test-ApplicationAccessPolicy) or Get-CASMailbox {mailbox} | fl EwsEnabled may "
+        "also leave the mailbox out"
+    )
+
+
+POLICY_BLOCK_HINT = (
+    "Exchange Online refuses EWS for this mailbox: check the app's RBAC for Applications scope "
+    "(Test-ServicePrincipalAuthorization), application access policies and Get-CASMailbox | fl EwsEnabled; "
+    "bems_ews_disabled says whether EWS is blocked for the whole organisation"
+)
+
+
+def ews_result(
+    ctx: ProbeContext,
+    target: Target,
+    response: HttpResponse,
+    mailbox: str | None = None,
+    block_hint: str = POLICY_BLOCK_HINT,
+) -> ews.Answer:
+    """The successful answer of a signed-in EWS call acting as ``mailbox``, or the failure it shows.
+
+    Exchange Online's bare 403 raises PolicyBlock (``block_hint`` its hint); OrganisationEvidence may turn
+    it into ``ews_disabled``.
+    """
     if response.status == 401:
         raise ProbeFailure(Reason.UNAUTHORIZED, f"credentials rejected (HTTP 401){ews.diagnostics(response)}")
-    if is_ews_disabled(target, response):
-        raise ews_disabled_failure()
+    if is_policy_block(target, response):
+        raise PolicyBlock(mailbox, block_hint)
+    throttled_http(ctx, target, target.url, response)
     if response.status not in (200, 500):
         raise ProbeFailure(Reason.BAD_RESPONSE, f"unexpected HTTP {response.status}")
     answer = ews_answer(ctx, target, target.url, response)

@@ -7,15 +7,18 @@ without a network; the live paths are covered against the simulator elsewhere.
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
 
-from exporter import autodiscover, scenario
+from exporter import autodiscover, backoff, ews, scenario, signin
 from exporter.config import AuthMethod, Config, Exchange, Scenario, load_config
 from exporter.httpclient import HttpResponse
-from exporter.probes import impersonation, planned_checks
+from exporter.probes import auth, impersonation, planned_checks
 from exporter.probes.base import ProbeContext
 from exporter.probes.graph import _judge as judge_graph
 from exporter.resources import Resources
@@ -91,51 +94,119 @@ def answer(status: int, body: bytes = b"", **headers: str) -> HttpResponse:
     return HttpResponse(status, tuple(headers.items()), body, "https://mail.corp.example.com/EWS/Exchange.asmx")
 
 
-@pytest.mark.parametrize(
-    ("status", "body", "reason"),
-    [
-        (
-            500,
-            fault(
-                "ErrorImpersonateUserDenied", "The account does not have permission to impersonate the requested user."
-            ),
-            Reason.IMPERSONATION_DENIED,
-        ),
-        (
-            500,
-            fault("ErrorImpersonationDenied", "Impersonation through this server is denied."),
-            Reason.IMPERSONATION_DENIED,
-        ),
-        (
-            500,
-            fault(
-                "ErrorNonExistentMailbox",
-                "The SMTP address has no mailbox associated with it.",
-                f'<t:MessageXml xmlns:t="{TYPES}"><t:Value Name="SmtpAddress">x</t:Value></t:MessageXml>',
-            ),
-            Reason.MAILBOX_NOT_FOUND,
-        ),
-        (
-            500,
-            fault("ErrorServerBusy", "The server cannot service this request right now. Try again later.", BACKOFF_XML),
-            Reason.THROTTLED,
-        ),
-        (200, SERVER_BUSY_MESSAGE, Reason.THROTTLED),
-        (
-            500,
-            fault(
-                "ErrorExceededConnectionCount",
-                "You have exceeded the available concurrent connections for your "
-                "account.  Try again once your other requests have completed.",
-            ),
-            Reason.THROTTLED,
-        ),
-        (500, fault("ErrorSchemaValidation", "The request failed schema validation."), Reason.SOAP_FAULT),
-        (401, b"", Reason.UNAUTHORIZED),
-        (200, b"<html><body>Outlook Web App</body></html>", Reason.BAD_RESPONSE),
-        (503, b"", Reason.BAD_RESPONSE),
-    ],
+def message(code: str | None, text: str = "", message_xml: str = "", response_class: str = "Error") -> bytes:
+    """A GetFolder answer (HTTP 200) with one response message: ``code`` None leaves ResponseCode out."""
+    code_xml = f"<m:ResponseCode>{code}</m:ResponseCode>" if code is not None else ""
+    return (
+        f'<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="{SOAP}"><s:Body>'
+        f'<m:GetFolderResponse xmlns:m="{MESSAGES}" xmlns:t="{TYPES}"><m:ResponseMessages>'
+        f'<m:GetFolderResponseMessage ResponseClass="{response_class}"><m:MessageText>{text}</m:MessageText>'
+        f"{code_xml}<m:DescriptiveLinkKey>0</m:DescriptiveLinkKey>{message_xml}"
+        "</m:GetFolderResponseMessage></m:ResponseMessages></m:GetFolderResponse></s:Body></s:Envelope>"
+    ).encode()
+
+
+# ErrorInternalServerError wrapping ErrorServerBusy: the inner error as exchangelib's test_inner_error_parsing
+# carries it (facts file 1.5), the wrapping per ews-throttling-in-exchange's status table (3.4).
+INNER_SERVER_BUSY = (
+    '<m:MessageXml><t:Value Name="InnerErrorMessageText">The server cannot service this request right now. '
+    'Try again later.</t:Value><t:Value Name="InnerErrorResponseCode">ErrorServerBusy</t:Value>'
+    '<t:Value Name="InnerErrorDescriptiveLinkKey">0</t:Value></m:MessageXml>'
 )
+INNER_QUOTA = INNER_SERVER_BUSY.replace(">ErrorServerBusy<", ">ErrorQuotaExceededOnDelete<")
+
+# Every answer an EWS mailbox call can get and the reason it ends in: the impersonation and push checks'
+# classifier (signin.ews_result). Wire shapes: /work/shared/reference/exchange-protocol-facts.md sections 1-3.
+EWS_ANSWERS = [
+    pytest.param(
+        500,
+        fault("ErrorImpersonateUserDenied", "The account does not have permission to impersonate the requested user."),
+        Reason.IMPERSONATION_DENIED,
+        id="impersonate-user-denied",
+    ),
+    pytest.param(
+        500,
+        fault("ErrorImpersonationDenied", "Impersonation through this server is denied."),
+        Reason.IMPERSONATION_DENIED,
+        id="impersonation-denied",
+    ),
+    pytest.param(
+        200,
+        message("ErrorAccessDenied", "Access is denied. Check credentials and try again."),
+        Reason.IMPERSONATION_DENIED,
+        id="access-denied-message",
+    ),
+    pytest.param(
+        500,
+        fault(
+            "ErrorNonExistentMailbox",
+            "The SMTP address has no mailbox associated with it.",
+            f'<t:MessageXml xmlns:t="{TYPES}"><t:Value Name="SmtpAddress">x</t:Value></t:MessageXml>',
+        ),
+        Reason.MAILBOX_NOT_FOUND,
+        id="non-existent-mailbox",
+    ),
+    pytest.param(
+        500,
+        fault("ErrorServerBusy", "The server cannot service this request right now. Try again later.", BACKOFF_XML),
+        Reason.THROTTLED,
+        id="server-busy-fault",
+    ),
+    pytest.param(200, SERVER_BUSY_MESSAGE, Reason.THROTTLED, id="server-busy-message"),
+    pytest.param(
+        500,
+        fault(
+            "ErrorExceededConnectionCount",
+            "You have exceeded the available concurrent connections for your "
+            "account.  Try again once your other requests have completed.",
+        ),
+        Reason.THROTTLED,
+        id="connection-count",
+    ),
+    pytest.param(
+        200,
+        message("ErrorTooManyObjectsOpened", "Too many concurrent connections opened."),
+        Reason.THROTTLED,
+        id="too-many-objects-opened",
+    ),
+    pytest.param(
+        200, message("ErrorInternalServerTransientError", "Try again."), Reason.THROTTLED, id="transient-error"
+    ),
+    pytest.param(200, message("ErrorTimeoutExpired", "The request timed out."), Reason.THROTTLED, id="timeout-expired"),
+    pytest.param(
+        200,
+        message("ErrorInternalServerError", "An internal server error occurred.", INNER_SERVER_BUSY),
+        Reason.THROTTLED,
+        id="internal-error-wrapping-server-busy",
+    ),
+    pytest.param(
+        200,
+        message("ErrorInternalServerError", "An internal server error occurred.", INNER_QUOTA),
+        Reason.SOAP_FAULT,
+        id="internal-error-wrapping-another",
+    ),
+    pytest.param(503, b"", Reason.THROTTLED, id="http-503"),
+    pytest.param(
+        500, fault("ErrorSchemaValidation", "The request failed schema validation."), Reason.SOAP_FAULT, id="schema"
+    ),
+    pytest.param(
+        500,
+        fault(
+            "ErrorInvalidExchangeImpersonationHeaderData",
+            "ExchangeImpersonation SOAP header must be present for this type of OAuth token.",
+        ),
+        Reason.SOAP_FAULT,
+        id="impersonation-header-missing",
+    ),
+    pytest.param(401, b"", Reason.UNAUTHORIZED, id="http-401"),
+    pytest.param(403, b"", Reason.BAD_RESPONSE, id="onprem-403"),  # on-premises a 403 is no policy block
+    pytest.param(404, b"", Reason.BAD_RESPONSE, id="http-404"),
+    pytest.param(200, b"<html><body>Outlook Web App</body></html>", Reason.BAD_RESPONSE, id="html"),
+    pytest.param(200, message(None, response_class="Success"), Reason.BAD_RESPONSE, id="no-response-code"),
+]
+
+
+@pytest.mark.parametrize(("status", "body", "reason"), EWS_ANSWERS)
 async def test_impersonation_answers(ctx: ProbeContext, config: Config, status: int, body: bytes,
                                      reason: Reason) -> None:  # fmt: skip
     target = config.targets_by_name()["onprem-ews"]
@@ -147,27 +218,152 @@ async def test_impersonation_answers(ctx: ProbeContext, config: Config, status: 
             "New-ManagementRoleAssignment -Name:BlackBerryAppImpersonation -Role:ApplicationImpersonation "
             "-User:BEMSAdmin" in caught.value.hint
         )
+    if reason == Reason.THROTTLED:
+        assert caught.value.hint == signin.THROTTLED_HINT
 
 
-async def test_success_and_ews_disabled(ctx: ProbeContext, config: Config) -> None:
+def test_a_message_without_response_code_is_no_success() -> None:
+    """MS-OXWSCDATA lets ResponseCode out, but Success is NoError in it; exchangelib fails such a message."""
+    with pytest.raises(ProbeFailure) as caught:
+        ews.read(answer(200, message(None, response_class="Success")))
+    assert caught.value.reason == Reason.BAD_RESPONSE and "ResponseCode" in caught.value.message
+    assert ews.read(answer(200, message("NoError", response_class="Success"))).ok
+
+
+async def test_success_and_policy_blocks(ctx: ProbeContext, config: Config) -> None:
     onprem, online = config.targets_by_name()["onprem-ews"], config.targets_by_name()["online-ews"]
     assert "inbox opened" in impersonation.judge(ctx, onprem, "a@b", AuthMethod.BASIC, answer(200, GET_FOLDER_OK))
-    with pytest.raises(ProbeFailure) as caught:
+    # Exchange Online's bare 403 is one mailbox's policy block until organisation-wide evidence says more.
+    with pytest.raises(signin.PolicyBlock) as caught:
         impersonation.judge(ctx, online, "carol@contoso.com", AuthMethod.OAUTH, answer(403))
-    assert caught.value.reason == Reason.EWS_DISABLED and "2027-04-01" in caught.value.hint
-    with pytest.raises(ProbeFailure) as caught:  # on-premises, a 403 is no retirement
-        impersonation.judge(ctx, onprem, "a@b", AuthMethod.BASIC, answer(403))
+    assert caught.value.reason == Reason.FORBIDDEN and caught.value.mailbox == "carol@contoso.com"
+    assert "carol@contoso.com" in caught.value.message
+    assert_rbac_for_applications_hint(caught.value.hint, "carol@contoso.com")
+    with pytest.raises(ProbeFailure) as caught:  # a 403 with a body is no policy block
+        impersonation.judge(ctx, online, "carol@contoso.com", AuthMethod.OAUTH, answer(403, b"<html>Forbidden</html>"))
     assert caught.value.reason == Reason.BAD_RESPONSE
 
 
-async def test_server_busy_starts_the_back_off(ctx: ProbeContext, config: Config) -> None:
+def assert_rbac_for_applications_hint(hint: str, mailbox: str) -> None:
+    """Microsoft's RBAC for Applications guidance: a scoped assignment, and no unscoped consent beside it
+    (learn.microsoft.com/exchange/permissions-exo/application-rbac, graph/auth-limit-mailbox-access)."""
+    client_id = "11111111-2222-3333-4444-555555555555"
+    assert f'New-ManagementRoleAssignment -App {client_id} -Role "Application EWS.AccessAsApp"' in hint
+    assert "-CustomResourceScope" in hint
+    assert f"Test-ServicePrincipalAuthorization -Identity {client_id} -Resource {mailbox}" in hint
+    assert "Remove any tenant-wide full_access_as_app consent" in hint
+    assert "grant full_access_as_app" not in hint and "grant\nfull_access_as_app" not in hint
+
+
+async def test_online_impersonation_denial_follows_rbac_for_applications(ctx: ProbeContext, config: Config) -> None:
+    online = config.targets_by_name()["online-ews"]
+    denied = fault(
+        "ErrorImpersonateUserDenied", "The account does not have permission to impersonate the requested user."
+    )
+    with pytest.raises(ProbeFailure) as caught:
+        impersonation.judge(ctx, online, "carol@contoso.com", AuthMethod.OAUTH, answer(500, denied))
+    assert caught.value.reason == Reason.IMPERSONATION_DENIED
+    assert_rbac_for_applications_hint(caught.value.hint, "carol@contoso.com")
+
+
+@pytest.fixture
+def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The back-off's clock stands still, so the time it holds is exact (no timed assertion)."""
+    monkeypatch.setattr(backoff, "time", SimpleNamespace(monotonic=lambda: 1000.0))
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "headers", "seconds"),
+    [
+        pytest.param(500, fault("ErrorServerBusy", "busy", BACKOFF_XML), {}, 297.749, id="server-busy-fault"),
+        pytest.param(200, SERVER_BUSY_MESSAGE, {}, 5.0, id="server-busy-message"),
+        pytest.param(
+            500, fault("ErrorServerBusy", "busy"), {}, ews.DEFAULT_BACKOFF_SECONDS, id="server-busy-without-backoff"
+        ),
+        pytest.param(
+            200, message("ErrorTooManyObjectsOpened", "Too many"), {}, ews.DEFAULT_BACKOFF_SECONDS, id="too-many"
+        ),
+        pytest.param(
+            200, message("ErrorInternalServerTransientError"), {}, ews.DEFAULT_BACKOFF_SECONDS, id="transient"
+        ),
+        pytest.param(200, message("ErrorTimeoutExpired"), {}, ews.DEFAULT_BACKOFF_SECONDS, id="timeout-expired"),
+        pytest.param(
+            200,
+            message("ErrorInternalServerError", "", INNER_SERVER_BUSY),
+            {},
+            ews.DEFAULT_BACKOFF_SECONDS,
+            id="wrapped-server-busy",
+        ),
+        pytest.param(500, fault("ErrorExceededConnectionCount", "too many"), {}, 0.0, id="connection-count"),
+        pytest.param(503, b"", {"Retry-After": "7"}, 7.0, id="503-retry-after"),
+        pytest.param(503, b"", {}, ews.DEFAULT_BACKOFF_SECONDS, id="503-without-retry-after"),
+        pytest.param(503, b"", {"Retry-After": "soon"}, ews.DEFAULT_BACKOFF_SECONDS, id="503-unreadable"),
+    ],
+)
+async def test_throttling_holds_the_accounts_back_off(
+    ctx: ProbeContext, config: Config, frozen_clock: None, status: int, body: bytes, headers: dict[str, str],
+    seconds: float,
+) -> None:  # fmt: skip
     target = config.targets_by_name()["onprem-ews"]
-    with pytest.raises(ProbeFailure):
-        impersonation.judge(ctx, target, "a@b", AuthMethod.NTLM, answer(200, SERVER_BUSY_MESSAGE))
-    remaining = ctx.resources.backoff.remaining("bemsadmin", "mail.corp.example.com")
-    assert 4.5 < remaining <= 5.0
+    with pytest.raises(ProbeFailure) as caught:
+        impersonation.judge(ctx, target, "a@b", AuthMethod.NTLM, answer(status, body, **headers))
+    assert caught.value.reason == Reason.THROTTLED
+    assert ctx.resources.backoff.remaining("bemsadmin", "mail.corp.example.com") == pytest.approx(seconds)
     assert ctx.resources.backoff.remaining("app", "mail.corp.example.com") == 0  # other accounts untouched
     assert ctx.resources.backoff.remaining("bemsadmin", "other.corp.example.com") == 0
+    if seconds:
+        with pytest.raises(ProbeFailure) as held:  # the next call of the account sends nothing meanwhile
+            signin.check_backoff(ctx, target, target.url)
+        assert held.value.reason == Reason.THROTTLED
+
+
+def test_retry_after_as_an_http_date() -> None:
+    later = datetime.now(UTC) + timedelta(seconds=120)
+    seconds = signin.retry_after(answer(503, **{"Retry-After": format_datetime(later, usegmt=True)}))
+    assert seconds is not None and 100 < seconds <= 120
+    assert signin.retry_after(answer(503)) is None
+
+
+# --- the auth check's reading of a signed-in answer --------------------------------------------------------
+
+AUTH_ANSWERS = [
+    pytest.param("onprem-ews", 401, b"", Reason.UNAUTHORIZED, id="http-401"),
+    pytest.param("onprem-ews", 403, b"", Reason.FORBIDDEN, id="onprem-403"),
+    pytest.param("online-ews", 403, b"<html>Forbidden</html>", Reason.FORBIDDEN, id="online-403-with-body"),
+    pytest.param("online-ews", 403, b"", Reason.FORBIDDEN, id="online-policy-block"),
+    pytest.param(
+        "onprem-ews", 200, message("ErrorAccessDenied", "Access is denied."), Reason.FORBIDDEN, id="access-denied"
+    ),
+    pytest.param("onprem-ews", 503, b"", Reason.THROTTLED, id="http-503"),
+    pytest.param("onprem-ews", 200, SERVER_BUSY_MESSAGE, Reason.THROTTLED, id="server-busy"),
+    pytest.param("onprem-ews", 200, message("ErrorTimeoutExpired"), Reason.THROTTLED, id="timeout-expired"),
+    pytest.param("onprem-ews", 404, b"", Reason.BAD_RESPONSE, id="http-404"),
+    pytest.param("onprem-ews", 200, b"<html/>", Reason.BAD_RESPONSE, id="html"),
+    pytest.param("onprem-ews", 200, message(None, response_class="Success"), Reason.BAD_RESPONSE, id="no-code"),
+    pytest.param("onprem-ad", 500, b"", Reason.BAD_RESPONSE, id="autodiscover-500"),
+]
+
+
+@pytest.mark.parametrize(("target", "status", "body", "reason"), AUTH_ANSWERS)
+async def test_auth_answers(ctx: ProbeContext, config: Config, target: str, status: int, body: bytes,
+                            reason: Reason) -> None:  # fmt: skip
+    chosen = config.targets_by_name()[target]
+    with pytest.raises(ProbeFailure) as caught:
+        auth._judge(ctx, chosen, chosen.url, answer(status, body))
+    assert caught.value.reason == reason, caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        pytest.param(GET_FOLDER_OK, "EWS answered NoError", id="no-error"),
+        # A fault that is not about access still proves the sign-in.
+        pytest.param(fault("ErrorSchemaValidation", "schema"), "ErrorSchemaValidation (a SOAP fault", id="fault"),
+    ],
+)
+async def test_auth_signed_in(ctx: ProbeContext, config: Config, body: bytes, detail: str) -> None:
+    target = config.targets_by_name()["onprem-ews"]
+    assert detail in auth._judge(ctx, target, target.url, answer(200 if body is GET_FOLDER_OK else 500, body))
 
 
 def graph_answer(status: int, body: str, **headers: str) -> HttpResponse:

@@ -15,7 +15,7 @@ import yaml
 from checks import run
 
 from exporter import cli
-from exporter.config import Config, load_config
+from exporter.config import AuthMethod, Config, load_config
 from exporter.probes import CHECKS
 from exporter.resources import Resources
 from exporter.results import CheckResult, Reason
@@ -73,7 +73,7 @@ async def test_removed_mailbox_and_online_denial(simulator: Simulator, config_fi
     assert (await check(config, "onprem-ews", "impersonation")).reason == Reason.MAILBOX_NOT_FOUND
     simulator.deny_app_access("carol@contoso.test")
     online = await check(config, "online-ews", "impersonation")
-    assert online.reason == Reason.IMPERSONATION_DENIED and "Application EWS.AccessAsApp" in online.hint
+    assert online.reason == Reason.FORBIDDEN and "Application EWS.AccessAsApp" in online.hint
     graph = await check(config, "online-graph", "graph")
     assert graph.reason == Reason.FORBIDDEN and "RAOP" in graph.message
 
@@ -101,18 +101,128 @@ async def test_server_busy_back_off_is_honoured(simulator: Simulator, config_fil
         await resources.close()
 
 
-async def test_connection_count_and_ews_disabled(simulator: Simulator, config_file: Path) -> None:
-    config = load_config(config_file)
-    simulator.set_ews_throttling("onprem-ews", "connection_count")
-    assert (await check(config, "onprem-ews", "impersonation")).reason == Reason.THROTTLED
-    simulator.set_ews_disabled(True)
+def ews_disabled(result: CheckResult) -> list[float]:
+    return [m.value for m in result.measurements if m.metric == "bems_ews_disabled"]
+
+
+@pytest.fixture
+def two_online_mailboxes(simulator: Simulator, config_file: Path) -> Config:
+    """online-ews with carol and dave; dave will be the one an app policy leaves out."""
+    simulator.add_mailbox("dave@contoso.test", "online")
+    data = yaml.safe_load(config_file.read_text())
+    for target in data["targets"]:
+        if target["name"] == "online-ews":
+            target["mailboxes"] = ["carol@contoso.test", "dave@contoso.test"]
+    config_file.write_text(yaml.safe_dump(data))
+    return load_config(config_file)
+
+
+async def test_one_excluded_mailbox_is_forbidden_not_ews_disabled(
+    simulator: Simulator, two_online_mailboxes: Config
+) -> None:
+    """Exchange Online's bare 403 for one mailbox an application access policy or RBAC scope leaves out
+    (field facts) is that mailbox's ``forbidden``; the unimpersonated request still gets a SOAP answer."""
+    config = two_online_mailboxes
+    simulator.deny_app_access("dave@contoso.test")
+    impersonation = await check(config, "online-ews", "impersonation")
+    assert impersonation.reason == Reason.FORBIDDEN, impersonation
+    assert per(impersonation, "bems_impersonation_success", "mailbox") == {
+        ("carol@contoso.test",): 1.0, ("dave@contoso.test",): 0.0,
+    }  # fmt: skip
+    assert "1 of 2 failed" in impersonation.message and "dave@contoso.test" in impersonation.message
+    assert "Application EWS.AccessAsApp" in impersonation.hint and "Remove any tenant-wide" in impersonation.hint
+    # The evidence asked for: one app-only request that names no mailbox, answered with its SOAP fault.
+    unimpersonated = [r for r in simulator.ews_requests if r.endpoint == "online-ews" and r.impersonated is None]
+    assert len(unimpersonated) == 1
+    auth = await check(config, "online-ews", "auth")  # signs in as carol: passes, EWS is not disabled
+    assert auth.success and ews_disabled(auth) == [0.0], auth
+    simulator.deny_app_access("carol@contoso.test")  # now the auth check's own mailbox is left out
     auth = await check(config, "online-ews", "auth")
-    assert auth.reason == Reason.EWS_DISABLED
-    assert [m.value for m in auth.measurements if m.metric == "bems_ews_disabled"] == [1.0]
-    assert (await check(config, "online-ews", "impersonation")).reason == Reason.EWS_DISABLED
+    assert auth.reason == Reason.FORBIDDEN and ews_disabled(auth) == [0.0], auth
+    assert "carol@contoso.test" in auth.message and "Application EWS.AccessAsApp" in auth.hint
+    # Every mailbox left out is still no organisation-wide block: the app may be given access again.
+    impersonation = await check(config, "online-ews", "impersonation")
+    assert impersonation.reason == Reason.FORBIDDEN and "2 of 2 failed" in impersonation.message
+
+
+@pytest.mark.parametrize("block", ["ews_enabled_false", "app_not_allowed"])
+async def test_an_organisation_wide_block_is_ews_disabled_in_both_checks(
+    simulator: Simulator, two_online_mailboxes: Config, block: str
+) -> None:
+    config = two_online_mailboxes
+    if block == "ews_enabled_false":
+        simulator.set_ews_disabled(True)
+    else:
+        simulator.set_ews_allowed_app_ids(["99999999-0000-0000-0000-000000000000"])  # EwsAllowedAppIDs without us
+    auth = await check(config, "online-ews", "auth")
+    assert auth.reason == Reason.EWS_DISABLED and ews_disabled(auth) == [1.0], auth
+    assert "2027-04-01" in auth.hint
+    impersonation = await check(config, "online-ews", "impersonation")
+    assert impersonation.reason == Reason.EWS_DISABLED and "2 of 2 failed" in impersonation.message
     simulator.set_ews_disabled(False)
+    simulator.set_ews_allowed_app_ids([config.credentials["entra-app"].client_id])  # allow-listed: EWS works
     auth = await check(config, "online-ews", "auth")
-    assert [m.value for m in auth.measurements if m.metric == "bems_ews_disabled"] == [0.0]
+    assert auth.success and ews_disabled(auth) == [0.0], auth
+    assert (await check(config, "online-ews", "impersonation")).success
+
+
+async def test_connection_count_is_throttled(simulator: Simulator, config_file: Path) -> None:
+    simulator.set_ews_throttling("onprem-ews", "connection_count")
+    assert (await check(load_config(config_file), "onprem-ews", "impersonation")).reason == Reason.THROTTLED
+
+
+@pytest.mark.parametrize(
+    ("kind", "backoff_ms", "held"),
+    [
+        ("too_many_objects_opened", None, 60.0),
+        ("internal_server_transient_error", None, 60.0),
+        ("timeout_expired", None, 60.0),
+        ("internal_server_error_busy", None, 60.0),
+        ("http_503", 30000, 30.0),  # Retry-After: 30
+        ("http_503", None, 60.0),
+    ],
+)
+async def test_every_throttling_shape_holds_the_back_off(
+    simulator: Simulator, config_file: Path, kind: str, backoff_ms: int | None, held: float
+) -> None:
+    """exchangelib backs off on each of these (services/common.py, protocol.py); so must the exporter."""
+    config = load_config(config_file)
+    target = config.targets_by_name()["onprem-ews"]
+    simulator.set_ews_throttling("onprem-ews", kind, backoff_ms)
+    resources = Resources()
+    try:
+        first = await execute(CHECKS["impersonation"], config, target, resources)
+        assert first.reason == Reason.THROTTLED, first
+        remaining = resources.backoff.remaining("bemsadmin", "localhost")
+        assert held - 5 < remaining <= held  # seconds, not a race: the check took well under five
+        sent = len(simulator.ews_requests)
+        simulator.set_ews_throttling("onprem-ews", "none")
+        for name in ("auth", "impersonation"):
+            again = await execute(CHECKS[name], config, target, resources)
+            assert again.reason == Reason.THROTTLED and "not sent" in again.message, again
+        assert len(simulator.ews_requests) == sent
+    finally:
+        await resources.close()
+
+
+@pytest.mark.parametrize("method", ["basic", "ntlm"])
+async def test_a_connection_reset_after_the_request_is_a_network_failure(
+    simulator: Simulator, config_file: Path, method: str
+) -> None:
+    """ECONNRESET once the request was sent is the network's (or the server's) doing, not an exporter bug."""
+    config = load_config(config_file)
+    target = config.targets_by_name()["onprem-ews"].model_copy(update={"auth": (AuthMethod(method),)})
+    await simulator.set_fault("onprem-ews", "connection_reset")
+    resources = Resources()
+    try:
+        for name in ("auth", "impersonation"):
+            result = await execute(CHECKS[name], config, target, resources)
+            assert result.reason == Reason.UNREACHABLE, result
+    finally:
+        await resources.close()
+    # Reset after signing in: the requests that got the reset instead of an answer carried credentials.
+    reset = [r for r in simulator.hostile.requests if r.kind == "connection_reset" and r.hostile]
+    assert reset and all(r.authorization for r in reset)
 
 
 async def test_autodiscover_follows_allowed_redirects(simulator: Simulator, config_file: Path) -> None:

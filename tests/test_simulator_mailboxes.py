@@ -257,9 +257,13 @@ async def test_online_app_access_governs_ews_impersonation(client: Client) -> No
     sim = client.simulator
     assert (await client.online("online-ews", EWS_PATH, ews_request(CAROL))).status == 200
 
+    # A mailbox the app's access leaves out (application access policy, RBAC for Applications scope): the bare
+    # policy-block 403 (field facts), while a request that names no mailbox still gets its SOAP fault.
     sim.deny_app_access(CAROL)
-    code, _, _ = fault(await client.online("online-ews", EWS_PATH, ews_request(CAROL)))
-    assert code == "ErrorImpersonateUserDenied"
+    denied = await client.online("online-ews", EWS_PATH, ews_request(CAROL))
+    assert (denied.status, denied.body) == (403, b"")
+    code, _, _ = fault(await client.online("online-ews", EWS_PATH, ews_request(None)))
+    assert code == "ErrorInvalidExchangeImpersonationHeaderData"
     sim.allow_app_access(CAROL)
 
     code, _, values = fault(await client.online("online-ews", EWS_PATH, ews_request("dave@contoso.test")))
@@ -275,6 +279,31 @@ async def test_online_app_access_governs_ews_impersonation(client: Client) -> No
         "GetFolder",
         CAROL,
     )
+
+
+async def test_organisation_wide_blocks_answer_every_app_request_with_a_bare_403(client: Client) -> None:
+    """EWSEnabled false, or an EwsAllowedAppIDs list without the app (facts file 9): every app-only request
+    gets the 403, the one that names no mailbox too."""
+    sim = client.simulator
+    for block in ("disabled", "allow_list"):
+        if block == "disabled":
+            sim.set_ews_disabled(True)
+        else:
+            sim.set_ews_allowed_app_ids(["99999999-0000-0000-0000-000000000000"])
+        for impersonate in (CAROL, None):
+            reply = await client.online("online-ews", EWS_PATH, ews_request(impersonate))
+            assert (reply.status, reply.body) == (403, b""), (block, impersonate)
+        sim.set_ews_disabled(False)
+        sim.set_ews_allowed_app_ids(None)
+    sim.set_ews_allowed_app_ids([sim.credentials.client_id])
+    assert (await client.online("online-ews", EWS_PATH, ews_request(CAROL))).status == 200
+    assert sim.ews_state()["online-ews"]["allowed_app_ids"] == [sim.credentials.client_id]
+    with pytest.raises(ValueError, match="app_ids"):
+        sim.set_ews_allowed_app_ids("all")  # type: ignore[arg-type]
+    status, state = await client.admin("PUT", "/ews/online-ews/allowed_app_ids", {"app_ids": None})
+    assert (status, state["online-ews"]["allowed_app_ids"]) == (200, None)
+    assert (await client.admin("PUT", "/ews/onprem-ews/allowed_app_ids", {"app_ids": []}))[0] == 404
+    assert (await client.admin("PUT", "/ews/online-ews/allowed_app_ids", {"app_ids": [1]}))[0] == 400
 
 
 # --- throttling and retirement -----------------------------------------------------------------------
@@ -314,21 +343,55 @@ async def test_throttling_shapes_carry_the_back_off(client: Client) -> None:
     assert values["Policy"] == "MaxConcurrency" and values["MaxConcurrencyLimit"] == "27"
     assert values["ErrorMessage"].endswith("Suggested backoff time 0 ms.")
 
+    sim.set_ews_throttling("onprem-ews", "http_503", backoff_ms=2500)
+    reply = await client.onprem("onprem-ews", EWS_PATH, request)
+    assert (reply.status, reply.headers.get("Retry-After"), reply.body) == (503, "3", b"")
+    sim.set_ews_throttling("onprem-ews", "http_503")
+    reply = await client.onprem("onprem-ews", EWS_PATH, request)
+    assert (reply.status, "Retry-After" in reply.headers) == (503, False)
+
     sim.set_ews_throttling("onprem-ews", "none")
     sim.set_ews_throttling("online-ews", "none")
     assert (await client.onprem("onprem-ews", EWS_PATH, request)).status == 200
     assert (await client.online("online-ews", EWS_PATH, ews_request(CAROL))).status == 200
     # Every authenticated request was recorded, the throttled ones included.
-    assert [r.operation for r in sim.ews_requests] == ["GetFolder", "ResolveNames", "GetFolder", "GetFolder"] + [
-        "GetFolder"
-    ] * 2
+    assert [r.operation for r in sim.ews_requests] == ["GetFolder", "ResolveNames"] + ["GetFolder"] * 6
 
     with pytest.raises(ValueError, match="valid: none, server_busy_fault"):
         sim.set_ews_throttling("onprem-ews", "slow")
     with pytest.raises(ValueError, match="backoff_ms"):
         sim.set_ews_throttling("onprem-ews", "server_busy_fault", backoff_ms=-1)
+    with pytest.raises(ValueError, match="backoff_ms applies to"):
+        sim.set_ews_throttling("onprem-ews", "timeout_expired", backoff_ms=1000)
     with pytest.raises(LookupError, match="unknown endpoint 'graph'"):
         sim.set_ews_throttling("graph", "server_busy_fault")
+
+
+@pytest.mark.parametrize(
+    ("kind", "code", "text"),
+    [
+        ("too_many_objects_opened", "ErrorTooManyObjectsOpened", "Too many concurrent connections opened."),
+        ("internal_server_transient_error", "ErrorInternalServerTransientError", "Try again later."),
+        ("timeout_expired", "ErrorTimeoutExpired", "The request timed out."),
+        ("internal_server_error_busy", "ErrorInternalServerError", "The operation failed."),
+    ],
+)
+async def test_throttling_response_messages(client: Client, kind: str, code: str, text: str) -> None:
+    """HTTP 200 with an error response message (facts file 1.5, 3.3, 3.4), the operation's empty results kept."""
+    client.simulator.set_ews_throttling("onprem-ews", kind)
+    reply = await client.onprem("onprem-ews", EWS_PATH, ews_request(ALICE))
+    assert reply.status == 200
+    message = reply.xml().find("s:Body/m:GetFolderResponse/m:ResponseMessages/m:GetFolderResponseMessage", NS)
+    assert message.get("ResponseClass") == "Error"
+    assert message.findtext("m:ResponseCode", namespaces=NS) == code
+    assert message.findtext("m:MessageText", namespaces=NS).endswith(text)
+    assert message.find("m:Folders", NS) is not None
+    inner = {v.get("Name"): v.text for v in message.iterfind("m:MessageXml/t:Value", NS)}
+    if kind == "internal_server_error_busy":
+        assert inner["InnerErrorResponseCode"] == "ErrorServerBusy"
+        assert inner["InnerErrorMessageText"].startswith("The server cannot service this request right now.")
+    else:
+        assert inner == {}
 
 
 async def test_disabled_exchange_online_ews_answers_403_with_an_empty_body(client: Client) -> None:
@@ -588,7 +651,13 @@ async def test_admin_api_switches_every_toggle(client: Client) -> None:
     status, state = await client.admin("PUT", "/ews/onprem-ews/throttling", {"kind": "server_busy_message"})
     assert (status, state) == (
         200,
-        {"onprem-ews": {"throttling": {"kind": "server_busy_message", "backoff_ms": 5000}, "disabled": False}},
+        {
+            "onprem-ews": {
+                "throttling": {"kind": "server_busy_message", "backoff_ms": 5000},
+                "disabled": False,
+                "allowed_app_ids": None,
+            }
+        },
     )
     assert (await client.admin("PUT", "/ews/onprem-ews/throttling", {"kind": "busy"}))[0] == 400
     assert (await client.admin("PUT", "/ews/entra/throttling", {"kind": "none"}))[0] == 404

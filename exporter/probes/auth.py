@@ -9,7 +9,11 @@ and credentials are never sent before the server asked for them. Then, per metho
   ``ExchangeImpersonation`` header for the first mailbox, as Exchange Online requires.
 
 A 200 (or a SOAP fault that is not about access) proves the sign-in; a 401 is ``unauthorized``,
-``ErrorAccessDenied``/403 is ``forbidden``. The check passes only when every method worked.
+``ErrorAccessDenied``/403 is ``forbidden``; throttling (the ErrorServerBusy family, HTTP 503) is
+``throttled`` and holds the account's back-off. Exchange Online's bare 403 is ``forbidden`` for the
+mailbox the request acted as, unless the same request without ``ExchangeImpersonation`` gets it too:
+then EWS is blocked for the whole organisation (``ews_disabled``, ``bems_ews_disabled`` 1; see
+``signin.OrganisationEvidence``). The check passes only when every method worked.
 """
 
 from __future__ import annotations
@@ -39,7 +43,8 @@ OFFERED = MetricSpec(
 )
 EWS_DISABLED = MetricSpec(
     "bems_ews_disabled",
-    "1 when Exchange Online answered the last auth check's EWS request with its policy block (403, empty body).",
+    "1 when Exchange Online blocked EWS for the whole organisation in the last auth check (HTTP 403, empty body, "
+    "also without ExchangeImpersonation).",
 )
 ADVERTISED = ("basic", "ntlm", "negotiate", "bearer")
 _WANTED = {AuthMethod.BASIC: {"basic"}, AuthMethod.NTLM: {"ntlm", "negotiate"}, AuthMethod.OAUTH: {"bearer"}}
@@ -56,8 +61,11 @@ _HINTS = {
     "nor expired (Get-ADUser BEMSAdmin -Properties LockedOut,PasswordExpired)",
     (AuthMethod.NTLM, Reason.UNAUTHORIZED): "check the password and the account; with Extended Protection, a "
     "TLS-terminating device between BEMS and Exchange breaks Windows authentication",
-    (AuthMethod.OAUTH, Reason.UNAUTHORIZED): "grant the Entra app the Office 365 Exchange Online application "
-    "permission full_access_as_app (with admin consent), and allow it in EwsAllowedAppIDs if that is set",
+    (AuthMethod.OAUTH, Reason.UNAUTHORIZED): "give the Entra app EWS access: an RBAC for Applications role "
+    'assignment (New-ManagementRoleAssignment -App <app id> -Role "Application EWS.AccessAsApp" '
+    "-CustomResourceScope <scope>), or for every mailbox the Office 365 Exchange Online application permission "
+    "full_access_as_app with admin consent (not both: the consent defeats any scope); allow the app in "
+    "EwsAllowedAppIDs if that is set",
     (AuthMethod.OAUTH, Reason.TOKEN): "check the app's client secret or certificate (expired?), the tenant id "
     "and the client id in Entra ID",
 }
@@ -97,10 +105,13 @@ def _judge(ctx: ProbeContext, target: Target, url: str, response: HttpResponse) 
     """Raise the failure an authenticated answer shows, or return a detail line for the report."""
     if response.status == 401:
         raise ProbeFailure(Reason.UNAUTHORIZED, f"credentials rejected (HTTP 401){ews.diagnostics(response)}")
-    if signin.is_ews_disabled(target, response):
-        raise signin.ews_disabled_failure()
+    if signin.is_policy_block(target, response) and target.kind == Kind.EWS:
+        mailbox = target.mailboxes[0] if target.mailboxes else None
+        hint = signin.app_access_hint(ctx, target, mailbox) if mailbox else signin.POLICY_BLOCK_HINT
+        raise signin.PolicyBlock(mailbox, hint)
     if response.status == 403:
         raise ProbeFailure(Reason.FORBIDDEN, "signed in, but access is forbidden (HTTP 403)")
+    signin.throttled_http(ctx, target, url, response)
     if response.status not in (200, 500):
         raise ProbeFailure(Reason.BAD_RESPONSE, f"unexpected HTTP {response.status} after signing in")
     if target.kind == Kind.AUTODISCOVER:
@@ -145,13 +156,18 @@ async def probe(target: Target, ctx: ProbeContext) -> CheckResult:
         ctx.rec.measure(OFFERED.name, 1.0 if scheme in offered else 0.0, method=scheme)
     failures: list[ProbeFailure] = []
     worked: list[AuthMethod] = []
+    evidence = signin.OrganisationEvidence(ctx, target, EWS_SCOPE)
     for method in methods:
         t0 = time.perf_counter()
         try:
             async with ctx.rec.step(f"{method.value} sign-in") as detail:
                 try:
                     _require_offered(method, offered)
-                    detail.append(_judge(ctx, target, url, await _send(ctx, target, url, body, headers, method)))
+                    response = await _send(ctx, target, url, body, headers, method)
+                    try:
+                        detail.append(_judge(ctx, target, url, response))
+                    except signin.PolicyBlock as block:
+                        raise await evidence.failure(block) from None
                 except ProbeFailure as failure:
                     failure.hint = failure.hint or _HINTS.get((method, failure.reason), "")
                     raise

@@ -2,9 +2,12 @@
 each configured mailbox: an EWS ``GetFolder`` of the inbox with the ``ExchangeImpersonation`` header.
 
 On-premises this needs the ``ApplicationImpersonation`` role; in Exchange Online, where that role is
-gone, application access for the app (RBAC for Applications) and the ``full_access_as_app`` permission.
-Denials come back as HTTP 500 SOAP faults (``ErrorImpersonateUserDenied``, ``ErrorNonExistentMailbox``);
-throttling answers start the account's back-off.
+gone, application access for the app: an RBAC for Applications assignment scoped to the mailboxes, or
+the tenant-wide ``full_access_as_app`` consent (which defeats any scope).
+Denials come back as HTTP 500 SOAP faults (``ErrorImpersonateUserDenied``, ``ErrorNonExistentMailbox``),
+and in Exchange Online as a bare HTTP 403 for a mailbox a policy or scope leaves out: ``forbidden`` for
+that mailbox, ``ews_disabled`` when the organisation-wide evidence (``signin.OrganisationEvidence``, as in
+the auth check) shows that EWS is blocked for every mailbox. Throttling answers start the account's back-off.
 """
 
 from __future__ import annotations
@@ -40,30 +43,30 @@ def _hint(ctx: ProbeContext, target: Target, reason: Reason, mailbox: str) -> st
                 "grant the role: New-ManagementRoleAssignment -Name:BlackBerryAppImpersonation "
                 f"-Role:ApplicationImpersonation -User:{user} (mind any management scope that excludes {mailbox})"
             )
-        client_id = getattr(credential, "client_id", "<app id>")
-        return (
-            f"give the Entra app access to {mailbox}: New-ManagementRoleAssignment -App {client_id} "
-            '-Role "Application EWS.AccessAsApp" -CustomResourceScope <scope including the mailbox>, and grant '
-            "full_access_as_app with admin consent"
-        )
+        return signin.app_access_hint(ctx, target, mailbox)
     if reason == Reason.MAILBOX_NOT_FOUND:
         return f"check the address: Get-Mailbox {mailbox} (a typo, a removed user, or a mailbox on the other side)"
     return ""
 
 
-async def _impersonate(ctx: ProbeContext, target: Target, mailbox: str, method: AuthMethod) -> str:
+async def _impersonate(
+    ctx: ProbeContext, target: Target, mailbox: str, method: AuthMethod, evidence: signin.OrganisationEvidence
+) -> str:
     body = ews.get_folder("inbox", impersonate=mailbox)
     headers = ews.SOAP_HEADERS | {"X-AnchorMailbox": mailbox}
     response = await signin.send(
         ctx, target, target.url, method=method, body=body, headers=headers, scope=EWS_SCOPE, follow=True
     )
-    return judge(ctx, target, mailbox, method, response)
+    try:
+        return judge(ctx, target, mailbox, method, response)
+    except signin.PolicyBlock as block:
+        raise await evidence.failure(block) from None
 
 
 def judge(ctx: ProbeContext, target: Target, mailbox: str, method: AuthMethod, response: HttpResponse) -> str:
-    """The detail line of a mailbox EWS opened, or the failure its answer shows."""
+    """The detail line of a mailbox EWS opened, or the failure its answer shows (PolicyBlock for a bare 403)."""
     try:
-        signin.ews_result(ctx, target, response)
+        signin.ews_result(ctx, target, response, mailbox, signin.app_access_hint(ctx, target, mailbox))
     except ProbeFailure as failure:
         failure.hint = failure.hint or _hint(ctx, target, failure.reason, mailbox)
         raise
@@ -72,8 +75,13 @@ def judge(ctx: ProbeContext, target: Target, mailbox: str, method: AuthMethod, r
 
 async def probe(target: Target, ctx: ProbeContext) -> CheckResult:
     method = signin.method_for(ctx, target)
+    evidence = signin.OrganisationEvidence(ctx, target, EWS_SCOPE)
     units = [
-        Unit(f"impersonate {mailbox}", {"mailbox": mailbox}, partial(_impersonate, ctx, target, mailbox, method))
+        Unit(
+            f"impersonate {mailbox}",
+            {"mailbox": mailbox},
+            partial(_impersonate, ctx, target, mailbox, method, evidence),
+        )
         for mailbox in target.mailboxes
     ]
     await each(ctx, units, SUCCESS.name)

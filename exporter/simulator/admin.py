@@ -31,8 +31,12 @@ EWS (endpoints ``onprem-ews``, ``online-ews``):
 
 - ``GET    /api/v1/ews``: each endpoint's throttling and whether it is disabled;
 - ``PUT    /api/v1/ews/{name}/throttling`` ``{"kind": "server_busy_fault" | "server_busy_message" |
-  "connection_count" | "none", "backoff_ms": 2000}`` (``backoff_ms`` optional); ``DELETE``: ``none``;
-- ``PUT    /api/v1/ews/online-ews/disabled`` ``{"disabled": true}``: the retirement's 403;
+  "connection_count" | "too_many_objects_opened" | "internal_server_transient_error" | "timeout_expired" |
+  "internal_server_error_busy" | "http_503" | "none", "backoff_ms": 2000}`` (``backoff_ms`` optional, for
+  the kinds whose shape carries one); ``DELETE``: ``none``;
+- ``PUT    /api/v1/ews/online-ews/disabled`` ``{"disabled": true}``: EWSEnabled false, the retirement's 403;
+- ``PUT    /api/v1/ews/online-ews/allowed_app_ids`` ``{"app_ids": ["..."]}`` (``null``: unset):
+  EwsAllowedAppIDs, a 403 for every other app;
 - ``GET    /api/v1/ews/requests``: every authenticated EWS request (``endpoint``, ``caller``,
   ``operation``, ``impersonated``, ``time`` from the simulator's monotonic clock).
 
@@ -122,6 +126,7 @@ def build_admin_app(simulator: Simulator) -> web.Application:
     app.router.add_put(EWS_PATH + "/{name}/throttling", api.set_ews_throttling)
     app.router.add_delete(EWS_PATH + "/{name}/throttling", api.clear_ews_throttling)
     app.router.add_put(EWS_PATH + "/{name}/disabled", api.set_ews_disabled)
+    app.router.add_put(EWS_PATH + "/{name}/allowed_app_ids", api.set_ews_allowed_app_ids)
     app.router.add_get(AUTODISCOVER_PATH, api.autodiscover)
     app.router.add_put(AUTODISCOVER_PATH + "/{name}/redirects/{mailbox}", api.set_autodiscover_redirect)
     app.router.add_delete(AUTODISCOVER_PATH + "/{name}/redirects/{mailbox}", api.clear_autodiscover_redirect)
@@ -304,6 +309,16 @@ class _AdminApi:
                 raise UnknownEndpointError(name, ["online-ews"])
             body = await _json_object(request, 'like {"disabled": true}', required="disabled", allowed={"disabled"})
             return {name: self._simulator.set_ews_disabled(body["disabled"]).state()}
+
+        return await _answer(change)
+
+    async def set_ews_allowed_app_ids(self, request: web.Request) -> web.Response:
+        async def change() -> Any:
+            name = request.match_info["name"]
+            if name != "online-ews":  # an Exchange Online organisation setting
+                raise UnknownEndpointError(name, ["online-ews"])
+            body = await _json_object(request, 'like {"app_ids": ["..."]}', required="app_ids", allowed={"app_ids"})
+            return {name: self._simulator.set_ews_allowed_app_ids(body["app_ids"]).state()}
 
         return await _answer(change)
 

@@ -53,6 +53,7 @@ class Fault(StrEnum):
     INVALID_UTF8 = HostileKind.INVALID_UTF8.value
     WRONG_NAMESPACE = HostileKind.WRONG_NAMESPACE.value
     HTML_200 = HostileKind.HTML_200.value
+    CONNECTION_RESET = HostileKind.CONNECTION_RESET.value
 
     @classmethod
     def parse(cls, value: str) -> Fault:

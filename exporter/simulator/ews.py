@@ -10,18 +10,26 @@ impersonation, throttling) as an HTTP 500 SOAP fault, per-folder and per-item pr
 ``ResponseClass="Error"`` inside an HTTP 200.
 
 Impersonation (section 2.2): an impersonated address without a mailbox is ``ErrorNonExistentMailbox``,
-a mailbox the caller may not reach (no ApplicationImpersonation on-prem, no application access
-online) ``ErrorImpersonateUserDenied``. Exchange Online's app-only tokens act as no user, so it
-demands the ``ExchangeImpersonation`` header (a 500 fault without it) and ``X-AnchorMailbox``
-(section 2.3; a 503 without it here, one of the answers the docs warn of).
+a mailbox the caller may not reach ``ErrorImpersonateUserDenied`` on-prem (no ApplicationImpersonation)
+and a bare HTTP 403 online (no application access: the policy block, field facts). Exchange Online's
+app-only tokens act as no user, so it demands the ``ExchangeImpersonation`` header (a 500 fault
+without it) and ``X-AnchorMailbox`` (section 2.3; a 503 without it here, one of the answers the docs
+warn of).
 
-Each endpoint can be throttled (section 3) in the fault or the response-message form, and Exchange
-Online's EWS can be switched off as the retirement will (section 9: 403, empty body). Both hold for
-every authenticated request, whatever its operation, and every authenticated request is recorded.
+Each endpoint can be throttled (section 3) in every form exchangelib backs off on: the ErrorServerBusy
+fault or response message, ErrorExceededConnectionCount, ErrorTooManyObjectsOpened,
+ErrorInternalServerTransientError, ErrorTimeoutExpired, ErrorInternalServerError wrapping ErrorServerBusy,
+and HTTP 503. Exchange Online's EWS can be switched off for the organisation as the retirement will
+(EWSEnabled false, or an EwsAllowedAppIDs list without the caller's app; section 9: 403, empty body).
+These hold for every authenticated request, whatever its operation, and every authenticated request is
+recorded. A mailbox the app's application access leaves out gets the same bare 403, but only for
+requests that act as that mailbox: an app-only request without ``ExchangeImpersonation`` still gets
+its SOAP fault.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -131,6 +139,15 @@ class ThrottlingKind(StrEnum):
     SERVER_BUSY_FAULT = "server_busy_fault"  # HTTP 500 ErrorServerBusy fault (facts file 3.1)
     SERVER_BUSY_MESSAGE = "server_busy_message"  # HTTP 200, ErrorServerBusy response message (3.2)
     CONNECTION_COUNT = "connection_count"  # HTTP 500 ErrorExceededConnectionCount fault (3.3)
+    # HTTP 200 response messages exchangelib backs off on (services/common.py ``_get_elements``):
+    TOO_MANY_OBJECTS_OPENED = "too_many_objects_opened"  # the exchangelib fixture's text (3.3)
+    INTERNAL_SERVER_TRANSIENT_ERROR = "internal_server_transient_error"  # code documented, text [UNVERIFIED]
+    TIMEOUT_EXPIRED = "timeout_expired"  # code documented, text [UNVERIFIED]
+    # "200: an EWS schema response with ErrorInternalServerError, possibly with an inner ErrorServerBusy"
+    # (3.4), the inner error in MessageXml as in exchangelib's test_inner_error_parsing (1.5).
+    INTERNAL_SERVER_ERROR_BUSY = "internal_server_error_busy"
+    # "503: EWS requests are queuing in IIS; the client should delay" (3.4): empty, Retry-After if backoff_ms.
+    HTTP_503 = "http_503"
 
 
 # Exchange suggests no wait for a connection-count error: "the existing connections remain valid" (3.4).
@@ -138,6 +155,19 @@ _DEFAULT_BACKOFF_MS = {
     ThrottlingKind.SERVER_BUSY_FAULT: 5000,
     ThrottlingKind.SERVER_BUSY_MESSAGE: 5000,
     ThrottlingKind.CONNECTION_COUNT: 0,
+    ThrottlingKind.HTTP_503: None,  # no Retry-After
+}
+_MESSAGE_THROTTLING = {  # kind -> (ResponseCode, MessageText)
+    ThrottlingKind.TOO_MANY_OBJECTS_OPENED: ("ErrorTooManyObjectsOpened", "Too many concurrent connections opened."),
+    ThrottlingKind.INTERNAL_SERVER_TRANSIENT_ERROR: (
+        "ErrorInternalServerTransientError",
+        "An internal server error occurred. Try again later.",
+    ),
+    ThrottlingKind.TIMEOUT_EXPIRED: ("ErrorTimeoutExpired", "The request timed out."),
+    ThrottlingKind.INTERNAL_SERVER_ERROR_BUSY: (
+        "ErrorInternalServerError",
+        "An internal server error occurred. The operation failed.",
+    ),
 }
 
 
@@ -152,10 +182,10 @@ class Throttling:
             kind = ThrottlingKind(kind)
         except ValueError:
             raise ValueError(f"unknown throttling kind {kind!r}; valid: {', '.join(ThrottlingKind)}") from None
-        if kind is ThrottlingKind.NONE:
+        if kind not in _DEFAULT_BACKOFF_MS:  # none, and the shapes that carry no back-off
             if backoff_ms is not None:
-                raise ValueError("backoff_ms applies to a throttling kind, not to none")
-            return cls()
+                raise ValueError(f"backoff_ms applies to {', '.join(_DEFAULT_BACKOFF_MS)}, not to {kind}")
+            return cls(kind)
         if backoff_ms is None:
             return cls(kind, _DEFAULT_BACKOFF_MS[kind])
         if isinstance(backoff_ms, bool) or not isinstance(backoff_ms, int) or backoff_ms < 0:
@@ -193,7 +223,10 @@ class EwsService:
     ) -> None:
         self.endpoint = endpoint
         self.throttling = Throttling()
+        # Exchange Online's organisation-wide switches (facts file 9): EWSEnabled false, and EwsAllowedAppIDs,
+        # which admits only the listed app ids when set. Either blocks every request with a bare 403.
         self.disabled = False
+        self.allowed_app_ids: frozenset[str] | None = None
         self.directory = directory
         self.server_version = server_version
         self._requests = requests
@@ -208,7 +241,13 @@ class EwsService:
         }
 
     def state(self) -> dict[str, Any]:
-        return {"throttling": self.throttling.state(), "disabled": self.disabled}
+        allowed = sorted(self.allowed_app_ids) if self.allowed_app_ids is not None else None
+        return {"throttling": self.throttling.state(), "disabled": self.disabled, "allowed_app_ids": allowed}
+
+    def _blocked_for(self, caller: Caller) -> bool:
+        return self.disabled or (
+            caller.app_only and self.allowed_app_ids is not None and caller.name not in self.allowed_app_ids
+        )
 
     def add_routes(self, app: web.Application, authenticator: Authenticator) -> None:
         async def handler(request: web.Request) -> web.Response:
@@ -233,7 +272,7 @@ class EwsService:
         operation_name = _local_name(operation.tag) if operation is not None else None
         impersonated = _impersonated_mailbox(envelope) if envelope is not None else None
         self._requests.append(EwsRequest(self.endpoint, caller.name, operation_name, impersonated, time.monotonic()))
-        if self.disabled:
+        if self._blocked_for(caller):
             return with_iis_headers(web.Response(status=403))
         if parse_error is not None:
             line, column = parse_error.position
@@ -284,6 +323,22 @@ class EwsService:
                         f'<t:Value Name="ErrorMessage">{escape(budget)}</t:Value>'
                     ),
                 )
+            case ThrottlingKind.HTTP_503:
+                response = with_iis_headers(web.Response(status=503))
+                if backoff_ms is not None:
+                    response.headers["Retry-After"] = str(math.ceil(backoff_ms / 1000))
+                return response
+            case ThrottlingKind.INTERNAL_SERVER_ERROR_BUSY:
+                code, text = _MESSAGE_THROTTLING[self.throttling.kind]
+                inner = (
+                    f'<t:Value Name="InnerErrorMessageText">{escape(_SERVER_BUSY_TEXT)}</t:Value>'
+                    '<t:Value Name="InnerErrorResponseCode">ErrorServerBusy</t:Value>'
+                    '<t:Value Name="InnerErrorDescriptiveLinkKey">0</t:Value>'
+                )
+                return self._response(operation_name, _error_message(operation_name, code, text, message_xml=inner))
+            case _:
+                code, text = _MESSAGE_THROTTLING[self.throttling.kind]
+                return self._response(operation_name, _error_message(operation_name, code, text))
 
     def _check_impersonation(
         self, request: web.Request, caller: Caller, impersonated: str | None
@@ -305,6 +360,10 @@ class EwsService:
                 detail_xml=f'<t:Value Name="SmtpAddress">{escape(impersonated)}</t:Value>',
             )
         if not self.directory.is_granted(impersonated):
+            if caller.app_only:
+                # An application access policy or RBAC for Applications scope that leaves the mailbox out:
+                # Exchange Online's bare policy-block 403 (field facts, David-Barrett-MS/PowerShell-EWS-Scripts#62).
+                return with_iis_headers(web.Response(status=403))
             return _fault("ErrorImpersonateUserDenied", _IMPERSONATION_DENIED_TEXT)
         return None
 

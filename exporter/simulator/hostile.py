@@ -15,7 +15,8 @@ still computed (and EWS still records the request); the hostile kind then replac
   trap that records what reaches it); ``redirect_foreign``: 302 to the simulator's foreign host;
 - ``truncated_xml``, ``invalid_utf8``, ``wrong_namespace``: the real answer cut in half, with bytes
   that are not UTF-8, or with every ``http://schemas.…`` namespace renamed; ``html_200``: an HTML
-  error page with status 200.
+  error page with status 200; ``connection_reset``: the request is read (and EWS answers it), then the
+  connection is reset (TCP RST, as a crashed worker or a middlebox's idle timer does) instead of answering.
 
 ``Hostile.requests`` records every request a hostile endpoint saw (with its ``Authorization``),
 ``Hostile.trap_requests`` what reached the plain-HTTP trap, and ``Hostile.hangups`` when a streamed
@@ -53,6 +54,7 @@ class HostileKind(StrEnum):
     INVALID_UTF8 = "invalid_utf8"
     WRONG_NAMESPACE = "wrong_namespace"
     HTML_200 = "html_200"
+    CONNECTION_RESET = "connection_reset"
 
 
 class HostileRequest(NamedTuple):
@@ -240,6 +242,9 @@ class Hostile:
                 return web.Response(body=body.replace(b'"http://schemas.', b'"urn:not-exchange:'), headers=xml_headers)
             case HostileKind.HTML_200:
                 return web.Response(body=_HTML_ERROR_PAGE, headers={"Content-Type": "text/html; charset=utf-8"})
+            case HostileKind.CONNECTION_RESET:
+                _reset(request)
+                return honest  # never sent: the connection is gone
 
     async def _stream(
         self,
@@ -293,6 +298,17 @@ class Hostile:
                 return response
         await response.write_eof()
         return response
+
+
+def _reset(request: web.Request) -> None:
+    """Abort the connection with a TCP RST: SO_LINGER 0, then close without the TLS close_notify."""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 def _client_gone(request: web.Request) -> bool:

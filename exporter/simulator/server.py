@@ -376,7 +376,10 @@ class Simulator:
         self.online_mailboxes.set_granted(mailbox, True)
 
     def deny_app_access(self, mailbox: str | None = None) -> None:
-        """Scope online ``mailbox`` (or all) out of the Entra app's access, for EWS and Graph alike."""
+        """Scope online ``mailbox`` (or all) out of the Entra app's access, for EWS and Graph alike.
+
+        EWS requests acting as the mailbox get Exchange Online's bare 403, Graph its RAOP 403.
+        """
         self.online_mailboxes.set_granted(mailbox, False)
 
     def mailbox_items(self, mailbox: str) -> list[MailItem]:
@@ -401,8 +404,11 @@ class Simulator:
     ) -> EwsService:
         """Throttle every authenticated request to an EWS endpoint until ``kind`` is ``none`` again.
 
-        ``server_busy_fault``, ``server_busy_message`` (both suggest ``backoff_ms``, default 5000) or
-        ``connection_count`` (default 0). UnknownEndpointError, or ValueError for a bad kind or back-off.
+        ``server_busy_fault``, ``server_busy_message`` (both suggest ``backoff_ms``, default 5000),
+        ``connection_count`` (default 0), ``http_503`` (``backoff_ms`` as Retry-After, default none), or
+        ``too_many_objects_opened``, ``internal_server_transient_error``, ``timeout_expired``,
+        ``internal_server_error_busy`` (no back-off in their shape). UnknownEndpointError, or ValueError for
+        a bad kind or back-off.
         """
         service = self._ews_service(endpoint)
         service.throttling = Throttling.parse(kind, backoff_ms)
@@ -414,6 +420,19 @@ class Simulator:
             raise ValueError(f"disabled must be true or false, not {disabled!r}")
         service = self._ews[_RETIRING_EWS]
         service.disabled = disabled
+        return service
+
+    def set_ews_allowed_app_ids(self, app_ids: list[str] | None) -> EwsService:
+        """Exchange Online's EwsAllowedAppIDs: only these app ids may use EWS (None: the list is unset).
+
+        Any other app's request is a bare 403, as for ``set_ews_disabled``. ValueError for a bad list.
+        """
+        if app_ids is not None and (
+            not isinstance(app_ids, list) or not all(isinstance(app_id, str) and app_id for app_id in app_ids)
+        ):
+            raise ValueError(f"app_ids must be a list of app ids or null, not {app_ids!r}")
+        service = self._ews[_RETIRING_EWS]
+        service.allowed_app_ids = frozenset(app_ids) if app_ids is not None else None
         return service
 
     def set_push_fault(self, kind: PushFaultKind | str, delay_seconds: float | None = None) -> EwsPushEngine:
