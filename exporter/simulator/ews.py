@@ -92,6 +92,9 @@ class _FolderContents:
 
 # The distinguished folders a probe asks for; any other name fails schema validation, as on Exchange.
 _DISTINGUISHED_FOLDERS = {
+    # exchangelib reaches every folder through "root" (Account.root): a valid DistinguishedFolderIdNameType
+    # value, so never a schema error. Its display name and counts [UNVERIFIED].
+    "root": _FolderContents("", 0, 18, 0),
     "msgfolderroot": _FolderContents("Top of Information Store", 0, 14, 0),
     "inbox": _FolderContents("Inbox", 2, 0, 2),
     "sentitems": _FolderContents("Sent Items", 0, 0, 0),
