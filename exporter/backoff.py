@@ -1,4 +1,4 @@
-"""Back-off that Exchange or Graph asked for, per account and host."""
+"""Back-off that Exchange or Graph asked for, per account and where it applies (signin decides where)."""
 
 from __future__ import annotations
 
@@ -7,19 +7,19 @@ import time
 
 
 class Backoff:
-    """When each (credential, host) may be sent to again, as Exchange or Graph asked."""
+    """When each credential may send again to a scope (a host, or a mailbox on a host), as Exchange or Graph asked."""
 
     def __init__(self) -> None:
         self._until: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
 
-    def remaining(self, credential: str, host: str) -> float:
+    def remaining(self, credential: str, scope: str) -> float:
         with self._lock:
-            return max(0.0, self._until.get((credential, host), 0.0) - time.monotonic())
+            return max(0.0, self._until.get((credential, scope), 0.0) - time.monotonic())
 
-    def hold(self, credential: str, host: str, seconds: float) -> None:
+    def hold(self, credential: str, scope: str, seconds: float) -> None:
         if seconds <= 0:
             return
         with self._lock:
             until = time.monotonic() + seconds
-            self._until[(credential, host)] = max(until, self._until.get((credential, host), 0.0))
+            self._until[(credential, scope)] = max(until, self._until.get((credential, scope), 0.0))

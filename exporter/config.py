@@ -34,11 +34,12 @@ from pydantic import (
     model_validator,
 )
 
+from .clouds import ENDPOINTS, Cloud, CloudEndpoints
 from .errors import ConfigError
 
 DEFAULT_CONFIG_FILE = "bems-exchange-exporter.yml"
-DEFAULT_GRAPH_URL = "https://graph.microsoft.com/v1.0"
-DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
+DEFAULT_GRAPH_URL = ENDPOINTS[Cloud.GLOBAL].graph_url
+DEFAULT_AUTHORITY = ENDPOINTS[Cloud.GLOBAL].login
 PROXY_FROM_ENVIRONMENT = "from_environment"
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
@@ -199,7 +200,8 @@ class EntraCredential(_Model):
     client_secret_source: str | None = None
     certificate_file: str | None = None
     private_key_file: str | None = None
-    authority: HttpsUrl = DEFAULT_AUTHORITY
+    cloud: Cloud = Cloud.GLOBAL
+    authority: HttpsUrl = DEFAULT_AUTHORITY  # default: the cloud's sign-in host
     max_concurrency: int | None = Field(default=None, ge=1, le=64)
 
     @model_validator(mode="before")
@@ -207,6 +209,8 @@ class EntraCredential(_Model):
     def _secret(cls, data: Any) -> Any:
         if isinstance(data, dict):
             data = dict(data)
+            if data.get("authority") is None and (endpoints := _endpoints_of(data)) is not None:
+                data["authority"] = endpoints.login
             _resolve_secret(data, "client_secret")
             has_secret = data.get("client_secret") is not None
             has_cert = data.get("certificate_file") is not None
@@ -228,6 +232,12 @@ class EntraCredential(_Model):
     @property
     def kind(self) -> str:
         return "entra"
+
+
+def _endpoints_of(credential: Any) -> CloudEndpoints | None:
+    """The endpoints of a raw credential's ``cloud`` (None for a value the field validator will reject)."""
+    cloud = credential.get("cloud", Cloud.GLOBAL) if isinstance(credential, dict) else None
+    return ENDPOINTS.get(cloud) if isinstance(cloud, str) else None
 
 
 def _credential_kind(value: Any) -> str | None:
@@ -369,6 +379,7 @@ class Target(_Model):
     @model_validator(mode="before")
     @classmethod
     def _graph_default_url(cls, data: Any) -> Any:
+        # Config fills in the Graph of the credential's cloud first; this is the global one for the rest.
         if isinstance(data, dict) and data.get("kind") == Kind.GRAPH and data.get("url") is None:
             data = {**data, "url": DEFAULT_GRAPH_URL}
         return data
@@ -468,6 +479,23 @@ class Config(_Model):
     credentials: dict[str, Credential] = {}
     targets: tuple[Target, ...] = Field(min_length=1)
     shard: Annotated[tuple[int, int] | None, BeforeValidator(parse_shard)] = None  # (index, count)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _graph_url_of_the_cloud(cls, data: Any) -> Any:
+        """A graph target without ``url`` talks to the Graph of its credential's cloud."""
+        if not isinstance(data, dict) or not isinstance(data.get("targets"), list | tuple):
+            return data
+        credentials = data.get("credentials") if isinstance(data.get("credentials"), dict) else {}
+
+        def with_url(target: Any) -> Any:
+            if not isinstance(target, dict) or target.get("kind") != Kind.GRAPH or target.get("url") is not None:
+                return target
+            name = target.get("credential")
+            endpoints = _endpoints_of(credentials.get(name)) if isinstance(name, str) else None
+            return {**target, "url": endpoints.graph_url} if endpoints is not None else target
+
+        return {**data, "targets": [with_url(target) for target in data["targets"]]}
 
     def owns(self, key: str) -> bool:
         """Whether this replica runs the work keyed ``key`` (always, unless sharded)."""

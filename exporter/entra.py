@@ -22,12 +22,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from msal.exceptions import MsalServiceError
 
+from .clouds import ENDPOINTS, Resource
 from .config import EntraCredential
 from .httpclient import requests_session
 from .net import Proxy
 
-EWS_SCOPE = "https://outlook.office365.com/.default"
-GRAPH_SCOPE = "https://graph.microsoft.com/.default"
+__all__ = ["EntraApps", "Resource", "Token", "TokenError", "certificate_expiry", "scope_of"]
 
 # MSAL validates these itself; for any other authority (a lab, ADFS-like setups, the simulator) instance
 # discovery would ask login.microsoftonline.com about a host it does not know, so it is turned off.
@@ -63,6 +63,11 @@ class TokenError(Exception):
     def __init__(self, message: str, code: str | None = None) -> None:
         super().__init__(message)
         self.code = code
+
+
+def scope_of(credential: EntraCredential, resource: Resource) -> str:
+    """The ``.default`` scope of ``resource`` in the credential's cloud (exporter/clouds.py cites the table)."""
+    return ENDPOINTS[credential.cloud].scope(resource)
 
 
 def _client_credential(credential: EntraCredential) -> str | dict[str, str]:

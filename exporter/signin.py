@@ -3,9 +3,13 @@
 - Credentials per method: Basic (aiohttp), NTLM (requests-ntlm in a worker thread), OAuth bearer
   tokens from MSAL's cache.
 - Back-off: when Exchange answers ``ErrorServerBusy`` with ``BackOffMilliseconds`` (or Graph a 429
-  with ``Retry-After``), no request of that account goes to that host until the time has passed; a
-  check due meanwhile fails with ``throttled`` without sending anything. The account is shared with
-  production BEMS, whose own budget the exporter must not eat.
+  with ``Retry-After``), nothing more is sent where the back-off applies until the time has passed; a
+  check due meanwhile fails with ``throttled`` without sending anything. Exchange budgets per account,
+  so its back-off holds the account on that host; Graph's mail limits are per app and mailbox
+  (4 concurrent, 10,000 per 10 minutes: learn.microsoft.com/graph/throttling-limits, "Outlook service
+  limits"), so a 429 for ``/users/{mailbox}/...`` holds that app and mailbox only, and a 429 elsewhere
+  the app on the host. The account is shared with production BEMS, whose own budget the exporter must
+  not eat.
 """
 
 from __future__ import annotations
@@ -13,13 +17,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import email.utils
+import itertools
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from . import ews
-from .config import AuthMethod, EntraCredential, Exchange, Target, WindowsCredential
-from .entra import TokenError
+from .config import AuthMethod, EntraCredential, Exchange, Kind, Target, WindowsCredential
+from .entra import Resource, TokenError, scope_of
 from .httpclient import MAX_REDIRECTS, HttpResponse, redirect_target
 from .results import ProbeFailure, Reason
 
@@ -36,30 +41,54 @@ def _host(url: str) -> str:
     return (urlsplit(url).hostname or "").lower()
 
 
+def _graph_mailbox(target: Target, url: str) -> str | None:
+    """The mailbox a Graph URL addresses (``.../users/{mailbox}/...``), None for any other URL."""
+    if target.kind != Kind.GRAPH:
+        return None
+    segments = urlsplit(url).path.split("/")
+    for here, following in itertools.pairwise(segments):
+        if here.lower() == "users" and following:
+            return unquote(following).casefold()
+    return None
+
+
+def _backoff_scopes(target: Target, url: str) -> tuple[str, str | None]:
+    """Where a back-off for ``url`` is held: the host, and the host's mailbox for a Graph mailbox URL."""
+    host, mailbox = _host(url), _graph_mailbox(target, url)
+    return host, (f"{host}/users/{mailbox}" if mailbox is not None else None)
+
+
 def check_backoff(ctx: ProbeContext, target: Target, url: str) -> None:
-    """ProbeFailure(throttled) while Exchange's back-off for this account and host lasts."""
+    """ProbeFailure(throttled) while a back-off that covers this request lasts (see the module doc)."""
     if target.credential is None:
         return
-    remaining = ctx.resources.backoff.remaining(target.credential, _host(url))
+    host, mailbox_scope = _backoff_scopes(target, url)
+    backoff = ctx.resources.backoff
+    remaining = max(backoff.remaining(target.credential, host),
+                    backoff.remaining(target.credential, mailbox_scope) if mailbox_scope else 0.0)  # fmt: skip
     if remaining > 0:
+        where = f"{_graph_mailbox(target, url)} on {host}" if mailbox_scope else host
+        service = "Graph" if target.kind == Kind.GRAPH else "Exchange"
         raise ProbeFailure(
             Reason.THROTTLED,
-            f"not sent: Exchange asked {target.credential} to back off from {_host(url)} for {remaining:.0f} more s",
+            f"not sent: {service} asked {target.credential} to back off from {where} for {remaining:.0f} more s",
             THROTTLED_HINT,
         )
 
 
 def hold_off(ctx: ProbeContext, target: Target, url: str, seconds: float) -> None:
     if target.credential is not None:
-        ctx.resources.backoff.hold(target.credential, _host(url), seconds)
+        host, mailbox_scope = _backoff_scopes(target, url)
+        ctx.resources.backoff.hold(target.credential, mailbox_scope or host, seconds)
 
 
-async def token(ctx: ProbeContext, target: Target, scope: str) -> str:
+async def token(ctx: ProbeContext, target: Target, scope: Resource) -> str:
+    """An access token for ``scope`` in the cloud of the target's Entra credential."""
     credential = ctx.config.credentials.get(target.credential or "")
     assert isinstance(credential, EntraCredential)
     try:
         issued = await ctx.resources.run_blocking(
-            ctx.resources.entra.acquire, target.credential, credential, scope,
+            ctx.resources.entra.acquire, target.credential, credential, scope_of(credential, scope),
             ca_file=ctx.ca_file, proxy=ctx.proxy(target), timeout=ctx.timeout,
         )  # fmt: skip
     except TokenError as err:
@@ -75,7 +104,7 @@ async def send(
     method: AuthMethod | None,
     body: bytes | None = None,
     headers: dict[str, str] | None = None,
-    scope: str = "",
+    scope: Resource = Resource.EXCHANGE,
     http_method: str = "POST",
     follow: bool = False,
 ) -> HttpResponse:
@@ -99,7 +128,7 @@ async def send(
 
 async def _send_once(
     ctx: ProbeContext, target: Target, url: str, method: AuthMethod | None, body: bytes | None,
-    headers: dict[str, str], scope: str, http_method: str,
+    headers: dict[str, str], scope: Resource, http_method: str,
 ) -> HttpResponse:  # fmt: skip
     if method is not None:
         check_backoff(ctx, target, url)

@@ -292,6 +292,45 @@ async def test_graph_faults(simulator: Simulator, config_file: Path) -> None:
         await resources.close()
 
 
+async def test_graph_back_off_is_per_mailbox(simulator: Simulator, config_file: Path) -> None:
+    """Graph limits mail per app and mailbox: carol's 429 holds carol back, dave is still read (item 13)."""
+    simulator.add_mailbox("dave@contoso.test", "online")
+    data = yaml.safe_load(config_file.read_text())
+    graph = next(t for t in data["targets"] if t["name"] == "online-graph")
+    graph["mailboxes"] = ["carol@contoso.test", "dave@contoso.test"]
+    config_file.write_text(yaml.safe_dump(data))
+    config = load_config(config_file)
+    simulator.set_graph_throttled(True, retry_after=60, mailbox="carol@contoso.test")
+    resources = Resources()
+    try:
+        target = config.targets_by_name()["online-graph"]
+        for _ in range(2):
+            result = await execute(CHECKS["graph"], config, target, resources)
+            assert result.reason == Reason.THROTTLED and "1 of 2 failed" in result.message, result
+            assert per(result, "bems_graph_mailbox_access_success", "mailbox") == {
+                ("carol@contoso.test",): 0.0, ("dave@contoso.test",): 1.0,
+            }  # fmt: skip
+    finally:
+        await resources.close()
+    inbox_reads = [r.path for r in simulator.graph_requests if r.path.endswith("/mailFolders/inbox")]
+    assert inbox_reads == [
+        "/v1.0/users/carol@contoso.test/mailFolders/inbox",  # the 429
+        "/v1.0/users/dave@contoso.test/mailFolders/inbox",
+        "/v1.0/users/dave@contoso.test/mailFolders/inbox",  # carol held back for the Retry-After
+    ]
+
+
+async def test_graph_needs_user_read_all(simulator: Simulator, config_file: Path) -> None:
+    """BEMS needs Mail.Read and User.Read.All; with only Mail.Read the inbox reads, the check does not (item 6)."""
+    config = load_config(config_file)
+    simulator.configure_entra(graph_roles=["Mail.Read"])
+    result = await check(config, "online-graph", "graph")
+    assert result.reason == Reason.FORBIDDEN and "User.Read.All" in result.message
+    assert "User.Read.All" in result.hint and "admin consent" in result.hint
+    assert per(result, "bems_graph_permission_granted", "permission") == {("Mail.Read",): 1.0, ("User.Read.All",): 0.0}
+    assert per(result, "bems_graph_mailbox_access_success", "mailbox") == {("carol@contoso.test",): 1.0}
+
+
 async def test_credential_expiry(simulator: Simulator, config_file: Path, tmp_path: Path) -> None:
     config = load_config(config_file)
     token = await check(config, "online-ews", "token")

@@ -20,6 +20,7 @@ import aiohttp
 import pytest
 
 from exporter.simulator import Simulator
+from exporter.simulator.directory import UnknownMailboxError
 
 EWS_PATH = "/EWS/Exchange.asmx"
 POX_PATH = "/autodiscover/autodiscover.xml"
@@ -579,6 +580,58 @@ async def test_graph_mail_folder_and_its_errors(client: Client) -> None:
     assert all(a.time <= b.time for a, b in itertools.pairwise(sim.graph_requests))
 
 
+async def test_graph_user_object_needs_user_read_all(client: Client) -> None:
+    """``GET /users/{id}`` (learn.microsoft.com/graph/api/user-get): application permission User.Read.All or one
+    that includes it; without, 403 Authorization_RequestDenied (Microsoft Q&A 6019739 shows the body)."""
+    sim = client.simulator
+    user = f"/users/{CAROL}"
+    sim.configure_entra(graph_roles=["Mail.Read"])
+    reply = await client.graph(user, await client.token(GRAPH_SCOPE))
+    assert reply.status == 403
+    error = reply.json()["error"]
+    assert (error["code"], error["message"]) == (
+        "Authorization_RequestDenied",
+        "Insufficient privileges to complete the operation.",
+    )
+    assert set(error["innerError"]) == {"date", "request-id", "client-request-id"}
+
+    for roles in (["Mail.Read", "User.Read.All"], ["Directory.Read.All"]):
+        sim.configure_entra(graph_roles=roles)
+        token = await client.token(GRAPH_SCOPE)
+        sim.deny_app_access(CAROL)  # an application access policy scopes mail, not the directory
+        reply = await client.graph(user, token)
+        assert reply.status == 200, roles
+        body = reply.json()
+        assert body["@odata.context"] == "https://graph.microsoft.com/v1.0/$metadata#users/$entity"
+        assert (body["userPrincipalName"], body["mail"]) == (CAROL, CAROL) and body["id"]
+        selected = (await client.graph(user + "?$select=id,userPrincipalName", token)).json()
+        assert set(selected) == {"@odata.context", "id", "userPrincipalName"}
+        assert selected["@odata.context"].endswith("#users(id,userPrincipalName)/$entity")
+        sim.allow_app_access(CAROL)
+    reply = await client.graph("/users/nobody@contoso.test", token)
+    assert (reply.status, reply.json()["error"]["code"]) == (404, "Request_ResourceNotFound")
+
+
+async def test_graph_throttles_one_mailbox(client: Client) -> None:
+    """Graph's mail limits are per app and mailbox (learn.microsoft.com/graph/throttling-limits)."""
+    sim = client.simulator
+    sim.add_mailbox("dave@contoso.test", "online")
+    token = await client.token(GRAPH_SCOPE)
+    sim.set_graph_throttled(True, retry_after=4, mailbox=CAROL)
+    reply = await client.graph(f"/users/{CAROL}/mailFolders/inbox", token)
+    assert (reply.status, reply.headers["Retry-After"], reply.json()["error"]["code"]) == (
+        429,
+        "4",
+        "ApplicationThrottled",
+    )
+    assert (await client.graph(f"/users/{CAROL.upper()}", token)).status == 429
+    assert (await client.graph("/users/dave@contoso.test/mailFolders/inbox", token)).status == 200
+    with pytest.raises(UnknownMailboxError):
+        sim.set_graph_throttled(True, mailbox="nobody@contoso.test")
+    sim.set_graph_throttled(False, mailbox=CAROL)
+    assert (await client.graph(f"/users/{CAROL}/mailFolders/inbox", token)).status == 200
+
+
 async def test_application_lookup_needs_application_read_all(client: Client) -> None:
     sim = client.simulator
     client_id = sim.credentials.client_id
@@ -689,8 +742,13 @@ async def test_admin_api_switches_every_toggle(client: Client) -> None:
 
     assert await client.admin("PATCH", "/graph", {"throttled": True, "retry_after": 2}) == (
         200,
-        {"throttled": True, "retry_after_seconds": 2, "mailboxes_not_enabled": []},
+        {"throttled": True, "throttled_mailboxes": [], "retry_after_seconds": 2, "mailboxes_not_enabled": []},
     )
+    status, state = await client.admin("PATCH", "/graph", {"throttled": True, "mailbox": CAROL})
+    assert (status, state["throttled_mailboxes"]) == (200, [CAROL])
+    assert (await client.admin("PATCH", "/graph", {"throttled": True, "mailbox": "nobody@contoso.test"}))[0] == 404
+    status, state = await client.admin("PATCH", "/graph", {"throttled": False, "mailbox": CAROL})
+    assert (status, state["throttled_mailboxes"]) == (200, [])
     assert (await client.admin("PUT", f"/graph/mailboxes/{CAROL}", {"enabled": False}))[1]["mailboxes_not_enabled"] == [
         CAROL
     ]

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 from .. import autodiscover, ews, signin
 from ..config import AuthMethod, Config, Exchange, Kind, Target
-from ..entra import EWS_SCOPE
+from ..entra import Resource
 from ..httpclient import HttpResponse
 from ..metrics import MetricSpec
 from ..results import CheckResult, ProbeFailure, Reason
@@ -130,7 +130,7 @@ async def _send(
 ) -> HttpResponse:
     anchor = {"X-AnchorMailbox": target.mailboxes[0]} if method == AuthMethod.OAUTH and target.mailboxes else {}
     return await signin.send(
-        ctx, target, url, method=method, body=body, headers=headers | anchor, scope=EWS_SCOPE, follow=True
+        ctx, target, url, method=method, body=body, headers=headers | anchor, scope=Resource.EXCHANGE, follow=True
     )
 
 

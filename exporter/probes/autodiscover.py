@@ -15,7 +15,7 @@ from urllib.parse import urljoin, urlsplit
 from .. import autodiscover as protocol
 from .. import signin
 from ..config import AuthMethod, AutodiscoverProtocol, Config, EntraCredential, Kind, Target
-from ..entra import EWS_SCOPE
+from ..entra import Resource
 from ..httpclient import HttpResponse
 from ..metrics import MetricSpec
 from ..results import CheckResult, ProbeFailure, Reason
@@ -132,7 +132,7 @@ async def _ask(
         body, headers = protocol.pox_request(address), protocol.POX_HEADERS
     else:
         body, headers = protocol.soap_request(address, url), protocol.SOAP_HEADERS
-    return await signin.send(ctx, target, url, method=method, body=body, headers=dict(headers), scope=EWS_SCOPE)
+    return await signin.send(ctx, target, url, method=method, body=body, headers=dict(headers), scope=Resource.EXCHANGE)
 
 
 async def _attempt(ctx: ProbeContext, target: Target, mailbox: str, kind: AutodiscoverProtocol,

@@ -16,7 +16,7 @@ from functools import partial
 
 from .. import ews, signin
 from ..config import AuthMethod, Config, Kind, Target, WindowsCredential
-from ..entra import EWS_SCOPE
+from ..entra import Resource
 from ..httpclient import HttpResponse
 from ..metrics import MetricSpec
 from ..results import CheckResult, ProbeFailure, Reason
@@ -55,7 +55,7 @@ async def _impersonate(
     body = ews.get_folder("inbox", impersonate=mailbox)
     headers = ews.SOAP_HEADERS | {"X-AnchorMailbox": mailbox}
     response = await signin.send(
-        ctx, target, target.url, method=method, body=body, headers=headers, scope=EWS_SCOPE, follow=True
+        ctx, target, target.url, method=method, body=body, headers=headers, scope=Resource.EXCHANGE, follow=True
     )
     try:
         return judge(ctx, target, mailbox, method, response)

@@ -29,7 +29,7 @@ from urllib.parse import quote
 
 from .. import ews, signin
 from ..config import AuthMethod, Config, Kind, Target
-from ..entra import EWS_SCOPE, GRAPH_SCOPE
+from ..entra import Resource
 from ..httpclient import HttpResponse
 from ..listener import callback_url
 from ..push import ProbeItem, PushTarget, Subscription
@@ -63,7 +63,7 @@ async def _ews_call(ctx: ProbeContext, target: Target, body: bytes) -> HttpRespo
     mailbox = target.push.mailbox
     response = await signin.send(
         ctx, target, target.url, method=signin.method_for(ctx, target), body=body,
-        headers=ews.SOAP_HEADERS | {"X-AnchorMailbox": mailbox}, scope=EWS_SCOPE, follow=True,
+        headers=ews.SOAP_HEADERS | {"X-AnchorMailbox": mailbox}, scope=Resource.EXCHANGE, follow=True,
     )  # fmt: skip
     signin.ews_result(ctx, target, response)
     return response
@@ -123,7 +123,7 @@ async def _graph_call(
     assert target.push is not None
     url = f"{target.url.rstrip('/')}/{path}"
     response = await signin.send(
-        ctx, target, url, method=AuthMethod.OAUTH, scope=GRAPH_SCOPE, http_method=http_method, follow=True,
+        ctx, target, url, method=AuthMethod.OAUTH, scope=Resource.GRAPH, http_method=http_method, follow=True,
         body=json.dumps(body).encode() if body is not None else None,
         headers={"Content-Type": "application/json", "Accept": "application/json"},
     )  # fmt: skip

@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 from .. import signin
 from ..config import AuthMethod, Config, EntraCredential, Kind, Target
-from ..entra import EWS_SCOPE, GRAPH_SCOPE, TokenError, certificate_expiry
+from ..entra import Resource, TokenError, certificate_expiry, scope_of
 from ..metrics import MetricSpec
 from ..results import CheckResult, ProbeFailure, Reason
 from .base import Check, ProbeContext
@@ -44,8 +44,8 @@ HINT = (
 )
 
 
-def _scope(target: Target) -> str:
-    return GRAPH_SCOPE if target.kind == Kind.GRAPH else EWS_SCOPE
+def _resource(target: Target) -> Resource:
+    return Resource.GRAPH if target.kind == Kind.GRAPH else Resource.EXCHANGE
 
 
 def _applies(config: Config, target: Target) -> bool:
@@ -59,7 +59,7 @@ async def probe(target: Target, ctx: ProbeContext) -> CheckResult:
     name = target.credential or ""
     credential = ctx.config.credentials[name]
     assert isinstance(credential, EntraCredential)
-    scopes = sorted({_scope(t) for t in ctx.config.targets if t.credential == name})
+    scopes = sorted({scope_of(credential, _resource(t)) for t in ctx.config.targets if t.credential == name})
     t0, expiries, ok = time.perf_counter(), [], False
     try:
         for scope in scopes:
@@ -108,7 +108,7 @@ _UNKNOWN = "unknown: the app may not read its own registration (grant Applicatio
 async def _registered_end_dates(ctx: ProbeContext, target: Target, credential: EntraCredential) -> dict[str, float]:
     url = f"{target.url.rstrip('/')}/applications(appId='{quote(credential.client_id)}')"
     try:
-        response = await signin.send(ctx, target, url, method=AuthMethod.OAUTH, scope=GRAPH_SCOPE, http_method="GET",
+        response = await signin.send(ctx, target, url, method=AuthMethod.OAUTH, scope=Resource.GRAPH, http_method="GET",
                                      headers={"Accept": "application/json"})  # fmt: skip
         app = json.loads(response.body) if response.status == 200 else None
     except (ProbeFailure, ValueError):

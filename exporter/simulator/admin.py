@@ -50,7 +50,8 @@ Autodiscover (endpoints ``onprem-autodiscover``, ``online-autodiscover``) and th
 
 Graph and the app registration:
 
-- ``GET    /api/v1/graph``; ``PATCH /api/v1/graph`` ``{"throttled": true, "retry_after": 3}``;
+- ``GET    /api/v1/graph``; ``PATCH /api/v1/graph`` ``{"throttled": true, "retry_after": 3}`` (with
+  ``"mailbox": "carol@contoso.test"``: that mailbox only, as Graph's per-app-and-mailbox limits do);
 - ``PUT    /api/v1/graph/mailboxes/{mailbox}`` ``{"enabled": false}``: ``MailboxNotEnabledForRESTAPI``;
 - ``GET    /api/v1/graph/requests``: every Graph request (``method``, ``path``, ``app_id``, ``time``);
 - ``PUT    /api/v1/auth/entra/credentials/{secret|certificate}`` ``{"end": "2026-01-31T00:00:00Z"}``:
@@ -372,9 +373,14 @@ class _AdminApi:
     async def configure_graph(self, request: web.Request) -> web.Response:
         async def change() -> Any:
             body = await _json_object(
-                request, 'like {"throttled": true, "retry_after": 3}', "throttled", {"throttled", "retry_after"}
+                request,
+                'like {"throttled": true, "retry_after": 3, "mailbox": "carol@contoso.test"}',
+                "throttled",
+                {"throttled", "retry_after", "mailbox"},
             )
-            return self._simulator.set_graph_throttled(body["throttled"], body.get("retry_after", 1)).state()
+            return self._simulator.set_graph_throttled(
+                body["throttled"], body.get("retry_after", 1), body.get("mailbox")
+            ).state()
 
         return await _answer(change)
 

@@ -4,6 +4,11 @@ Served:
 
 - ``GET /v1.0/users/{mailbox}/mailFolders/inbox``: the inbox (8.1); the app needs a ``Mail.*`` read
   role and application access to the mailbox (RBAC for Applications, the same switch as EWS's);
+- ``GET /v1.0/users/{mailbox}``: the user object, for an app holding ``User.Read.All`` or a permission
+  that includes it (learn.microsoft.com/graph/api/user-get, Permissions); without one Graph answers 403
+  ``Authorization_RequestDenied`` "Insufficient privileges to complete the operation." (the shape
+  Microsoft Q&A 6019739 and the Graph errors page show). A directory permission: application access
+  policies and RBAC for Applications do not apply;
 - ``POST /v1.0/users/{mailbox}/mailFolders/{folder}/messages`` (201) and ``DELETE
   /v1.0/users/{mailbox}/messages/{id}`` (204): a message in the shared ``mailstore``, for an app
   holding ``Mail.ReadWrite`` (``Mail.Read`` cannot write);
@@ -48,9 +53,12 @@ _ODATA_CONTENT_TYPE = (
 _MAIL_READ_ROLES = {"Mail.ReadBasic.All", "Mail.Read", "Mail.ReadWrite"}
 _MAIL_WRITE_ROLES = {"Mail.ReadWrite"}
 _APPLICATION_READ_ROLES = {"Application.Read.All", "Application.ReadWrite.All", "Directory.Read.All"}
+_USER_READ_ROLES = {"User.Read.All", "User.ReadWrite.All", "Directory.Read.All", "Directory.ReadWrite.All"}
+_INSUFFICIENT_PRIVILEGES = ("Authorization_RequestDenied", "Insufficient privileges to complete the operation.")
 _RAOP_DENIED = "Access to OData is disabled: [RAOP] : Blocked by tenant configured AppOnly AccessPolicy settings."
 
 _INBOX = re.compile(r"users/(?P<user>[^/]+)/mailFolders(?:/inbox|\('inbox'\))", re.IGNORECASE)
+_USER = re.compile(r"users/(?P<user>[^/]+)", re.IGNORECASE)
 _APPLICATION_BY_APP_ID = re.compile(r"applications\(appId='(?P<app_id>[^']*)'\)", re.IGNORECASE)
 _APPLICATIONS = re.compile(r"applications", re.IGNORECASE)
 _APP_ID_FILTER = re.compile(r"\s*appId\s+eq\s+'(?P<app_id>[^']*)'\s*", re.IGNORECASE)
@@ -92,7 +100,8 @@ class GraphService:
         webhooks: GraphWebhooks,
     ) -> None:
         self.requests = requests
-        self.throttled = False
+        self.throttled = False  # every request of the app
+        self.throttled_mailboxes: set[str] = set()  # requests for these mailboxes only (casefolded)
         self.retry_after_seconds = 1
         self.webhooks = webhooks
         self._entra = entra
@@ -101,6 +110,7 @@ class GraphService:
         self._mailboxes_not_enabled: set[str] = set()
         self._routes: list[tuple[str, re.Pattern[str], _Handler]] = [
             ("GET", _INBOX, self._inbox),
+            ("GET", _USER, self._user),
             ("GET", _APPLICATION_BY_APP_ID, self._application),
             ("GET", _APPLICATIONS, self._applications),
             ("POST", _MESSAGES, self._create_message),
@@ -113,12 +123,22 @@ class GraphService:
             ("POST", _REAUTHORIZE, self._reauthorize_subscription),
         ]
 
-    def set_throttled(self, throttled: bool, retry_after: int = 1) -> None:
+    def set_throttled(self, throttled: bool, retry_after: int = 1, mailbox: str | None = None) -> None:
+        """429 for every request, or (``mailbox``) for those addressing that mailbox only: Graph's mail
+        limits are per app and mailbox (learn.microsoft.com/graph/throttling-limits, Outlook service)."""
         if not isinstance(throttled, bool):
             raise ValueError(f"throttled must be true or false, not {throttled!r}")
         if isinstance(retry_after, bool) or not isinstance(retry_after, int) or retry_after < 0:
             raise ValueError(f"retry_after must be a whole number of seconds, 0 or more, not {retry_after!r}")
-        self.throttled, self.retry_after_seconds = throttled, retry_after
+        if mailbox is not None and mailbox not in self._directory:
+            raise UnknownMailboxError(mailbox, list(self._directory))
+        self.retry_after_seconds = retry_after
+        if mailbox is None:
+            self.throttled = throttled
+        elif throttled:
+            self.throttled_mailboxes.add(mailbox.casefold())
+        else:
+            self.throttled_mailboxes.discard(mailbox.casefold())
 
     def set_mailbox_enabled(self, mailbox: str, enabled: bool) -> None:
         """Whether Graph's REST API serves ``mailbox`` (off: inactive, soft-deleted or hosted on-prem)."""
@@ -132,6 +152,7 @@ class GraphService:
     def state(self) -> dict[str, Any]:
         return {
             "throttled": self.throttled,
+            "throttled_mailboxes": sorted(self.throttled_mailboxes),
             "retry_after_seconds": self.retry_after_seconds,
             "mailboxes_not_enabled": sorted(self._mailboxes_not_enabled),
         }
@@ -145,7 +166,8 @@ class GraphService:
         self.requests.append(GraphRequest(request.method, request.path_qs, app_id, time.monotonic()))
         if isinstance(claims, web.Response):
             return claims
-        if self.throttled:
+        resource = request.match_info["resource"]
+        if self.throttled or _addressed_mailbox(resource) in self.throttled_mailboxes:
             return _error(
                 request,
                 429,
@@ -153,7 +175,6 @@ class GraphService:
                 "Application is over its MailboxConcurrency limit.",
                 headers={"Retry-After": str(self.retry_after_seconds)},
             )
-        resource = request.match_info["resource"]
         known_resource = False
         for method, pattern, handler in self._routes:
             if match := pattern.fullmatch(resource):
@@ -226,6 +247,21 @@ class GraphService:
                 "isHidden": False,
             },
         )
+
+    async def _user(self, request: web.Request, match: re.Match[str], claims: dict[str, Any]) -> web.Response:
+        user = match["user"]
+        if not _roles(claims) & _USER_READ_ROLES:
+            return _error(request, 403, *_INSUFFICIENT_PRIVILEGES)
+        if user not in self._directory:
+            return _error(
+                request,
+                404,
+                "Request_ResourceNotFound",
+                f"Resource '{user}' does not exist or one of its queried reference-property objects are not present.",
+            )
+        select = request.query.get("$select")
+        context = f"{_METADATA_URL}#users({select})/$entity" if select else f"{_METADATA_URL}#users/$entity"
+        return _odata(request, {"@odata.context": context, **_selected(_user_object(user), select)})
 
     async def _application(self, request: web.Request, match: re.Match[str], claims: dict[str, Any]) -> web.Response:
         app_id = match["app_id"]
@@ -363,6 +399,32 @@ class GraphService:
                 }
             ],
         }
+
+
+def _user_object(address: str) -> dict[str, Any]:
+    """The default properties of a user, as the ``GET /users/{id}`` sample of the Graph reference lists them."""
+    local = address.split("@")[0]
+    return {
+        "businessPhones": [],
+        "displayName": local.capitalize(),
+        "givenName": local.capitalize(),
+        "jobTitle": None,
+        "mail": address,
+        "mobilePhone": None,
+        "officeLocation": None,
+        "preferredLanguage": "en-US",
+        "surname": None,
+        "userPrincipalName": address,
+        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"user:{address.casefold()}")),
+    }
+
+
+def _addressed_mailbox(resource: str) -> str | None:
+    """The mailbox a Graph resource path is about (``users/{id}/...``), casefolded."""
+    head, _, rest = resource.partition("/")
+    if head.casefold() != "users":
+        return None
+    return rest.split("/")[0].casefold() or None
 
 
 def _dates(credential: AppCredential) -> dict[str, str]:

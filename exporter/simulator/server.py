@@ -488,9 +488,12 @@ class Simulator:
             raise RuntimeError("the simulator is not running")
         return self._graph
 
-    def set_graph_throttled(self, throttled: bool = True, retry_after: int = 1) -> GraphService:
-        """Answer every authenticated Graph request with 429 ``ApplicationThrottled`` and ``Retry-After``."""
-        self.graph.set_throttled(throttled, retry_after)
+    def set_graph_throttled(
+        self, throttled: bool = True, retry_after: int = 1, mailbox: str | None = None
+    ) -> GraphService:
+        """Answer every authenticated Graph request (or, with ``mailbox``, those for that mailbox) with 429
+        ``ApplicationThrottled`` and ``Retry-After``."""
+        self.graph.set_throttled(throttled, retry_after, mailbox)
         return self.graph
 
     def set_graph_mailbox_not_enabled(self, mailbox: str, not_enabled: bool = True) -> GraphService:
