@@ -296,20 +296,26 @@ async def test_pox_autodiscover_unknown_mailbox(simulator: Simulator) -> None:
 
 @contextmanager
 def msal_app(
-    simulator: Simulator, credential: Any = None, tenant: str | None = None
+    simulator: Simulator,
+    credential: Any = None,
+    tenant: str | None = None,
+    client_id: str | None = None,
+    cache: msal.TokenCache | None = None,
 ) -> Iterator[msal.ConfidentialClientApplication]:
-    """An MSAL app for the simulator's Entra ID; blocking (discovery happens in the constructor)."""
+    """An MSAL app for the simulator's Entra ID, as the exporter builds one; blocking (discovery happens in
+    the constructor)."""
     credentials = simulator.credentials
     # Not msal's verify=: requests lets REQUESTS_CA_BUNDLE from the environment override a session's verify.
     with requests.Session() as session:
         session.verify = str(simulator.ca_file)
         session.trust_env = False
         yield msal.ConfidentialClientApplication(
-            credentials.client_id,
+            client_id or credentials.client_id,
             client_credential=credential if credential is not None else credentials.client_secret,
             authority=f"{simulator.endpoints['entra'].url}/{tenant or credentials.tenant_id}",
             instance_discovery=False,
             http_client=session,
+            token_cache=cache,
         )
 
 
