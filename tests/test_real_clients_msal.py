@@ -14,14 +14,19 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import jwt
 import msal
 import pytest
 import requests
+import yaml
+from checks import run
 from test_simulator_auth import msal_app
 
+from exporter.config import load_config
+from exporter.results import Reason
 from exporter.simulator import Simulator
 
 EXO_SCOPE = "https://outlook.office365.com/.default"
@@ -89,21 +94,29 @@ def _aadsts_body(text: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(
-    ("app", "setting", "error", "code", "description"),
+    ("app", "setting", "scope", "error", "code", "description"),
     [
-        pytest.param({"credential": "wrong-secret"}, {}, "invalid_client", 7000215, "Invalid client secret provided.",
-                     id="invalid-secret"),
-        pytest.param({}, {"secret_expired": True}, "invalid_client", 7000222,
+        pytest.param({"credential": "wrong-secret"}, {}, EXO_SCOPE, "invalid_client", 7000215,
+                     "Invalid client secret provided.", id="invalid-secret"),
+        pytest.param({}, {"secret_expired": True}, EXO_SCOPE, "invalid_client", 7000222,
                      "The provided client secret keys for app '{client_id}' are expired.", id="expired-secret"),
-        pytest.param({"client_id": UNKNOWN_APP}, {}, "unauthorized_client", 700016,
+        pytest.param({"client_id": UNKNOWN_APP}, {}, EXO_SCOPE, "unauthorized_client", 700016,
                      f"Application with identifier '{UNKNOWN_APP}' was not found in the directory", id="unknown-app"),
+        # A scope of another cloud's resource (a credential with the wrong cloud:) names no service principal
+        # of this tenant; the simulator answered it with 70011, the code for a malformed scope.
+        pytest.param({}, {}, "https://graph.microsoft.us/.default", "invalid_resource", 500011,
+                     "The resource principal named https://graph.microsoft.us was not found in the tenant",
+                     id="resource-of-another-cloud"),
+        pytest.param({}, {}, "https://outlook.office365.com/EWS.AccessAsUser.All", "invalid_scope", 70011,
+                     "The provided value for the input parameter 'scope' is not valid.", id="not-a-default-scope"),
     ],
 )  # fmt: skip
 async def test_token_endpoint_errors_as_msal_reports_them(
-    simulator: Simulator, app: dict[str, Any], setting: dict[str, bool], error: str, code: int, description: str
-) -> None:
+    simulator: Simulator, app: dict[str, Any], setting: dict[str, bool], scope: str, error: str, code: int,
+    description: str,
+) -> None:  # fmt: skip
     simulator.configure_entra(**setting)
-    [result] = await asyncio.to_thread(acquire, simulator, [EXO_SCOPE], **app)
+    [result] = await asyncio.to_thread(acquire, simulator, [scope], **app)
     assert "access_token" not in result
     assert (result["error"], result["error_codes"]) == (error, [code])
     first_line, *trace = result["error_description"].split("\r\n")
@@ -114,6 +127,18 @@ async def test_token_endpoint_errors_as_msal_reports_them(
     )
     assert result["error_uri"] == f"https://login.microsoftonline.com/error?code={code}"
     assert sum(simulator.entra.token_requests.values()) == 1
+
+
+async def test_exporter_with_the_wrong_cloud_gets_no_token(simulator: Simulator, tmp_path: Path) -> None:
+    """The simulator is a global tenant: a credential set to ``cloud: usgov`` asks for GCC High scopes."""
+    path = simulator.write_exporter_config(tmp_path / "bems.yml")
+    data = yaml.safe_load(path.read_text())
+    data["credentials"]["entra-app"]["cloud"] = "usgov"  # the explicit (loopback) authority still wins
+    path.write_text(yaml.safe_dump(data))
+    config = load_config(path)
+    token = await run(config, config.targets_by_name()["online-ews"], "token")
+    assert token.reason == Reason.TOKEN and "AADSTS500011" in token.message, token
+    assert "The resource principal named https://graph.microsoft.us was not found" in token.message
 
 
 async def test_unknown_tenant_fails_discovery_as_msal_reports_it(simulator: Simulator) -> None:

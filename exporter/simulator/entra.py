@@ -289,13 +289,24 @@ class EntraId:
                 "happen if the application has not been installed by the administrator of the tenant or consented "
                 "to by any user in the tenant. You may have sent your authentication request to the wrong tenant.",
             )
-        resource = _resource_of(scope)
-        if resource is None:
+        if not _is_default_scope(scope):
             return _aadsts_error(
                 400,
                 "invalid_scope",
                 70011,
                 f"The provided value for the input parameter 'scope' is not valid. The scope {scope} is not valid.",
+            )
+        resource = scope.removesuffix(_DEFAULT_SCOPE_SUFFIX)
+        if resource not in (EXCHANGE_ONLINE_RESOURCE, GRAPH_RESOURCE):
+            # A resource of another cloud (graph.microsoft.us for a global tenant) or none at all: Entra's
+            # InvalidResourceServicePrincipalNotFound (AADSTS error code reference, 500011).
+            return _aadsts_error(
+                400,
+                "invalid_resource",
+                500011,
+                f"The resource principal named {resource} was not found in the tenant named {tenant}. This can "
+                "happen if the application has not been installed by the administrator of the tenant or consented "
+                "to by any user in the tenant. You might have sent your authentication request to the wrong tenant.",
             )
         assertion = form.get("client_assertion")
         secret = form.get("client_secret") or basic_secret
@@ -425,12 +436,9 @@ def iso_utc(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _resource_of(scope: str) -> str | None:
-    """The resource a client-credentials scope names: only ``<resource>/.default`` is valid for this grant."""
-    if not scope.endswith(_DEFAULT_SCOPE_SUFFIX) or " " in scope:
-        return None
-    resource = scope.removesuffix(_DEFAULT_SCOPE_SUFFIX)
-    return resource if resource in (EXCHANGE_ONLINE_RESOURCE, GRAPH_RESOURCE) else None
+def _is_default_scope(scope: str) -> bool:
+    """Only ``<resource>/.default`` is valid for the client-credentials grant."""
+    return scope.endswith(_DEFAULT_SCOPE_SUFFIX) and " " not in scope and scope != _DEFAULT_SCOPE_SUFFIX
 
 
 def _basic_credentials(request: web.Request) -> tuple[str | None, str | None]:
