@@ -248,8 +248,8 @@ class OrganisationEvidence:
     without the app, the retirement) answers it with the same bare 403.
     """
 
-    def __init__(self, ctx: ProbeContext, target: Target, scope: str) -> None:
-        self._ctx, self._target, self._scope = ctx, target, scope
+    def __init__(self, ctx: ProbeContext, target: Target) -> None:
+        self._ctx, self._target = ctx, target
         self._verdict: asyncio.Task[bool | str] | None = None
 
     async def failure(self, block: PolicyBlock) -> ProbeFailure:
@@ -269,7 +269,7 @@ class OrganisationEvidence:
         try:
             response = await send(
                 self._ctx, self._target, self._target.url, method=AuthMethod.OAUTH,
-                body=ews.get_folder("msgfolderroot"), headers=dict(ews.SOAP_HEADERS), scope=self._scope,
+                body=ews.get_folder("msgfolderroot"), headers=dict(ews.SOAP_HEADERS), scope=Resource.EXCHANGE,
             )  # fmt: skip
         except ProbeFailure as failure:
             return failure.message

@@ -156,7 +156,7 @@ async def probe(target: Target, ctx: ProbeContext) -> CheckResult:
         ctx.rec.measure(OFFERED.name, 1.0 if scheme in offered else 0.0, method=scheme)
     failures: list[ProbeFailure] = []
     worked: list[AuthMethod] = []
-    evidence = signin.OrganisationEvidence(ctx, target, EWS_SCOPE)
+    evidence = signin.OrganisationEvidence(ctx, target)
     for method in methods:
         t0 = time.perf_counter()
         try:

@@ -75,7 +75,7 @@ def judge(ctx: ProbeContext, target: Target, mailbox: str, method: AuthMethod, r
 
 async def probe(target: Target, ctx: ProbeContext) -> CheckResult:
     method = signin.method_for(ctx, target)
-    evidence = signin.OrganisationEvidence(ctx, target, EWS_SCOPE)
+    evidence = signin.OrganisationEvidence(ctx, target)
     units = [
         Unit(
             f"impersonate {mailbox}",
