@@ -297,6 +297,35 @@ async def test_create_item_raises_created_and_new_mail_events(
     )
 
 
+def delete_code(envelope: ElementTree.Element) -> tuple[str | None, str | None]:
+    message = response_message(envelope, "DeleteItem")
+    return message.get("ResponseClass"), message.findtext("m:ResponseCode", namespaces=NS)
+
+
+@pytest.mark.parametrize("move", ["admin_move", "move_to_deleted_items"])
+async def test_a_moved_item_gets_a_new_id_and_its_old_one_is_not_found(
+    sim: Simulator, session: aiohttp.ClientSession, move: str
+) -> None:
+    # Outlook item ids change on a move (learn.microsoft.com/graph/outlook-immutable-id); DeleteItem of
+    # an id that names nothing answers HTTP 200 with ResponseClass Error and ErrorItemNotFound.
+    _, created = await onprem_ews(sim, session, ews_envelope(CREATE_ITEM))
+    old_id = created.find(".//t:ItemId", NS).get("Id")  # type: ignore[union-attr]
+    if move == "admin_move":
+        moved = sim.move_item(ALICE, old_id or "", "deleteditems")
+    else:
+        soft = delete_item(old_id or "").replace("HardDelete", "MoveToDeletedItems")
+        assert delete_code((await onprem_ews(sim, session, ews_envelope(soft)))[1]) == ("Success", "NoError")
+        (moved,) = sim.mailbox_items(ALICE)
+    assert moved.id != old_id and moved.folder == "deleteditems"
+    assert [item.id for item in sim.mailbox_items(ALICE)] == [moved.id]
+    status, envelope = await onprem_ews(sim, session, ews_envelope(delete_item(old_id or "")))
+    assert (status, delete_code(envelope)) == (200, ("Error", "ErrorItemNotFound"))
+    status, envelope = await onprem_ews(sim, session, ews_envelope(delete_item(moved.id)))
+    assert (status, delete_code(envelope)) == (200, ("Success", "NoError"))
+    with pytest.raises(ValueError, match="holds no item"):
+        sim.move_item(ALICE, moved.id, "inbox")
+
+
 async def test_online_subscribe_and_create_item_with_an_app_token(
     sim: Simulator, session: aiohttp.ClientSession, listener: Listener
 ) -> None:
@@ -584,24 +613,33 @@ async def test_graph_subscription_refusals(sim: Simulator, graph: Graph, tmp_pat
     assert (status, error["error"]["code"]) == (403, "ErrorAccessDenied")  # Mail.Read cannot write
 
 
-async def test_graph_subscription_expiry_sends_subscription_removed(
+async def test_graph_subscription_expiry_is_silent_and_its_renewal_answers_404(
     tmp_path: Path, session: aiohttp.ClientSession
 ) -> None:
-    # 45 simulated minutes (Graph's shortest lifetime) in 0.9 s.
+    # Graph sends subscriptionRemoved only for removals it initiates, not on expiry (learn.microsoft.com
+    # /graph/change-notifications-lifecycle-events): an expired subscription just ends, and renewing it
+    # answers 404. 45 simulated minutes (Graph's shortest lifetime) in 0.9 s.
     async with Simulator(tmp_path / "fast", minute_seconds=0.02) as sim:
         listener = await https_listener(sim, tmp_path, echo_validation)
+        graph = Graph(sim, session)
         try:
-            status, created = await Graph(sim, session).subscribe(listener.url, minutes=1)
+            status, created = await graph.subscribe(listener.url, minutes=1)
             assert status == 201
             granted = datetime.fromisoformat(created["expirationDateTime"]) - datetime.now(UTC)
             assert granted.total_seconds() == pytest.approx(45 * 60, abs=5)
-            (*_, removed) = await listener.wait_for(3, timeout=3)
+            subscription = sim.graph_subscriptions[created["id"]]
+            for _ in range(100):
+                if not subscription.alive:
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)  # a lifecycle notification, were one sent, would have arrived by now
         finally:
             await listener.stop()
-        assert removed.path_qs == "/lifecycle"
-        (event,) = removed.json()["value"]
-        assert (event["subscriptionId"], event["lifecycleEvent"]) == (created["id"], "subscriptionRemoved")
-        assert sim.graph_subscriptions[created["id"]].ended == "expired"
+        assert subscription.ended == "expired"
+        assert [r.path_qs.split("?")[0] for r in listener.received] == ["/notify", "/lifecycle"]  # validations only
+        later = (datetime.now(UTC) + timedelta(minutes=120)).isoformat()
+        status, error = await graph.request("PATCH", f"subscriptions/{created['id']}", {"expirationDateTime": later})
+        assert (status, error["error"]["code"]) == (404, "ResourceNotFound")
 
 
 async def test_graph_lifecycle_events_and_faults(sim: Simulator, graph: Graph, graph_listener: Listener) -> None:
@@ -690,3 +728,11 @@ async def test_admin_api_for_push_and_bems(sim: Simulator, session: aiohttp.Clie
     assert (await admin("PUT", "/bems/fault", {"fault": "loud"}))[0] == 400
     assert await admin("GET", "/bems/requests") == (200, [])
     assert await admin("GET", f"/mailboxes/{ALICE}/items") == (200, [])
+    first, second = (sim.mail.create(ALICE, "inbox", "probe", "probe") for _ in range(2))
+    status, moved = await admin("POST", f"/mailboxes/{ALICE}/items/{first.id}/move", {"folder": "deleteditems"})
+    assert status == 200 and moved["id"] != first.id and moved["folder"] == "deleteditems"
+    assert (await admin("POST", f"/mailboxes/{ALICE}/items/{first.id}/move", {"folder": "inbox"}))[0] == 400
+    assert (await admin("POST", f"/mailboxes/{ALICE}/items/{moved['id']}/move", {}))[0] == 400
+    status, left = await admin("DELETE", f"/mailboxes/{ALICE}/items/{second.id}")
+    assert (status, [item["id"] for item in left]) == (200, [moved["id"]])
+    assert (await admin("DELETE", f"/mailboxes/{ALICE}/items/{second.id}"))[0] == 400

@@ -67,7 +67,10 @@ Push notifications (``kind`` ``callback_blocked`` | ``delayed`` | ``drop_subscri
   listener and what it answered;
 - ``POST   /api/v1/push/graph/subscriptions/{id}/lifecycle`` ``{"event": "reauthorizationRequired" |
   "subscriptionRemoved" | "missed"}``;
-- ``GET    /api/v1/mailboxes/{mailbox}/items``: the items EWS or Graph created there.
+- ``GET    /api/v1/mailboxes/{mailbox}/items``: the items EWS or Graph created there;
+- ``POST   /api/v1/mailboxes/{mailbox}/items/{id}/move`` ``{"folder": "deleteditems"}``: a user or
+  admin moves the item, which gets a new id (answered with the moved item); ``DELETE
+  /api/v1/mailboxes/{mailbox}/items/{id}``: an admin deletes it. Either way the old id is gone.
 
 BEMS's notification URL (the ``bems`` endpoint):
 
@@ -139,6 +142,8 @@ def build_admin_app(simulator: Simulator) -> web.Application:
     app.router.add_put(GRAPH_PATH + "/mailboxes/{mailbox}", api.set_graph_mailbox)
     app.router.add_get(GRAPH_PATH + "/requests", api.graph_requests)
     app.router.add_get(MAILBOXES_PATH + "/{mailbox}/items", api.mailbox_items)
+    app.router.add_post(MAILBOXES_PATH + "/{mailbox}/items/{item_id}/move", api.move_mailbox_item)
+    app.router.add_delete(MAILBOXES_PATH + "/{mailbox}/items/{item_id}", api.delete_mailbox_item)
     app.router.add_get(PUSH_PATH, api.push)
     app.router.add_put(PUSH_PATH + "/{protocol}/fault", api.set_push_fault)
     app.router.add_delete(PUSH_PATH + "/{protocol}/fault", api.clear_push_fault)
@@ -403,6 +408,23 @@ class _AdminApi:
     async def mailbox_items(self, request: web.Request) -> web.Response:
         items = self._simulator.mailbox_items(request.match_info["mailbox"])
         return web.json_response([item.state() for item in items])
+
+    async def move_mailbox_item(self, request: web.Request) -> web.Response:
+        async def change() -> Any:
+            body = await _json_object(request, 'like {"folder": "deleteditems"}', required="folder", allowed={"folder"})
+            if not isinstance(body["folder"], str) or not body["folder"]:
+                raise _BadRequestError('"folder" must be a folder name like "deleteditems"')
+            match = request.match_info
+            return self._simulator.move_item(match["mailbox"], match["item_id"], body["folder"]).state()
+
+        return await _answer(change)
+
+    async def delete_mailbox_item(self, request: web.Request) -> web.Response:
+        async def change() -> Any:
+            self._simulator.delete_item(request.match_info["mailbox"], request.match_info["item_id"])
+            return [item.state() for item in self._simulator.mailbox_items(request.match_info["mailbox"])]
+
+        return await _answer(change)
 
     async def push(self, request: web.Request) -> web.Response:
         return web.json_response(self._push_state())

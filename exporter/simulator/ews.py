@@ -512,7 +512,7 @@ class EwsService:
         messages = []
         for item_id in item_ids:
             if delete_type == "MoveToDeletedItems":
-                found = self._store.move(impersonated, item_id.get("Id", ""), "deleteditems")
+                found = self._store.move(impersonated, item_id.get("Id", ""), "deleteditems") is not None
             else:
                 found = self._store.delete(impersonated, item_id.get("Id", ""))
             messages.append(

@@ -59,8 +59,8 @@ class MailStore:
         key = mailbox.casefold()
         self._sequences[key] = self.sequence(mailbox) + 1
         item = MailItem(
-            id=_ITEM_ID_PREFIX + secrets.token_urlsafe(48),
-            change_key=_CHANGE_KEY_PREFIX + secrets.token_urlsafe(12),
+            id=_new_item_id(),
+            change_key=_new_change_key(),
             mailbox=mailbox,
             folder=folder,
             subject=subject,
@@ -80,12 +80,20 @@ class MailStore:
         """Remove an item for good; False when ``mailbox`` holds no item ``item_id``."""
         return self._items.get(mailbox.casefold(), {}).pop(item_id, None) is not None
 
-    def move(self, mailbox: str, item_id: str, folder: str) -> bool:
+    def move(self, mailbox: str, item_id: str, folder: str) -> MailItem | None:
+        """Move an item to ``folder``; the moved item, under a new id, or None when there is no such item.
+
+        Outlook item ids change when an item moves (learn.microsoft.com/graph/outlook-immutable-id), so
+        the old id names nothing afterwards: EWS ``DeleteItem`` answers it ``ErrorItemNotFound``.
+        """
         item = self.find(mailbox, item_id)
         if item is None:
-            return False
-        self._items[mailbox.casefold()][item_id] = replace(item, folder=folder)
-        return True
+            return None
+        items = self._items[mailbox.casefold()]
+        del items[item_id]
+        moved = replace(item, id=_new_item_id(), change_key=_new_change_key(), folder=folder)
+        items[moved.id] = moved
+        return moved
 
     def items(self, mailbox: str) -> list[MailItem]:
         return list(self._items.get(mailbox.casefold(), {}).values())
@@ -93,3 +101,11 @@ class MailStore:
     def sequence(self, mailbox: str) -> int:
         """How many items were ever created in ``mailbox``: the newest event's number."""
         return self._sequences.get(mailbox.casefold(), 0)
+
+
+def _new_item_id() -> str:
+    return _ITEM_ID_PREFIX + secrets.token_urlsafe(48)
+
+
+def _new_change_key() -> str:
+    return _CHANGE_KEY_PREFIX + secrets.token_urlsafe(12)

@@ -103,7 +103,8 @@ class Simulator:
     client back with status pings and the item events of ``CreateItem``; every POST is logged in
     ``sim.ews_push_deliveries``, and ``set_push_fault`` breaks it. ``minute_seconds`` is how long a
     simulated minute lasts, for StatusFrequency, retries and Graph subscription lifetimes alike.
-    ``sim.mailbox_items`` lists a mailbox's items; ``issue_certificate`` gives a test's listener a
+    ``sim.mailbox_items`` lists a mailbox's items, ``move_item`` (which re-ids it, as Outlook does) and
+    ``delete_item`` take one away as a user or admin would; ``issue_certificate`` gives a test's listener a
     certificate the push engines trust.
 
     Graph ``/v1.0/subscriptions`` (``sim.graph_subscriptions``, deliveries with the listener's answers
@@ -385,6 +386,21 @@ class Simulator:
     def mailbox_items(self, mailbox: str) -> list[MailItem]:
         """The items EWS ``CreateItem`` or Graph created in ``mailbox`` and nobody deleted yet."""
         return self.mail.items(mailbox)
+
+    def move_item(self, mailbox: str, item_id: str, folder: str) -> MailItem:
+        """Move an item as a user or an admin would (it gets a new id, as Outlook items do on a move).
+
+        ValueError when ``mailbox`` holds no item ``item_id``.
+        """
+        moved = self.mail.move(mailbox, item_id, folder)
+        if moved is None:
+            raise ValueError(f"{mailbox} holds no item {item_id!r}")
+        return moved
+
+    def delete_item(self, mailbox: str, item_id: str) -> None:
+        """Delete an item for good, as an admin cleaning the mailbox would; ValueError for an unknown item."""
+        if not self.mail.delete(mailbox, item_id):
+            raise ValueError(f"{mailbox} holds no item {item_id!r}")
 
     def mailbox_state(self) -> dict[str, Any]:
         return {"onprem": self.onprem_mailboxes.state(), "online": self.online_mailboxes.state()}

@@ -4,8 +4,11 @@ Creating a subscription validates ``notificationUrl`` and ``lifecycleNotificatio
 each must answer ``POST ?validationToken=...`` within 10 s with 200, ``text/plain`` and the decoded
 token, or the create fails with 400. A message created in a watched folder is then POSTed to
 ``notificationUrl`` as a change notification, which the listener must accept with a 2xx within 3 s.
-Lifecycle notifications go to ``lifecycleNotificationUrl``: ``subscriptionRemoved`` when a
-subscription expires, and any event on request (``send_lifecycle``).
+Lifecycle notifications go to ``lifecycleNotificationUrl`` on request (``send_lifecycle``). An
+expired or silently dropped subscription just ends, without any notification: Graph sends
+``subscriptionRemoved`` only for a removal it initiates, not on expiry ("Reduce missing subscriptions
+and change notifications", concepts/change-notifications-lifecycle-events.md); a renewal of it then
+answers 404.
 
 Lifetimes are Graph's for Outlook messages without resource data: at most 10,080 minutes, and at
 least 45 (shorter requests are raised to it). They run on the simulator's ``Timescale``. A failed
@@ -281,9 +284,7 @@ class GraphWebhooks:
         lifetime = (subscription.expiration - datetime.now(UTC)).total_seconds()
         await asyncio.sleep(self._timescale.seconds(max(0.0, lifetime)))
         log.info("Graph subscription %s expired", subscription.id)
-        self._end(subscription, "expired")
-        if subscription.lifecycle_notification_url is not None:
-            await self._deliver_lifecycle(subscription, "subscriptionRemoved")
+        self._end(subscription, "expired")  # silently: no lifecycle notification on expiry
 
     def _spawn_lifecycle(self, subscription: GraphSubscription, event: str) -> None:
         self._tasks.spawn(self._deliver_lifecycle(subscription, event), f"{event} {subscription.id}")
