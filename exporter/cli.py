@@ -26,6 +26,7 @@ from .config import (
 from .listener import Listener
 from .logs import FORMATS, LEVELS, setup_logging
 from .probes import CHECKS, checks_for, planned_checks
+from .probes.push import config_warnings as push_warnings
 from .probes.push import end_graph_subscriptions
 from .resources import Resources
 from .runner import execute
@@ -289,6 +290,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(config_summary(config, args.config_file))
             for requirement in scenario.unconfigured(config):
                 print(f"warning: {config.scenario.value} requires {requirement}, but no target checks it")
+            for warning in push_warnings(config):
+                print(f"warning: {warning}")
             return 0
         web_config = load_web_config(args.web_config_file) if args.web_config_file else None
         try:

@@ -309,7 +309,7 @@ class Push(_Model):
     mailbox: str
     status_frequency: int | None = Field(default=None, ge=1, le=1440)  # minutes; EWS only (default 1)
     stall_after: Duration | None = None
-    write_probe: bool = False
+    write_probe: bool | None = None  # None: the kind's default (Target.push_write_probe)
     write_interval: Duration = timedelta(minutes=5)
 
     @field_validator("mailbox")
@@ -416,6 +416,13 @@ class Target(_Model):
         if self.kind == Kind.GRAPH:
             return self.push.write_interval + timedelta(minutes=1)
         return timedelta(minutes=2 * (self.push.status_frequency or 1))
+
+    @property
+    def push_write_probe(self) -> bool:
+        """Whether the push check writes probe items: as configured, else on for Graph (which sends no
+        keep-alives, so without a probe nothing shows delivery after the validation) and off for EWS."""
+        assert self.push is not None
+        return self.push.write_probe if self.push.write_probe is not None else self.kind == Kind.GRAPH
 
     @model_validator(mode="after")
     def _autodiscover_keys(self) -> Target:

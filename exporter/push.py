@@ -4,12 +4,14 @@
 Counters, the delivery-delay histogram and whether a subscription is active are exported from this
 state at scrape time: a subscription that Graph removes between two checks shows as inactive at once.
 Callbacks that are rejected (wrong ``clientState``, unknown subscription, oversize, malformed) move
-neither the notification counters nor the last-notification time.
+neither the notification counters nor the last-notification time; nor does a Graph ``missed`` lifecycle
+event, which says notifications were dropped (it is counted as kind ``missed``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -21,10 +23,12 @@ from . import ews, xmlsafe
 from .config import Config, Kind, Target
 from .metrics import TARGET_LABELS, Histogram, MetricSpec
 
+log = logging.getLogger(__name__)
 RECENT_ITEMS = 64
+MAX_UNDELETED = 16  # probe items whose delete keeps failing; beyond this the oldest is left in the mailbox
 MAX_CALLBACK_BYTES = 256 * 1024  # a SendNotification or a Graph batch is a few KiB
 DELAY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
-NOTIFICATION_KINDS = ("status", "created", "new_mail", "changed", "lifecycle")
+NOTIFICATION_KINDS = ("status", "created", "new_mail", "changed", "lifecycle", "missed")
 REJECTION_REASONS = ("client_state", "unknown_subscription", "oversize", "malformed")
 
 ACTIVE = MetricSpec(
@@ -74,7 +78,11 @@ class PushTarget:
     current: Subscription | None = None
     last_notification: float | None = None  # Unix time
     probe: ProbeItem | None = None
-    to_delete: list[str] = field(default_factory=list)  # delivered probe items, deleted by the next check
+    to_delete: list[str] = field(default_factory=list)  # probe items done with, deleted by the next check
+    delivered_at: float | None = None  # Unix time the last write probe's notification arrived
+    # Unix time of the last delivery failure; None once delivery was seen after it (seen_since_failure).
+    failed_at: float | None = None
+    probe_now: bool = False  # Graph reported missed notifications: the next check writes a probe at once
     notifications: Counter[str] = field(default_factory=Counter)
     rejected: Counter[str] = field(default_factory=Counter)
     delays: Histogram = field(default_factory=lambda: Histogram(DELAY_BUCKETS))
@@ -95,19 +103,50 @@ class PushTarget:
             del self.recent_items[next(iter(self.recent_items))]
 
     def register_probe(self, probe: ProbeItem) -> None:
-        self.probe = probe
+        self.probe, self.probe_now = probe, False
         arrived = self.recent_items.pop(probe.item_id, None)
         if arrived is not None:
             self._delivered(probe, arrived)
 
     def _delivered(self, probe: ProbeItem, arrived: float) -> None:
         probe.delivered = True
+        self.delivered_at = time.time()
         self.delays.observe(max(0.0, arrived - probe.written_at))
-        self.to_delete.append(probe.item_id)
+        self.done_with(probe.item_id)
+
+    def done_with(self, item_id: str) -> None:
+        """List a probe item for deletion by the next check; bounded, should its deletes keep failing."""
+        self.to_delete.append(item_id)
+        if len(self.to_delete) > MAX_UNDELETED:
+            log.warning(
+                "a probe item could not be deleted: left in the probe mailbox",
+                extra={"fields": {"target": self.target.name, "item_id": self.to_delete.pop(0)}},
+            )
 
     def replace(self, subscription: Subscription | None) -> None:
+        """Hold ``subscription`` from now on. A write probe still awaited was written under the old one,
+        whose notifications may never come: it is abandoned (its item deleted), and the next probe measures."""
         self.current = subscription
         self.last_notification = None
+        if self.probe is not None and not self.probe.delivered:
+            self.done_with(self.probe.item_id)
+            self.probe = None
+
+    def delivery_failed(self) -> None:
+        """Record a delivery failure (a stall): the check fails until delivery is seen after it."""
+        self.failed_at = time.time()
+        if self.current is not None:
+            self.current.active = False  # stalled: the check subscribes again
+
+    def seen_since_failure(self, by_probe: bool) -> bool:
+        """Whether delivery was seen since the last failure (True when there was none): a write probe's
+        notification when ``by_probe``, else any notification. Once it was, the failure is over."""
+        if self.failed_at is not None:
+            seen = self.delivered_at if by_probe else self.last_notification
+            if seen is None or seen <= self.failed_at:
+                return False
+            self.failed_at = None
+        return True
 
 
 class PushRegistry:
@@ -194,6 +233,12 @@ class PushRegistry:
 
     @staticmethod
     def _lifecycle(state: PushTarget, current: Subscription, event: str) -> None:
+        if event == "missed":
+            # Graph dropped change notifications (it names none: the client must resync): no sign of
+            # delivery, so the last-notification time stays; the next check measures with a fresh probe.
+            state.notifications["missed"] += 1
+            state.probe_now = True
+            return
         state.notifications["lifecycle"] += 1
         state.last_notification = time.time()
         if event == "subscriptionRemoved":

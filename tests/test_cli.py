@@ -258,6 +258,23 @@ async def test_config_check_summarises_a_valid_file(cli: CLI, simulator: Simulat
         assert secret not in proc.stdout
 
 
+@pytest.mark.parametrize("write_probe", [False, None], ids=["graph-without-write-probe", "graph-default"])
+async def test_config_check_warns_of_graph_push_without_write_probe(
+    cli: CLI, simulator: Simulator, tmp_path: Path, write_probe: bool | None
+) -> None:
+    data = yaml.safe_load(daemon_config(simulator, tmp_path).read_text(encoding="utf-8"))
+    data["notifications"] = {"listen_address": "127.0.0.1:0", "public_url": "https://monitor.example.test/bems"}
+    (graph,) = [target for target in data["targets"] if target["name"] == "online-graph"]
+    graph["push"] = {"mailbox": "carol@contoso.test"} | ({} if write_probe is None else {"write_probe": write_probe})
+    path = tmp_path / "push.yml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    proc = await cli.run("--config.check", "--config.file", str(path))
+    assert proc.returncode == 0, proc.stderr
+    warned = [line for line in proc.stdout.splitlines() if "graph push target" in line]
+    expected = ["warning: graph push target online-graph has write_probe: false: delivery is not verified"]
+    assert [line.split(" (")[0] for line in warned] == (expected if write_probe is False else [])
+
+
 @pytest.mark.parametrize(
     ("where", "key"),
     [("top", "bogus"), ("target", "targets[1].colour")],

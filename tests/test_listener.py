@@ -10,7 +10,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 from loopback import push_listener_config
+from samples import parse, value
 
+from exporter import exposition
 from exporter.config import Config
 from exporter.listener import Listener, callback_url
 from exporter.push import MAX_CALLBACK_BYTES, ProbeItem, PushRegistry, Subscription
@@ -145,6 +147,39 @@ async def test_graph_validation_and_notifications(
         assert response.status == 202
     assert state.current is not None and not state.current.active
     assert state.notifications["lifecycle"] == 1
+
+
+@pytest.mark.parametrize(
+    ("event", "kind", "moves_last_notification"),
+    [
+        ("reauthorizationRequired", "lifecycle", True),
+        ("subscriptionRemoved", "lifecycle", True),
+        # Graph dropped notifications (change-notifications-lifecycle-events): no sign of delivery.
+        ("missed", "missed", False),
+    ],
+    ids=["reauthorization", "removed", "missed"],
+)
+async def test_graph_lifecycle_events_are_counted_by_kind(
+    config: Config,
+    listening: tuple[PushRegistry, aiohttp.ClientSession],
+    event: str,
+    kind: str,
+    moves_last_notification: bool,
+) -> None:
+    registry, http = listening
+    url = local(callback_url(config.notifications, config.targets_by_name()["graph"], lifecycle=True))  # type: ignore[arg-type]
+    state = registry.targets["graph"]
+    state.replace(Subscription("sub-1", time.time(), client_state="secret-state"))
+    body = {"value": [{"subscriptionId": "sub-1", "clientState": "secret-state", "lifecycleEvent": event}]}
+    async with http.post(url, data=json.dumps(body)) as response:
+        assert response.status == 202
+    assert dict(state.notifications) == {kind: 1}
+    assert (state.last_notification is not None) == moves_last_notification
+    assert state.probe_now == (event == "missed")  # the next check writes a probe at once
+    samples = parse(exposition.render(registry.families()).decode())
+    labels = {"target": "graph", "exchange": "online"}
+    assert value(samples, "bems_push_notifications_total", **labels, kind=kind) == 1
+    assert value(samples, "bems_push_notifications_total", **labels, kind="missed") == (event == "missed")
 
 
 def test_a_notification_may_beat_the_create_answer(config: Config) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import shutil
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +20,16 @@ from loopback import free_port
 from samples import parse, value
 
 from exporter import exposition
+from exporter import push as push_state
 from exporter.app import Exporter
 from exporter.config import Config, load_config
-from exporter.results import Reason
+from exporter.listener import Listener
+from exporter.probes import CHECKS
+from exporter.probes import push as push_check
+from exporter.push import PushTarget
+from exporter.resources import Resources
+from exporter.results import CheckResult, ProbeFailure, Reason
+from exporter.runner import execute
 from exporter.simulator.server import Simulator
 
 SCALE = 1.0  # one simulated minute lasts one second: StatusFrequency 1 means a keep-alive a second
@@ -34,9 +43,11 @@ async def sim(tmp_path: Path) -> AsyncIterator[Simulator]:
         yield simulator
 
 
-def push_config(sim: Simulator, tmp_path: Path, **push: dict[str, Any]) -> Path:
+def push_config(sim: Simulator, tmp_path: Path, interval: str = "1s", **push: dict[str, Any]) -> Path:
     """The simulator's config plus a TLS listener (certificate from the simulator's CA) and push blocks."""
-    path = sim.write_exporter_config(tmp_path / "bems.yml", interval="1s", timeout="1s")
+    path = sim.write_exporter_config(
+        tmp_path / "bems.yml", interval=interval, timeout="1s" if interval == "1s" else "10s"
+    )
     data = yaml.safe_load(path.read_text())
     cert, key = sim.issue_certificate(["localhost"], ["127.0.0.1"])
     (tmp_path / "listener.crt").write_bytes(cert)
@@ -224,3 +235,285 @@ async def test_every_metric_the_rules_use_is_in_real_output(sim: Simulator, tmp_
     }
     missing = {name for name in used if name not in exported and re.sub(r"_total$", "", name) not in exported}
     assert missing == set()
+
+
+# --- the push check run by hand, on a fake clock -----------------------------------------------------------
+
+
+class FakeClock:
+    """``time.time()`` and ``time.monotonic()`` for the push logic: real at the start, then moved only by
+    ``advance`` (each reading is a microsecond past the last, so that what happens in order stays in order)."""
+
+    def __init__(self) -> None:
+        self._wall, self._mono, self._moved = time.time(), time.monotonic(), 0.0
+
+    def time(self) -> float:
+        self._moved += 1e-6
+        return self._wall + self._moved
+
+    def monotonic(self) -> float:
+        self._moved += 1e-6
+        return self._mono + self._moved
+
+    def advance(self, seconds: float) -> None:
+        self._moved += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    fake = FakeClock()
+    for module in (push_check, push_state):
+        monkeypatch.setattr(module, "time", fake)
+    return fake
+
+
+@dataclass
+class Harness:
+    """The push check run by the test (not by a scheduler) with the exporter's real listener."""
+
+    sim: Simulator
+    config: Config
+    resources: Resources
+
+    def state(self, name: str) -> PushTarget:
+        return self.resources.push.targets[name]
+
+    async def check(self, name: str) -> CheckResult:
+        return await execute(CHECKS["push"], self.config, self.config.targets_by_name()[name], self.resources)
+
+
+HarnessFactory = Callable[..., Awaitable[Harness]]
+
+
+@pytest.fixture
+async def harness(sim: Simulator, tmp_path: Path) -> AsyncIterator[HarnessFactory]:
+    opened: list[tuple[Listener, Resources]] = []
+
+    async def make(**push: dict[str, Any]) -> Harness:
+        config = load_config(push_config(sim, tmp_path, interval="60s", **push))
+        resources = Resources()
+        resources.push.configure(config)
+        listener = Listener(resources.push)
+        await listener.apply(config.notifications)
+        opened.append((listener, resources))
+        return Harness(sim, config, resources)
+
+    yield make
+    for listener, resources in opened:
+        await listener.stop()
+        await resources.close()
+
+
+EWS_MAILBOX, GRAPH_MAILBOX = EWS_PUSH["mailbox"], GRAPH_PUSH["mailbox"]
+# Times are on the fake clock: a minute between writes, two without delivery is a stall.
+SLOW = {"write_interval": "60s", "stall_after": "120s"}
+TARGET = {"ews": "onprem-ews", "graph": "online-graph"}
+PUSH_OF = {"ews": EWS_PUSH | SLOW, "graph": GRAPH_PUSH | SLOW}
+MAILBOX_OF = {"ews": EWS_MAILBOX, "graph": GRAPH_MAILBOX}
+
+
+async def delivered(state: PushTarget) -> None:
+    await until(lambda: state.probe is not None and state.probe.delivered)
+
+
+@pytest.mark.parametrize("protocol", ["ews", "graph"])
+@pytest.mark.parametrize("taken", ["moved", "deleted_by_an_admin"])
+async def test_a_probe_item_gone_before_its_delete_is_forgotten_and_delivery_still_measured(
+    harness: HarnessFactory, clock: FakeClock, caplog: pytest.LogCaptureFixture, protocol: str, taken: str
+) -> None:
+    # Item 1 of issue 14: DeleteItem answering ErrorItemNotFound (EWS, HTTP 200) or Graph's 404 used to end
+    # every later run with a pass and no step, for ever.
+    h = await harness(**{TARGET[protocol]: PUSH_OF[protocol]})
+    name, mailbox = TARGET[protocol], MAILBOX_OF[protocol]
+    state = h.state(name)
+    assert (await h.check(name)).success
+    await delivered(state)
+    first = state.probe.item_id  # type: ignore[union-attr]
+    if taken == "moved":
+        h.sim.move_item(mailbox, first, "deleteditems")  # a moved item gets a new id
+    else:
+        h.sim.delete_item(mailbox, first)
+    caplog.set_level(logging.INFO, logger="exporter.probes.push")
+    for _ in range(3):
+        clock.advance(61)
+        result = await h.check(name)
+        assert result.success, result
+        assert any(step.name.startswith("write probe item") for step in result.steps), result.steps
+        await delivered(state)
+    assert first not in state.to_delete
+    gone = [r for r in caplog.records if "already gone" in r.getMessage()]
+    assert len(gone) == 1 and gone[0].fields["item_id"] == first  # type: ignore[attr-defined]
+    assert sum(state.delays.counts) == 4  # delivery measured on every run
+    assert [item.id for item in h.sim.mailbox_items(mailbox) if item.folder == "inbox"] == [state.probe.item_id]  # type: ignore[union-attr]
+
+
+async def test_a_delete_that_fails_is_retried_and_does_not_end_the_check(
+    harness: HarnessFactory, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h = await harness(**{"onprem-ews": PUSH_OF["ews"]})
+    state = h.state("onprem-ews")
+    assert (await h.check("onprem-ews")).success
+    await delivered(state)
+    first = state.probe.item_id  # type: ignore[union-attr]
+    real_delete = push_check._ews_delete
+
+    async def failing_delete(ctx: Any, target: Any, item_id: str) -> bool:
+        raise ProbeFailure(Reason.SOAP_FAULT, "ErrorInternalServerError: the store is busy")
+
+    monkeypatch.setattr(push_check, "_ews_delete", failing_delete)
+    clock.advance(61)
+    result = await h.check("onprem-ews")
+    # Not a delivery failure: the check still judges delivery (a new probe is written and measured).
+    assert result.success, result
+    (deleting,) = [step for step in result.steps if step.name.startswith("delete")]
+    assert not deleting.ok and "store is busy" in deleting.detail
+    assert any(step.name.startswith("write probe item") for step in result.steps)
+    assert state.to_delete == [first]
+    await delivered(state)
+    monkeypatch.setattr(push_check, "_ews_delete", real_delete)
+    clock.advance(61)
+    assert (await h.check("onprem-ews")).success
+    assert first not in [item.id for item in h.sim.mailbox_items(EWS_MAILBOX)]
+
+
+@pytest.mark.parametrize("write_probe", [False, True], ids=["keepalives", "write_probe"])
+async def test_a_dead_listener_keeps_push_failing_until_delivery_returns(
+    harness: HarnessFactory, clock: FakeClock, write_probe: bool
+) -> None:
+    # Item 2 of issue 14: each re-subscription used to count as healthy until stall_after passed again,
+    # so push flapped PASS, PASS, FAIL. Exchange's callbacks fail from the start (the listener unreachable).
+    h = await harness(**{"onprem-ews": EWS_PUSH | SLOW | {"write_probe": write_probe}})
+    state = h.state("onprem-ews")
+    h.sim.set_push_fault("callback_blocked")
+    verdicts = []
+    for _ in range(9):
+        result = await h.check("onprem-ews")
+        verdicts.append(result.reason or "pass")
+        clock.advance(60)
+    first_failure = verdicts.index(Reason.PUSH_STALLED)
+    assert verdicts[:first_failure] == ["pass"] * first_failure and first_failure <= 3, verdicts
+    assert set(verdicts[first_failure:]) == {Reason.PUSH_STALLED}, verdicts  # no pass after the first failure
+    assert len(h.sim.ews_subscriptions) >= 3  # it kept subscribing again
+
+    h.sim.set_push_fault("none")
+    clock.advance(121)
+    assert (await h.check("onprem-ews")).reason == Reason.PUSH_STALLED  # stalled again: a new subscription
+    if write_probe:
+        await delivered(state)
+    else:
+        await until(lambda: state.last_notification is not None)  # its first keep-alive
+    clock.advance(1)
+    assert (await h.check("onprem-ews")).success
+
+
+async def test_a_graph_subscription_dropped_silently_is_replaced(harness: HarnessFactory, clock: FakeClock) -> None:
+    # Item 3 of issue 14: Graph sends nothing when it loses a subscription; the overdue write probe is the
+    # stall, and a Graph stall subscribes again (it used to keep the dead subscription for ever).
+    h = await harness(**{"online-graph": PUSH_OF["graph"]})
+    state = h.state("online-graph")
+    assert (await h.check("online-graph")).success
+    await delivered(state)
+    old = state.current.id  # type: ignore[union-attr]
+    h.sim.set_graph_push_fault("drop_subscriptions")
+    clock.advance(61)
+    assert (await h.check("online-graph")).success  # a new probe, awaited
+    lost = state.probe.item_id  # type: ignore[union-attr]
+    clock.advance(121)
+    result = await h.check("online-graph")
+    assert result.reason == Reason.PUSH_STALLED and "subscribed again" in result.message, result
+    assert state.current is not None and state.current.id != old and h.sim.graph_subscriptions[state.current.id].alive
+    await delivered(state)  # the probe written under the new subscription
+    clock.advance(1)
+    assert (await h.check("online-graph")).success
+    assert lost not in [item.id for item in h.sim.mailbox_items(GRAPH_MAILBOX)]  # the lost probe's item deleted
+
+
+@pytest.mark.parametrize("why", ["renewal_due", "reauthorization_asked"])
+async def test_a_graph_subscription_gone_at_renewal_is_replaced(
+    harness: HarnessFactory, clock: FakeClock, why: str
+) -> None:
+    # Item 3 of issue 14: a 404 on renewal means the subscription is gone (expired or lost, without any
+    # lifecycle notification); it used to be reported as mailbox_not_found on every run, for ever.
+    h = await harness(**{"online-graph": PUSH_OF["graph"]})
+    state = h.state("online-graph")
+    assert (await h.check("online-graph")).success
+    await delivered(state)
+    old = state.current
+    assert old is not None
+    h.sim.set_graph_push_fault("drop_subscriptions")
+    if why == "renewal_due":
+        clock.advance(push_check.GRAPH_LIFETIME.total_seconds() / 2 + 60)
+    else:
+        old.reauthorize = True  # as a reauthorizationRequired lifecycle notification sets it
+        clock.advance(61)
+    result = await h.check("online-graph")
+    assert result.success, result
+    (renewal,) = [step for step in result.steps if step.name == "renew the Graph subscription"]
+    assert renewal.ok and "gone" in renewal.detail
+    assert state.current is not None and state.current.id != old.id
+    assert h.sim.graph_subscriptions[state.current.id].alive
+    await delivered(state)
+
+
+async def test_graph_push_without_write_probe_shows_only_that_the_subscription_is_held(
+    harness: HarnessFactory, clock: FakeClock
+) -> None:
+    # Item 4 of issue 14: Graph sends no keep-alives, so without a write probe the check cannot claim delivery.
+    h = await harness(**{"online-graph": PUSH_OF["graph"] | {"write_probe": False}})
+    state = h.state("online-graph")
+    result = await h.check("online-graph")
+    assert result.success and "delivery is not verified" in result.steps[-1].detail, result
+    clock.advance(61)
+    result = await h.check("online-graph")
+    assert result.success and result.steps[-1].detail == "held; delivery is not verified (write_probe: false)"
+    old = state.current.id  # type: ignore[union-attr]
+    h.sim.set_graph_push_fault("drop_subscriptions")
+    clock.advance(61)
+    result = await h.check("online-graph")
+    assert result.success and "gone" in result.steps[0].detail, result
+    assert state.current is not None and state.current.id != old and h.sim.graph_subscriptions[state.current.id].alive
+    assert h.sim.mailbox_items(GRAPH_MAILBOX) == []  # nothing written
+
+
+async def test_a_missed_lifecycle_event_makes_the_next_check_measure_at_once(
+    harness: HarnessFactory, clock: FakeClock
+) -> None:
+    # Item 8 of issue 14: "missed" means Graph dropped notifications: the client must resync, so the next
+    # check writes a probe without waiting for write_interval.
+    h = await harness(**{"online-graph": PUSH_OF["graph"]})
+    state = h.state("online-graph")
+    assert (await h.check("online-graph")).success
+    await delivered(state)
+    first = state.probe.item_id  # type: ignore[union-attr]
+    clock.advance(5)
+    assert not any(s.name.startswith("write probe") for s in (await h.check("online-graph")).steps)
+    h.sim.send_lifecycle(state.current.id, "missed")  # type: ignore[union-attr]
+    await until(lambda: state.notifications["missed"] == 1)
+    clock.advance(5)
+    result = await h.check("online-graph")
+    assert any(step.name.startswith("write probe") for step in result.steps), result.steps
+    assert state.probe is not None and state.probe.item_id != first
+
+
+@pytest.mark.parametrize(
+    ("target", "write_probe", "effective", "warned"),
+    [
+        ("online-graph", None, True, False),  # Graph's default: its only evidence of delivery
+        ("online-graph", True, True, False),
+        ("online-graph", False, False, True),  # allowed, but delivery is not verified: warned
+        ("onprem-ews", None, False, False),  # EWS's keep-alives show delivery on their own
+        ("onprem-ews", True, True, False),
+    ],
+    ids=["graph-default", "graph-on", "graph-off", "ews-default", "ews-on"],
+)
+async def test_write_probe_defaults_by_kind_and_a_graph_target_without_it_is_warned_about(
+    sim: Simulator, tmp_path: Path, target: str, write_probe: bool | None, effective: bool, warned: bool
+) -> None:
+    # Item 4 of issue 14.
+    push = {"mailbox": MAILBOX_OF["graph" if "graph" in target else "ews"]}
+    if write_probe is not None:
+        push["write_probe"] = write_probe
+    config = load_config(push_config(sim, tmp_path, **{target: push}))
+    assert config.targets_by_name()[target].push_write_probe is effective
+    expected = [f"graph push target {target} has write_probe: false: delivery is not verified"] if warned else []
+    assert [warning.split(" (")[0] for warning in push_check.config_warnings(config)] == expected
