@@ -183,17 +183,6 @@ async def test_graph_validation_failure_is_a_subscribe_failure(sim: Simulator, t
     assert "validation" in result.message.lower()
 
 
-async def test_notification_url(sim: Simulator, tmp_path: Path) -> None:
-    config: Config = load_config(push_config(sim, tmp_path))
-    target = config.targets_by_name()["bems-url"]
-    assert target.exchange_label == ""
-    assert (await run(config, target, "notification_url")).success
-    for fault in ("no_echo", "wrong_echo"):
-        sim.set_bems_fault(fault)
-        result = await run(config, target, "notification_url")
-        assert result.reason == Reason.BAD_RESPONSE and "echo" in result.message, result
-
-
 async def test_push_metrics_pass_promtool(sim: Simulator, tmp_path: Path, started: list[Exporter]) -> None:
     promtool = shutil.which("promtool")
     if promtool is None:  # `make test` installs it: a missing tool is a failure, never a skip
@@ -517,3 +506,105 @@ async def test_write_probe_defaults_by_kind_and_a_graph_target_without_it_is_war
     assert config.targets_by_name()[target].push_write_probe is effective
     expected = [f"graph push target {target} has write_probe: false: delivery is not verified"] if warned else []
     assert [warning.split(" (")[0] for warning in push_check.config_warnings(config)] == expected
+
+
+# --- every reason the push and notification_url checks report -------------------------------------------
+# push_stalled (silence, an overdue probe, no delivery since a stall) is pinned by the fake-clock tests above.
+
+PUSH_FAILURES = [
+    # (target, push mailbox, what breaks, reason, a fragment of the message or hint)
+    ("onprem-ews", EWS_MAILBOX, lambda sim: sim.revoke_impersonation(EWS_MAILBOX), Reason.IMPERSONATION_DENIED,
+     "ErrorImpersonateUserDenied"),
+    ("onprem-ews", "nobody@corp.example.test", lambda sim: None, Reason.MAILBOX_NOT_FOUND, "ErrorNonExistentMailbox"),
+    ("onprem-ews", EWS_MAILBOX, lambda sim: sim.set_ews_throttling("onprem-ews", "server_busy_fault"),
+     Reason.THROTTLED, "ErrorServerBusy"),
+    ("onprem-ews", EWS_MAILBOX, lambda sim: sim.set_account_fault("wrong_password"), Reason.UNAUTHORIZED, "401"),
+    ("online-ews", GRAPH_MAILBOX, lambda sim: sim.set_ews_disabled(True), Reason.EWS_DISABLED, "403"),
+    ("online-graph", GRAPH_MAILBOX, lambda sim: sim.deny_app_access(GRAPH_MAILBOX), Reason.FORBIDDEN,
+     "ErrorAccessDenied"),
+    ("online-graph", GRAPH_MAILBOX, lambda sim: sim.set_graph_mailbox_not_enabled(GRAPH_MAILBOX),
+     Reason.MAILBOX_NOT_FOUND, "MailboxNotEnabledForRESTAPI"),
+    ("online-graph", GRAPH_MAILBOX, lambda sim: sim.set_graph_throttled(True, 30), Reason.THROTTLED, "retry after"),
+    ("online-graph", GRAPH_MAILBOX, lambda sim: sim.set_graph_push_fault("callback_blocked"), Reason.BAD_RESPONSE,
+     "validation token echoed"),
+    ("online-graph", GRAPH_MAILBOX, lambda sim: sim.configure_entra(secret_expired=True), Reason.TOKEN, "no token"),
+    ("online-graph", GRAPH_MAILBOX, lambda sim: sim.configure_entra(roles_granted=False), Reason.UNAUTHORIZED,
+     "NoPermissionsInAccessToken"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("target", "mailbox", "brk", "reason", "said"),
+    PUSH_FAILURES,
+    ids=[
+        "ews-impersonation_denied", "ews-mailbox_not_found", "ews-throttled", "ews-unauthorized",
+        "online-ews-ews_disabled", "graph-forbidden", "graph-mailbox_not_found", "graph-throttled",
+        "graph-validation-bad_response", "graph-token", "graph-unauthorized",
+    ],
+)  # fmt: skip
+async def test_push_reports_why_it_cannot_subscribe(
+    harness: HarnessFactory, target: str, mailbox: str, brk: Callable[[Simulator], None], reason: Reason, said: str
+) -> None:
+    h = await harness(**{target: {"mailbox": mailbox}})
+    brk(h.sim)
+    result = await h.check(target)
+    assert result.reason == reason and said in result.message + result.hint, result
+    assert h.state(target).current is None  # nothing held
+
+
+async def _bems_like(sim: Simulator, tmp_path: Path, status: int, content_type: str) -> tuple[str, Any]:
+    """A stand-in for BEMS' notification URL on loopback that echoes the token with ``status`` and ``content_type``."""
+    import ssl
+
+    from aiohttp import web
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.Response(status=status, body=request.query.get("validationToken", ""), content_type=content_type)
+
+    cert, key = sim.issue_certificate(["localhost"], ["127.0.0.1"])
+    (tmp_path / "bems.pem").write_bytes(cert + key)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tmp_path / "bems.pem")
+    app = web.Application()
+    app.router.add_post("/notificationClient", echo)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=context).start()
+    return f"https://localhost:{port}/notificationClient", runner
+
+
+@pytest.mark.parametrize(
+    ("case", "reason", "said"),
+    [
+        ("echoed", None, ""),
+        ("no_echo", Reason.BAD_RESPONSE, "not echoed"),
+        ("wrong_echo", Reason.BAD_RESPONSE, "not echoed"),
+        ("http_503", Reason.BAD_RESPONSE, "HTTP 503 instead of 200"),
+        ("echo_as_html", Reason.BAD_RESPONSE, "text/html, not text/plain"),
+        ("nothing_listens", Reason.REFUSED, ""),
+    ],
+    ids=["echoed", "no_echo", "wrong_echo", "http_503", "echo_as_html", "nothing_listens"],
+)
+async def test_notification_url_reasons(
+    sim: Simulator, tmp_path: Path, case: str, reason: Reason | None, said: str
+) -> None:
+    config: Config = load_config(push_config(sim, tmp_path))
+    target = config.targets_by_name()["bems-url"]
+    assert target.exchange_label == ""
+    runner = None
+    if case in ("no_echo", "wrong_echo"):
+        sim.set_bems_fault(case)
+    elif case in ("http_503", "echo_as_html"):
+        url, runner = await _bems_like(sim, tmp_path, 503 if case == "http_503" else 200,
+                                       "text/plain" if case == "http_503" else "text/html")  # fmt: skip
+        target = target.model_copy(update={"url": url})
+    elif case == "nothing_listens":
+        target = target.model_copy(update={"url": f"https://127.0.0.1:{free_port()}/notificationClient"})
+    try:
+        result = await run(config, target, "notification_url")
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+    assert result.reason == reason and said in result.message, result
+    assert result.measurements[-1].value == (1.0 if reason is None else 0.0)
