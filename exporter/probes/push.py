@@ -126,8 +126,12 @@ async def _ews_send(ctx: ProbeContext, target: Target, body: bytes) -> HttpRespo
 
 
 async def _ews_call(ctx: ProbeContext, target: Target, body: bytes) -> HttpResponse:
+    assert target.push is not None
     response = await _ews_send(ctx, target, body)
-    signin.ews_result(ctx, target, response)
+    try:
+        signin.ews_result(ctx, target, response, target.push.mailbox)
+    except signin.PolicyBlock as block:  # the probe mailbox left out, or all of EWS off: the evidence tells
+        raise await signin.OrganisationEvidence(ctx, target).failure(block) from None
     return response
 
 
@@ -138,7 +142,7 @@ async def _ews_delete(ctx: ProbeContext, target: Target, item_id: str) -> bool:
     response = await _ews_send(ctx, target, ews.delete_item(item_id, target.push.mailbox))
     if response.status == 200 and ews.read(response).code == ITEM_NOT_FOUND:
         return False
-    signin.ews_result(ctx, target, response)
+    signin.ews_result(ctx, target, response, target.push.mailbox)
     return True
 
 
