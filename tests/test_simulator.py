@@ -108,6 +108,8 @@ async def test_landing_page_names_the_endpoint(simulator: Simulator) -> None:
     ("fault", "verify_message"),
     [
         ("expired", "certificate has expired"),
+        ("not_yet_valid", "certificate is not yet valid"),
+        ("intermediate_expired", "certificate has expired"),
         ("wrong_host", "Hostname mismatch, certificate is not valid for 'localhost'."),
         ("untrusted", "unable to get local issuer certificate"),
     ],
@@ -359,6 +361,24 @@ async def test_secrets_survive_a_restart(tmp_path: Path) -> None:
 def test_only_loopback_addresses_are_accepted(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="IPv4 loopback only"):
         Simulator(tmp_path, host="0.0.0.0")
+
+
+async def test_a_chain_with_an_intermediate_verifies_strictly(simulator: Simulator) -> None:
+    """The leaf comes with its intermediate, as real servers send it; the client knows only the root."""
+    await simulator.set_fault("onprem-ews", "intermediate_expires_first")
+    context = trusting(simulator)
+    context.verify_flags |= ssl.VERIFY_X509_STRICT
+    peer = await handshake(simulator.endpoints["onprem-ews"], context)
+    assert ("DNS", "localhost") in set(peer["subjectAltName"])
+
+
+async def test_a_rotated_ca_issues_every_later_certificate(simulator: Simulator) -> None:
+    old_context = trusting(simulator)
+    await simulator.rotate_ca()
+    for name in EXCHANGE_ENDPOINT_NAMES:
+        await handshake(simulator.endpoints[name], trusting(simulator))
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await handshake(simulator.endpoints[name], old_context)
 
 
 def test_issued_certificates_carry_what_strict_verification_needs() -> None:

@@ -39,6 +39,10 @@ class Fault(StrEnum):
     WRONG_HOST = "wrong_host"
     UNTRUSTED = "untrusted"
     PLAINTEXT = "plaintext"
+    NOT_YET_VALID = "not_yet_valid"
+    # Leaf and intermediate presented together, the intermediate expiring first (in 30 days) or expired.
+    INTERMEDIATE_EXPIRES_FIRST = "intermediate_expires_first"
+    INTERMEDIATE_EXPIRED = "intermediate_expired"
     # Hostile replies after TLS and authentication (hostile.py).
     ENTITY_EXPANSION = HostileKind.ENTITY_EXPANSION.value
     XXE = HostileKind.XXE.value
@@ -67,8 +71,11 @@ _CERTIFICATE_FOR_FAULT = {
     Fault.NONE: CertificateVariant.VALID,
     Fault.SLOW: CertificateVariant.VALID,
     Fault.EXPIRED: CertificateVariant.EXPIRED,
+    Fault.NOT_YET_VALID: CertificateVariant.NOT_YET_VALID,
     Fault.WRONG_HOST: CertificateVariant.WRONG_HOST,
     Fault.UNTRUSTED: CertificateVariant.UNTRUSTED,
+    Fault.INTERMEDIATE_EXPIRES_FIRST: CertificateVariant.INTERMEDIATE_EXPIRES_FIRST,
+    Fault.INTERMEDIATE_EXPIRED: CertificateVariant.INTERMEDIATE_EXPIRED,
     **{Fault(kind.value): CertificateVariant.VALID for kind in HostileKind},
 }
 

@@ -54,17 +54,19 @@ def _key_usage(*, signs_certificates: bool) -> x509.KeyUsage:
 
 @dataclass(frozen=True)
 class CertificateAuthority:
-    """A self-signed root that issues TLS server certificates directly (no intermediates)."""
+    """A self-signed root, or an intermediate CA below one, that issues TLS server certificates."""
 
     certificate: x509.Certificate
     private_key: ec.EllipticCurvePrivateKey
+    # What a server sends after its leaf: this CA and the intermediates above it, never the root.
+    presented: tuple[x509.Certificate, ...] = ()
 
     @classmethod
     def create(cls, common_name: str) -> CertificateAuthority:
         key = _new_key()
         certificate = (
             _self_signed(key, common_name, _CA_VALIDITY_BEFORE_NOW, _CA_VALIDITY_AFTER_NOW)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .add_extension(_key_usage(signs_certificates=True), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(key, hashes.SHA256())
@@ -75,6 +77,36 @@ class CertificateAuthority:
     def cert_pem(self) -> bytes:
         return self.certificate.public_bytes(serialization.Encoding.PEM)
 
+    def intermediate(
+        self, common_name: str, not_before: datetime | None = None, not_after: datetime | None = None
+    ) -> CertificateAuthority:
+        """An intermediate CA issued by this one, valid from ``not_before`` to ``not_after`` (by default as
+        long as a root); the leaves it issues come with it, as a server presents them."""
+        now = datetime.now(UTC)
+        key = _new_key()
+        certificate = (
+            self._issued(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]), key)
+            .not_valid_before(not_before or now - _CA_VALIDITY_BEFORE_NOW)
+            .not_valid_after(not_after or now + _CA_VALIDITY_AFTER_NOW)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(_key_usage(signs_certificates=True), critical=True)
+            .sign(self.private_key, hashes.SHA256())
+        )
+        return CertificateAuthority(certificate, key, (certificate, *self.presented))
+
+    def _issued(self, subject: x509.Name, key: ec.EllipticCurvePrivateKey) -> x509.CertificateBuilder:
+        """A builder for a certificate of ``key`` that this CA signs, with the key identifiers that chain it."""
+        issuer_ski = self.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        return (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(self.certificate.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski), critical=False)
+        )
+
     def issue(
         self,
         hostnames: list[str],
@@ -82,7 +114,8 @@ class CertificateAuthority:
         not_before: datetime | None = None,
         not_after: datetime | None = None,
     ) -> tuple[bytes, bytes]:
-        """Issue a TLS server certificate; returns ``(cert_pem, key_pem)``.
+        """Issue a TLS server certificate; returns ``(cert_pem, key_pem)``, ``cert_pem`` followed by the
+        intermediates a server presents with it.
 
         The first hostname becomes the subject CN (for humans reading ``openssl x509``); clients
         match only the SAN. Validity defaults to one day ago until 90 days from now.
@@ -95,24 +128,18 @@ class CertificateAuthority:
         key = _new_key()
         alternative_names: list[x509.GeneralName] = [x509.DNSName(host) for host in hostnames]
         alternative_names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
-        issuer_ski = self.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         certificate = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0])]))
-            .issuer_name(self.certificate.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
+            self._issued(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0])]), key)
             .not_valid_before(not_before)
             .not_valid_after(not_after)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(_key_usage(signs_certificates=False), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .add_extension(x509.SubjectAlternativeName(alternative_names), critical=False)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski), critical=False)
             .sign(self.private_key, hashes.SHA256())
         )
-        return certificate.public_bytes(serialization.Encoding.PEM), _private_key_pem(key)
+        chain_pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (certificate, *self.presented))
+        return chain_pem, _private_key_pem(key)
 
 
 def create_signing_certificate(common_name: str, validity: timedelta = timedelta(days=365)) -> tuple[bytes, bytes]:

@@ -275,6 +275,18 @@ class Simulator:
         # Last: handlers still running until their listener closed may have been calling back.
         await self._callbacks.close()
 
+    async def rotate_ca(self) -> None:
+        """Re-issue every endpoint's certificate from a new CA, written over ``ca_file``: an Exchange admin
+        renewing the certificates from a new internal CA. Open connections drop, as on an IIS rebind."""
+        if self._certificates is None:
+            raise RuntimeError("the simulator is not running")
+        trusted = CertificateAuthority.create("BEMS Exchange Simulator Test CA, rotated")
+        self.ca_file.write_bytes(trusted.cert_pem)
+        self._trusted_ca = trusted
+        self._certificates.rotate(trusted)
+        for endpoint in self.endpoints.values():
+            await endpoint.set_fault(endpoint.fault, endpoint.delay_seconds or None)
+
     def issue_certificate(self, hostnames: list[str], ip_addresses: list[str] | None = None) -> tuple[bytes, bytes]:
         """A TLS server certificate and key (PEM) from the CA in ``ca_file``, which the push engines trust."""
         if self._trusted_ca is None:

@@ -15,13 +15,20 @@ from .pki import CertificateAuthority
 
 LOOPBACK_HOSTNAME = "localhost"
 WRONG_HOSTNAME = "wrong-host.example.test"
+INTERMEDIATE_NAME = "BEMS Exchange Simulator Issuing CA"
+INTERMEDIATE_EXPIRES_IN = timedelta(days=30)  # before the leaf's 90 days
+NOT_YET_VALID_FOR = timedelta(days=2)
 
 
 class CertificateVariant(StrEnum):
     VALID = "valid"
     EXPIRED = "expired"
+    NOT_YET_VALID = "not-yet-valid"
     WRONG_HOST = "wrong-host"
     UNTRUSTED = "untrusted"
+    # Leaf and intermediate presented together, the intermediate expiring first (in 30 days) or expired.
+    INTERMEDIATE_EXPIRES_FIRST = "intermediate-expires-first"
+    INTERMEDIATE_EXPIRED = "intermediate-expired"
 
 
 class ServerCertificates:
@@ -64,22 +71,43 @@ class ServerCertificates:
         """
         return self._end_point_hashes[context]
 
+    def rotate(self, trusted: CertificateAuthority) -> None:
+        """Issue every later certificate from ``trusted``, as after a CA rotation; endpoints pick the new
+        certificates up when their listener restarts."""
+        self._trusted = trusted
+        self._contexts.clear()  # the hashes of the old contexts stay: their connections may still ask
+
     def _issue(self, right_names: list[str], variant: CertificateVariant) -> tuple[bytes, bytes]:
+        now = datetime.now(UTC)
         match variant:
             case CertificateVariant.VALID:
                 return self._trusted.issue(right_names, [self._ip_address])
             case CertificateVariant.EXPIRED:
-                now = datetime.now(UTC)
                 return self._trusted.issue(
                     right_names,
                     [self._ip_address],
                     not_before=now - timedelta(days=91),
                     not_after=now - timedelta(days=1),
                 )
+            case CertificateVariant.NOT_YET_VALID:  # with an intermediate that is valid: the leaf is the one
+                return self._trusted.intermediate(INTERMEDIATE_NAME).issue(
+                    right_names,
+                    [self._ip_address],
+                    not_before=now + NOT_YET_VALID_FOR,
+                    not_after=now + NOT_YET_VALID_FOR + timedelta(days=90),
+                )
             case CertificateVariant.WRONG_HOST:
                 return self._trusted.issue([WRONG_HOSTNAME])
             case CertificateVariant.UNTRUSTED:
                 return self._untrusted.issue(right_names, [self._ip_address])
+            case CertificateVariant.INTERMEDIATE_EXPIRES_FIRST:
+                issuing = self._trusted.intermediate(INTERMEDIATE_NAME, not_after=now + INTERMEDIATE_EXPIRES_IN)
+                return issuing.issue(right_names, [self._ip_address])
+            case CertificateVariant.INTERMEDIATE_EXPIRED:
+                issuing = self._trusted.intermediate(
+                    INTERMEDIATE_NAME, not_before=now - timedelta(days=365), not_after=now - timedelta(days=1)
+                )
+                return issuing.issue(right_names, [self._ip_address])
 
 
 def tls_server_end_point(certificate: x509.Certificate) -> bytes:
