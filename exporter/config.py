@@ -265,8 +265,10 @@ Credential = Annotated[
 
 class TLSConfig(_Model):
     ca_file: str | None = None
+    # The roots cloud BEMS trusts, for bems_tls_publicly_trusted; certifi's Mozilla bundle when unset.
+    public_ca_file: str | None = None
 
-    @field_validator("ca_file")
+    @field_validator("ca_file", "public_ca_file")
     @classmethod
     def _ca_readable(cls, value: str | None) -> str | None:
         if value is not None and not os.access(value, os.R_OK):

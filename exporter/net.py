@@ -58,7 +58,10 @@ class Connection:
         self.sock.close()
 
 
-def _client_context_uncached(ca_file: str | None, _stamp: tuple[int, int] | None, verify: bool) -> ssl.SSLContext:
+CaFileStamp = tuple[int, int, int]  # (mtime, size, inode) of a CA file
+
+
+def _client_context_uncached(ca_file: str | None, _stamp: CaFileStamp | None, verify: bool) -> ssl.SSLContext:
     if not verify:
         context = ssl.create_default_context()
         context.check_hostname = False
@@ -72,23 +75,30 @@ _cached_context = functools.lru_cache(maxsize=32)(_client_context_uncached)
 
 
 def new_client_ssl_context(ca_file: str | None) -> ssl.SSLContext:
-    """A context of its own, for a client library that keeps it (and may add to it)."""
+    """A context of its own, for a client library that keeps it (and may add to it).
+
+    Whoever keeps one keeps ``ca_file_stamp(ca_file)`` with it, and builds a new one when the stamp
+    changes: every check then trusts the same CA file content at the same time.
+    """
     return _client_context_uncached(ca_file, None, True)
 
 
 CA_FILE_RECHECK_SECONDS = 1.0
-_ca_file_stamps: dict[str, tuple[float, tuple[int, int] | None]] = {}  # ca_file -> (looked at, stamp)
+_ca_file_stamps: dict[str, tuple[float, CaFileStamp | None]] = {}  # ca_file -> (looked at, stamp)
 
 
-def _ca_file_stamp(ca_file: str) -> tuple[int, int] | None:
-    """The CA file's (mtime, size), looked at no more than once a second: checks run thousands of times a minute."""
+def ca_file_stamp(ca_file: str | None) -> CaFileStamp | None:
+    """The CA file's (mtime, size, inode), looked at no more than once a second: checks run thousands of
+    times a minute. The inode changes when a file is replaced by a rename (a Kubernetes secret update)."""
+    if ca_file is None:
+        return None
     now = time.monotonic()
     seen = _ca_file_stamps.get(ca_file)
     if seen is not None and now - seen[0] < CA_FILE_RECHECK_SECONDS:
         return seen[1]
     try:
         info = os.stat(ca_file)
-        stamp: tuple[int, int] | None = (info.st_mtime_ns, info.st_size)
+        stamp: CaFileStamp | None = (info.st_mtime_ns, info.st_size, info.st_ino)
     except OSError:
         stamp = None
     _ca_file_stamps[ca_file] = (now, stamp)
@@ -96,8 +106,8 @@ def _ca_file_stamp(ca_file: str) -> tuple[int, int] | None:
 
 
 def client_ssl_context(ca_file: str | None, verify: bool = True) -> ssl.SSLContext:
-    """A shared client context per CA file; a changed file (mtime or size) gets a new one within a second."""
-    return _cached_context(ca_file, _ca_file_stamp(ca_file) if ca_file else None, verify)
+    """A shared client context per CA file; a changed file (mtime, size or inode) gets a new one within a second."""
+    return _cached_context(ca_file, ca_file_stamp(ca_file), verify)
 
 
 _hosts_file = HostsFile()
@@ -156,8 +166,12 @@ async def _tcp_connect(addresses: list[str], port: int, host: str) -> tuple[sock
             f"nothing accepts connections on {host}:{port}: check that the service (IIS) listens on "
             f"port {port} and that firewalls allow it",
         )
-    if last.errno in (errno.ETIMEDOUT,):
-        raise ProbeFailure(Reason.TIMEOUT, f"connection to {host}:{port} timed out")
+    if last.errno == errno.ETIMEDOUT:  # the kernel gave up on unanswered SYNs: dropped, not rejected
+        raise ProbeFailure(
+            Reason.TIMEOUT,
+            f"connection to {host}:{port} timed out",
+            f"nothing answered the connection to {host}:{port}: a firewall may be dropping packets to port {port}",
+        )
     raise ProbeFailure(
         Reason.UNREACHABLE,
         f"cannot connect to {host}:{port}: {last.strerror or last}",

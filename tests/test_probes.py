@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
+import os
 import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import certifi
 import pytest
 from checks import run
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
+from exporter import net
 from exporter.config import Config, Target, load_config
+from exporter.probes import tls as tls_probe
 from exporter.results import CheckResult, Reason
+from exporter.simulator.pki import CertificateAuthority
 from exporter.simulator.server import Simulator
+from exporter.simulator.tls import INTERMEDIATE_NAME, WRONG_HOSTNAME, CertificateVariant
 
 
 def _target(config: Config, name: str, **changes: object) -> Target:
@@ -109,3 +121,279 @@ async def test_system_trust_store_does_not_trust_the_simulator(simulator: Simula
     )
     result = await run(without_ca, _target(config, "onprem-ews"), "tls")
     assert result.reason == Reason.CERTIFICATE
+
+
+def presented_chain(simulator: Simulator, fault: str) -> list[x509.Certificate]:
+    """What the endpoint presents in ``fault``: the simulator keeps each certificate chain in a file."""
+    variant = CertificateVariant(fault.replace("_", "-"))
+    return x509.load_pem_x509_certificates((simulator.state_dir / "certs" / f"onprem-ews-{variant}.pem").read_bytes())
+
+
+def _utc(moment: datetime) -> str:
+    return f"{moment:%Y-%m-%d %H:%M} UTC"
+
+
+# fault, verify message, hint from the presented chain (leaf first), the chain's earliest notAfter
+CERTIFICATE_HINTS = [
+    pytest.param(
+        "expired",
+        "certificate has expired",
+        lambda where, chain: f"renew the certificate on {where}: it expired on {_utc(chain[0].not_valid_after_utc)}",
+        id="expired-leaf",
+    ),
+    pytest.param(
+        "intermediate_expired",
+        "certificate has expired",
+        lambda where, chain: (
+            f"renew the intermediate certificate CN={INTERMEDIATE_NAME} on {where}: "
+            f"it expired on {_utc(chain[1].not_valid_after_utc)}"
+        ),
+        id="expired-intermediate",
+    ),
+    pytest.param(
+        "not_yet_valid",
+        "certificate is not yet valid",
+        lambda where, chain: (
+            f"the certificate on {where} is valid only from {_utc(chain[0].not_valid_before_utc)}: "
+            "check the clocks of this host and of the issuing CA"
+        ),
+        id="not-yet-valid",
+    ),
+    pytest.param(
+        "wrong_host",
+        "Hostname mismatch, certificate is not valid for 'localhost'.",
+        lambda where, chain: (
+            f"the certificate on {where} is for {WRONG_HOSTNAME}: install one whose subjectAltName includes the host"
+        ),
+        id="host-mismatch",
+    ),
+    pytest.param(
+        "untrusted",
+        "unable to get local issuer certificate",
+        lambda where, chain: (
+            f"the chain presented on {where} does not lead to a trusted root: install the intermediate "
+            "certificates on the server, or point defaults.tls.ca_file at your internal CA"
+        ),
+        id="untrusted-root",
+    ),
+]
+
+
+@pytest.mark.parametrize(("fault", "message", "hint"), CERTIFICATE_HINTS)
+async def test_each_certificate_fault_has_its_hint_and_expiry(
+    simulator: Simulator,
+    sim_config_file: Path,
+    fault: str,
+    message: str,
+    hint: Callable[[str, list[x509.Certificate]], str],
+) -> None:
+    config = load_config(sim_config_file)
+    await simulator.set_fault("onprem-ews", fault)
+    target = _target(config, "onprem-ews")
+    result = await run(config, target, "tls")
+    chain = presented_chain(simulator, fault)
+    assert (result.reason, result.message) == (Reason.CERTIFICATE, f"certificate rejected: {message}")
+    assert result.hint == hint(f"{target.host}:{target.port}", chain)
+    earliest = min(c.not_valid_after_utc for c in chain).timestamp()
+    assert measurements(result)["bems_tls_cert_expiry_timestamp_seconds"] == earliest
+
+
+async def test_an_ip_address_the_certificate_does_not_name(simulator: Simulator, sim_config_file: Path) -> None:
+    config = load_config(sim_config_file)
+    await simulator.set_fault("onprem-ews", "wrong_host")
+    port = simulator.endpoints["onprem-ews"].port
+    result = await run(config, _target(config, "onprem-ews", url=f"https://127.0.0.1:{port}/EWS/Exchange.asmx"), "tls")
+    assert (result.reason, result.message) == (
+        Reason.CERTIFICATE,
+        "certificate rejected: IP address mismatch, certificate is not valid for '127.0.0.1'.",
+    )
+    assert result.hint == (
+        f"the certificate on 127.0.0.1:{port} is for {WRONG_HOSTNAME}: "
+        "install one whose subjectAltName includes the host"
+    )
+
+
+async def test_the_chain_expires_with_its_intermediate(simulator: Simulator, sim_config_file: Path) -> None:
+    config = load_config(sim_config_file)
+    await simulator.set_fault("onprem-ews", "intermediate_expires_first")
+    result = await run(config, _target(config, "onprem-ews"), "tls")
+    leaf, intermediate = presented_chain(simulator, "intermediate_expires_first")
+    assert result.success, result
+    assert intermediate.not_valid_after_utc < leaf.not_valid_after_utc
+    expiry = measurements(result)["bems_tls_cert_expiry_timestamp_seconds"]
+    assert expiry == intermediate.not_valid_after_utc.timestamp()
+
+
+def with_tls(config: Config, **tls: object) -> Config:
+    return config.model_copy(
+        update={"defaults": config.defaults.model_copy(update={"tls": config.defaults.tls.model_copy(update=tls)})}
+    )
+
+
+def publicly_trusted(result: CheckResult) -> float | None:
+    return measurements(result).get("bems_tls_publicly_trusted")
+
+
+@pytest.mark.parametrize(
+    ("fault", "public_roots", "success", "trusted"),
+    [
+        # The simulator's CA stands for a public one: the chain verifies against the configured and the public trust.
+        pytest.param("none", "simulator", True, 1, id="public-chain"),
+        pytest.param("intermediate_expires_first", "simulator", True, 1, id="public-chain-with-intermediate"),
+        # An internal CA in ca_file: tls passes where cloud BEMS, which trusts public CAs only, would reject it.
+        pytest.param("none", "default", True, 0, id="internal-ca"),
+        # What the public roots reject as well: measured from the chain the rejected handshake presented.
+        pytest.param("wrong_host", "simulator", False, 0, id="wrong-host"),
+        pytest.param("expired", "simulator", False, 0, id="expired"),
+        pytest.param("untrusted", "simulator", False, 0, id="unknown-root"),
+    ],
+)
+async def test_public_trust_is_measured_beside_the_configured_trust(
+    simulator: Simulator, sim_config_file: Path, fault: str, public_roots: str, success: bool, trusted: int
+) -> None:
+    config = load_config(sim_config_file)
+    if public_roots == "simulator":
+        config = with_tls(config, public_ca_file=str(simulator.ca_file))
+    await simulator.set_fault("onprem-ews", fault)
+    result = await run(config, _target(config, "onprem-ews"), "tls")
+    assert result.success is success, result
+    assert publicly_trusted(result) == trusted
+    if success:
+        words = "trusted by the public roots" if trusted else "not trusted by the public roots ("
+        assert words in result.steps[-1].detail
+
+
+async def test_the_default_public_roots_are_certifis(simulator: Simulator, sim_config_file: Path) -> None:
+    """The public roots are certifi's bundle, not the system store (which may hold an internal CA)."""
+    config = load_config(sim_config_file)
+    assert tls_probe.public_roots_file(None) == certifi.where()
+    assert tls_probe.public_roots_file(str(simulator.ca_file)) == str(simulator.ca_file)
+    result = await run(with_tls(config, ca_file=None), _target(config, "onprem-ews"), "tls")
+    assert (result.reason, publicly_trusted(result)) == (Reason.CERTIFICATE, 0)
+
+
+async def test_public_trust_needs_no_second_handshake_and_is_cached_per_chain(
+    simulator: Simulator, sim_config_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = with_tls(load_config(sim_config_file), public_ca_file=str(simulator.ca_file))
+    handshakes = []
+    real_handshake = net.tls_handshake
+
+    async def counted(*args: object, **kwargs: object) -> object:
+        handshakes.append(args)
+        return await real_handshake(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(net, "tls_handshake", counted)
+    tls_probe._public_distrust.cache_clear()
+    for _ in range(3):
+        assert publicly_trusted(await run(config, _target(config, "onprem-ews"), "tls")) == 1
+    assert len(handshakes) == 3
+    assert tls_probe._public_distrust.cache_info().misses == 1
+
+
+def test_a_cached_verdict_lasts_until_a_certificate_of_the_chain_changes_validity() -> None:
+    authority = CertificateAuthority.create("Test CA")
+    now = datetime.now(UTC).replace(microsecond=0)  # certificates hold whole seconds
+    issuing = authority.intermediate("Issuing CA", now - timedelta(days=10), now + timedelta(days=5))
+    chain_pem, _ = issuing.issue(["localhost"], not_before=now + timedelta(days=1), not_after=now + timedelta(days=90))
+    ders = tuple(c.public_bytes(Encoding.DER) for c in x509.load_pem_x509_certificates(chain_pem))
+    chain = tls_probe._summarise(ders)
+    assert chain.next_validity_change(now.timestamp()) == (now + timedelta(days=1)).timestamp()  # the leaf begins
+    assert chain.next_validity_change((now + timedelta(days=2)).timestamp()) == (now + timedelta(days=5)).timestamp()
+    assert chain.next_validity_change((now + timedelta(days=91)).timestamp()) == float("inf")
+
+
+def _connect_fails(error: int) -> Callable[..., object]:
+    async def open_socket(address: str, port: int) -> object:
+        raise OSError(error, os.strerror(error))
+
+    return open_socket
+
+
+async def _never_connects(address: str, port: int) -> object:
+    await asyncio.Event().wait()
+    raise AssertionError("unreachable")
+
+
+# How a TCP connect ends, and what the reachability and tls checks then report, directly and through a proxy.
+CONNECT_OUTCOMES = [
+    pytest.param(
+        _connect_fails(errno.ECONNREFUSED),
+        Reason.REFUSED,
+        "connection to 127.0.0.1:{port} refused",
+        "nothing accepts connections on 127.0.0.1:{port}",
+        id="refused",
+    ),
+    pytest.param(
+        _connect_fails(errno.ETIMEDOUT),
+        Reason.TIMEOUT,
+        "connection to 127.0.0.1:{port} timed out",
+        "a firewall may be dropping packets to port {port}",
+        id="kernel-timeout",
+    ),
+    pytest.param(
+        _connect_fails(errno.EHOSTUNREACH),
+        Reason.UNREACHABLE,
+        "cannot connect to 127.0.0.1:{port}: No route to host",
+        "check routing and firewalls",
+        id="host-unreachable",
+    ),
+    pytest.param(
+        _connect_fails(errno.ENETUNREACH),
+        Reason.UNREACHABLE,
+        "cannot connect to 127.0.0.1:{port}: Network is unreachable",
+        "check routing and firewalls",
+        id="network-unreachable",
+    ),
+    pytest.param(
+        _never_connects,
+        Reason.TIMEOUT,
+        "TCP connect to 127.0.0.1:{port} did not finish within 1s",
+        "a firewall may be dropping packets to port {port}",
+        id="check-timeout",
+    ),
+]
+
+
+@pytest.mark.parametrize("check", ["reachability", "tls"])
+@pytest.mark.parametrize(("open_socket", "reason", "message", "hint"), CONNECT_OUTCOMES)
+async def test_each_connect_outcome_has_its_reason(
+    simulator: Simulator,
+    sim_config_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    check: str,
+    open_socket: Callable[..., object],
+    reason: Reason,
+    message: str,
+    hint: str,
+) -> None:
+    config = load_config(sim_config_file)
+    port = simulator.endpoints["onprem-ews"].port
+    target = _target(config, "onprem-ews", url=f"https://127.0.0.1:{port}/EWS/Exchange.asmx")
+    monkeypatch.setattr(net, "_open_socket", open_socket)
+    result = await run(config, target, check)
+    assert (result.reason, result.message) == (reason, message.format(port=port))
+    assert hint.format(port=port) in result.hint
+
+
+@pytest.mark.parametrize("check", ["reachability", "tls"])
+@pytest.mark.parametrize(("open_socket", "reason", "message", "hint"), CONNECT_OUTCOMES[:-1])
+async def test_a_proxy_that_cannot_be_connected_to_is_a_proxy_failure(
+    simulator: Simulator,
+    sim_config_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    check: str,
+    open_socket: Callable[..., object],
+    reason: Reason,
+    message: str,
+    hint: str,
+) -> None:
+    proxy_port = int(simulator.proxy_url.rsplit(":", 1)[1])
+    config = load_config(sim_config_file)
+    config = config.model_copy(
+        update={"defaults": config.defaults.model_copy(update={"proxy_url": f"http://127.0.0.1:{proxy_port}"})}
+    )
+    monkeypatch.setattr(net, "_open_socket", open_socket)
+    result = await run(config, _target(config, "onprem-ews"), check)
+    assert (result.reason, result.message) == (Reason.PROXY, message.format(port=proxy_port))
+    assert result.hint == "check that the proxy is running"

@@ -1,17 +1,26 @@
 """``tls``: the TLS handshake completes, the chain verifies against the system store or
 ``defaults.tls.ca_file``, and the certificate names the host. Reports the earliest ``notAfter`` of the
-chain the server presented and the negotiated protocol version.
+chain the server presented, the negotiated protocol version, and whether the public roots trust the
+chain too (what cloud BEMS, which knows no internal CA, needs).
 """
 
 from __future__ import annotations
 
 import _ssl
+import bisect
 import functools
+import ipaddress
+import re
 import ssl
 import time
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
+import certifi
 from cryptography import x509
+from cryptography.utils import CryptographyDeprecationWarning
+from cryptography.x509 import verification
 
 from .. import net
 from ..config import Target
@@ -27,6 +36,11 @@ CERT_EXPIRY = MetricSpec(
 VERSION = MetricSpec(
     "bems_tls_version_info", "TLS protocol version negotiated in the last TLS check.", "info", ("version",)
 )
+PUBLICLY_TRUSTED = MetricSpec(
+    "bems_tls_publicly_trusted",
+    "1 if the chain the endpoint presented in the last TLS check, with its host name, also verifies against "
+    "the public root store, else 0.",
+)
 
 # OpenSSL verify codes (x509_vfy.h) that call for different remedies.
 _EXPIRED, _NOT_YET_VALID = 10, 9
@@ -41,10 +55,21 @@ class Chain:
     names: tuple[str, ...]  # the leaf's DNS names and IP addresses
     expires_at: float  # the earliest notAfter in the chain, Unix time
     described: str  # the report's line, short of the days left
+    validity_changes: tuple[float, ...]  # every notBefore and notAfter in the chain, Unix time, in order
 
     @property
     def leaf(self) -> x509.Certificate:
         return self.certificates[0]
+
+    def role(self, certificate: x509.Certificate) -> str:
+        if certificate is self.leaf:
+            return "certificate"
+        return f"intermediate certificate {certificate.subject.rfc4514_string()}"
+
+    def next_validity_change(self, now: float) -> float:
+        """When the next certificate of the chain becomes valid or expires, after ``now``."""
+        later = bisect.bisect_right(self.validity_changes, now)
+        return self.validity_changes[later] if later < len(self.validity_changes) else float("inf")
 
 
 @functools.lru_cache(maxsize=1024)
@@ -54,7 +79,8 @@ def _summarise(ders: tuple[bytes, ...]) -> Chain:
     names = tuple(_names(certificates[0]))
     earliest = min(c.not_valid_after_utc for c in certificates)
     described = f"certificate for {', '.join(names)}, chain expires {earliest:%Y-%m-%d}"
-    return Chain(certificates, names, earliest.timestamp(), described)
+    changes = sorted(t.timestamp() for c in certificates for t in (c.not_valid_before_utc, c.not_valid_after_utc))
+    return Chain(certificates, names, earliest.timestamp(), described, tuple(changes))
 
 
 def _presented_chain(ssl_object: ssl.SSLObject) -> Chain:
@@ -81,11 +107,17 @@ def _names(cert: x509.Certificate) -> list[str]:
 
 
 def _certificate_hint(err: ssl.SSLCertVerificationError, where: str, chain: Chain | None) -> str:
-    leaf = chain.leaf if chain is not None else None
-    if err.verify_code == _EXPIRED and leaf is not None:
-        return f"renew the certificate on {where}: it expired on {leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
-    if err.verify_code == _NOT_YET_VALID and leaf is not None:
-        return f"the certificate on {where} is valid only from {leaf.not_valid_before_utc:%Y-%m-%d}: check clocks"
+    # OpenSSL does not say which certificate of the chain failed: the one whose dates explain the code does.
+    if err.verify_code == _EXPIRED and chain is not None:
+        expired = min(chain.certificates, key=lambda c: c.not_valid_after_utc)
+        when = f"{expired.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
+        return f"renew the {chain.role(expired)} on {where}: it expired on {when}"
+    if err.verify_code == _NOT_YET_VALID and chain is not None:
+        pending = max(chain.certificates, key=lambda c: c.not_valid_before_utc)
+        return (
+            f"the {chain.role(pending)} on {where} is valid only from {pending.not_valid_before_utc:%Y-%m-%d %H:%M} "
+            "UTC: check the clocks of this host and of the issuing CA"
+        )
     if err.verify_code in (_HOST_MISMATCH, _IP_MISMATCH):
         names = ", ".join(chain.names) if chain is not None else "other names"
         return f"the certificate on {where} is for {names}: install one whose subjectAltName includes the host"
@@ -93,6 +125,66 @@ def _certificate_hint(err: ssl.SSLCertVerificationError, where: str, chain: Chai
         f"the chain presented on {where} does not lead to a trusted root: install the intermediate "
         "certificates on the server, or point defaults.tls.ca_file at your internal CA"
     )
+
+
+def public_roots_file(configured: str | None) -> str:
+    """The bundle that stands for the public roots: ``defaults.tls.public_ca_file``, else certifi's.
+
+    certifi's bundle (Mozilla's CA program, kept current with every certifi release) rather than the
+    system store: on the hosts this exporter runs on, the system store often carries the company's
+    internal CA as well (update-ca-certificates), which would make an internal chain look public.
+    """
+    return configured or certifi.where()
+
+
+_PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
+
+
+@functools.lru_cache(maxsize=4)
+def _public_store(path: str, _stamp: object) -> verification.Store:
+    certificates = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)  # roots with serials RFC 5280 disallows
+        for block in _PEM_CERTIFICATE.findall(Path(path).read_bytes()):
+            try:
+                certificates.append(x509.load_pem_x509_certificate(block))
+            except ValueError:  # a root this cryptography cannot parse cannot anchor a chain either
+                continue
+    return verification.Store(certificates)
+
+
+def _subject(host: str) -> x509.DNSName | x509.IPAddress:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
+
+
+@functools.lru_cache(maxsize=1024)
+def _public_distrust(chain: Chain, host: str, roots: str, roots_stamp: object, _valid_until: float) -> str | None:
+    """Why the public roots do not trust ``chain`` for ``host``, or None when they do.
+
+    Only the certificates the server presented are used, as a client that fetches no missing
+    intermediates (Java's default) does. Cached per chain until one of its certificates becomes valid
+    or expires (``_valid_until``), so a server presenting the same chain costs one verification.
+    """
+    try:
+        store = _public_store(roots, roots_stamp)
+        verifier = verification.PolicyBuilder().store(store).build_server_verifier(_subject(host))
+        verifier.verify(chain.leaf, list(chain.certificates[1:]))
+    except (OSError, ValueError, verification.VerificationError) as err:
+        return str(err)[:300]
+    return None
+
+
+def _measure_public_trust(chain: Chain, target: Target, ctx: ProbeContext) -> str:
+    """Measure whether the public roots trust ``chain`` too, without another handshake; the report's words."""
+    roots = public_roots_file(ctx.config.defaults.tls.public_ca_file)
+    distrust = _public_distrust(
+        chain, target.host, roots, net.ca_file_stamp(roots), chain.next_validity_change(time.time())
+    )
+    ctx.rec.measure(PUBLICLY_TRUSTED.name, 0 if distrust else 1)
+    return "trusted by the public roots" if distrust is None else f"not trusted by the public roots ({distrust})"
 
 
 async def _unverified_chain(target: Target, ctx: ProbeContext) -> Chain | None:
@@ -123,6 +215,7 @@ async def probe(target: Target, ctx: ProbeContext) -> CheckResult:
                 rejected = await _unverified_chain(target, ctx)
                 if rejected is not None:
                     ctx.rec.measure(CERT_EXPIRY.name, rejected.expires_at)
+                    _measure_public_trust(rejected, target, ctx)
                 raise ProbeFailure(
                     Reason.CERTIFICATE,
                     f"certificate rejected: {err.verify_message}",
@@ -135,7 +228,9 @@ async def probe(target: Target, ctx: ProbeContext) -> CheckResult:
                     f"check that {where} speaks TLS 1.2 or later (is it plain HTTP, or a TLS-inspecting device?)",
                 ) from None
             version = ssl_object.version() or "unknown"
-            detail.append(f"{version}, {chain.described} ({(chain.expires_at - time.time()) // 86400:.0f} days)")
+            days = (chain.expires_at - time.time()) // 86400
+            public_trust = _measure_public_trust(chain, target, ctx)
+            detail.append(f"{version}, {chain.described} ({days:.0f} days), {public_trust}")
     finally:
         conn.close()
     ctx.rec.measure(HANDSHAKE.name, ctx.rec.steps[-1].seconds)
@@ -144,4 +239,4 @@ async def probe(target: Target, ctx: ProbeContext) -> CheckResult:
     return ctx.rec.passed()
 
 
-CHECK = Check("tls", probe, every_target, (HANDSHAKE, CERT_EXPIRY, VERSION))
+CHECK = Check("tls", probe, every_target, (HANDSHAKE, CERT_EXPIRY, VERSION, PUBLICLY_TRUSTED))
