@@ -25,7 +25,7 @@ from msal.exceptions import MsalServiceError
 from .clouds import ENDPOINTS, Resource
 from .config import EntraCredential
 from .httpclient import requests_session
-from .net import Proxy
+from .net import Proxy, ca_file_stamp
 
 __all__ = ["EntraApps", "Resource", "Token", "TokenError", "certificate_expiry", "scope_of"]
 
@@ -96,7 +96,7 @@ def certificate_expiry(credential: EntraCredential) -> float | None:
 
 
 class EntraApps:
-    """MSAL applications by credential name and proxy; rebuilt when the credential changes."""
+    """MSAL applications by credential name and proxy; rebuilt when the credential or the CA file changes."""
 
     def __init__(self) -> None:
         # (name, proxy) -> (what the app was built from, the app, its HTTP session)
@@ -113,7 +113,7 @@ class EntraApps:
     def _app(
         self, name: str, credential: EntraCredential, ca_file: str | None, proxy: Proxy | None, timeout: float
     ) -> msal.ConfidentialClientApplication:
-        identity = (credential, ca_file)
+        identity = (credential, ca_file, ca_file_stamp(ca_file))  # a CA rotation reaches MSAL's session too
         with self._lock:
             known = self._apps.get((name, proxy))
             if known is not None and known[0] == identity:

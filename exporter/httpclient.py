@@ -24,7 +24,7 @@ import urllib3
 from requests.adapters import HTTPAdapter
 
 from . import xmlsafe
-from .net import Proxy, new_client_ssl_context
+from .net import CaFileStamp, Proxy, ca_file_stamp, new_client_ssl_context
 from .results import ProbeFailure, Reason
 
 MAX_BODY_BYTES = 1024 * 1024  # an EWS GetFolder answer is a few KiB; Autodiscover at most tens
@@ -77,24 +77,45 @@ def _origin_text(url: str) -> str:
     return f"{scheme}://{host}:{port}"
 
 
+@dataclass(slots=True)
+class _Session:
+    """An aiohttp session and the CA file content (its stamp) its SSL context was built from."""
+
+    session: aiohttp.ClientSession
+    ca_file_stamp: CaFileStamp | None
+    in_flight: int = 0
+    retired: bool = False  # replaced after the CA file changed: closed once its last request ends
+
+
 class HttpClients:
-    """aiohttp sessions shared by all checks, one per CA file, so connections and TLS state are reused."""
+    """aiohttp sessions shared by all checks, one per CA file, so connections and TLS state are reused.
+
+    A session trusts what its CA file held when it was built; when the file changes, the next request
+    gets a new session (as the ``tls`` check gets a new context, within the same second), and the old
+    one is closed once the requests still running on it have ended.
+    """
 
     def __init__(self) -> None:
-        self._sessions: dict[str | None, aiohttp.ClientSession] = {}
+        self._sessions: dict[str | None, _Session] = {}
 
-    def session(self, ca_file: str | None) -> aiohttp.ClientSession:
-        session = self._sessions.get(ca_file)
-        if session is None or session.closed:
-            connector = aiohttp.TCPConnector(ssl=new_client_ssl_context(ca_file), limit=0, limit_per_host=8)
-            # trust_env=False: proxies come from the configuration only, never from the environment.
-            session = aiohttp.ClientSession(connector=connector, trust_env=False, cookie_jar=aiohttp.DummyCookieJar())
-            self._sessions[ca_file] = session
-        return session
+    async def _session(self, ca_file: str | None) -> _Session:
+        stamp = ca_file_stamp(ca_file)
+        current = self._sessions.get(ca_file)
+        if current is not None and current.ca_file_stamp == stamp and not current.session.closed:
+            return current
+        connector = aiohttp.TCPConnector(ssl=new_client_ssl_context(ca_file), limit=0, limit_per_host=8)
+        # trust_env=False: proxies come from the configuration only, never from the environment.
+        session = aiohttp.ClientSession(connector=connector, trust_env=False, cookie_jar=aiohttp.DummyCookieJar())
+        self._sessions[ca_file] = fresh = _Session(session, stamp)
+        if current is not None:
+            current.retired = True
+            if not current.in_flight:
+                await current.session.close()
+        return fresh
 
     async def close(self) -> None:
-        for session in self._sessions.values():
-            await session.close()
+        for entry in self._sessions.values():
+            await entry.session.close()
         self._sessions.clear()
 
     async def request(
@@ -119,8 +140,10 @@ class HttpClients:
             if proxy and proxy.credential
             else None
         )
+        entry = await self._session(ca_file)
+        entry.in_flight += 1
         try:
-            async with self.session(ca_file).request(
+            async with entry.session.request(
                 method, url, headers=headers, data=body, allow_redirects=False, proxy=proxy_url, proxy_auth=proxy_auth
             ) as response:
                 chunks, size = [], 0
@@ -154,6 +177,10 @@ class HttpClients:
             # ClientOSError raised while connecting, is caught above.)
             message = f"the connection broke after it was made: {_os_error(err)}"
             raise ProbeFailure(Reason.UNREACHABLE, message) from None
+        finally:
+            entry.in_flight -= 1
+            if entry.retired and not entry.in_flight:
+                await entry.session.close()
 
 
 def _os_error(err: OSError) -> str:

@@ -17,12 +17,13 @@ from requests_ntlm import HttpNtlmAuth
 
 from .config import Target, WindowsCredential
 from .httpclient import ForeignOriginError, HttpResponse, from_requests, origin, read_bounded, requests_session
-from .net import Proxy
+from .net import Proxy, ca_file_stamp
 from .results import ProbeFailure, Reason
 
 
 class NtlmSessions:
-    """One requests session per target and origin, rebuilt when its credential, CA file or proxy changes.
+    """One requests session per target and origin, rebuilt when its credential, proxy, CA file or the CA
+    file's content changes (so a CA rotation reaches NTLM when it reaches the ``tls`` check).
 
     Autodiscover may send a target's requests to another allowed host: that host gets its own session
     (and its own handshake), and every session sends only to its own origin.
@@ -35,7 +36,7 @@ class NtlmSessions:
     def _session(
         self, target: Target, url: str, credential: WindowsCredential, ca_file: str | None, proxy: Proxy | None
     ) -> tuple[requests.Session, threading.Lock]:
-        key, identity = (target.name, origin(url)), (credential, ca_file, proxy)
+        key, identity = (target.name, origin(url)), (credential, ca_file, ca_file_stamp(ca_file), proxy)
         with self._lock:
             known = self._sessions.get(key)
             if known is not None and known[0] == identity:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import os
+import ssl
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -12,14 +14,19 @@ from pathlib import Path
 
 import certifi
 import pytest
+from aiohttp import web
 from checks import run
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from exporter import net
 from exporter.config import Config, Target, load_config
+from exporter.httpclient import HttpClients
+from exporter.probes import CHECKS
 from exporter.probes import tls as tls_probe
+from exporter.resources import Resources
 from exporter.results import CheckResult, Reason
+from exporter.runner import execute
 from exporter.simulator.pki import CertificateAuthority
 from exporter.simulator.server import Simulator
 from exporter.simulator.tls import INTERMEDIATE_NAME, WRONG_HOSTNAME, CertificateVariant
@@ -397,3 +404,83 @@ async def test_a_proxy_that_cannot_be_connected_to_is_a_proxy_failure(
     result = await run(config, _target(config, "onprem-ews"), check)
     assert (result.reason, result.message) == (Reason.PROXY, message.format(port=proxy_port))
     assert result.hint == "check that the proxy is running"
+
+
+async def test_a_ca_rotation_reaches_every_check_at_once(
+    simulator: Simulator, sim_config_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the CA file changes, tls and the checks with long-lived HTTP sessions trust the same content."""
+    monkeypatch.setattr(net, "CA_FILE_RECHECK_SECONDS", 0.0)  # the next check sees the change, not one a second later
+    config = load_config(sim_config_file)
+    runs = [("onprem-ews", check) for check in ("tls", "auth")] + [
+        ("online-ews", check) for check in ("tls", "token", "auth")
+    ]  # onprem auth: Basic over aiohttp and NTLM over requests; online: MSAL's requests and aiohttp
+    resources = Resources()
+    try:
+
+        async def verdicts() -> dict[tuple[str, str], Reason | None]:
+            return {
+                (name, check): (await execute(CHECKS[check], config, _target(config, name), resources)).reason
+                for name, check in runs
+            }
+
+        assert set((await verdicts()).values()) == {None}
+        await simulator.rotate_ca()  # new certificates from a new CA, and ca_file holds the new CA
+        assert set((await verdicts()).values()) == {None}
+        # The other way round: the file changes to a CA the servers' certificates do not come from.
+        old_ca = simulator.ca_file.read_bytes()
+        simulator.ca_file.write_bytes(CertificateAuthority.create("Another CA").cert_pem)
+        after_swap = await verdicts()
+        assert set(after_swap.values()) <= {Reason.CERTIFICATE, Reason.TOKEN}, after_swap
+        assert after_swap[("onprem-ews", "auth")] == after_swap[("onprem-ews", "tls")] == Reason.CERTIFICATE
+        simulator.ca_file.write_bytes(old_ca)
+        assert set((await verdicts()).values()) == {None}
+    finally:
+        await resources.close()
+
+
+async def test_a_session_replaced_by_a_ca_change_ends_its_requests_before_it_closes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(net, "CA_FILE_RECHECK_SECONDS", 0.0)
+    authority = CertificateAuthority.create("Rotation CA")
+    chain_pem, key_pem = authority.issue(["localhost"], ["127.0.0.1"])
+    (tmp_path / "server.pem").write_bytes(chain_pem + key_pem)
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(tmp_path / "server.pem")
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_bytes(authority.cert_pem)
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def held(request: web.Request) -> web.Response:
+        arrived.set()
+        await release.wait()
+        return web.Response(text="held")
+
+    async def quick(request: web.Request) -> web.Response:
+        return web.Response(text="quick")
+
+    app = web.Application()
+    app.router.add_get("/held", held)
+    app.router.add_get("/quick", quick)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_context)
+    await site.start()
+    port = runner.addresses[0][1]
+    clients = HttpClients()
+    try:
+        request = functools.partial(clients.request, "GET", ca_file=str(ca_file), proxy=None)
+        in_flight = asyncio.create_task(request(f"https://127.0.0.1:{port}/held"))
+        await arrived.wait()
+        old = clients._sessions[str(ca_file)].session
+        ca_file.write_bytes(authority.cert_pem + CertificateAuthority.create("Next CA").cert_pem)  # a rotation
+        assert (await request(f"https://127.0.0.1:{port}/quick")).body == b"quick"
+        assert clients._sessions[str(ca_file)].session is not old
+        assert not old.closed, "closing it would break the request still running on it"
+        release.set()
+        assert (await in_flight).body == b"held"
+        assert old.closed
+    finally:
+        await clients.close()
+        await runner.cleanup()
