@@ -274,12 +274,13 @@ def test_bad_durations(text: str) -> None:
         parse_duration(text)
 
 
-def test_ca_file_must_be_readable(tmp_path: Path, secret_file: Path) -> None:
-    text = _replace("  timeout: 10s", "  timeout: 10s\n  tls: {ca_file: /nonexistent/ca.pem}")
+@pytest.mark.parametrize("key", ["ca_file", "public_ca_file"])
+def test_ca_files_must_be_readable(tmp_path: Path, secret_file: Path, key: str) -> None:
+    text = _replace("  timeout: 10s", f"  timeout: 10s\n  tls: {{{key}: /nonexistent/ca.pem}}")
     with pytest.raises(ConfigError) as caught:
         load_config(write(tmp_path, text, secret_file))
     assert (caught.value.key, caught.value.reason) == (
-        "defaults.tls.ca_file",
+        f"defaults.tls.{key}",
         "cannot read CA file /nonexistent/ca.pem",
     )
 

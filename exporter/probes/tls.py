@@ -183,7 +183,7 @@ def _measure_public_trust(chain: Chain, target: Target, ctx: ProbeContext) -> st
     distrust = _public_distrust(
         chain, target.host, roots, net.ca_file_stamp(roots), chain.next_validity_change(time.time())
     )
-    ctx.rec.measure(PUBLICLY_TRUSTED.name, 0 if distrust else 1)
+    ctx.rec.measure(PUBLICLY_TRUSTED.name, 1 if distrust is None else 0)
     return "trusted by the public roots" if distrust is None else f"not trusted by the public roots ({distrust})"
 
 
