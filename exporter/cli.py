@@ -36,6 +36,7 @@ from .webconfig import WebConfig, load_web_config
 
 DEFAULT_LISTEN_ADDRESS = ":10442"
 DEMO_LISTEN_ADDRESS = "127.0.0.1:10442"
+DEMO_GRAPH_ROLES = ("Mail.Read", "Mail.ReadWrite", "User.Read.All")  # BEMS' Graph roles, and the write probe's
 log = logging.getLogger("exporter")
 
 
@@ -239,8 +240,10 @@ async def _demo(args: argparse.Namespace) -> int:
     from .simulator.server import Simulator  # the simulator is only needed by demo and simulate
 
     async with Simulator(args.state_dir, admin_port=args.admin_port) as sim:
+        # The whole verdict, delivery included: push with write probes (Graph writes need Mail.ReadWrite).
+        sim.configure_entra(graph_roles=[*DEMO_GRAPH_ROLES])
         config_file = sim.write_exporter_config(
-            args.state_dir / "bems-exchange-exporter.yml", interval="15s", timeout="5s"
+            args.state_dir / "bems-exchange-exporter.yml", interval="15s", timeout="5s", delivery=True
         )
         exporter = Exporter(str(config_file))
         exporter.load()
@@ -261,6 +264,8 @@ BEMS Exchange Exporter demo is running (Ctrl-C stops it).
 Break something and watch the landing page turn red, for example:
   curl -X PUT -d '{{"fault": "expired"}}' {sim.admin_url}/api/v1/endpoints/onprem-ews/fault
 Faults: refuse, hang, slow, expired, wrong_host, untrusted, plaintext; DELETE the fault to heal.
+Stop push notifications (and heal with {{"kind": "none"}}):
+  curl -X PUT -d '{{"kind": "callback_blocked"}}' {sim.admin_url}/api/v1/push/ews/fault
 """,
             flush=True,
         )
@@ -292,6 +297,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"warning: {config.scenario.value} requires {requirement}, but no target checks it")
             for warning in push_warnings(config):
                 print(f"warning: {warning}")
+            for unverified in scenario.unverified(config):
+                print(f"warning: {config.scenario.value}: {unverified}")
             return 0
         web_config = load_web_config(args.web_config_file) if args.web_config_file else None
         try:

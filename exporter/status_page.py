@@ -101,7 +101,7 @@ def render(config: Config, store: ResultStore, revision: str, reload_ok: bool) -
         f'<li class="{"ok" if v.met else "fail"}" data-requirement="{v.exchange.value}/{v.requirement}">'
         f"{'✓' if v.met else '✗'} {v.exchange.value} · <b>{v.requirement}</b>"
         + ("" if v.met else f" — {html.escape(v.reason)}<span class=\"hint\">{html.escape(redact(v.detail))}</span>"
-           f'<span class="hint">{html.escape(v.hint)}</span>{_runbook(VERDICT_RUNBOOK)}')
+           f'<span class="hint">{html.escape(redact(v.hint))}</span>{_runbook(VERDICT_RUNBOOK)}')
         + "</li>"
         for v in verdicts
     )  # fmt: skip

@@ -620,6 +620,27 @@ async def test_demo_probes_its_simulator_and_stops_on_sigint(
         assert secret not in proc.stdout and secret not in proc.stderr
 
 
+async def test_the_demo_shows_the_whole_verdict_ready(cli: CLI, tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    """`make demo`: push (EWS and Graph) and BEMS' notification URL are checked, and every requirement is met."""
+    proc, base = await start_demo(cli, tmp_path)
+    delivery = {("onprem", "push_delivery"), ("online", "push_delivery"), ("online", "notification_url")}
+    seen: dict[tuple[str, str], float] = {}
+
+    async def ready() -> bool:
+        samples = await scrape(http, base)
+        seen.clear()
+        seen.update({(dict(labels)["exchange"], dict(labels)["requirement"]): v
+                     for (name, labels), v in samples.items() if name == "bems_requirement_met"})  # fmt: skip
+        return value(samples, "bems_scenario_ready", scenario="onprem-bems-hybrid") == 1 and delivery <= seen.keys()
+
+    # Every 15 s: a push check passes on the run after its write probe's notification arrived. Generous, for a
+    # loaded machine; the wait ends as soon as the verdict is ready.
+    await eventually(ready, "bems_scenario_ready 1 with the delivery requirements", 180, proc)
+    assert set(seen.values()) == {1.0}, seen
+    proc.send_signal(signal.SIGINT)
+    assert await proc.wait(EXIT_TIMEOUT) == 0, proc.stderr[-3000:]
+
+
 async def test_demo_stops_on_sigterm(cli: CLI, tmp_path: Path) -> None:
     proc, _ = await start_demo(cli, tmp_path)
     proc.send_signal(signal.SIGTERM)

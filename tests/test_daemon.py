@@ -74,9 +74,9 @@ async def test_first_round_makes_the_exporter_ready(client: TestClient) -> None:
     met = {dict(labels)["requirement"] + "@" + dict(labels)["exchange"]: v
            for (name, labels), v in samples.items() if name == "bems_requirement_met"}  # fmt: skip
     assert met == {f"{r}@onprem": 1.0 for r in ("ews_reachable", "autodiscover_reachable", "basic_or_windows_auth",
-                                                "impersonation")} | {
+                                                "impersonation", "autodiscover_ews_url")} | {
         f"{r}@online": 1.0 for r in ("autodiscover_reachable", "modern_auth", "graph_access", "impersonation",
-                                     "ews_reachable")}  # fmt: skip
+                                     "ews_reachable", "autodiscover_ews_url")}  # fmt: skip
     assert value(samples, "bems_config_last_reload_successful") == 1
 
 

@@ -1,4 +1,4 @@
-"""Classification of realistic Exchange, Autodiscover and Graph answers, and the scenario verdict.
+"""Classification of realistic Exchange, Autodiscover and Graph answers (the verdict: test_scenario.py).
 
 Unit tests: the answers are the wire samples of the protocol reference, handed to the classifiers
 without a network; the live paths are covered against the simulator elsewhere.
@@ -6,24 +6,21 @@ without a network; the live paths are covered against the simulator elsewhere.
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import yaml
 
-from exporter import autodiscover, backoff, ews, scenario, signin
-from exporter.config import AuthMethod, Config, Exchange, Scenario, load_config
+from exporter import autodiscover, backoff, ews, signin
+from exporter.config import AuthMethod, Config, load_config
 from exporter.httpclient import HttpResponse
-from exporter.probes import auth, impersonation, planned_checks
+from exporter.probes import auth, impersonation
 from exporter.probes.base import ProbeContext
 from exporter.probes.graph import _judge as judge_graph
 from exporter.resources import Resources
-from exporter.results import CheckResult, Measurement, ProbeFailure, Reason, Recorder
-from exporter.store import ResultStore
+from exporter.results import ProbeFailure, Reason, Recorder
 
 SOAP = "http://schemas.xmlsoap.org/soap/envelope/"
 TYPES = "http://schemas.microsoft.com/exchange/services/2006/types"
@@ -488,81 +485,3 @@ def test_default_redirect_hosts(target: str, allowed: tuple[str, ...]) -> None:
 )
 def test_redirect_host_rule(url: str, ok: bool) -> None:
     assert autodiscover.host_allowed(url, ("corp.example.com",)) is ok
-
-
-# --- the verdict ------------------------------------------------------------------------------------------
-
-
-def passing_store(config: Config) -> ResultStore:
-    store = ResultStore(targets=config.targets_by_name(), checks=planned_checks(config))
-    for target, checks in store.checks.items():
-        for check in checks:
-            measurements = (Measurement("bems_auth_success", 1.0, (("method", "ntlm"),)),) if check == "auth" else ()
-            store.record(CheckResult(target, check, True, time.time(), 0.1, measurements=measurements))
-    return store
-
-
-def fail(store: ResultStore, target: str, check: str, reason: Reason) -> None:
-    store.record(CheckResult(target, check, False, time.time(), 0.1, reason, "it failed"))
-
-
-REQUIREMENTS = {
-    # requirement -> (exchange side, a (target, check) whose failure breaks it, the reason it fails with)
-    ("onprem", "ews_reachable"): ("onprem-ews", "tls", Reason.CERTIFICATE),
-    ("onprem", "autodiscover_reachable"): ("onprem-ad", "reachability", Reason.REFUSED),
-    ("onprem", "basic_or_windows_auth"): ("onprem-ews", "auth", Reason.UNAUTHORIZED),
-    ("onprem", "impersonation"): ("onprem-ews", "impersonation", Reason.IMPERSONATION_DENIED),
-    ("online", "ews_reachable"): ("online-ews", "reachability", Reason.TIMEOUT),
-    ("online", "autodiscover_reachable"): ("online-ad", "tls", Reason.CERTIFICATE),
-    ("online", "modern_auth"): ("online-ews", "token", Reason.TOKEN),
-    ("online", "graph_access"): ("graph", "graph", Reason.FORBIDDEN),
-}
-
-
-@pytest.mark.parametrize("scenario_name", list(Scenario))
-def test_every_requirement_flips_once(config: Config, scenario_name: Scenario) -> None:
-    config = config.model_copy(update={"scenario": scenario_name})
-    sides = {side.value for side in scenario.SIDES[scenario_name]}
-    assert all(v.met for v in scenario.evaluate(config, passing_store(config)))
-    for (side, requirement), (target, check, reason) in REQUIREMENTS.items():
-        store = passing_store(config)
-        fail(store, target, check, reason)
-        verdicts = {(v.exchange.value, v.requirement): v for v in scenario.evaluate(config, store)}
-        unmet = {key for key, v in verdicts.items() if not v.met}
-        if side not in sides:
-            assert (side, requirement) not in verdicts
-            continue
-        assert (side, requirement) in unmet, (requirement, unmet)
-        assert verdicts[(side, requirement)].reason == reason.value
-        assert verdicts[(side, requirement)].hint
-    # The online impersonation requirement rests on Graph and on EWS impersonation alike.
-    if "online" in sides:
-        store = passing_store(config)
-        fail(store, "online-ews", "impersonation", Reason.IMPERSONATION_DENIED)
-        unmet = {(v.exchange.value, v.requirement) for v in scenario.evaluate(config, store) if not v.met}
-        assert unmet == {("online", "impersonation")}
-
-
-def test_one_working_windows_method_is_enough(config: Config) -> None:
-    store = passing_store(config)
-    store.record(CheckResult("onprem-ews", "auth", False, time.time(), 0.1, Reason.METHOD_NOT_OFFERED, "no basic",
-                             measurements=(Measurement("bems_auth_success", 0.0, (("method", "basic"),)),
-                                           Measurement("bems_auth_success", 1.0, (("method", "ntlm"),)))))  # fmt: skip
-    verdicts = {v.requirement: v for v in scenario.evaluate(config, store) if v.exchange == Exchange.ONPREM}
-    assert verdicts["basic_or_windows_auth"].met
-
-
-def test_unconfigured_and_pending_requirements(tmp_path: Path) -> None:
-    data = yaml.safe_load(CONFIG)
-    data["targets"] = [t for t in data["targets"] if t["kind"] != "graph" and t["exchange"] != "onprem"]
-    path = tmp_path / "partial.yml"
-    path.write_text(yaml.safe_dump(data))
-    config = load_config(path)
-    assert scenario.unconfigured(config) == [
-        "onprem: ews_reachable", "onprem: autodiscover_reachable", "onprem: basic_or_windows_auth",
-        "onprem: impersonation", "online: graph_access",
-    ]  # fmt: skip
-    empty = ResultStore(targets=config.targets_by_name(), checks=planned_checks(config))
-    reasons = {v.requirement: v.reason for v in scenario.evaluate(config, empty) if v.exchange == Exchange.ONLINE}
-    assert reasons["modern_auth"] == scenario.PENDING
-    assert reasons["graph_access"] == scenario.NOT_CONFIGURED

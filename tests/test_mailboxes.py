@@ -360,7 +360,12 @@ async def test_probe_prints_the_verdict(simulator: Simulator, config_file: Path)
     assert status == 1
     assert "scenario onprem-bems-hybrid: NOT READY" in report
     assert "✗ onprem: impersonation (impersonation_denied)" in report
-    assert "hint: New-ManagementRoleAssignment -Name:BlackBerryAppImpersonation" in report
+    # The impersonation check's own hint: it names the account and the mailbox denied.
+    assert (
+        "hint: grant the role: New-ManagementRoleAssignment -Name:BlackBerryAppImpersonation "
+        "-Role:ApplicationImpersonation -User:BEMSAdmin (mind any management scope that excludes "
+        "alice@corp.example.test)"
+    ) in report
     assert "✓ online: graph_access" in report
 
 

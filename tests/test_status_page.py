@@ -76,6 +76,9 @@ async def test_a_fault_turns_its_cell_red_with_the_reason_metrics_give(
     assert cells.cells[("onprem-autodiscover", "tls")]["data-state"] == "ok"
     assert 'id="verdict">✗ NOT READY' in page
     assert cells.requirements["onprem/ews_reachable"] == "fail"
+    # The requirement's remedy is the failing tls check's, which follows its reason (certificate).
+    requirement = re.search(r'<li class="fail" data-requirement="onprem/ews_reachable">.*?</li>', page)
+    assert requirement is not None and "renew the certificate" in requirement[0]
     assert cells.requirements["online/graph_access"] == "ok"
     assert "docs/runbooks.md#certificate-invalid" in page
     assert '<meta name="viewport"' in page and 'http-equiv="refresh"' in page

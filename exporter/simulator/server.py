@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from . import autodiscover, ews, graph
+from . import autodiscover, bems, ews, graph
 from .admin import ENDPOINTS_PATH, build_admin_app
 from .autodiscover import AutodiscoverService, RedirectKind
 from .bearer import ExchangeOnlineAuthenticator
@@ -25,7 +25,7 @@ from .directory import MailboxDirectory, UnknownMailboxError
 from .endpoint import Endpoint, Fault, UnknownEndpointError, bind_loopback_socket
 from .entra import AppCredential, CredentialKind, EntraId, EntraSettings
 from .ews import EwsRequest, EwsService, Throttling, ThrottlingKind
-from .files import write_atomically
+from .files import write_atomically, write_private_file
 from .foreign import ForeignHost
 from .graph import GraphRequest, GraphService
 from .hostile import Hostile
@@ -559,12 +559,26 @@ class Simulator:
         return self.entra.set_credential_end(kind, end)
 
     def write_exporter_config(
-        self, path: Path, interval: str = "15s", timeout: str = "5s", entra_app_auth: str = "secret"
+        self,
+        path: Path,
+        interval: str = "15s",
+        timeout: str = "5s",
+        entra_app_auth: str = "secret",
+        delivery: bool = False,
+        stall_after: str | None = None,
     ) -> Path:
         """Write an exporter config that probes every endpoint of this running simulator.
 
         The Exchange Online targets use the ``entra-app`` credential (client secret), or with
         ``entra_app_auth="certificate"`` the ``entra-app-cert`` credential (certificate and key files).
+
+        With ``delivery``, the config also checks what the scenario verdict's delivery requirements rest
+        on: push on ``onprem-ews`` (EWS) and ``online-graph`` (Graph), each with a write probe every
+        ``interval`` and ``stall_after`` (default: the exporter's), and BEMS's notification URL (target
+        ``bems-url``). The exporter's listener gets a free loopback port and a certificate from
+        ``ca_file``'s CA, written beside ``path``, which the simulated Exchange and Graph trust. The Graph
+        write probe needs ``Mail.ReadWrite`` among the app's Graph roles (``configure_entra(graph_roles=...)``),
+        as it would in Entra ID.
         """
         credentials = self.credentials
         urls = {name: endpoint.url for name, endpoint in self.endpoints.items()}
@@ -623,8 +637,35 @@ class Simulator:
         }
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        if delivery:
+            self._add_delivery(config, path.parent, interval, stall_after)
         path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         return path
+
+    def _add_delivery(self, config: dict[str, Any], directory: Path, interval: str, stall_after: str | None) -> None:
+        cert, key = self.issue_certificate(["localhost"], [self.host])
+        cert_file, key_file = directory / "listener.crt", directory / "listener.key"
+        cert_file.write_bytes(cert)
+        write_private_file(key_file, key)
+        with bind_loopback_socket(self.host, 0) as sock:  # a free port, released for the exporter to bind
+            port = sock.getsockname()[1]
+        config["notifications"] = {
+            "listen_address": f"{self.host}:{port}",
+            "public_url": f"https://localhost:{port}/bems-monitor",  # Graph calls back over https only
+            "tls": {"cert_file": str(cert_file), "key_file": str(key_file)},
+        }
+        push = {
+            "onprem-ews": {"mailbox": ONPREM_MAILBOXES[0], "status_frequency": 1},
+            "online-graph": {"mailbox": ONLINE_MAILBOXES[0]},
+        }
+        for target in config["targets"]:
+            if target["name"] in push:
+                # A write probe each interval proves delivery on every run, whatever a simulated minute lasts.
+                probe = {"write_probe": True, "write_interval": interval}
+                target["push"] = push[target["name"]] | probe | ({"stall_after": stall_after} if stall_after else {})
+        config["targets"].append(
+            {"name": "bems-url", "kind": "notification_url", "url": self.endpoints["bems"].url + bems.NOTIFICATION_PATH}
+        )
 
     def _entra_app_credential(self, auth: str, authority: str) -> tuple[str, dict[str, str]]:
         credentials = self.credentials
