@@ -76,6 +76,10 @@ IMPERSONATION = (
     "The BEMSAdmin account must have impersonation rights on both the on-premises and Microsoft 365 "
     "Microsoft Exchange systems."
 )
+PUSH = (
+    "Microsoft Exchange Web Services (EWS) push notifications are sent (or pushed) by the server to a "
+    "client-side web service."
+)
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,7 @@ class Requirement:
     vendor_text: str
     met_when: str
     runbook: str
+    scenarios: tuple[str, ...] = ()  # the scenarios that have it, if not every one with its side
 
     @property
     def description(self) -> str:
@@ -171,6 +176,60 @@ REQUIREMENTS = (
         "while Exchange Online serves EWS, through EWS impersonation",
         "Impersonation denied",
     ),
+    Requirement(
+        "onprem",
+        "autodiscover_ews_url",
+        "On-premises Autodiscover returns the EWS URL",
+        ONPREM_EXPOSE,
+        "Autodiscover returns a configured on-premises EWS target's URL for every mailbox (only where an "
+        "Autodiscover target with mailboxes and an EWS target are configured)",
+        "Requirement autodiscover_ews_url unmet",
+    ),
+    Requirement(
+        "onprem",
+        "push_delivery",
+        "On-premises push delivery",
+        PUSH,
+        "the push check passes on every on-premises target with a push block (only where one is configured)",
+        "Requirement push_delivery unmet",
+    ),
+    Requirement(
+        "onprem",
+        "public_certificate",
+        "Publicly trusted certificate",
+        ONPREM_EXPOSE,
+        "every on-premises EWS and Autodiscover certificate is trusted by the public root store: cloud BEMS "
+        "trusts public certificate authorities only",
+        "Requirement public_certificate unmet",
+        scenarios=("cloud-bems-onprem-exchange",),
+    ),
+    Requirement(
+        "online",
+        "autodiscover_ews_url",
+        "Online Autodiscover returns the EWS URL",
+        ONLINE_EXPOSE,
+        "Autodiscover returns a configured Exchange Online EWS target's URL for every mailbox (only where an "
+        "Autodiscover target with mailboxes and an EWS target are configured)",
+        "Requirement autodiscover_ews_url unmet",
+    ),
+    Requirement(
+        "online",
+        "push_delivery",
+        "Online push delivery",
+        PUSH,
+        "the push check passes on every Exchange Online EWS and Graph target with a push block (only where one "
+        "is configured)",
+        "Requirement push_delivery unmet",
+    ),
+    Requirement(
+        "online",
+        "notification_url",
+        "BEMS notification URL",
+        ONLINE_AUTH,
+        "BEMS' External Notification URL echoes Graph's validation token on every notification_url target "
+        "(only where one is configured)",
+        "Requirement notification_url unmet",
+    ),
 )
 
 
@@ -211,14 +270,17 @@ def widths(count: int) -> list[int]:
 SIDE_TITLES = {"onprem": "On-premises Exchange requirements", "online": "Exchange Online requirements"}
 
 
-def requirement_rows(sides: Sequence[str]) -> list[Json]:
-    """A row of requirement stats per Exchange side."""
-    return [panel for side in sides for panel in (row(SIDE_TITLES[side]), *requirement_stats(side))]
+def requirement_rows(sides: Sequence[str], scenario: str | None = None) -> list[Json]:
+    """A row of requirement stats per Exchange side (of ``scenario``, or of any scenario)."""
+    return [panel for side in sides for panel in (row(SIDE_TITLES[side]), *requirement_stats(side, scenario))]
 
 
-def requirement_stats(side: str) -> list[Json]:
+def requirement_stats(side: str, scenario: str | None) -> list[Json]:
     """One green/red stat per requirement of the side, described by the vendor's text."""
-    requirements = [req for req in REQUIREMENTS if req.exchange == side]
+    requirements = [
+        req for req in REQUIREMENTS
+        if req.exchange == side and (scenario is None or not req.scenarios or scenario in req.scenarios)
+    ]  # fmt: skip
     return [
         stat(
             req.title,
@@ -540,7 +602,7 @@ def scenario_dashboard(scenario: Scenario) -> Json:
             row(f"Scenario verdict: {scenario.vendor_name}"),
             scenario_ready(scenario, 8),
             unmet_requirements(16),
-            *requirement_rows(scenario.sides),
+            *requirement_rows(scenario.sides, scenario.id),
             row("Targets"),
             status_matrix(),
             current_failures(),
