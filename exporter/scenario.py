@@ -224,13 +224,15 @@ HINTS = {
     "basic_or_windows_auth": "enable Basic or Windows authentication on the EWS and Autodiscover virtual "
     "directories for the BEMS service account",
     "impersonation": "New-ManagementRoleAssignment -Name:BlackBerryAppImpersonation -Role:ApplicationImpersonation "
-    "-User:BEMSAdmin (on-premises); in Exchange Online assign the Entra app an application role scoped to the "
-    'mailboxes (RBAC for Applications: New-ManagementRoleAssignment -App <app id> -Role "Application '
-    'EWS.AccessAsApp" or "Application Mail.Read" -CustomResourceScope <scope>) and grant no tenant-wide '
-    "permission in Entra ID, which would widen the scope",
+    "-User:BEMSAdmin (on-premises); in Exchange Online scope the Entra app with RBAC for Applications: "
+    "New-ServicePrincipal -AppId <app id> -ObjectId <enterprise app object id>, then New-ManagementRoleAssignment "
+    '-App <service principal id> -Role "Application EWS.AccessAsApp" (Graph: "Application Mail.Read") '
+    "-CustomResourceScope <scope>, and remove any tenant-wide consent to full_access_as_app or Mail.Read in Entra "
+    "ID: it grants every mailbox whatever the scope",
     "modern_auth": "the Entra app must obtain tokens: check its secret or certificate, tenant and client id",
-    "graph_access": "grant the Entra app Mail.Read and User.Read.All (application) and scope its access to the "
-    "mailboxes BEMS serves",
+    "graph_access": "the Entra app needs User.Read.All (application permission, admin consent in Entra ID) and "
+    'Mail.Read for the mailboxes BEMS serves, scoped with RBAC for Applications (-Role "Application Mail.Read" '
+    "-CustomResourceScope <scope>) rather than consented tenant-wide",
     "push_delivery": "Exchange must deliver notifications to the exporter's listener as it must to BEMS: check "
     "that notifications.public_url reaches the listener from Exchange (firewall, reverse proxy, certificate)",
     "notification_url": "BEMS' External Notification URL must echo Graph's validation token: check the reverse "
