@@ -405,3 +405,20 @@ async def test_a_broken_delivery_path_makes_the_scenario_not_ready(
     await until(lambda: requirements(exporter) == (0.0, {requirement: reason}), f"{requirement} unmet", timeout=30)
     heals(sim)
     await until(lambda: requirements(exporter) == (1.0, {}), "ready again", timeout=60)
+
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def test_every_requirement_is_documented() -> None:
+    """Requirement ids are a contract: each is in the metrics.md table, and the delivery ones have a runbook."""
+    table = {
+        requirement
+        for line in (DOCS / "metrics.md").read_text().splitlines()
+        if line.startswith(("| `onprem`", "| `online`"))
+        for requirement in [line.split("|")[2].strip().strip("`")]
+    }
+    assert set(scenario.HINTS) == table
+    headings = set((DOCS / "runbooks.md").read_text().splitlines())
+    new = ("push_delivery", "notification_url", "autodiscover_ews_url", "public_certificate")
+    assert {f"## Requirement {requirement} unmet" for requirement in new} <= headings
