@@ -226,7 +226,7 @@ HINTS = {
     "impersonation": "New-ManagementRoleAssignment -Name:BlackBerryAppImpersonation -Role:ApplicationImpersonation "
     "-User:BEMSAdmin (on-premises); in Exchange Online scope the Entra app with RBAC for Applications: "
     "New-ServicePrincipal -AppId <app id> -ObjectId <enterprise app object id>, then New-ManagementRoleAssignment "
-    '-App <service principal id> -Role "Application EWS.AccessAsApp" (Graph: "Application Mail.Read") '
+    '-App <app id> -Role "Application EWS.AccessAsApp" (Graph: "Application Mail.Read") '
     "-CustomResourceScope <scope>, and remove any tenant-wide consent to full_access_as_app or Mail.Read in Entra "
     "ID: it grants every mailbox whatever the scope",
     "modern_auth": "the Entra app must obtain tokens: check its secret or certificate, tenant and client id",
