@@ -21,7 +21,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from .config import Config, EntraCredential, Exchange, Kind, Scenario, Target, WindowsCredential
 from .metrics import MetricSpec
-from .probes import autodiscover, planned_checks
+from .probes import autodiscover, planned_checks, tls
 from .results import CheckResult
 from .store import ResultStore
 
@@ -32,7 +32,7 @@ EWS_URL_MISMATCH = "ews_url_mismatch"
 NOT_PUBLICLY_TRUSTED = "not_publicly_trusted"
 NOT_MEASURED = "not_measured"  # the check's result lacks the measurement the requirement reads
 # The tls check's gauge of whether the presented chain is trusted by the public root store.
-PUBLICLY_TRUSTED = "bems_tls_publicly_trusted"
+PUBLICLY_TRUSTED = tls.PUBLICLY_TRUSTED.name
 
 SIDES = {
     Scenario.CLOUD_BEMS_ONPREM_EXCHANGE: (Exchange.ONPREM,),
