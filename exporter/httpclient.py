@@ -24,7 +24,15 @@ import urllib3
 from requests.adapters import HTTPAdapter
 
 from . import xmlsafe
-from .net import CaFileStamp, Proxy, ca_file_stamp, new_client_ssl_context
+from .net import (
+    CERTIFICATE_HINT,
+    CaFileStamp,
+    Proxy,
+    ca_file_stamp,
+    connect_failure,
+    new_client_ssl_context,
+    tls_failure,
+)
 from .results import ProbeFailure, Reason
 
 MAX_BODY_BYTES = 1024 * 1024  # an EWS GetFolder answer is a few KiB; Autodiscover at most tens
@@ -161,12 +169,13 @@ class HttpClients:
         except aiohttp.ClientHttpProxyError as err:
             raise ProbeFailure(Reason.PROXY, f"the proxy refused the tunnel: HTTP {err.status}") from None
         except aiohttp.ClientConnectorCertificateError as err:
-            raise ProbeFailure(Reason.CERTIFICATE, f"certificate rejected: {err.certificate_error}") from None
-        except aiohttp.ClientConnectorError as err:
             raise ProbeFailure(
-                Reason.REFUSED if isinstance(err.os_error, ConnectionRefusedError) else Reason.UNREACHABLE,
-                f"cannot connect: {err.os_error}",
+                Reason.CERTIFICATE, f"certificate rejected: {err.certificate_error}", CERTIFICATE_HINT
             ) from None
+        except aiohttp.ClientConnectorSSLError as err:  # connected, but no TLS: plain HTTP on the port, say
+            raise tls_failure(err.os_error, f"{err.host}:{err.port}") from None
+        except aiohttp.ClientConnectorError as err:
+            raise connect_failure(err.os_error, err.host, err.port) from None
         except (aiohttp.ClientPayloadError, aiohttp.ClientResponseError) as err:
             raise ProbeFailure(Reason.BAD_RESPONSE, f"malformed HTTP response: {type(err).__name__}") from None
         except aiohttp.ServerDisconnectedError:

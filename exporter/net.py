@@ -159,23 +159,44 @@ async def _tcp_connect(addresses: list[str], port: int, host: str) -> tuple[sock
         except OSError as err:
             last = err
     assert last is not None
-    if isinstance(last, ConnectionRefusedError):
-        raise ProbeFailure(
+    raise connect_failure(last, host, port)
+
+
+def connect_failure(err: OSError, host: str, port: int) -> ProbeFailure:
+    """What a failed TCP connect means, for every transport (raw sockets, aiohttp, requests)."""
+    if isinstance(err, ConnectionRefusedError):
+        return ProbeFailure(
             Reason.REFUSED,
             f"connection to {host}:{port} refused",
             f"nothing accepts connections on {host}:{port}: check that the service (IIS) listens on "
             f"port {port} and that firewalls allow it",
         )
-    if last.errno == errno.ETIMEDOUT:  # the kernel gave up on unanswered SYNs: dropped, not rejected
-        raise ProbeFailure(
+    if err.errno == errno.ETIMEDOUT:  # the kernel gave up on unanswered SYNs: dropped, not rejected
+        return ProbeFailure(
             Reason.TIMEOUT,
             f"connection to {host}:{port} timed out",
             f"nothing answered the connection to {host}:{port}: a firewall may be dropping packets to port {port}",
         )
-    raise ProbeFailure(
+    return ProbeFailure(
         Reason.UNREACHABLE,
-        f"cannot connect to {host}:{port}: {last.strerror or last}",
+        f"cannot connect to {host}:{port}: {err.strerror or err}",
         "check routing and firewalls between this host and the endpoint",
+    )
+
+
+CERTIFICATE_HINT = (
+    "the endpoint's certificate is rejected: the tls check of this target says which certificate and why "
+    "(expired, another host name, an untrusted issuer)"
+)
+
+
+def tls_failure(err: OSError, where: str) -> ProbeFailure:
+    """A handshake that failed before any certificate was judged: plain HTTP on the port, a protocol or
+    cipher mismatch, a device that cuts TLS. (Certificate verdicts are the tls check's, with their hints.)"""
+    return ProbeFailure(
+        Reason.TLS,
+        f"TLS handshake failed: {getattr(err, 'reason', None) or err}",
+        f"check that {where} speaks TLS 1.2 or later (is it plain HTTP, or a TLS-inspecting device?)",
     )
 
 

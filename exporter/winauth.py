@@ -9,16 +9,20 @@ taken from the server certificate of that very connection.
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
+from typing import TypeVar
 
 import requests
 from requests_ntlm import HttpNtlmAuth
 
 from .config import Target, WindowsCredential
 from .httpclient import ForeignOriginError, HttpResponse, from_requests, origin, read_bounded, requests_session
-from .net import Proxy, ca_file_stamp
+from .net import CERTIFICATE_HINT, Proxy, ca_file_stamp, connect_failure, tls_failure
 from .results import ProbeFailure, Reason
+
+E = TypeVar("E", bound=BaseException)
 
 
 class NtlmSessions:
@@ -72,12 +76,18 @@ class NtlmSessions:
             except ForeignOriginError as err:  # a redirect is returned, not followed; this is the backstop
                 raise ProbeFailure(Reason.REDIRECT_BLOCKED, str(err)) from None
             except requests.exceptions.SSLError as err:
-                raise ProbeFailure(Reason.CERTIFICATE, f"TLS failed: {_reason(err)}") from None
+                cause = _cause(err, ssl.SSLError)
+                if cause is not None and not isinstance(cause, ssl.SSLCertVerificationError):
+                    raise tls_failure(cause, f"{target.host}:{target.port}") from None
+                raise ProbeFailure(Reason.CERTIFICATE, f"TLS failed: {_reason(err)}", CERTIFICATE_HINT) from None
             except requests.exceptions.ProxyError as err:
                 raise ProbeFailure(Reason.PROXY, f"cannot use the proxy: {_reason(err)}") from None
             except requests.exceptions.Timeout:
                 raise ProbeFailure(Reason.TIMEOUT, "no answer within the timeout") from None
             except requests.exceptions.ConnectionError as err:
+                cause = _cause(err, OSError)
+                if cause is not None:
+                    raise connect_failure(cause, target.host, target.port) from None
                 raise ProbeFailure(Reason.UNREACHABLE, f"cannot connect: {_reason(err)}") from None
             except PermissionError as err:  # requests-ntlm: the server sent no NTLM challenge
                 raise ProbeFailure(Reason.BAD_RESPONSE, str(err)) from None
@@ -88,6 +98,20 @@ class NtlmSessions:
             for _, session, _ in self._sessions.values():
                 session.close()
             self._sessions.clear()
+
+
+def _cause(err: BaseException, kind: type[E]) -> E | None:
+    """The socket or TLS error at the bottom of what requests and urllib3 wrap around it."""
+    seen: BaseException | None = err
+    for _ in range(8):  # requests -> urllib3 MaxRetryError -> NewConnectionError/SSLError -> the OSError
+        if seen is None:
+            return None
+        if isinstance(seen, kind) and not isinstance(seen, requests.RequestException):
+            return seen
+        nested = seen.args[0] if seen.args and isinstance(seen.args[0], BaseException) else None
+        reason = getattr(seen, "reason", None)
+        seen = nested or (reason if isinstance(reason, BaseException) else None) or seen.__cause__ or seen.__context__
+    return None
 
 
 def _reason(err: Exception) -> str:

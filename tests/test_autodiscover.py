@@ -272,7 +272,8 @@ ROWS = {
     "http-403": Row("pox", (answer(403),), Reason.FORBIDDEN, "denied access (HTTP 403)"),
     "http-404": Row("pox", (answer(404),), Reason.BAD_RESPONSE, f"HTTP 404 from {POX_URL}"),
     "http-500": Row("soap", (answer(500, b"<html>Server Error</html>"),), Reason.BAD_RESPONSE, "HTTP 500 from"),
-    "http-503": Row("json", (answer(503),), Reason.BAD_RESPONSE, "HTTP 503 from"),
+    "http-503": Row("json", (answer(503),), Reason.THROTTLED, "HTTP 503"),
+    "http-503-retry-after": Row("pox", (answer(503, **{"Retry-After": "120"}),), Reason.THROTTLED, "back off 120.0 s"),
     # SOAP (facts file 4.2; "ErrorCode (SOAP)"): the user response decides, the request's code when there is none.
     "soap-external-url": Row("soap", (OK(SOAP_OK),), None, EXTERNAL_EWS),
     "soap-internal-url-only": Row("soap", (OK(soap(user("NoError", settings={"InternalEwsUrl": INTERNAL_EWS}))),),
@@ -472,12 +473,7 @@ FAULTS = {
     "expired-certificate": Fault(lambda sim: sim.set_fault("onprem-autodiscover", "expired"), Reason.CERTIFICATE),
     "wrong-host-certificate": Fault(lambda sim: sim.set_fault("onprem-autodiscover", "wrong_host"), Reason.CERTIFICATE),
     "untrusted-certificate": Fault(lambda sim: sim.set_fault("onprem-autodiscover", "untrusted"), Reason.CERTIFICATE),
-    # Not TLS at all is `tls` for the tls check, but the HTTP clients call the handshake's failure
-    # `unreachable` (exporter/httpclient.py, exporter/winauth.py; left to the TLS work of issue 14).
-    "not-tls": pytest.param(
-        Fault(lambda sim: sim.set_fault("onprem-autodiscover", "plaintext"), Reason.TLS),
-        marks=pytest.mark.xfail(strict=True, reason="WRONG_VERSION_NUMBER reads as unreachable"),
-    ),
+    "not-tls": Fault(lambda sim: sim.set_fault("onprem-autodiscover", "plaintext"), Reason.TLS),
     "wrong-password": Fault(lambda sim: sim.set_account_fault("wrong_password"), Reason.UNAUTHORIZED),
 }
 

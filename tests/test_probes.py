@@ -20,7 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from exporter import net
-from exporter.config import Config, Target, load_config
+from exporter.config import AuthMethod, Config, Target, load_config
 from exporter.httpclient import HttpClients
 from exporter.probes import CHECKS
 from exporter.probes import tls as tls_probe
@@ -484,3 +484,41 @@ async def test_a_session_replaced_by_a_ca_change_ends_its_requests_before_it_clo
     finally:
         await clients.close()
         await runner.cleanup()
+
+
+@pytest.mark.parametrize("method", ["basic", "ntlm"])  # aiohttp and requests: the two HTTP transports
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [
+        ("refuse", Reason.REFUSED),
+        ("plaintext", Reason.TLS),  # WRONG_VERSION_NUMBER: no TLS on the port, not a broken network
+        ("untrusted", Reason.CERTIFICATE),
+        ("expired", Reason.CERTIFICATE),
+    ],
+)
+async def test_signed_in_checks_name_network_and_tls_faults_as_the_tls_check_does(
+    simulator: Simulator, sim_config_file: Path, method: str, fault: str, reason: Reason
+) -> None:
+    config = load_config(sim_config_file)
+    target = _target(config, "onprem-ews").model_copy(update={"auth": (AuthMethod(method),)})
+    await simulator.set_fault("onprem-ews", fault)
+    tls = await run(config, target, "tls")
+    auth = await run(config, target, "auth")
+    assert (tls.reason, auth.reason) == (reason, reason), (tls.message, auth.message)
+    assert auth.hint
+
+
+@pytest.mark.parametrize(
+    ("os_error", "reason"),
+    [
+        (ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"), Reason.REFUSED),
+        (OSError(errno.ETIMEDOUT, "Connection timed out"), Reason.TIMEOUT),  # SYNs dropped by a firewall
+        (OSError(errno.EHOSTUNREACH, "No route to host"), Reason.UNREACHABLE),
+        (OSError(errno.ENETUNREACH, "Network is unreachable"), Reason.UNREACHABLE),
+    ],
+    ids=["refused", "etimedout", "ehostunreach", "enetunreach"],
+)
+def test_a_failed_connect_is_named_by_its_errno(os_error: OSError, reason: Reason) -> None:
+    failure = net.connect_failure(os_error, "mail.corp.example.com", 443)
+    assert failure.reason == reason
+    assert "mail.corp.example.com:443" in failure.message and failure.hint

@@ -91,6 +91,7 @@ async def discover(ctx: ProbeContext, target: Target, mailbox: str, kind: Autodi
             continue
         if response.status == 401:
             raise ProbeFailure(Reason.UNAUTHORIZED, f"{url} rejected the credentials (HTTP 401)")
+        signin.throttled_http(ctx, target, url, response)  # IIS queuing: back off, as EWS does
         if response.status == 403:
             raise ProbeFailure(Reason.FORBIDDEN, f"{url} denied access (HTTP 403)", _forbidden_hint(method))
         if response.status != 200:

@@ -77,8 +77,8 @@ def graph_error(response: HttpResponse) -> tuple[str, str]:
 
 
 def retry_after(response: HttpResponse) -> float:
-    value = (response.header("Retry-After") or "").strip()
-    return float(value) if value.isdigit() else DEFAULT_RETRY_AFTER
+    given = signin.retry_after(response)  # seconds or an HTTP date, as for EWS
+    return DEFAULT_RETRY_AFTER if given is None else given
 
 
 def _judge(ctx: ProbeContext, target: Target, url: str, mailbox: str, response: HttpResponse) -> str:

@@ -222,11 +222,7 @@ async def probe(target: Target, ctx: ProbeContext) -> CheckResult:
                     _certificate_hint(err, where, rejected),
                 ) from None
             except (ssl.SSLError, ConnectionError) as err:
-                raise ProbeFailure(
-                    Reason.TLS,
-                    f"TLS handshake failed: {getattr(err, 'reason', None) or err}",
-                    f"check that {where} speaks TLS 1.2 or later (is it plain HTTP, or a TLS-inspecting device?)",
-                ) from None
+                raise net.tls_failure(err, where) from None
             version = ssl_object.version() or "unknown"
             days = (chain.expires_at - time.time()) // 86400
             public_trust = _measure_public_trust(chain, target, ctx)
