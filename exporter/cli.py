@@ -36,7 +36,6 @@ from .webconfig import WebConfig, load_web_config
 
 DEFAULT_LISTEN_ADDRESS = ":10442"
 DEMO_LISTEN_ADDRESS = "127.0.0.1:10442"
-DEMO_GRAPH_ROLES = ("Mail.Read", "Mail.ReadWrite", "User.Read.All")  # BEMS' Graph roles, and the write probe's
 log = logging.getLogger("exporter")
 
 
@@ -240,11 +239,7 @@ async def _demo(args: argparse.Namespace) -> int:
     from .simulator.server import Simulator  # the simulator is only needed by demo and simulate
 
     async with Simulator(args.state_dir, admin_port=args.admin_port) as sim:
-        # The whole verdict, delivery included: push with write probes (Graph writes need Mail.ReadWrite).
-        sim.configure_entra(graph_roles=[*DEMO_GRAPH_ROLES])
-        config_file = sim.write_exporter_config(
-            args.state_dir / "bems-exchange-exporter.yml", interval="15s", timeout="5s", delivery=True
-        )
+        config_file = sim.write_demo_config(args.state_dir / "bems-exchange-exporter.yml")
         exporter = Exporter(str(config_file))
         exporter.load()
         host, port = parse_listen_address(args.listen_address)

@@ -28,8 +28,7 @@ from aiohttp import web
 from loopback import free_port
 
 from exporter.app import Exporter
-from exporter.cli import DEMO_GRAPH_ROLES
-from exporter.simulator.server import Simulator
+from exporter.simulator.server import DEMO_GRAPH_ROLES, Simulator
 from exporter.web import create_app
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -39,7 +39,7 @@ from exporter.resources import Resources
 from exporter.results import Reason
 from exporter.runner import execute
 from exporter.simulator.pki import CertificateAuthority
-from exporter.simulator.server import Simulator
+from exporter.simulator.server import DEMO_GRAPH_ROLES, Simulator
 from exporter.web import create_app
 from exporter.webconfig import load_web_config
 
@@ -523,7 +523,7 @@ async def test_the_bcrypt_cache_verifies_repeated_credentials_once(
 @pytest.fixture
 async def push_simulator(tmp_path: Path) -> AsyncIterator[Simulator]:
     async with Simulator(tmp_path / "sim", minute_seconds=1.0) as sim:
-        sim.configure_entra(graph_roles=["Mail.Read", "Mail.ReadWrite", "User.Read.All"])
+        sim.configure_entra(graph_roles=list(DEMO_GRAPH_ROLES))
         yield sim
 
 

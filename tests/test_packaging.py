@@ -256,6 +256,10 @@ def test_the_image_build_steps_give_a_working_exporter_outside_docker(
 
     health = run(*healthcheck_command(port), env={**env, "PATH": str(image_venv / "bin")}, cwd=tmp_path, timeout=15)
     assert health.returncode == 0, health.stderr
+    # The compose demo checks the whole verdict, as `make demo` does: delivery (push, BEMS's URL) included.
+    targets = load_config(state / "exporter.yml").targets_by_name()
+    assert {name for name, target in targets.items() if target.push is not None} == {"onprem-ews", "online-graph"}
+    assert targets["bems-url"].kind == "notification_url"
 
 
 # --------------------------------------------------------------------------------------------- compose

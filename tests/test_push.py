@@ -30,7 +30,7 @@ from exporter.push import PushTarget
 from exporter.resources import Resources
 from exporter.results import CheckResult, ProbeFailure, Reason
 from exporter.runner import execute
-from exporter.simulator.server import Simulator
+from exporter.simulator.server import DEMO_GRAPH_ROLES, Simulator
 
 SCALE = 1.0  # one simulated minute lasts one second: StatusFrequency 1 means a keep-alive a second
 
@@ -39,7 +39,7 @@ SCALE = 1.0  # one simulated minute lasts one second: StatusFrequency 1 means a 
 async def sim(tmp_path: Path) -> AsyncIterator[Simulator]:
     async with Simulator(tmp_path / "sim", minute_seconds=SCALE) as simulator:
         # The write probe creates and deletes messages: Graph wants Mail.ReadWrite for that.
-        simulator.configure_entra(graph_roles=["Mail.Read", "Mail.ReadWrite", "User.Read.All"])
+        simulator.configure_entra(graph_roles=list(DEMO_GRAPH_ROLES))
         yield simulator
 
 
@@ -213,7 +213,7 @@ async def test_every_metric_the_rules_use_is_in_real_output(sim: Simulator, tmp_
     assert "bems_impersonation_success" in used
     # An estate that exercises every family: push, the BEMS URL, a certificate credential that may read its own
     # registration, and one failing mailbox for the failure series.
-    sim.configure_entra(graph_roles=["Mail.Read", "Mail.ReadWrite", "User.Read.All", "Application.Read.All"])
+    sim.configure_entra(graph_roles=[*DEMO_GRAPH_ROLES, "Application.Read.All"])
     sim.revoke_impersonation("bob@corp.example.test")
     exporter = await start(started, push_config(sim, tmp_path, **{"onprem-ews": EWS_PUSH}))
     await until(lambda: exporter.ready(), timeout=15)

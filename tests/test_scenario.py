@@ -24,7 +24,7 @@ from exporter.app import Exporter
 from exporter.config import Config, Exchange, Scenario, load_config
 from exporter.probes import autodiscover, notification_url, planned_checks, push
 from exporter.results import CheckResult, Measurement, Reason
-from exporter.simulator.server import Simulator
+from exporter.simulator.server import DEMO_GRAPH_ROLES, Simulator
 from exporter.store import ResultStore
 
 CONFIG = """
@@ -348,7 +348,7 @@ def test_a_shard_judges_delivery_only_where_it_runs_the_push_check(tmp_path: Pat
 async def sim(tmp_path: Path) -> AsyncIterator[Simulator]:
     # One simulated minute a second (EWS keep-alives, retries); the Graph write probe needs Mail.ReadWrite.
     async with Simulator(tmp_path / "sim", minute_seconds=1.0) as simulator:
-        simulator.configure_entra(graph_roles=list(cli.DEMO_GRAPH_ROLES))
+        simulator.configure_entra(graph_roles=list(DEMO_GRAPH_ROLES))
         yield simulator
 
 

@@ -64,6 +64,8 @@ NOMINAL_HOSTS = {
 }
 ONPREM_MAILBOXES = ["alice@corp.example.test", "bob@corp.example.test"]
 ONLINE_MAILBOXES = ["carol@contoso.test"]
+# BEMS's Graph application permissions, and Mail.ReadWrite for the push check's write probe.
+DEMO_GRAPH_ROLES = ("Mail.Read", "Mail.ReadWrite", "User.Read.All")
 # Each side's EWS endpoint, and the Autodiscover endpoint that reports it.
 _EWS_OF_AUTODISCOVER = {"onprem-autodiscover": "onprem-ews", "online-autodiscover": "online-ews"}
 # The retirement of EWS concerns Exchange Online only (facts file 9).
@@ -558,6 +560,13 @@ class Simulator:
         """The ``endDateTime`` Graph lists for the app's ``secret`` or ``certificate`` (an aware datetime)."""
         return self.entra.set_credential_end(kind, end)
 
+    def write_demo_config(self, path: Path) -> Path:
+        """The demo's exporter config (``demo`` and ``simulate``, so the compose demo too): every endpoint
+        and the whole verdict, delivery included. The Entra app gets BEMS's Graph roles and the one the
+        Graph write probe needs (``Mail.ReadWrite``)."""
+        self.configure_entra(graph_roles=list(DEMO_GRAPH_ROLES))
+        return self.write_exporter_config(path, interval="15s", timeout="5s", delivery=True)
+
     def write_exporter_config(
         self,
         path: Path,
@@ -764,7 +773,7 @@ async def serve(
         loop.add_signal_handler(stop_signal, stop_requested.set)
     try:
         async with Simulator(state_dir, admin_port=admin_port, minute_seconds=minute_seconds) as simulator:
-            simulator.write_exporter_config(config_path)
+            simulator.write_demo_config(config_path)
             print(_summary(simulator, config_path), flush=True)
             write_atomically(ready_file, json.dumps(_ready_document(simulator, config_path), indent=2))
             try:
