@@ -42,6 +42,7 @@ ALERTS = {
     "BEMSExchangeImpersonationDenied",
     "BEMSExchangeMailboxNotFound",
     "BEMSExchangeGraphAccessDenied",
+    "BEMSExchangeGraphPermissionMissing",
     "BEMSExchangeAutodiscoverFailing",
     "BEMSExchangeAutodiscoverUnexpectedEwsUrl",
     "BEMSExchangeEwsDisabled",
