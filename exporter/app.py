@@ -22,6 +22,7 @@ from .results import CheckResult
 from .runner import execute_limited
 from .scheduler import Scheduler, lag_families
 from .store import ResultStore
+from .webconfig import LiveWebConfig
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,12 @@ class Exporter:
         self.registry.register(BemsCollector(self.store, self.status))
         self._reload_lock = asyncio.Lock()
         self._ready = False
+        self.web_config: LiveWebConfig | None = None  # --web.config.file, reloaded with the configuration
+
+    def serve_web_config(self, web_config: LiveWebConfig) -> None:
+        """Reload ``web_config`` with the configuration, and report its state in the metrics."""
+        self.web_config = web_config
+        self.status.extra.append(web_config.families)
 
     @property
     def config(self) -> Config:
@@ -88,24 +95,33 @@ class Exporter:
         await self.resources.close()
 
     async def reload(self) -> ConfigError | None:
-        """Load the file again; on error keep running the last good configuration."""
+        """Load the file, and the web config file, again; on error keep running the last good one of each.
+
+        Both are tried whatever the other's outcome, and each logs its own error; the configuration
+        file's error is returned first.
+        """
         async with self._reload_lock:
-            try:
-                config = self._read()
-            except ConfigError as err:
-                self.status.reload_successful = False
-                log.error(
-                    "configuration reload failed; keeping the running configuration",
-                    extra={"fields": {"err": str(err)}},
-                )
-                return err
-            self._apply(config)
-            try:
-                await self.listener.apply(config.notifications)
-            except OSError as err:  # the new listen address is taken: callbacks cannot arrive
-                log.error("cannot start the notification listener", extra={"fields": {"err": str(err)}})
-            log.info("configuration reloaded", extra={"fields": {"file": self.config_file}})
-            return None
+            error = await self._reload_config()
+            web_error = await self.web_config.reload() if self.web_config is not None else None
+            return error or web_error
+
+    async def _reload_config(self) -> ConfigError | None:
+        try:
+            config = self._read()
+        except ConfigError as err:
+            self.status.reload_successful = False
+            log.error(
+                "configuration reload failed; keeping the running configuration",
+                extra={"fields": {"err": str(err)}},
+            )
+            return err
+        self._apply(config)
+        try:
+            await self.listener.apply(config.notifications)
+        except OSError as err:  # the new listen address is taken: callbacks cannot arrive
+            log.error("cannot start the notification listener", extra={"fields": {"err": str(err)}})
+        log.info("configuration reloaded", extra={"fields": {"file": self.config_file}})
+        return None
 
     def _apply(self, config: Config) -> None:
         logs.clear_secrets()

@@ -31,8 +31,8 @@ from .probes.push import end_graph_subscriptions
 from .resources import Resources
 from .runner import execute
 from .store import ResultStore
-from .web import create_app
-from .webconfig import WebConfig, load_web_config
+from .web import ALLOWED_HOSTS_FLAG, LIFECYCLE_FLAG, REMOTE_PROBE_FLAG, Access, create_app, parse_allowed_hosts
+from .webconfig import LiveWebConfig, load_web_config
 
 DEFAULT_LISTEN_ADDRESS = ":10442"
 DEMO_LISTEN_ADDRESS = "127.0.0.1:10442"
@@ -91,7 +91,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--web.config.file",
         dest="web_config_file",
         metavar="FILE",
-        help="exporter-toolkit web configuration: TLS and basic authentication",
+        help="exporter-toolkit web configuration: TLS and basic authentication (re-read on reload)",
+    )
+    parser.add_argument(
+        LIFECYCLE_FLAG,
+        dest="enable_lifecycle",
+        action="store_true",
+        help="answer POST/PUT /-/reload from any address, not only loopback (implied by basic_auth_users)",
+    )
+    parser.add_argument(
+        REMOTE_PROBE_FLAG,
+        dest="enable_remote_probe",
+        action="store_true",
+        help="answer /probe and /config from any address, not only loopback (implied by basic_auth_users)",
+    )
+    parser.add_argument(
+        ALLOWED_HOSTS_FLAG,
+        dest="allowed_hosts",
+        metavar="HOST,...",
+        type=_allowed_hosts,
+        help="serve only requests whose Host header names one of these (and localhost): DNS rebinding; "
+        "/-/healthy and /-/ready answer any Host",
     )
     parser.add_argument(
         "--shard", metavar="i/N", type=_shard,
@@ -131,6 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
                 help=f"exporter address (default {DEMO_LISTEN_ADDRESS})",
             )
     return parser
+
+
+def _allowed_hosts(value: str) -> frozenset[str]:
+    try:
+        return parse_allowed_hosts(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _shard(value: str) -> tuple[int, int]:
@@ -203,11 +230,17 @@ def _on_signals(loop: asyncio.AbstractEventLoop, reload: Callable[[], None], sto
 
 
 async def _serve(
-    exporter: Exporter, listen_address: str, web_config: WebConfig | None, ready: asyncio.Event | None = None
+    exporter: Exporter,
+    listen_address: str,
+    web_config: LiveWebConfig | None,
+    ready: asyncio.Event | None = None,
+    access: Access | None = None,
 ) -> None:
     host, port = parse_listen_address(listen_address)
+    if web_config is not None:
+        exporter.serve_web_config(web_config)
     await exporter.start()
-    runner = web.AppRunner(create_app(exporter, web_config), access_log=None, handle_signals=False)
+    runner = web.AppRunner(create_app(exporter, web_config, access), access_log=None, handle_signals=False)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port, ssl_context=web_config.ssl_context() if web_config else None)
@@ -295,7 +328,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             for unverified in scenario.unverified(config):
                 print(f"warning: {config.scenario.value}: {unverified}")
             return 0
-        web_config = load_web_config(args.web_config_file) if args.web_config_file else None
+        web_config = LiveWebConfig(load_web_config(args.web_config_file)) if args.web_config_file else None
+        access = Access(
+            remote_lifecycle=args.enable_lifecycle,
+            remote_probe=args.enable_remote_probe,
+            allowed_hosts=args.allowed_hosts or frozenset(),
+        )
         try:
             parse_listen_address(args.listen_address)
         except ValueError as err:
@@ -306,7 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     try:
-        asyncio.run(_serve(exporter, args.listen_address, web_config))
+        asyncio.run(_serve(exporter, args.listen_address, web_config, access=access))
     except OSError as err:  # typically the address is in use
         print(f"error: cannot listen on {args.listen_address}: {err.strerror or err}", file=sys.stderr)
         return 1

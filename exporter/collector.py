@@ -22,6 +22,7 @@ from .metrics import TARGET_LABELS, MetricSpec
 from .probes import CHECKS
 from .results import CheckResult
 from .store import ResultStore
+from .webconfig import WEB_CONFIG_RELOAD_OK
 
 PROBE_METRICS = (
     MetricSpec(
@@ -85,7 +86,7 @@ def all_specs() -> list[MetricSpec]:
     """Every metric family the exporter can expose (docs and tests compare against this)."""
     owned = [spec for check in CHECKS.values() for spec in check.metrics]
     return [
-        *PROBE_METRICS, *owned, TARGET_INFO, SCENARIO_INFO, BUILD_INFO, RELOAD_OK, RELOAD_TIME,
+        *PROBE_METRICS, *owned, TARGET_INFO, SCENARIO_INFO, BUILD_INFO, RELOAD_OK, RELOAD_TIME, WEB_CONFIG_RELOAD_OK,
         verdict.REQUIREMENT_MET, verdict.REQUIREMENT_REASON, verdict.SCENARIO_READY,
         push.ACTIVE, push.LAST_NOTIFICATION, push.DELAY, push.NOTIFICATIONS, push.REJECTED,
     ]  # fmt: skip

@@ -18,6 +18,11 @@ Differences from exporter-toolkit, each reported as a ``ConfigError`` rather tha
 ``RequestClientCert`` is accepted and behaves like ``NoClientCert``: the exporter makes no decision
 based on an unverified client certificate, so not asking for one changes nothing but the handshake.
 ``http_server_config.http2`` is accepted for compatibility; aiohttp only speaks HTTP/1.1.
+
+As in exporter-toolkit, the file is read again on every reload (``LiveWebConfig``) and the certificate
+files are read again when they change (``CertificateReloader``), so a renewed certificate or a changed
+password takes effect without a restart. Turning TLS on or off does take one: the socket is either a TLS
+socket or not.
 """
 
 from __future__ import annotations
@@ -26,12 +31,14 @@ import asyncio
 import binascii
 import hashlib
 import logging
+import os
 import re
 import secrets
 import ssl
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -43,8 +50,10 @@ from bcrypt import checkpw
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from exporter.errors import ConfigError
+from exporter.metrics import MetricSpec
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +117,17 @@ _BCRYPT_MIN_COST, _BCRYPT_MAX_COST = 4, 31
 # truncating them, and so does Go's x/crypto/bcrypt, so such a password can never match.
 _BCRYPT_MAX_PASSWORD_BYTES = 72
 
-AUTH_CACHE_SIZE = 1024
+AUTH_CACHE_SIZE = 1024  # verdicts kept per kind (accepted, refused)
+# bcrypt checks waiting or running at once: past this a request with uncached credentials gets 503. At
+# cost 10 one check takes ~60 ms of one core, so a full queue is answered within about half a second.
+MAX_PENDING_BCRYPT_CHECKS = 8
+BUSY_RETRY_AFTER_SECONDS = 1
+
+WEB_CONFIG_RELOAD_OK = MetricSpec(
+    "bems_web_config_last_reload_successful",
+    "1 if the last load of --web.config.file succeeded; 0 while a failed reload left the previous one in force.",
+    per_target=False,
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
@@ -145,34 +164,15 @@ class WebConfig:
             return None
         return _build_ssl_context(self.file, self.tls)
 
+    @property
+    def requires_authentication(self) -> bool:
+        """True when every request must prove who sends it: a password, or a client certificate the CA signed."""
+        verified_client = self.tls is not None and self.tls.client_auth_type == "RequireAndVerifyClientCert"
+        return bool(self.basic_auth_users) or verified_client
+
     def middleware(self) -> Middleware:
-        """An aiohttp middleware enforcing ``basic_auth_users`` and adding the configured headers.
-
-        Create one per application, at startup: its credential cache and lock belong to one event
-        loop, and creating it computes one bcrypt hash (the decoy for unknown users). Headers are
-        added to returned and raised responses; a handler that streams (prepares its response
-        itself) has already sent its headers.
-        """
-        verifier = _BasicAuthVerifier(self.basic_auth_users) if self.basic_auth_users else None
-        extra_headers = dict(self.headers)
-        challenge = {hdrs.WWW_AUTHENTICATE: f'Basic realm="{REALM}"'}
-
-        @web.middleware
-        async def web_config_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-            try:
-                if verifier is not None and not await verifier.is_authorized(request):
-                    response: web.StreamResponse = web.Response(status=401, text="Unauthorized\n", headers=challenge)
-                else:
-                    response = await handler(request)
-            except web.HTTPException as exc:
-                # Error responses (404, 405, ...) are raised, not returned; they get the headers too.
-                exc.headers.update(extra_headers)
-                raise
-            # The operator configured these explicitly, so they win over the handler's values.
-            response.headers.update(extra_headers)
-            return response
-
-        return web_config_middleware
+        """An aiohttp middleware enforcing this config for good (see ``LiveWebConfig`` for one that reloads)."""
+        return LiveWebConfig(self).middleware()
 
 
 def load_web_config(path: str | Path) -> WebConfig:
@@ -460,13 +460,192 @@ def _read_bytes(file: str, key: str, path: Path) -> bytes:
         raise ConfigError(file, f"cannot read {path}: {_describe_os_error(exc)}", key) from exc
 
 
+FileStamp = tuple[int, int, int] | None  # (inode, mtime in ns, size); None while the file is missing
+
+
+class CertificateReloader:
+    """A server-side ``SSLContext`` whose certificate follows its files, so a renewal needs no restart.
+
+    Give ``context`` to the listening socket. OpenSSL calls its ``sni_callback`` for every ClientHello, with
+    or without SNI; the callback compares the files' stamps with those of the last load and, when one
+    changed, builds a fresh context with ``build``. The handshake then takes the certificate chain and the
+    client-CA store of the current context. exporter-toolkit reads its files on every handshake; a stat per
+    file is the cheap equivalent. A renewal that does not load (a half-written pair, a key of another
+    certificate) is logged and the last good certificate is served until the files change again.
+
+    OpenSSL fixes the protocol versions and the client-certificate policy when a connection starts, from
+    ``context`` itself: ``update`` (new settings, from a reload) copies them over. Reusable by any server:
+    ``build`` raises ``ConfigError``, ``OSError`` or ``ssl.SSLError`` for files it cannot use.
+    """
+
+    def __init__(self, build: Callable[[], ssl.SSLContext], files: Sequence[Path], name: str) -> None:
+        self.name = name  # what serves the certificate, for the log: "web port", "notification listener"
+        self._build, self._files = build, tuple(files)
+        self._stamps = self._read_stamps()
+        self.context = build()  # raises: a server must not start without a usable certificate
+        self.context.sni_callback = self._on_client_hello
+        self._current = self.context
+
+    def update(self, build: Callable[[], ssl.SSLContext], files: Sequence[Path]) -> None:
+        """New settings: build them now (raising as ``build`` does, and then nothing changes) and use them."""
+        stamps = _stamps_of(files)
+        fresh = build()
+        self._build, self._files, self._stamps, self._current = build, tuple(files), stamps, fresh
+        self.context.minimum_version = fresh.minimum_version
+        self.context.maximum_version = fresh.maximum_version
+        self.context.verify_mode = fresh.verify_mode
+
+    def current(self) -> ssl.SSLContext:
+        """The context of the files as they are now, or the last good one if they do not load."""
+        stamps = self._read_stamps()
+        if stamps != self._stamps:
+            self._stamps = stamps  # stamped before building: a change during the build is seen next time
+            try:
+                self._current = self._build()
+            except (ConfigError, OSError, ssl.SSLError, ValueError) as exc:
+                log_fields = {"server": self.name, "err": str(exc)}
+                logger.error(
+                    "cannot load the changed certificate; serving the previous one", extra={"fields": log_fields}
+                )
+            else:
+                logger.info("loaded the changed certificate", extra={"fields": {"server": self.name}})
+        return self._current
+
+    def _on_client_hello(self, sock: ssl.SSLObject, _server_name: str | None, _context: ssl.SSLContext) -> None:
+        # An exception here would only abort this handshake with an "unraisable" traceback: log, serve the old.
+        try:
+            sock.context = self.current()
+        except Exception:
+            logger.exception("certificate reload failed", extra={"fields": {"server": self.name}})
+
+    def _read_stamps(self) -> tuple[FileStamp, ...]:
+        return _stamps_of(self._files)
+
+
+def _stamps_of(files: Sequence[Path]) -> tuple[FileStamp, ...]:
+    stamps: list[FileStamp] = []
+    for path in files:
+        try:
+            # stat follows symlinks: a Kubernetes Secret volume swaps a symlink, which changes the inode.
+            status = os.stat(path)
+        except OSError:
+            stamps.append(None)
+        else:
+            stamps.append((status.st_ino, status.st_mtime_ns, status.st_size))
+    return tuple(stamps)
+
+
+def _tls_files(tls: TLSServerConfig) -> tuple[Path, ...]:
+    return tuple(path for path in (tls.cert_file, tls.key_file, tls.client_ca_file) if path is not None)
+
+
+@dataclass(frozen=True)
+class _Guard:
+    """What the middleware enforces for one loaded web config."""
+
+    verifier: _BasicAuthVerifier | None
+    headers: Mapping[str, str]
+
+
+class LiveWebConfig:
+    """The web config in force: read again by ``reload`` (``/-/reload``, SIGHUP), the last good one kept on error.
+
+    Create it at startup; its middleware and its ``ssl_context`` serve one event loop and one socket.
+    """
+
+    def __init__(self, config: WebConfig) -> None:
+        self.config = config
+        self._guard = _Guard(_verifier_for(config), MappingProxyType(dict(config.headers)))
+        self.certificates: CertificateReloader | None = None
+        if config.tls is not None:
+            build = partial(_build_ssl_context, config.file, config.tls)
+            self.certificates = CertificateReloader(build, _tls_files(config.tls), "web port")
+        self.reload_successful = True
+
+    @property
+    def requires_authentication(self) -> bool:
+        return self.config.requires_authentication
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The listening socket's context (its certificate follows the files), or None for plain HTTP."""
+        return self.certificates.context if self.certificates is not None else None
+
+    async def reload(self) -> ConfigError | None:
+        """Read the file again and apply it; on error log it, keep the running config and return the error."""
+        if not self.config.file:
+            return None
+        try:
+            config = await asyncio.to_thread(load_web_config, self.config.file)
+            if (config.tls is None) != (self.config.tls is None):
+                state = "on" if config.tls is not None else "off"
+                raise ConfigError(
+                    config.file, f"turning TLS {state} needs a restart (the socket is TLS or not)", "tls_server_config"
+                )
+            verifier = self._guard.verifier
+            if config.basic_auth_users != self.config.basic_auth_users:
+                verifier = await asyncio.to_thread(_verifier_for, config)  # the decoy hash costs one bcrypt
+            if self.certificates is not None and config.tls is not None:
+                self.certificates.update(partial(_build_ssl_context, config.file, config.tls), _tls_files(config.tls))
+        except ConfigError as err:
+            self.reload_successful = False
+            logger.error(
+                "web configuration reload failed; keeping the running web configuration",
+                extra={"fields": {"err": str(err)}},
+            )
+            return err
+        self.config = config
+        self._guard = _Guard(verifier, MappingProxyType(dict(config.headers)))
+        self.reload_successful = True
+        logger.info("web configuration reloaded", extra={"fields": {"file": config.file}})
+        return None
+
+    def families(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(WEB_CONFIG_RELOAD_OK.name, WEB_CONFIG_RELOAD_OK.help)
+        family.add_metric([], 1.0 if self.reload_successful else 0.0)
+        yield family
+
+    def middleware(self) -> Middleware:
+        """An aiohttp middleware enforcing ``basic_auth_users`` and adding the configured headers.
+
+        Headers are added to returned and raised responses; a handler that streams (prepares its
+        response itself) has already sent its headers.
+        """
+        challenge = {hdrs.WWW_AUTHENTICATE: f'Basic realm="{REALM}"'}
+
+        @web.middleware
+        async def web_config_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+            guard = self._guard  # one config for the whole request, even if a reload lands meanwhile
+            try:
+                if guard.verifier is not None and not await guard.verifier.is_authorized(request):
+                    response: web.StreamResponse = web.Response(status=401, text="Unauthorized\n", headers=challenge)
+                else:
+                    response = await handler(request)
+            except web.HTTPException as exc:
+                # Error responses (404, 405, 503, ...) are raised, not returned; they get the headers too.
+                exc.headers.update(guard.headers)
+                raise
+            # The operator configured these explicitly, so they win over the handler's values.
+            response.headers.update(guard.headers)
+            return response
+
+        return web_config_middleware
+
+
+def _verifier_for(config: WebConfig) -> _BasicAuthVerifier | None:
+    return _BasicAuthVerifier(config.basic_auth_users) if config.basic_auth_users else None
+
+
 class _BasicAuthVerifier:
     """Checks HTTP basic auth credentials against bcrypt hashes, cheaply for repeated scrapes.
 
     A scrape carries the same credentials every time, so verdicts are cached (keyed by a SHA-256
-    of user, password and hash, so no password is kept in memory) in a bounded LRU. Cache misses
-    run bcrypt in a worker thread, one at a time, as exporter-toolkit does: a flood of wrong
-    passwords then costs at most one core and never blocks the event loop.
+    of user, password and hash, so no password is kept in memory) in bounded LRUs, the accepted ones
+    apart from the refused ones: a flood of wrong passwords cannot evict a scraper's verdict, so a
+    legitimate scrape stays a dictionary look-up. Cache misses run bcrypt in a worker thread, one at a
+    time, as exporter-toolkit does, so a flood costs at most one core and never blocks the event loop;
+    concurrent requests with the same credentials share one check, and past ``MAX_PENDING_BCRYPT_CHECKS``
+    pending checks a request with other credentials is answered 503 at once instead of queueing without
+    bound.
     """
 
     def __init__(self, users: Mapping[str, bytes]) -> None:
@@ -475,10 +654,13 @@ class _BasicAuthVerifier:
         # response time does not reveal which user names exist.
         highest_cost = max(int(_BCRYPT_HASH.fullmatch(h.decode())["cost"]) for h in users.values())
         self._decoy_hash = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(highest_cost))
-        self._verdicts: OrderedDict[bytes, bool] = OrderedDict()
+        self._accepted: OrderedDict[bytes, bool] = OrderedDict()
+        self._refused: OrderedDict[bytes, bool] = OrderedDict()
         self._bcrypt_lock = asyncio.Lock()
+        self._in_flight: dict[bytes, asyncio.Future[bool]] = {}  # checks waiting for or running bcrypt
 
     async def is_authorized(self, request: web.Request) -> bool:
+        """The verdict; raises ``HTTPServiceUnavailable`` when too many bcrypt checks are already pending."""
         credentials = _parse_basic_authorization(request.headers.get(hdrs.AUTHORIZATION))
         if credentials is None:
             return False
@@ -490,27 +672,46 @@ class _BasicAuthVerifier:
 
         verdict = self._cached_verdict(cache_key)
         if verdict is None:
-            async with self._bcrypt_lock:
-                # Another request may have verified the same credentials while this one waited.
-                verdict = self._cached_verdict(cache_key)
-                if verdict is None:
-                    verdict = await asyncio.to_thread(_check_password, password, hashed) and known_user
-                    self._remember(cache_key, verdict)
+            check = self._in_flight.get(cache_key)
+            if check is None:  # concurrent requests with the same credentials share one check
+                if len(self._in_flight) >= MAX_PENDING_BCRYPT_CHECKS:
+                    logger.warning(
+                        "too many basic authentication checks pending; answering 503",
+                        extra={"fields": {"remote": request.remote, "pending": len(self._in_flight)}},
+                    )
+                    raise web.HTTPServiceUnavailable(
+                        text="too many authentication attempts at once; retry later\n",
+                        headers={hdrs.RETRY_AFTER: str(BUSY_RETRY_AFTER_SECONDS)},
+                    )
+                check = asyncio.ensure_future(self._verify(cache_key, password, hashed, known_user))
+                self._in_flight[cache_key] = check
+                check.add_done_callback(lambda _: self._in_flight.pop(cache_key, None))
+            # Shielded: a client that hangs up must not cancel the check others wait for.
+            verdict = await asyncio.shield(check)
         if not verdict:
             fields = {"user": user.decode("utf-8", "replace"), "remote": request.remote}
             logger.debug("basic authentication failed", extra={"fields": fields})
         return verdict
 
-    def _cached_verdict(self, cache_key: bytes) -> bool | None:
-        verdict = self._verdicts.get(cache_key)
-        if verdict is not None:
-            self._verdicts.move_to_end(cache_key)
+    async def _verify(self, cache_key: bytes, password: bytes, hashed: bytes, known_user: bool) -> bool:
+        async with self._bcrypt_lock:
+            verdict = await asyncio.to_thread(_check_password, password, hashed) and known_user
+        self._remember(cache_key, verdict)
         return verdict
 
+    def _cached_verdict(self, cache_key: bytes) -> bool | None:
+        for verdicts in (self._accepted, self._refused):
+            verdict = verdicts.get(cache_key)
+            if verdict is not None:
+                verdicts.move_to_end(cache_key)
+                return verdict
+        return None
+
     def _remember(self, cache_key: bytes, verdict: bool) -> None:
-        self._verdicts[cache_key] = verdict
-        if len(self._verdicts) > AUTH_CACHE_SIZE:
-            self._verdicts.popitem(last=False)
+        verdicts = self._accepted if verdict else self._refused
+        verdicts[cache_key] = verdict
+        if len(verdicts) > AUTH_CACHE_SIZE:
+            verdicts.popitem(last=False)
 
 
 def _parse_basic_authorization(header: str | None) -> tuple[bytes, bytes] | None:

@@ -7,6 +7,7 @@ import base64
 import datetime
 import ipaddress
 import ssl
+import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -519,13 +520,63 @@ async def test_cache_evicts_least_recently_used_verdicts(
     auth_middleware: webconfig.Middleware, checkpw_calls: list[bytes], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(webconfig, "AUTH_CACHE_SIZE", 2)
-    for password in (PASSWORD, "wrong-1", PASSWORD, "wrong-2"):  # PASSWORD is used again before wrong-2
+    for password in ("wrong-1", "wrong-2", "wrong-1", "wrong-3"):  # wrong-1 is used again before wrong-3
         await _status(auth_middleware, _basic("alice", password))
     assert len(checkpw_calls) == 3
-    await _status(auth_middleware, _basic("alice", PASSWORD))  # still cached
+    await _status(auth_middleware, _basic("alice", "wrong-1"))  # still cached
     assert len(checkpw_calls) == 3
-    await _status(auth_middleware, _basic("alice", "wrong-1"))  # evicted
+    await _status(auth_middleware, _basic("alice", "wrong-2"))  # evicted
     assert len(checkpw_calls) == 4
+
+
+async def test_wrong_passwords_cannot_evict_an_accepted_verdict(
+    auth_middleware: webconfig.Middleware, checkpw_calls: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(webconfig, "AUTH_CACHE_SIZE", 2)
+    assert await _status(auth_middleware, _basic("alice", PASSWORD)) == 200
+    for n in range(5):  # more wrong passwords than the cache holds
+        assert await _status(auth_middleware, _basic("alice", f"wrong-{n}")) == 401
+    assert len(checkpw_calls) == 6
+    assert await _status(auth_middleware, _basic("alice", PASSWORD)) == 200
+    assert len(checkpw_calls) == 6  # the scraper's verdict survived the flood
+
+
+async def test_a_flood_of_wrong_passwords_is_bounded_with_503_while_cached_scrapes_pass(
+    auth_middleware: webconfig.Middleware, checkpw_calls: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert await _status(auth_middleware, _basic("alice", PASSWORD)) == 200  # the scraper, verified once
+    release = threading.Event()
+    counting_checkpw = webconfig.checkpw
+
+    def held(password: bytes, hashed: bytes) -> bool:
+        release.wait(timeout=30)
+        return counting_checkpw(password, hashed)
+
+    monkeypatch.setattr(webconfig, "checkpw", held)
+    bound, extra = webconfig.MAX_PENDING_BCRYPT_CHECKS, 5
+
+    async def attempt(password: str) -> web.StreamResponse | web.HTTPException:
+        request = make_mocked_request("GET", "/metrics", headers=_basic("alice", password))
+        try:
+            return await auth_middleware(request, _ok)
+        except web.HTTPException as exc:
+            return exc
+
+    flood = [asyncio.create_task(attempt(f"wrong-{n}")) for n in range(bound + extra)]
+    try:
+        async with asyncio.timeout(10):  # the refusals come at once, while every admitted check is held
+            while sum(task.done() for task in flood) < extra:
+                await asyncio.sleep(0.01)
+        refused = [task.result() for task in flood if task.done()]
+        assert [r.status for r in refused] == [503] * extra
+        assert all(r.headers["Retry-After"] == "1" for r in refused)
+        # A cached scrape does not queue behind the flood.
+        assert await asyncio.wait_for(_status(auth_middleware, _basic("alice", PASSWORD)), 10) == 200
+    finally:
+        release.set()
+    outcomes = await asyncio.gather(*flood)
+    assert sorted(o.status for o in outcomes) == [401] * bound + [503] * extra
+    assert len(checkpw_calls) == 1 + bound  # the scraper's check, then one per admitted wrong password
 
 
 @pytest.mark.parametrize(
