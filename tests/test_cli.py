@@ -550,6 +550,93 @@ async def test_web_config_serves_https_with_basic_auth(
     assert await proc.wait(EXIT_TIMEOUT) == 0, proc.stderr[-3000:]
 
 
+async def test_the_daemon_reloads_its_web_config_and_certificate_without_a_restart(
+    cli: CLI, simulator: Simulator, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    web_dir = tmp_path / "web"
+    web_dir.mkdir()
+    ca = CertificateAuthority.create("Exporter Web Reload CA")
+    (web_dir / "ca.pem").write_bytes(ca.cert_pem)
+
+    def renew_certificate() -> bytes:
+        cert_pem, key_pem = ca.issue(["localhost"], ["127.0.0.1"])
+        (web_dir / "server.crt").write_bytes(cert_pem)
+        (web_dir / "server.key").write_bytes(key_pem)
+        return cert_pem
+
+    def write_web_config(password: bytes | str) -> None:
+        hashed = bcrypt.hashpw(password, bcrypt.gensalt(4)).decode() if isinstance(password, bytes) else password
+        document = {
+            "tls_server_config": {"cert_file": "server.crt", "key_file": "server.key"},
+            "basic_auth_users": {"prometheus": hashed},
+        }
+        (web_dir / "web.yml").write_text(yaml.safe_dump(document), encoding="utf-8")
+
+    first_cert = renew_certificate()
+    write_web_config(b"old")
+    port = free_port()
+    config = daemon_config(simulator, tmp_path)
+    proc = cli.start("--web.listen-address", f"127.0.0.1:{port}", "--config.file", str(config),
+                     "--web.config.file", str(web_dir / "web.yml"))  # fmt: skip
+    https = f"https://127.0.0.1:{port}"
+    tls = ssl.create_default_context(cafile=str(web_dir / "ca.pem"))
+
+    async def status(path: str, password: str, method: str = "GET") -> int | None:
+        outcome = await fetch(http, https + path, method=method, ssl=tls, headers=basic_auth("prometheus", password))
+        return None if outcome is None else outcome[0]
+
+    async def served_certificate() -> bytes:
+        def handshake() -> bytes:
+            with (
+                socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+                tls.wrap_socket(raw, server_hostname="127.0.0.1") as wrapped,
+            ):
+                return ssl.DER_cert_to_PEM_cert(wrapped.getpeercert(binary_form=True)).encode()
+
+        return await asyncio.to_thread(handshake)
+
+    async def up() -> bool:
+        return await status("/-/healthy", "old") == 200
+
+    await eventually(up, "/-/healthy over HTTPS", START_TIMEOUT, proc)
+    assert await served_certificate() == first_cert
+
+    # A new password through POST /-/reload: the old one stops working at once.
+    write_web_config(b"new")
+    assert await status("/-/reload", "old", method="POST") == 200
+    assert await status("/metrics", "old") == 401
+    assert await status("/metrics", "new") == 200
+
+    # A renewed certificate is served at the next handshake, without a reload or a restart.
+    second_cert = renew_certificate()
+    assert await served_certificate() == second_cert
+
+    # A broken file on SIGHUP: logged, the metric says so, and the running web config stays.
+    write_web_config("plaintext")
+    proc.send_signal(signal.SIGHUP)
+
+    async def reload_failed() -> bool:
+        outcome = await fetch(http, f"{https}/metrics", ssl=tls, headers=basic_auth("prometheus", "new"))
+        return outcome is not None and value(parse(outcome[1]), "bems_web_config_last_reload_successful") == 0
+
+    await eventually(reload_failed, "bems_web_config_last_reload_successful 0", 5, proc)
+    assert await status("/metrics", "new") == 200
+    outcome = await fetch(http, f"{https}/-/reload", method="POST", ssl=tls, headers=basic_auth("prometheus", "new"))
+    assert outcome is not None and outcome[0] == 500
+    assert "basic_auth_users.prometheus: not a bcrypt hash" in outcome[1]
+    assert "plaintext" not in outcome[1] and "plaintext" not in proc.stderr
+    assert "web configuration reload failed" in proc.stderr
+
+    proc.send_signal(signal.SIGTERM)
+    assert await proc.wait(EXIT_TIMEOUT) == 0, proc.stderr[-3000:]
+
+
+async def test_a_listed_host_with_a_port_is_refused_at_start(cli: CLI, sim_config_file: Path) -> None:
+    proc = await cli.run("--config.file", str(sim_config_file), "--web.allowed-hosts", "exporter.example:10442")
+    assert proc.returncode == 2  # argparse's usage error
+    assert "--web.allowed-hosts: 'exporter.example:10442' has a port" in proc.stderr, proc.stderr
+
+
 @pytest.mark.parametrize(
     ("document", "key", "reason"),
     [

@@ -24,6 +24,7 @@ from cryptography.x509.oid import NameOID
 
 from exporter import webconfig
 from exporter.errors import ConfigError
+from exporter.simulator.pki import CertificateAuthority
 from exporter.webconfig import load_web_config
 
 PASSWORD = "correct horse battery staple"
@@ -592,3 +593,124 @@ async def test_odd_authorization_headers_are_refused_without_error(
     auth_middleware: webconfig.Middleware, authorization: str
 ) -> None:
     assert await _status(auth_middleware, {"Authorization": authorization}) == 401
+
+
+# --- reloading (issue 15, item 6) ------------------------------------------------------------------------
+
+
+async def _served_certificate(port: int, ca_pem: bytes) -> bytes:
+    """The DER certificate a fresh TLS connection to 127.0.0.1:port is served."""
+    client_ssl = ssl.create_default_context(cadata=ca_pem.decode())
+    _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_ssl)
+    try:
+        return writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    finally:
+        writer.close()
+
+
+def _der(pem: bytes) -> bytes:
+    return x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
+
+
+async def test_a_renewed_certificate_is_served_at_the_next_handshake_without_a_restart(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ca = CertificateAuthority.create("Renewal Test CA")
+    first, second, third = (ca.issue(["localhost"], ["127.0.0.1"]) for _ in range(3))
+    cert_file, key_file = tmp_path / "server.crt", tmp_path / "server.key"
+
+    def install(pair: tuple[bytes, bytes]) -> None:
+        cert_file.write_bytes(pair[0])
+        key_file.write_bytes(pair[1])
+
+    install(first)
+    (tmp_path / "web.yml").write_text(TLS)
+    live = webconfig.LiveWebConfig(load_web_config(tmp_path / "web.yml"))
+    server = await asyncio.start_server(lambda _r, w: w.close(), "127.0.0.1", 0, ssl=live.ssl_context())
+    port = server.sockets[0].getsockname()[1]
+    try:
+        assert await _served_certificate(port, ca.cert_pem) == _der(first[0])
+        install(second)
+        assert await _served_certificate(port, ca.cert_pem) == _der(second[0])
+        # A renewal that does not load (the key of another certificate) keeps the last good one, and says so.
+        cert_file.write_bytes(third[0])
+        assert await _served_certificate(port, ca.cert_pem) == _der(second[0])
+        assert "cannot load the changed certificate; serving the previous one" in caplog.text
+        key_file.write_bytes(third[1])  # the pair is complete again
+        assert await _served_certificate(port, ca.cert_pem) == _der(third[0])
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.fixture
+def web_yml(tmp_path: Path) -> Path:
+    return tmp_path / "web.yml"
+
+
+async def test_a_reload_applies_a_changed_password_and_keeps_the_last_good_file(
+    web_yml: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    new_hash = bcrypt.hashpw(b"new password", bcrypt.gensalt(4)).decode()
+    web_yml.write_text(f"basic_auth_users:\n  alice: '{PASSWORD_HASH}'\n")
+    live = webconfig.LiveWebConfig(load_web_config(web_yml))
+    middleware = live.middleware()  # made once, at startup, as create_app does
+    assert await _status(middleware, _basic("alice", PASSWORD)) == 200
+
+    web_yml.write_text(f"basic_auth_users:\n  alice: '{new_hash}'\n")
+    assert await live.reload() is None
+    assert await _status(middleware, _basic("alice", PASSWORD)) == 401  # cached as good before: not any more
+    assert await _status(middleware, _basic("alice", "new password")) == 200
+    assert [s.value for f in live.families() for s in f.samples] == [1.0]
+
+    web_yml.write_text("basic_auth_users:\n  alice: plaintext\n")
+    error = await live.reload()
+    assert error is not None and "basic_auth_users.alice: not a bcrypt hash" in str(error)
+    assert "web configuration reload failed; keeping the running web configuration" in caplog.text
+    assert await _status(middleware, _basic("alice", "new password")) == 200  # the last good file still rules
+    assert [s.value for f in live.families() for s in f.samples] == [0.0]
+
+    web_yml.write_text(f"basic_auth_users:\n  alice: '{new_hash}'\n")
+    assert await live.reload() is None
+    assert [s.value for f in live.families() for s in f.samples] == [1.0]
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "reason"),
+    [
+        pytest.param("", TLS, "tls_server_config: turning TLS on needs a restart", id="tls-on"),
+        pytest.param(TLS, "", "tls_server_config: turning TLS off needs a restart", id="tls-off"),
+    ],
+)
+async def test_a_reload_cannot_turn_tls_on_or_off(
+    write_config: Callable[[str], Path], before: str, after: str, reason: str
+) -> None:
+    live = webconfig.LiveWebConfig(load_web_config(write_config(before)))
+    write_config(after)
+    error = await live.reload()
+    assert error is not None and reason in str(error)
+    assert (live.config.tls is None) == (before == "")
+
+
+async def test_a_reload_applies_new_tls_versions_to_the_running_socket(
+    write_config: Callable[[str], Path], pki: PKI
+) -> None:
+    live = webconfig.LiveWebConfig(load_web_config(write_config(TLS)))
+    server = await asyncio.start_server(lambda _r, w: w.close(), "127.0.0.1", 0, ssl=live.ssl_context())
+    port = server.sockets[0].getsockname()[1]
+    tls12_client = ssl.create_default_context(cafile=pki.ca_file)
+    tls12_client.maximum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=tls12_client)
+        writer.close()
+        write_config(TLS + "  min_version: TLS13\n")
+        assert await live.reload() is None
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            await asyncio.open_connection("127.0.0.1", port, ssl=tls12_client)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def test_without_a_file_there_is_nothing_to_reload() -> None:
+    assert asyncio.run(webconfig.LiveWebConfig(webconfig.WebConfig()).reload()) is None
