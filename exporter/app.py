@@ -8,6 +8,7 @@ import subprocess
 import time
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry
 
@@ -19,7 +20,6 @@ from .probes import checks_for
 from .probes.push import end_graph_subscriptions
 from .resources import Resources
 from .results import CheckResult
-from .runner import execute_limited
 from .scheduler import Scheduler, lag_families
 from .store import ResultStore
 from .webconfig import LiveWebConfig
@@ -45,6 +45,12 @@ def revision() -> str:
     return out.stdout.strip() or "unknown"
 
 
+class ProbeAnswer(NamedTuple):
+    store: ResultStore
+    results: list[CheckResult]
+    cached_age: float | None  # seconds since the oldest reused run started; None when every check ran for this call
+
+
 class Exporter:
     def __init__(self, config_file: str, shard: tuple[int, int] | None = None) -> None:
         self.config_file = config_file
@@ -56,6 +62,7 @@ class Exporter:
         self.scheduler = Scheduler(self.store, self.resources, on_result=self._log_result)
         self.status.extra.append(partial(lag_families, self.scheduler.lag))
         self.status.extra.append(self.resources.push.families)
+        self.status.extra.append(self.resources.suspensions.families)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(BemsCollector(self.store, self.status))
         self._reload_lock = asyncio.Lock()
@@ -129,6 +136,7 @@ class Exporter:
             logs.register_secret(secret)
         self.status.config = config
         self.resources.push.configure(config)
+        self.resources.suspensions.configure(config)
         self.scheduler.apply(config)
         self.status.reload_successful = True
         self.status.reload_success_timestamp = time.time()
@@ -139,22 +147,25 @@ class Exporter:
             self._ready = self.status.config is not None and self.store.first_round_done()
         return self._ready
 
-    async def probe_now(self, target_name: str) -> tuple[ResultStore, list[CheckResult]] | None:
-        """Run a target's checks now, for ``/probe``: results go to a fresh store, not the scheduled one."""
+    async def probe_now(self, target_name: str) -> ProbeAnswer | None:
+        """A target's results for ``/probe``, in a fresh store (the scheduled one is left alone).
+
+        Each check runs now unless its last run started less than an interval ago (then that run's result is
+        reused) or is in flight (then it is shared): see the scheduler.
+        """
         config = self.config
         target = config.targets_by_name().get(target_name)
-        if target is None or self.scheduler.limiter is None:
+        if target is None or self.scheduler.config is None:
             return None
         checks = checks_for(config, target)
-        results = await asyncio.gather(
-            *(execute_limited(self.scheduler.limiter, c, config, target, self.resources) for c in checks)
-        )
+        answers = await asyncio.gather(*(self.scheduler.on_demand(target, c) for c in checks))
         store = ResultStore()
         store.targets = {target.name: target}
         store.checks = {target.name: tuple(c.name for c in checks)}
-        for result in results:
+        for result, _ in answers:
             store.record(result)
-        return store, list(results)
+        ages = [age for _, age in answers if age is not None]
+        return ProbeAnswer(store, [result for result, _ in answers], max(ages) if ages else None)
 
     def _log_result(self, previous: CheckResult | None, result: CheckResult) -> None:
         fields = {"target": result.target, "check": result.check, "duration": round(result.duration, 4)}

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from . import push
+from . import push, suspension
 from . import scenario as verdict
 from .config import Config, Target
 from .exposition import TextFamily, label_pairs, sample_line
@@ -88,7 +88,7 @@ def all_specs() -> list[MetricSpec]:
     return [
         *PROBE_METRICS, *owned, TARGET_INFO, SCENARIO_INFO, BUILD_INFO, RELOAD_OK, RELOAD_TIME, WEB_CONFIG_RELOAD_OK,
         verdict.REQUIREMENT_MET, verdict.REQUIREMENT_REASON, verdict.SCENARIO_READY,
-        push.ACTIVE, push.LAST_NOTIFICATION, push.DELAY, push.NOTIFICATIONS, push.REJECTED,
+        push.ACTIVE, push.LAST_NOTIFICATION, push.DELAY, push.NOTIFICATIONS, push.REJECTED, suspension.SUSPENDED,
     ]  # fmt: skip
 
 

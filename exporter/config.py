@@ -303,6 +303,9 @@ class Limits(_Model):
 
     per_credential_concurrency: int = Field(default=2, ge=1, le=64)
     global_concurrency: int = Field(default=512, ge=1, le=100_000)
+    # Consecutive HTTP 401 sign-ins of a Windows credential after which it is not sent (see suspension.py):
+    # well under any AD lockout threshold (Microsoft's baseline: 10), so the exporter never locks the account.
+    suspend_after_unauthorized: int = Field(default=3, ge=1, le=100)
 
 
 class Push(_Model):

@@ -13,6 +13,7 @@ from .config import AuthMethod
 from .entra import EntraApps
 from .httpclient import HttpClients
 from .push import PushRegistry
+from .suspension import Suspensions
 from .winauth import NtlmSessions
 
 T = TypeVar("T")
@@ -28,6 +29,7 @@ class Resources:
         self.entra = EntraApps()
         self.ntlm = NtlmSessions()
         self.backoff = Backoff()
+        self.suspensions = Suspensions()  # Windows credentials not sent after repeated 401s
         self.push = PushRegistry()
         # target -> the first method its last auth check signed in with; later checks sign in the same way
         self.working_methods: dict[str, AuthMethod] = {}

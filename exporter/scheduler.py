@@ -4,6 +4,12 @@ First runs start at once, spread by a stable jitter over at most the first inter
 configuration does not fire every check in the same second; then each job keeps a fixed cadence.
 APScheduler never starts a job while its previous run is still going (``max_instances=1``): such a
 skipped run counts as an overrun.
+
+``/probe`` goes through the scheduler too, so that the account sees at most one run of a (target, check)
+at a time and about one per interval, however many clients ask: a run in flight is shared by every
+caller, ``/probe`` answers with the last run's result while that run started less than an interval ago,
+and a scheduled run that comes less than an interval after a ``/probe`` run adopts that run's result
+instead of running again.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from prometheus_client.core import HistogramMetricFamily, Metric
 
 from .config import Config, Target
 from .metrics import Histogram, MetricSpec
-from .probes import CHECKS, checks_for, planned_checks
+from .probes import CHECKS, Check, checks_for, planned_checks
 from .resources import Resources
 from .results import CheckResult
 from .runner import Limiter, execute_limited
@@ -76,6 +82,10 @@ class Scheduler:
         self.lag = Histogram(LAG_BUCKETS)
         self._on_result = on_result
         self._jobs: dict[str, JobSpec] = {}
+        # Runs in flight and /probe results the store has not adopted, by (target, check): a target changed by
+        # a reload is another key, so nothing of the old definition is shared with or reused for the new one.
+        self._in_flight: dict[tuple[Target, str], asyncio.Task[CheckResult]] = {}
+        self._on_demand: dict[tuple[Target, str], CheckResult] = {}
         self._aps = AsyncIOScheduler(
             timezone=UTC,
             job_defaults={
@@ -93,6 +103,8 @@ class Scheduler:
     def shutdown(self) -> None:
         if self._aps.running:
             self._aps.shutdown(wait=False)
+        for task in self._in_flight.values():
+            task.cancel()
 
     @property
     def job_count(self) -> int:
@@ -106,6 +118,8 @@ class Scheduler:
             self.limiter.update(config)
         self.config = config
         self.store.configure(config, planned_checks(config))
+        configured = set(config.targets)
+        self._on_demand = {key: result for key, result in self._on_demand.items() if key[0] in configured}
         wanted = {
             spec.job_id: spec
             for target in config.targets
@@ -130,12 +144,50 @@ class Scheduler:
             self._jobs[job_id] = spec
         log.info("jobs scheduled", extra={"fields": {"jobs": len(self._jobs), "targets": len(config.targets)}})
 
+    async def _execute_once(self, target: Target, check: Check) -> CheckResult:
+        """Run ``check`` on ``target``, or join its run in flight: never two runs of one check at once."""
+        key = (target, check.name)
+        task = self._in_flight.get(key)
+        if task is None:
+            assert self.config is not None and self.limiter is not None, "apply() first"
+            task = asyncio.ensure_future(execute_limited(self.limiter, check, self.config, target, self.resources))
+            self._in_flight[key] = task
+            task.add_done_callback(lambda done: self._in_flight.pop(key) if self._in_flight.get(key) is done else None)
+        return await asyncio.shield(task)  # a caller that goes away leaves the run to the others
+
+    async def on_demand(self, target: Target, check: Check) -> tuple[CheckResult, float | None]:
+        """``/probe``'s result for (target, check), and its age in seconds when it is an earlier run's (else None).
+
+        The last run, scheduled or on demand, is reused while it started less than an interval ago.
+        """
+        assert self.config is not None, "apply() first"
+        key = (target, check.name)
+        runs = (self.store.latest.get((target.name, check.name)), self._on_demand.get(key))
+        known = [result for result in runs if result is not None]
+        if known:
+            last = max(known, key=lambda result: result.started)
+            age = max(0.0, time.time() - last.started)
+            if age < self.config.interval_of(target).total_seconds():
+                return last, age
+        result = await self._execute_once(target, check)
+        self._on_demand[key] = result
+        return result, None
+
+    async def _scheduled_result(self, spec: JobSpec) -> CheckResult:
+        """A /probe run that started less than an interval ago stands for this run; else run (or join) it."""
+        adopted = self._on_demand.pop((spec.target, spec.check), None)
+        recorded = self.store.latest.get((spec.target.name, spec.check))
+        fresh = adopted is not None and time.time() - adopted.started < spec.interval.total_seconds()
+        if fresh and adopted is not recorded:  # recorded already: a shared run, not one to adopt
+            return adopted
+        return await self._execute_once(spec.target, CHECKS[spec.check])
+
     async def _run(self, job_id: str) -> None:
         spec, config, limiter = self._jobs.get(job_id), self.config, self.limiter
         if spec is None or config is None or limiter is None:
             return  # removed by a reload between submission and start
         try:
-            result = await execute_limited(limiter, CHECKS[spec.check], config, spec.target, self.resources)
+            result = await self._scheduled_result(spec)
         except asyncio.CancelledError:
             # Only shutdown cancels a run (timeouts end inside execute): stop quietly, not as a job error.
             log.debug(

@@ -10,6 +10,8 @@
   limits"), so a 429 for ``/users/{mailbox}/...`` holds that app and mailbox only, and a 429 elsewhere
   the app on the host. The account is shared with production BEMS, whose own budget the exporter must
   not eat.
+- Suspension: after repeated HTTP 401s to Basic or NTLM the credential is not sent (``suspension.py``),
+  so a changed password cannot lock the account out; each check run may still try once.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from .config import AuthMethod, EntraCredential, Exchange, Kind, Target, Windows
 from .entra import Resource, TokenError, scope_of
 from .httpclient import MAX_REDIRECTS, HttpResponse, redirect_target
 from .results import ProbeFailure, Reason
+from .suspension import SUSPENDED_HINT
 
 if TYPE_CHECKING:  # probes import this module
     from .probes.base import ProbeContext
@@ -126,14 +129,45 @@ async def send(
     raise ProbeFailure(Reason.REDIRECT_BLOCKED, f"more than {MAX_REDIRECTS} redirects: not followed further")
 
 
+def check_suspension(ctx: ProbeContext, credential: str) -> None:
+    """ProbeFailure(unauthorized) while ``credential`` is suspended, unless this run still has its one try."""
+    suspensions = ctx.resources.suspensions
+    if not suspensions.suspended(credential):
+        return
+    if ctx.trial_sign_in:
+        ctx.trial_sign_in = False
+        return
+    raise ProbeFailure(
+        Reason.UNAUTHORIZED,
+        f"not sent: {credential} is suspended after {suspensions.unauthorized_in_a_row(credential)} sign-ins in a "
+        f"row answered HTTP 401 (limits.suspend_after_unauthorized: {suspensions.threshold}), so that the exporter "
+        "cannot lock the account out; each check run tries it once",
+        SUSPENDED_HINT,
+    )
+
+
 async def _send_once(
     ctx: ProbeContext, target: Target, url: str, method: AuthMethod | None, body: bytes | None,
     headers: dict[str, str], scope: Resource, http_method: str,
 ) -> HttpResponse:  # fmt: skip
     if method is not None:
         check_backoff(ctx, target, url)
-    proxy, resources = ctx.proxy(target), ctx.resources
     credential = ctx.config.credentials.get(target.credential or "")
+    if method not in (AuthMethod.BASIC, AuthMethod.NTLM) or target.credential is None:
+        return await _send_as(ctx, target, url, method, credential, body, headers, scope, http_method)
+    # Basic and NTLM present the password to the domain controller: every 401 is a bad password there.
+    check_suspension(ctx, target.credential)
+    response = await _send_as(ctx, target, url, method, credential, body, headers, scope, http_method)
+    ctx.resources.suspensions.observe(target.credential, unauthorized=response.status == 401)
+    return response
+
+
+async def _send_as(
+    ctx: ProbeContext, target: Target, url: str, method: AuthMethod | None,
+    credential: WindowsCredential | EntraCredential | None,
+    body: bytes | None, headers: dict[str, str], scope: Resource, http_method: str,
+) -> HttpResponse:  # fmt: skip
+    proxy, resources = ctx.proxy(target), ctx.resources
     if method == AuthMethod.NTLM:
         assert isinstance(credential, WindowsCredential)
         return await resources.run_blocking(

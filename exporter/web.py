@@ -25,6 +25,8 @@ from .logs import redact
 from .webconfig import Handler, LiveWebConfig, Middleware, WebConfig
 
 EXPORTER_KEY = web.AppKey("exporter", Exporter)
+# On a /probe answer that reuses earlier runs: the age in seconds of the oldest (docs/configuration.md).
+PROBE_CACHED_HEADER = "X-Bems-Probe-Cached"
 
 LIFECYCLE_FLAG = "--web.enable-lifecycle"
 REMOTE_PROBE_FLAG = "--web.enable-remote-probe"
@@ -109,10 +111,12 @@ async def probe(request: web.Request) -> web.Response:
     outcome = await request.app[EXPORTER_KEY].probe_now(name)
     if outcome is None:
         raise web.HTTPNotFound(text=f"unknown target {name!r}: see /config for the configured targets\n")
-    store, _ = outcome
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(BemsCollector(store))
-    return _render(registry)
+    registry.register(BemsCollector(outcome.store))
+    response = _render(registry)
+    if outcome.cached_age is not None:  # some checks ran less than an interval ago: their results are reused
+        response.headers[PROBE_CACHED_HEADER] = f"{outcome.cached_age:.3f}"
+    return response
 
 
 async def healthy(_request: web.Request) -> web.Response:

@@ -13,6 +13,8 @@ Authentication faults:
 - ``GET    /api/v1/auth``: the on-prem account, each on-prem endpoint's methods and Extended
   Protection, the Entra settings, app certificate paths and token request counts;
 - ``PUT    /api/v1/auth/account`` ``{"fault": "wrong_password" | "locked" | "none"}``;
+- ``GET    /api/v1/auth/account/failed_logons``: ``{"count": n, "logons": [{"method", "realm", "time"}]}``,
+  every logon of the account the directory refused (what counts towards an AD lockout);
 - ``PUT    /api/v1/auth/endpoints/{name}`` ``{"methods": ["ntlm", "negotiate"], "extended_protection": "require"}``
   (either key may be left out);
 - ``PATCH  /api/v1/auth/entra`` ``{"secret_expired": true, "token_endpoint_down": false, "throttled": false,
@@ -117,6 +119,7 @@ def build_admin_app(simulator: Simulator) -> web.Application:
     app.router.add_delete(ENDPOINTS_PATH + "/{name}/fault", api.clear_fault)
     app.router.add_get(AUTH_PATH, api.auth_state)
     app.router.add_put(AUTH_PATH + "/account", api.set_account_fault)
+    app.router.add_get(AUTH_PATH + "/account/failed_logons", api.failed_logons)
     app.router.add_put(AUTH_PATH + "/endpoints/{name}", api.configure_endpoint_auth)
     app.router.add_patch(AUTH_PATH + "/entra", api.configure_entra)
     app.router.add_put(AUTH_PATH + "/entra/credentials/{kind}", api.set_app_credential_end)
@@ -198,6 +201,10 @@ class _AdminApi:
         except ValueError as error:
             return _error(400, str(error))
         return web.json_response(self._simulator.auth_state()["account"])
+
+    async def failed_logons(self, request: web.Request) -> web.Response:
+        logons = self._simulator.failed_logons()
+        return web.json_response({"count": len(logons), "logons": [logon.state() for logon in logons]})
 
     async def configure_endpoint_auth(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]

@@ -24,6 +24,7 @@ import os
 import secrets
 import ssl
 import struct
+import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -85,8 +86,25 @@ def parse_choice(choices: type[_Choice], value: Any, what: str) -> _Choice:
         raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(choices)}") from None
 
 
+@dataclass(frozen=True)
+class FailedLogon:
+    """One logon of the account that the directory refused, as a domain controller logs it (event 4625)."""
+
+    method: AuthMethod  # how the credentials came: Basic, or an NTLM AUTHENTICATE (bare or in Negotiate)
+    realm: str  # the virtual directory's host
+    time: float  # the simulator's monotonic clock
+
+    def state(self) -> dict[str, Any]:
+        return {"method": str(self.method), "realm": self.realm, "time": self.time}
+
+
 class OnPremAccount:
-    """The service account BEMS uses on-prem (``CORP\\BEMSAdmin``), as the directory holds it."""
+    """The service account BEMS uses on-prem (``CORP\\BEMSAdmin``), as the directory holds it.
+
+    ``failed_logons`` is every refused logon of the account since the simulator started (a wrong password,
+    or any password while ``locked``): what counts towards Active Directory's lockout threshold
+    (badPwdCount) and what a password change costs the real account.
+    """
 
     def __init__(self, username: str, password: str, user_file: Path) -> None:
         self.username = username
@@ -94,6 +112,7 @@ class OnPremAccount:
         self._directory_password = password
         self.user_file = user_file
         self.fault = AccountFault.NONE
+        self.failed_logons: list[FailedLogon] = []
         self._write_user_file()
 
     def set_fault(self, fault: AccountFault | str) -> None:
@@ -108,13 +127,18 @@ class OnPremAccount:
     def can_log_on(self) -> bool:
         return self.fault is not AccountFault.LOCKED
 
+    def is_named(self, username: str) -> bool:
+        return username.casefold() == self.username.casefold()  # Windows compares names case-insensitively
+
     def accepts(self, username: str, password: str) -> bool:
-        # Windows compares account names case-insensitively; the password exactly.
         return (
             self.can_log_on
-            and username.casefold() == self.username.casefold()
+            and self.is_named(username)
             and secrets.compare_digest(password.encode(), self._directory_password.encode())
         )
+
+    def log_failed_logon(self, method: AuthMethod, realm: str) -> None:
+        self.failed_logons.append(FailedLogon(method, realm, time.monotonic()))
 
     def _write_user_file(self) -> None:
         domain, _, user = self.username.partition("\\")
@@ -201,6 +225,8 @@ class OnPremAuthenticator:
             return await self._challenge(request)
         if self._account.accepts(username, password):
             return Caller(self._account.username)
+        if self._account.is_named(username):  # another name is not this account's failure
+            self._account.log_failed_logon(AuthMethod.BASIC, self._directory.realm)
         return await self._challenge(request)
 
     async def _integrated(
@@ -230,11 +256,14 @@ class OnPremAuthenticator:
             with self._user_file():
                 out_token = handshake.step(token, channel_bindings=bindings)
         except SpnegoError:  # a wrong password, an unknown user, wrong bindings, a malformed token
+            if authenticate is not None:  # the directory judged the credentials (the one account) and refused them
+                self._account.log_failed_logon(method, self._directory.realm)
             return await self._challenge(request)
         if not handshake.complete:
             connection.handshake = handshake
             return await challenges.unauthorized(request, [f"{scheme} {base64.b64encode(out_token or b'').decode()}"])
         if not self._account.can_log_on:
+            self._account.log_failed_logon(method, self._directory.realm)
             return await self._challenge(request)
         connection.user = self._account.username
         # SPNEGO's last token (its mechListMIC) would travel on the 200; HTTP clients do not check it, so it is dropped.

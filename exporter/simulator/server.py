@@ -35,6 +35,7 @@ from .onprem_auth import (
     AccountFault,
     AuthMethod,
     ExtendedProtection,
+    FailedLogon,
     OnPremAccount,
     OnPremAuthenticator,
     VirtualDirectoryAuth,
@@ -350,6 +351,10 @@ class Simulator:
 
     def traffic_state(self) -> dict[str, dict[str, int]]:
         return {name: traffic.state() for name, traffic in self.traffic.items()}
+
+    def failed_logons(self) -> list[FailedLogon]:
+        """Every logon of the on-prem account the directory refused (Basic or NTLM, either endpoint), oldest first."""
+        return list(self.account.failed_logons)
 
     def auth_state(self) -> dict[str, Any]:
         return {

@@ -1,0 +1,374 @@
+"""/probe cannot lock out the BEMS account (issue 15, item 1): one run per check at a time and per interval,
+and a credential answered 401 too often is not sent until the next run of each check.
+
+The proof is the simulator's own log of failed logons (what Active Directory counts towards its lockout
+threshold): after a password change, 16 clients looping on /probe cost no more failed logons than the
+configured bound, computed from the interval and ``limits.suspend_after_unauthorized``, whatever the
+number of clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+from aiohttp.test_utils import TestClient, TestServer
+from samples import parse, value
+
+from exporter import scheduler as scheduler_module
+from exporter.app import Exporter
+from exporter.config import Config, Target, load_config
+from exporter.probes import CHECKS, Check, ProbeContext, checks_for
+from exporter.resources import Resources
+from exporter.results import CheckResult, ProbeFailure, Reason
+from exporter.scheduler import JobSpec, Scheduler
+from exporter.signin import check_suspension
+from exporter.simulator.server import Simulator
+from exporter.store import ResultStore
+from exporter.suspension import Suspensions
+from exporter.web import PROBE_CACHED_HEADER, create_app
+
+INTERVAL = 3.0
+CLIENTS = 16
+FLOOD_SECONDS = 8.0
+
+
+def signing_in_jobs(config: Config, credential: str) -> int:
+    """Scheduled (target, check) jobs that sign in as ``credential``."""
+    return sum(
+        1
+        for target in config.targets
+        if target.credential == credential
+        for check in checks_for(config, target)
+        if check.uses_credential
+    )
+
+
+async def wait_for(condition: Callable[[], Awaitable[bool]], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.1)
+
+
+# --- the simulator counts failed logons ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fault", "method", "failed"),
+    [
+        ("none", "basic", 0),
+        ("none", "ntlm", 0),
+        ("wrong_password", "basic", 1),
+        ("wrong_password", "ntlm", 1),
+        ("locked", "basic", 1),
+        ("locked", "ntlm", 1),
+    ],
+    ids=lambda v: str(v),
+)
+async def test_simulator_logs_each_failed_logon(simulator: Simulator, fault: str, method: str, failed: int) -> None:
+    from requests_ntlm import HttpNtlmAuth
+
+    credentials = simulator.credentials
+    simulator.set_account_fault(fault)
+    auth = (
+        HttpNtlmAuth(credentials.onprem_username, credentials.onprem_password)
+        if method == "ntlm"
+        else (credentials.onprem_username, credentials.onprem_password)
+    )
+    url = simulator.endpoints["onprem-ews"].url + "/EWS/Exchange.asmx"
+
+    def post() -> int:
+        with requests.Session() as session:  # a fresh connection: no NTLM handshake carried over
+            return session.post(url, data=b"<x/>", auth=auth, verify=str(simulator.ca_file), timeout=10).status_code
+
+    await asyncio.to_thread(post)
+    logons = simulator.failed_logons()
+    assert len(logons) == failed
+    assert all(logon.method.value == method for logon in logons)
+    state = await asyncio.to_thread(
+        lambda: requests.get(simulator.admin_url + "/api/v1/auth/account/failed_logons", timeout=10).json()
+    )
+    assert state["count"] == failed and [entry["method"] for entry in state["logons"]] == [method] * failed
+
+
+async def test_simulator_does_not_count_another_users_basic_logon(simulator: Simulator) -> None:
+    url = simulator.endpoints["onprem-ews"].url + "/EWS/Exchange.asmx"
+
+    def post() -> int:
+        return requests.post(
+            url, data=b"<x/>", auth=("CORP\\someone", "guess"), verify=str(simulator.ca_file), timeout=10
+        ).status_code
+
+    assert await asyncio.to_thread(post) == 401
+    assert simulator.failed_logons() == []
+
+
+# --- the flood, against a running exporter ---------------------------------------------------------------
+
+
+async def test_probe_flood_after_a_password_change_costs_a_bounded_number_of_failed_logons(
+    simulator: Simulator, tmp_path: Path
+) -> None:
+    config_file = simulator.write_exporter_config(tmp_path / "bems.yml", interval=f"{INTERVAL:g}s", timeout="3s")
+    simulator.set_account_fault("wrong_password")  # changed in AD; the exporter still has the old password
+    exporter = Exporter(str(config_file))
+    exporter.load()
+    config = exporter.config
+    await exporter.start()
+    cached: list[str | None] = []
+    try:
+        async with TestClient(TestServer(create_app(exporter), host="127.0.0.1")) as client:
+            started = time.monotonic()
+
+            async def loop_on_probe() -> None:
+                while time.monotonic() - started < FLOOD_SECONDS:
+                    for target in ("onprem-ews", "onprem-autodiscover"):
+                        response = await client.get("/probe", params={"target": target})
+                        assert response.status == 200
+                        await response.read()
+                        cached.append(response.headers.get(PROBE_CACHED_HEADER))
+
+            await asyncio.gather(*(loop_on_probe() for _ in range(CLIENTS)))
+            elapsed = time.monotonic() - started
+            failed = len(simulator.failed_logons())
+            samples = parse(await (await client.get("/metrics")).text())
+            auth = exporter.store.latest.get(("onprem-ews", "auth"))
+    finally:
+        await exporter.stop()
+
+    # N in a row before the suspension, plus what was already in flight (one per concurrent check of the
+    # credential), then one try per run of each check that signs in, at most one run per interval (+1 for a
+    # run in flight at either end of the flood). No term depends on the number of clients.
+    threshold = config.limits.suspend_after_unauthorized
+    in_flight = config.limits.per_credential_concurrency
+    runs_per_job = math.floor(elapsed / INTERVAL) + 2
+    bound = threshold + in_flight - 1 + signing_in_jobs(config, "bemsadmin") * runs_per_job
+    assert threshold <= failed <= bound, (failed, bound, elapsed)
+    assert any(age is not None for age in cached), "no /probe answer was marked as cached"
+    assert value(samples, "bems_credential_suspended", credential="bemsadmin") == 1
+    assert auth is not None and auth.reason == Reason.UNAUTHORIZED
+
+
+async def test_a_fixed_password_is_noticed_at_the_next_scheduled_run(simulator: Simulator, tmp_path: Path) -> None:
+    config_file = simulator.write_exporter_config(tmp_path / "bems.yml", interval="1s", timeout="1s")
+    simulator.set_account_fault("wrong_password")
+    exporter = Exporter(str(config_file))
+    exporter.load()
+    await exporter.start()
+    try:
+        suspensions = exporter.resources.suspensions
+
+        async def suspended() -> bool:
+            return suspensions.suspended("bemsadmin")
+
+        await wait_for(suspended, timeout=30)
+        simulator.set_account_fault("none")  # the password is set back in AD; nobody touches the exporter
+
+        async def recovered() -> bool:
+            auth = exporter.store.latest.get(("onprem-ews", "auth"))
+            return not suspensions.suspended("bemsadmin") and auth is not None and auth.success
+
+        await wait_for(recovered, timeout=30)
+    finally:
+        await exporter.stop()
+
+
+# --- the suspension, unit by unit ------------------------------------------------------------------------
+
+
+def windows_config(tmp_path: Path, password: str = "old", threshold: int | None = None) -> Config:
+    data: dict[str, object] = {
+        "scenario": "onprem-bems-hybrid",
+        "credentials": {"bemsadmin": {"username": "CORP\\BEMSAdmin", "password": password}},
+        "targets": [
+            {"name": "ews", "kind": "ews", "exchange": "onprem", "url": "https://mail.contoso.test/EWS/Exchange.asmx",
+             "credential": "bemsadmin", "auth": ["basic"], "mailboxes": ["alice@contoso.test"]},
+        ],
+    }  # fmt: skip
+    if threshold is not None:
+        data["limits"] = {"suspend_after_unauthorized": threshold}
+    path = tmp_path / "bems.yml"
+    path.write_text(yaml.safe_dump(data))
+    return load_config(str(path))
+
+
+@pytest.mark.parametrize(
+    ("answers", "suspended"),
+    [
+        ([], False),
+        ([401, 401], False),
+        ([401, 401, 401], True),
+        ([401, 401, 401, 401], True),
+        ([401, 401, 200, 401, 401], False),
+        ([401, 401, 401, 200], False),
+        ([401, 401, 401, 500], False),  # a SOAP fault after signing in: the password worked
+    ],
+    ids=["none", "two", "three", "four", "reset-by-success", "lifted-by-success", "lifted-by-non-401"],
+)
+def test_three_401s_in_a_row_suspend_the_credential(tmp_path: Path, answers: list[int], suspended: bool) -> None:
+    suspensions = Suspensions()
+    suspensions.configure(windows_config(tmp_path))
+    for status in answers:
+        suspensions.observe("bemsadmin", unauthorized=status == 401)
+    assert suspensions.suspended("bemsadmin") is suspended
+
+
+def test_the_threshold_is_configurable(tmp_path: Path) -> None:
+    suspensions = Suspensions()
+    suspensions.configure(windows_config(tmp_path, threshold=1))
+    suspensions.observe("bemsadmin", unauthorized=True)
+    assert suspensions.suspended("bemsadmin")
+
+
+@pytest.mark.parametrize(
+    ("password", "suspended"), [("old", True), ("new", False)], ids=["same-password", "changed-password"]
+)
+def test_a_reload_that_changes_the_password_lifts_the_suspension(
+    tmp_path: Path, password: str, suspended: bool
+) -> None:
+    suspensions = Suspensions()
+    suspensions.configure(windows_config(tmp_path))
+    for _ in range(3):
+        suspensions.observe("bemsadmin", unauthorized=True)
+    suspensions.configure(windows_config(tmp_path, password=password))
+    assert suspensions.suspended("bemsadmin") is suspended
+
+
+def test_a_suspended_credential_is_tried_once_per_run_then_not_sent(tmp_path: Path) -> None:
+    config = windows_config(tmp_path)
+    resources = Resources()
+    resources.suspensions.configure(config)
+    for _ in range(3):
+        resources.suspensions.observe("bemsadmin", unauthorized=True)
+    for _run in range(2):  # every run gets its one try, and only one
+        ctx = ProbeContext.for_target(config, config.targets[0], "auth", resources)
+        check_suspension(ctx, "bemsadmin")
+        with pytest.raises(ProbeFailure) as refused:
+            check_suspension(ctx, "bemsadmin")
+        assert refused.value.reason == Reason.UNAUTHORIZED
+        assert refused.value.message.startswith("not sent: bemsadmin is suspended after 3 sign-ins in a row")
+        assert "reload" in refused.value.hint
+    assert "old" not in refused.value.message
+
+
+def test_a_credential_in_good_standing_keeps_its_try(tmp_path: Path) -> None:
+    config = windows_config(tmp_path)
+    resources = Resources()
+    resources.suspensions.configure(config)
+    ctx = ProbeContext.for_target(config, config.targets[0], "auth", resources)
+    check_suspension(ctx, "bemsadmin")
+    assert ctx.trial_sign_in
+
+
+# --- one run at a time, one per interval -----------------------------------------------------------------
+
+
+class CountingCheck:
+    """A check that takes a while and counts its runs (a stand-in for a sign-in)."""
+
+    def __init__(self, name: str = "auth") -> None:
+        self.runs = 0
+        self.release = asyncio.Event()
+        self.check = Check(name, self._probe, lambda _config, _target: True)
+
+    async def _probe(self, target: Target, ctx: ProbeContext) -> CheckResult:
+        self.runs += 1
+        await self.release.wait()
+        return ctx.rec.passed()
+
+
+class FakeClock:
+    """The scheduler's wall clock; results keep the real start time, and tests set ``now`` relative to it."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def time(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(scheduler_module.time, "time", fake.time)
+    return fake
+
+
+def scheduler_for(config: Config) -> Scheduler:
+    scheduler = Scheduler(ResultStore(), Resources())
+    scheduler.apply(config)
+    return scheduler
+
+
+async def test_concurrent_probes_share_one_run(tmp_path: Path, clock: FakeClock) -> None:
+    config = windows_config(tmp_path)
+    scheduler, counting = scheduler_for(config), CountingCheck()
+    target = config.targets[0]
+    calls = [asyncio.ensure_future(scheduler.on_demand(target, counting.check)) for _ in range(CLIENTS)]
+    await asyncio.sleep(0)
+    counting.release.set()
+    answers = await asyncio.gather(*calls)
+    assert counting.runs == 1
+    assert len({id(result) for result, _ in answers}) == 1
+    assert all(age is None for _, age in answers)  # a shared run is this call's run, not a cached one
+    scheduler.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("later", "runs", "age"),
+    [(0.0, 1, 0.0), (2.5, 1, 2.5), (59.9, 1, 59.9), (60.0, 2, None), (300.0, 2, None)],
+    ids=["at-once", "seconds-later", "just-within-the-interval", "one-interval-later", "long-after"],
+)
+async def test_a_probe_within_the_interval_reuses_the_last_run(
+    tmp_path: Path, clock: FakeClock, later: float, runs: int, age: float | None
+) -> None:
+    config = windows_config(tmp_path)  # the default interval: 60 s
+    scheduler, counting = scheduler_for(config), CountingCheck()
+    counting.release.set()
+    target = config.targets[0]
+    first, _ = await scheduler.on_demand(target, counting.check)
+    clock.now = first.started + later
+    again, cached_age = await scheduler.on_demand(target, counting.check)
+    assert counting.runs == runs
+    assert cached_age == (pytest.approx(age) if age is not None else None)
+    assert (again is first) is (age is not None)
+    scheduler.shutdown()
+
+
+async def test_a_probe_reuses_the_scheduled_result(tmp_path: Path, clock: FakeClock) -> None:
+    config = windows_config(tmp_path)
+    scheduler, counting = scheduler_for(config), CountingCheck()
+    target = config.targets[0]
+    scheduled = CheckResult(target.name, "auth", True, started=clock.now - 10, duration=0.1)
+    scheduler.store.record(scheduled)
+    result, age = await scheduler.on_demand(target, counting.check)
+    assert (result, age, counting.runs) == (scheduled, 10.0, 0)
+    scheduler.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("since_probe", "runs", "adopted"),
+    [(5.0, 0, True), (59.0, 0, True), (61.0, 1, False)],
+    ids=["soon-after-a-probe", "within-the-interval", "after-the-interval"],
+)
+async def test_a_scheduled_run_adopts_a_recent_probe_run(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch, since_probe: float, runs: int, adopted: bool
+) -> None:
+    config = windows_config(tmp_path)
+    scheduler, counting = scheduler_for(config), CountingCheck()
+    counting.release.set()
+    monkeypatch.setitem(CHECKS, "auth", counting.check)
+    target = config.targets[0]
+    probed, _ = await scheduler.on_demand(target, counting.check)
+    clock.now = probed.started + since_probe
+    result = await scheduler._scheduled_result(JobSpec(target, "auth", config.interval_of(target)))
+    assert counting.runs == 1 + runs
+    assert (result is probed) is adopted
+    scheduler.shutdown()
