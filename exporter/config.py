@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import ipaddress
 import os
 import re
 from collections.abc import Iterator
@@ -20,7 +21,9 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import yaml
+from publicsuffixlist import PublicSuffixList
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -130,6 +133,45 @@ def _https_url(value: str) -> str:
 
 
 HttpsUrl = Annotated[str, BeforeValidator(lambda v: _https_url(str(v)))]
+
+_HOST_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+
+
+@functools.cache
+def _public_suffixes() -> PublicSuffixList:
+    # The list the package ships (publicsuffix.org, ICANN and private sections), read offline. A name
+    # under no listed suffix (corp, local, test) is a private namespace, not a public suffix.
+    return PublicSuffixList(accept_unknown=False)
+
+
+def _redirect_host(value: str) -> str:
+    """An ``allowed_redirect_hosts`` entry: a host name (its subdomains allowed too) or an IP address.
+
+    A public suffix (``com``, ``co.uk``, ``cloudapp.net``) is refused: anyone can register a domain
+    under it, and Autodiscover would send credentials there (the 2021 "Autodiscover leak").
+    """
+    host = value.strip().lower().rstrip(".")
+    try:
+        return str(ipaddress.ip_address(host.strip("[]")))
+    except ValueError:
+        pass
+    if host.startswith("*."):
+        raise ValueError(f"{value!r}: write the domain itself ({host[2:]}): its subdomains are allowed too")
+    try:
+        ascii_host = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        ascii_host = ""
+    if not ascii_host or not all(_HOST_LABEL.fullmatch(label) for label in ascii_host.split(".")):
+        raise ValueError(f"{value!r} is not a host name (write mail.contoso.com, not a URL)")
+    if _public_suffixes().is_public(ascii_host):
+        raise ValueError(
+            f"{value!r} is a public suffix (publicsuffix.org): anyone can register a domain under it, and "
+            "credentials would go to them; name your own domain"
+        )
+    return ascii_host
+
+
+RedirectHost = Annotated[str, AfterValidator(_redirect_host)]
 
 
 def _read_secret_file(path: str) -> str:
@@ -378,7 +420,7 @@ class Target(_Model):
     proxy_url: ProxyUrl = None
     proxy_credential: str | None = None
     protocols: tuple[AutodiscoverProtocol, ...] | None = Field(default=None, min_length=1)
-    allowed_redirect_hosts: tuple[str, ...] | None = None
+    allowed_redirect_hosts: tuple[RedirectHost, ...] | None = None
     push: Push | None = None
 
     @model_validator(mode="before")

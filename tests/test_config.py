@@ -218,9 +218,54 @@ BAD = [
         id="unknown-protocol",
     ),
     pytest.param(
+        _replace("    kind: ews", "    kind: autodiscover\n    allowed_redirect_hosts: [corp.example.com, co.uk]"),
+        "targets[0].allowed_redirect_hosts[1]",
+        "'co.uk' is a public suffix (publicsuffix.org): anyone can register a domain under it, and credentials "
+        "would go to them; name your own domain",
+        id="redirect-host-public-suffix",
+    ),
+    pytest.param(
+        _replace("    kind: ews", "    kind: autodiscover\n    allowed_redirect_hosts: [COM.]"),
+        "targets[0].allowed_redirect_hosts[0]",
+        "'COM.' is a public suffix (publicsuffix.org): anyone can register a domain under it, and credentials "
+        "would go to them; name your own domain",
+        id="redirect-host-top-level-domain",
+    ),
+    pytest.param(
+        _replace("    kind: ews", "    kind: autodiscover\n    allowed_redirect_hosts: [cloudapp.net]"),
+        "targets[0].allowed_redirect_hosts[0]",
+        "'cloudapp.net' is a public suffix (publicsuffix.org): anyone can register a domain under it, and "
+        "credentials would go to them; name your own domain",
+        id="redirect-host-private-section-suffix",
+    ),
+    pytest.param(
+        _replace("    kind: ews", "    kind: autodiscover\n    allowed_redirect_hosts: ['*.corp.example.com']"),
+        "targets[0].allowed_redirect_hosts[0]",
+        "'*.corp.example.com': write the domain itself (corp.example.com): its subdomains are allowed too",
+        id="redirect-host-wildcard",
+    ),
+    pytest.param(
+        _replace(
+            "    kind: ews", "    kind: autodiscover\n    allowed_redirect_hosts: ['https://mail.corp.example.com/']"
+        ),
+        "targets[0].allowed_redirect_hosts[0]",
+        "'https://mail.corp.example.com/' is not a host name (write mail.contoso.com, not a URL)",
+        id="redirect-host-url",
+    ),
+    pytest.param(
         "scenario: onprem-bems-hybrid\ntargets: []\n", "targets", "at least one entry is required", id="no-targets"
     ),
 ]
+
+
+def test_allowed_redirect_hosts_are_normalised(tmp_path: Path, secret_file: Path) -> None:
+    """Any case, a trailing dot, an IDN or an IP address (also bracketed): one form to compare hosts in."""
+    entries = "[Mail.Corp.Example.COM., münchen.example.de, corp, 10.0.0.5, '[2001:db8::1]']"
+    text = _replace("    kind: ews", f"    kind: autodiscover\n    allowed_redirect_hosts: {entries}")
+    target = load_config(write(tmp_path, text, secret_file)).targets[0]
+    assert target.allowed_redirect_hosts == (
+        "mail.corp.example.com", "xn--mnchen-3ya.example.de", "corp", "10.0.0.5", "2001:db8::1",
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(("text", "key", "reason"), BAD)
