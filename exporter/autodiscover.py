@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 from xml.sax.saxutils import escape
 
 from . import xmlsafe
-from .httpclient import HttpResponse, xml_document
+from .httpclient import HttpResponse, origin, xml_document
 from .results import ProbeFailure, Reason
 
 POX_PATH = "/autodiscover/autodiscover.xml"
@@ -216,23 +217,51 @@ def _text(element: ET.Element | None, name: str) -> str:
     return (child.text or "").strip() if child is not None else ""
 
 
-def host_allowed(url: str, allowed: tuple[str, ...]) -> bool:
-    """https only, to a host equal to an allowed entry or a subdomain of one."""
-    parts = urlsplit(url)
-    host = (parts.hostname or "").lower().rstrip(".")
-    if parts.scheme != "https" or not host:
-        return False
-    return any(host == entry or host.endswith("." + entry) for entry in allowed)
+# Host and port, nothing else: userinfo, a backslash or a percent-escape in the authority is where URL
+# parsers disagree on the host (urllib3 reads ``https://evil.test\\@mail.contoso.com/`` as evil.test,
+# urlsplit as mail.contoso.com), so such a URL is refused rather than judged by one parser's reading.
+_PLAIN_AUTHORITY = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[^\s@\\%:\[\]/?#]+)(?::[0-9]{1,5})?")
+_UNSAFE_CHARACTER = re.compile(r"[\s\\\x00-\x1f\x7f]")
 
 
-def default_allowed_hosts(target_url: str) -> tuple[str, ...]:
-    """The target host's parent domain (and so its subdomains); for an IP address, that address alone."""
-    host = (urlsplit(target_url).hostname or "").lower().rstrip(".")
+def comparable_host(host: str) -> str:
+    """A host as ``allowed_redirect_hosts`` entries are written: lower case, no trailing dot, IDN as A-label."""
+    host = host.lower().rstrip(".")
     try:
-        ipaddress.ip_address(host)
-        return (host,)
+        return str(ipaddress.ip_address(host))
     except ValueError:
         pass
-    labels = host.split(".")
-    # autodiscover.corp.example.com -> corp.example.com; a two-label or single-label name stays itself.
-    return (".".join(labels[1:]),) if len(labels) > 2 else (host,)
+    try:
+        return host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return ""
+
+
+def redirect_allowed(url: str, home: str, allowed: tuple[str, ...]) -> bool:
+    """Whether Autodiscover may ask ``url`` at all: over https, and at the configured origin (``home``,
+    the target's URL) or a host of ``allowed`` (an entry, or a subdomain of a name; an IP address only
+    as itself), on any port."""
+    parts = urlsplit(url)
+    if parts.scheme != "https" or _UNSAFE_CHARACTER.search(url) or not _PLAIN_AUTHORITY.fullmatch(parts.netloc):
+        return False
+    if origin(url) == origin(home):
+        return True
+    host = comparable_host(parts.hostname or "")
+    if not host:
+        return False
+    return any(host == entry or (not _is_address(entry) and host.endswith("." + entry)) for entry in allowed)
+
+
+def _is_address(entry: str) -> bool:
+    try:
+        ipaddress.ip_address(entry)
+    except ValueError:
+        return False
+    return True
+
+
+def allowed_text(home: str, allowed: tuple[str, ...]) -> str:
+    """Where redirects may go, for a message: the configured origin, then each entry."""
+    scheme, host, port = origin(home)
+    return ", ".join([f"{scheme}://{host}:{port}", *(f"{entry} (and subdomains)" if not _is_address(entry)
+                                                     else entry for entry in allowed)])  # fmt: skip

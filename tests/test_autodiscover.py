@@ -19,7 +19,7 @@ import pytest
 from checks import run
 
 from exporter import autodiscover, signin
-from exporter.config import AuthMethod, AutodiscoverProtocol, Config, load_config
+from exporter.config import AuthMethod, AutodiscoverProtocol, Config, Target, load_config
 from exporter.httpclient import HttpResponse
 from exporter.probes import autodiscover as check
 from exporter.probes.base import ProbeContext
@@ -140,13 +140,17 @@ credentials:
   app: {tenant_id: contoso.onmicrosoft.com, client_id: 11111111-2222-3333-4444-555555555555, client_secret: s}
 targets:
   - {name: pox, kind: autodiscover, exchange: onprem, url: 'https://autodiscover.corp.example.com/',
-     credential: bemsadmin, auth: [ntlm], protocols: [pox], mailboxes: [alice@corp.example.com]}
+     credential: bemsadmin, auth: [ntlm], protocols: [pox], mailboxes: [alice@corp.example.com],
+     allowed_redirect_hosts: [corp.example.com]}
   - {name: soap, kind: autodiscover, exchange: onprem, url: 'https://autodiscover.corp.example.com/',
-     credential: bemsadmin, auth: [basic], protocols: [soap], mailboxes: [alice@corp.example.com]}
+     credential: bemsadmin, auth: [basic], protocols: [soap], mailboxes: [alice@corp.example.com],
+     allowed_redirect_hosts: [corp.example.com]}
   - {name: json, kind: autodiscover, exchange: online, url: 'https://outlook.office365.com/',
-     mailboxes: [alice@corp.example.com]}
+     mailboxes: [alice@corp.example.com], allowed_redirect_hosts: [office365.com]}
   - {name: app, kind: autodiscover, exchange: online, url: 'https://autodiscover-s.outlook.com/',
-     credential: app, protocols: [soap], mailboxes: [alice@corp.example.com]}
+     credential: app, protocols: [soap], mailboxes: [alice@corp.example.com], allowed_redirect_hosts: [outlook.com]}
+  - {name: default, kind: autodiscover, exchange: onprem, url: 'https://contoso.co.uk/autodiscover/autodiscover.xml',
+     credential: bemsadmin, auth: [basic], protocols: [pox], mailboxes: [alice@corp.example.com]}
   - {name: anonymous, kind: autodiscover, exchange: onprem, url: 'https://autodiscover.corp.example.com/',
      protocols: [pox], mailboxes: [alice@corp.example.com]}
 """
@@ -160,15 +164,29 @@ ELSEWHERE = EXO_AGAIN.replace("outlook", "autodiscover-s")
 JSON_URL = "https://outlook.office365.com/autodiscover/autodiscover.json/v1.0/alice@corp.example.com?Protocol=EWS"
 
 
+# An anonymous request's 401 as the Autodiscover virtual directory sends it by default (facts file 6.1).
+CHALLENGE = answer(401, **{"WWW-Authenticate": 'Negotiate, NTLM, Basic realm="autodiscover.corp.example.com", Bearer'})
+BASIC_ONLY = answer(401, **{"WWW-Authenticate": 'Basic realm="autodiscover.attacker.test"'})  # the "switcheroo"
+
+
 @dataclass
 class Transport:
-    """Answers the exporter's requests in order, and writes down (url, address asked for, method) of each."""
+    """Answers the exporter's requests in order, and writes down (url, address asked for, method) of each.
+
+    With ``challenge``, every anonymous request is answered with it instead (and only counted in
+    ``anonymous``): a server that challenges for everything, for rows about what comes after the sign-in.
+    """
 
     answers: list[HttpResponse]
+    challenge: HttpResponse | None = None
     asked: list[tuple[str, str, AuthMethod | None]] = field(default_factory=list)
+    anonymous: list[str] = field(default_factory=list)
 
     async def send(self, _ctx: ProbeContext, _target: Any, url: str, *, method: AuthMethod | None,
                    body: bytes | None = None, **_: Any) -> HttpResponse:  # fmt: skip
+        if method is None and self.challenge is not None:
+            self.anonymous.append(url)
+            return self.challenge
         address = re.search(rb"<(?:EMailAddress|a:Mailbox)>([^<]*)<", body or b"")
         self.asked.append((url, address.group(1).decode() if address else "", method))
         if not self.answers:
@@ -255,7 +273,8 @@ ROWS = {
     "pox-redirect-url-empty": Row("pox", (OK(pox_redirect("redirectUrl", "RedirectUrl", "")),), Reason.BAD_RESPONSE,
                                   "says redirectUrl but holds no RedirectUrl"),
     "pox-redirect-url-foreign": Row("pox", (OK(pox_redirect("redirectUrl", "RedirectUrl", "https://autodiscover.example.com/a.xml")),),
-                                    Reason.REDIRECT_BLOCKED, "only https to corp.example.com is allowed"),
+                                    Reason.REDIRECT_BLOCKED, "only https to https://autodiscover.corp.example.com:443, "
+                                    "corp.example.com (and subdomains) is allowed"),
     "pox-redirect-url-to-itself": Row("pox", (OK(pox_redirect("redirectUrl", "RedirectUrl", POX_URL)),),
                                       Reason.REDIRECT_BLOCKED, "redirect loop"),
     # HTTP answers, whatever the protocol.
@@ -267,6 +286,22 @@ ROWS = {
                             Reason.REDIRECT_BLOCKED, "https://autodiscover.com.br/a.xml not followed"),
     "http-303": Row("soap", (answer(303, Location="/x.svc"), OK(SOAP_OK)), None, EXTERNAL_EWS),
     "http-308": Row("soap", (answer(308, Location="/x.svc"), OK(SOAP_OK)), None, EXTERNAL_EWS),
+    # The authority is host and port only: where parsers disagree on the host, nothing is sent.
+    "http-302-backslash-userinfo": Row("pox", (REDIRECT("https://evil.test\\@ex02.corp.example.com/a.xml"),),
+                                       Reason.REDIRECT_BLOCKED, "not followed"),
+    "http-302-userinfo": Row("pox", (REDIRECT("https://bems@ex02.corp.example.com/a.xml"),), Reason.REDIRECT_BLOCKED,
+                             "not followed"),
+    "http-302-percent-escaped-host": Row("pox", (REDIRECT("https://ex02%2ecorp.example.com/a.xml"),),
+                                         Reason.REDIRECT_BLOCKED, "not followed"),
+    # By default only the configured origin (issue 15: the parent-domain default allowed all of co.uk).
+    "default-sibling-registrant": Row("default", (REDIRECT("https://autodiscover.co.uk/autodiscover/autodiscover.xml"),),
+                                      Reason.REDIRECT_BLOCKED, "only https to https://contoso.co.uk:443 is allowed"),
+    "default-subdomain": Row("default", (OK(pox_redirect("redirectUrl", "RedirectUrl", "https://mail.contoso.co.uk/a.xml")),),
+                             Reason.REDIRECT_BLOCKED, "https://mail.contoso.co.uk/a.xml not followed"),
+    "default-other-port": Row("default", (REDIRECT("https://contoso.co.uk:8443/a.xml"),), Reason.REDIRECT_BLOCKED,
+                              "https://contoso.co.uk:8443/a.xml not followed"),
+    "default-same-origin": Row("default", (REDIRECT("https://CONTOSO.co.uk:443/other.xml"), OK(POX_OK)), None,
+                               EXTERNAL_EWS),
     "http-302-without-location": Row("pox", (answer(302),), Reason.BAD_RESPONSE, "HTTP 302 without a Location"),
     "http-401": Row("pox", (answer(401),), Reason.UNAUTHORIZED, "rejected the credentials (HTTP 401)"),
     "http-403": Row("pox", (answer(403),), Reason.FORBIDDEN, "denied access (HTTP 403)"),
@@ -336,10 +371,20 @@ def scripted(monkeypatch: pytest.MonkeyPatch, *answers: HttpResponse) -> Transpo
     return transport
 
 
+def challenged(
+    monkeypatch: pytest.MonkeyPatch, context: ProbeContext, target: Target, *answers: HttpResponse
+) -> Transport:
+    """Scripted answers to what a target sends after signing in, every anonymous request challenged."""
+    signs_in = check._method(context, target, target.autodiscover_protocols[0]) is not None
+    transport = scripted(monkeypatch, *answers)
+    transport.challenge = CHALLENGE if signs_in else None
+    return transport
+
+
 @pytest.mark.parametrize("row", ROWS.values(), ids=ROWS.keys())
 async def test_every_answer_is_classified(context: ProbeContext, monkeypatch: pytest.MonkeyPatch, row: Row) -> None:
     target = context.config.targets_by_name()[row.target]
-    transport = scripted(monkeypatch, *row.answers)
+    transport = challenged(monkeypatch, context, target, *row.answers)
     discovered = check.discover(context, target, "alice@corp.example.com", target.autodiscover_protocols[0])
     if row.reason is None:
         assert await discovered == row.message
@@ -354,11 +399,102 @@ async def test_every_answer_is_classified(context: ProbeContext, monkeypatch: py
 
 
 def test_every_reason_the_check_gives_has_a_row() -> None:
-    """The classifier's reasons, each pinned above; network, sign-in and timeouts run against the simulator."""
-    assert {row.reason for row in ROWS.values()} == {
+    """The classifier's reasons, each pinned above or in CHALLENGED_FIRST; network, sign-in and timeouts run
+    against the simulator."""
+    assert {row.reason for row in (*ROWS.values(), *CHALLENGED_FIRST.values())} == {
         None, Reason.MAILBOX_NOT_FOUND, Reason.BAD_RESPONSE, Reason.REDIRECT_BLOCKED, Reason.UNAUTHORIZED,
-        Reason.FORBIDDEN, Reason.THROTTLED,
+        Reason.FORBIDDEN, Reason.THROTTLED, Reason.METHOD_NOT_OFFERED,
     }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Asked:
+    target: str
+    answers: tuple[HttpResponse, ...]
+    reason: Reason | None  # None: the row ends with an EWS URL
+    asked: tuple[tuple[str, AuthMethod | None], ...]  # (url, method) of every request, anonymous ones included
+
+
+APP_SOAP = "https://autodiscover-s.outlook.com" + autodiscover.SOAP_PATH
+# Credentials go to an origin, the target's own too, only after its own 401 offered the method (issue 15).
+CHALLENGED_FIRST = {
+    "target-challenges-then-signed-in": Asked("soap", (CHALLENGE, OK(SOAP_OK)), None,
+                                              ((SOAP_URL, None), (SOAP_URL, AuthMethod.BASIC))),
+    "answered-without-a-challenge": Asked("pox", (OK(POX_OK),), None, ((POX_URL, None),)),
+    "refused-without-a-challenge": Asked("pox", (answer(403),), Reason.FORBIDDEN, ((POX_URL, None),)),
+    "allowed-redirect-target-challenges-anew": Asked(
+        "soap", (CHALLENGE, OK(soap(user("RedirectUrl", "", EX02 + "/a.svc"))), CHALLENGE, OK(SOAP_OK)), None,
+        ((SOAP_URL, None), (SOAP_URL, AuthMethod.BASIC), (EX02 + "/a.svc", None), (EX02 + "/a.svc", AuthMethod.BASIC))),
+    "anonymous-redirect-is-walked-anonymously": Asked(
+        "soap", (REDIRECT(EX02 + "/a.svc"), CHALLENGE, OK(SOAP_OK)), None,
+        ((SOAP_URL, None), (EX02 + "/a.svc", None), (EX02 + "/a.svc", AuthMethod.BASIC))),
+    "same-origin-is-challenged-once": Asked(
+        "soap", (CHALLENGE, REDIRECT("/x.svc"), OK(SOAP_OK)), None,
+        ((SOAP_URL, None), (SOAP_URL, AuthMethod.BASIC), (HOST + "/x.svc", AuthMethod.BASIC))),
+    "bare-401-offers-no-basic": Asked("soap", (answer(401),), Reason.METHOD_NOT_OFFERED, ((SOAP_URL, None),)),
+    "switcheroo-to-basic-gets-no-ntlm": Asked(
+        "pox", (CHALLENGE, OK(pox_redirect("redirectUrl", "RedirectUrl", EX02 + "/a.xml")), BASIC_ONLY),
+        Reason.METHOD_NOT_OFFERED, ((POX_URL, None), (POX_URL, AuthMethod.NTLM), (EX02 + "/a.xml", None))),
+    "switcheroo-to-basic-gets-no-token": Asked(
+        "app", (CHALLENGE, OK(soap(user("RedirectUrl", "", "https://eu.outlook.com/a.svc"))), BASIC_ONLY),
+        Reason.METHOD_NOT_OFFERED,
+        ((APP_SOAP, None), (APP_SOAP, AuthMethod.OAUTH), ("https://eu.outlook.com/a.svc", None))),
+    "signed-in-401-is-unauthorized": Asked("soap", (CHALLENGE, answer(401)), Reason.UNAUTHORIZED,
+                                           ((SOAP_URL, None), (SOAP_URL, AuthMethod.BASIC))),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("row", CHALLENGED_FIRST.values(), ids=CHALLENGED_FIRST.keys())
+async def test_credentials_only_after_the_origins_own_challenge(
+    context: ProbeContext, monkeypatch: pytest.MonkeyPatch, row: Asked
+) -> None:
+    target = context.config.targets_by_name()[row.target]
+    transport = scripted(monkeypatch, *row.answers)
+    discovered = check.discover(context, target, ALICE, target.autodiscover_protocols[0])
+    if row.reason is None:
+        assert await discovered == EXTERNAL_EWS
+    else:
+        with pytest.raises(ProbeFailure) as caught:
+            await discovered
+        assert caught.value.reason == row.reason, caught.value
+    assert [(url, method) for url, _, method in transport.asked] == list(row.asked)
+    assert transport.answers == []
+
+
+async def test_a_run_asks_each_origin_anonymously_once(context: ProbeContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = context.config.targets_by_name()["soap"]
+    transport = scripted(monkeypatch, CHALLENGE, OK(SOAP_OK), OK(SOAP_OK))
+    challenges: check.Challenges = {}
+    for mailbox in (ALICE, BOB):
+        assert await check.discover(context, target, mailbox, AutodiscoverProtocol.SOAP, challenges) == EXTERNAL_EWS
+    assert [method for _, _, method in transport.asked] == [None, AuthMethod.BASIC, AuthMethod.BASIC]
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed", "ok"),
+    [
+        pytest.param("https://contoso.co.uk/autodiscover/autodiscover.xml", (), True, id="the-configured-origin"),
+        pytest.param("https://Contoso.CO.uk:443/other", (), True, id="the-same-origin-spelt-otherwise"),
+        pytest.param("https://autodiscover.co.uk/", (), False, id="a-sibling-under-the-public-suffix"),
+        pytest.param("https://mail.contoso.co.uk/", (), False, id="a-subdomain-needs-an-entry"),
+        pytest.param("https://contoso.co.uk:8443/", (), False, id="another-port-is-another-origin"),
+        pytest.param("https://mail.contoso.co.uk/", ("contoso.co.uk",), True, id="an-entry-allows-its-subdomains"),
+        pytest.param("https://mail.contoso.co.uk:8443/", ("contoso.co.uk",), True, id="an-entry-allows-any-port"),
+        pytest.param("https://MAIL.contoso.co.uk./", ("contoso.co.uk",), True, id="case-and-trailing-dot"),
+        pytest.param("https://evilcontoso.co.uk/", ("contoso.co.uk",), False, id="a-suffix-is-not-a-subdomain"),
+        pytest.param("http://mail.contoso.co.uk/", ("contoso.co.uk",), False, id="plain-http"),
+        pytest.param("https://evil.test\\@mail.contoso.co.uk/", ("contoso.co.uk",), False, id="backslash-userinfo"),
+        pytest.param("https://u:p@mail.contoso.co.uk/", ("contoso.co.uk",), False, id="userinfo"),
+        pytest.param("https://mail%2econtoso.co.uk/", ("contoso.co.uk",), False, id="percent-escaped-host"),
+        pytest.param("https://10.1.2.3:8443/", ("10.1.2.3",), True, id="an-address-entry"),
+        pytest.param("https://4.10.1.2.3/", ("10.1.2.3",), False, id="an-address-has-no-subdomains"),
+        pytest.param("https://[2001:db8::1]/", ("2001:db8::1",), True, id="an-ipv6-entry"),
+        pytest.param("https://xn--mnchen-3ya.contoso.co.uk/", ("contoso.co.uk",), True, id="an-idn-host"),
+        pytest.param("https://münchen.contoso.co.uk/", ("xn--mnchen-3ya.contoso.co.uk",), True, id="an-idn-entry"),
+    ],
+)  # fmt: skip
+def test_redirect_rule(url: str, allowed: tuple[str, ...], ok: bool) -> None:
+    assert autodiscover.redirect_allowed(url, "https://contoso.co.uk/autodiscover/autodiscover.xml", allowed) is ok
 
 
 async def test_ten_redirects_are_followed_and_the_eleventh_is_not(
@@ -366,10 +502,12 @@ async def test_ten_redirects_are_followed_and_the_eleventh_is_not(
 ) -> None:
     target = context.config.targets_by_name()["pox"]
     hops = [OK(pox_redirect("redirectAddr", "RedirectAddr", f"hop{i}@corp.example.com")) for i in range(1, 11)]
-    transport = scripted(monkeypatch, *hops, OK(POX_OK))
+    transport = challenged(monkeypatch, context, target, *hops, OK(POX_OK))
     assert await check.discover(context, target, "alice@corp.example.com", AutodiscoverProtocol.POX) == EXTERNAL_EWS
     assert len(transport.asked) == 11
-    scripted(monkeypatch, *hops, OK(pox_redirect("redirectAddr", "RedirectAddr", "hop11@corp.example.com")))
+    challenged(
+        monkeypatch, context, target, *hops, OK(pox_redirect("redirectAddr", "RedirectAddr", "hop11@corp.example.com"))
+    )
     with pytest.raises(ProbeFailure) as caught:
         await check.discover(context, target, "alice@corp.example.com", AutodiscoverProtocol.POX)
     assert (caught.value.reason, caught.value.message) == (Reason.REDIRECT_BLOCKED, "more than 10 redirects")
@@ -389,7 +527,7 @@ async def test_how_each_target_signs_in(
     context: ProbeContext, monkeypatch: pytest.MonkeyPatch, target: str, method: AuthMethod | None
 ) -> None:
     configured = context.config.targets_by_name()[target]
-    transport = scripted(monkeypatch, answer(401))
+    transport = challenged(monkeypatch, context, configured, answer(401))
     with pytest.raises(ProbeFailure):
         await check.discover(context, configured, "alice@corp.example.com", configured.autodiscover_protocols[0])
     assert [m for _, _, m in transport.asked] == [method]
@@ -400,7 +538,7 @@ async def test_the_method_the_auth_check_found_working_is_used(
 ) -> None:
     target = context.config.targets_by_name()["soap"]  # configured: basic
     context.resources.working_methods["soap"] = AuthMethod.NTLM
-    transport = scripted(monkeypatch, OK(SOAP_OK))
+    transport = challenged(monkeypatch, context, target, OK(SOAP_OK))
     await check.discover(context, target, ALICE, AutodiscoverProtocol.SOAP)
     assert [m for _, _, m in transport.asked] == [AuthMethod.NTLM]
 
@@ -416,7 +554,7 @@ async def test_forbidden_hint_follows_the_sign_in(
     context: ProbeContext, monkeypatch: pytest.MonkeyPatch, target: str, hint: str
 ) -> None:
     configured = context.config.targets_by_name()[target]
-    scripted(monkeypatch, answer(403))
+    challenged(monkeypatch, context, configured, answer(403))
     with pytest.raises(ProbeFailure) as caught:
         await check.discover(context, configured, "alice@corp.example.com", configured.autodiscover_protocols[0])
     assert hint in caught.value.hint

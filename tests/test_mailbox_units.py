@@ -456,32 +456,3 @@ def test_autodiscover_readers() -> None:
     assert autodiscover.read_json(answer(200, json_answer)).ews_url.endswith("/EWS/Exchange.asmx")
     with pytest.raises(ProbeFailure):
         autodiscover.read_json(answer(200, b"{}"))
-
-
-@pytest.mark.parametrize(
-    ("target", "allowed"),
-    [
-        ("https://autodiscover.corp.example.com/autodiscover/autodiscover.xml", ("corp.example.com",)),
-        ("https://corp.example.com/", ("example.com",)),
-        ("https://example.com/", ("example.com",)),
-        ("https://localhost:8443/", ("localhost",)),
-        ("https://10.1.2.3/autodiscover/", ("10.1.2.3",)),
-    ],
-)
-def test_default_redirect_hosts(target: str, allowed: tuple[str, ...]) -> None:
-    assert autodiscover.default_allowed_hosts(target) == allowed
-
-
-@pytest.mark.parametrize(
-    ("url", "ok"),
-    [
-        ("https://mail.corp.example.com/autodiscover/autodiscover.xml", True),
-        ("https://corp.example.com/autodiscover/autodiscover.xml", True),
-        ("http://mail.corp.example.com/autodiscover/autodiscover.xml", False),  # plain HTTP
-        ("https://autodiscover.example.com/autodiscover/autodiscover.xml", False),  # the parent's parent: the leak
-        ("https://evilcorp.example.com/", False),  # a suffix, not a subdomain
-        ("https://autodiscover.com.br/autodiscover/autodiscover.xml", False),
-    ],
-)
-def test_redirect_host_rule(url: str, ok: bool) -> None:
-    assert autodiscover.host_allowed(url, ("corp.example.com",)) is ok

@@ -134,10 +134,17 @@ async def _send(
     )
 
 
+def offers(method: AuthMethod, offered: set[str]) -> bool:
+    """Whether a 401 that offered ``offered`` asked for ``method``'s credentials.
+
+    Basic and NTLM go only where the server asked for them (Basic would otherwise put the password on
+    the wire unasked); a bearer token is tried unless the server advertises other schemes only.
+    """
+    return bool(_WANTED[method] & offered) or (method == AuthMethod.OAUTH and not offered)
+
+
 def _require_offered(method: AuthMethod, offered: set[str]) -> None:
-    # Basic and NTLM go only where the server asked for them (Basic would otherwise put the password on
-    # the wire unasked); a bearer token is tried unless the server advertises other schemes only.
-    if _WANTED[method] & offered or (method == AuthMethod.OAUTH and not offered):
+    if offers(method, offered):
         return
     raise ProbeFailure(
         Reason.METHOD_NOT_OFFERED,

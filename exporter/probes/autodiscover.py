@@ -2,9 +2,15 @@
 (``pox``, ``soap``, ``json``), and the URL is the configured EWS endpoint of the same Exchange side.
 
 Redirects (HTTP 302, ``redirectAddr``/``redirectUrl``, SOAP ``RedirectAddress``/``RedirectUrl``) are
-followed up to 10 hops, over HTTPS only, and only to hosts in ``allowed_redirect_hosts`` (default: the
-target host's parent domain and its subdomains). Anything else is not followed and no credentials go
-there (``redirect_blocked``): the 2021 "Autodiscover leak" came from clients that did.
+followed up to 10 hops, over HTTPS only, and only to the target's own origin or a host in
+``allowed_redirect_hosts`` (an entry or its subdomains; never a public suffix, config.py). Anything
+else is not followed and nothing is sent there (``redirect_blocked``): the 2021 "Autodiscover leak"
+came from clients that did. A new address starts over at the target's own URL.
+
+Credentials go to an origin, the target's own included, only after that origin's own 401 offered the
+method: the first request there is anonymous (exchangelib's discovery also asks redirect targets
+unauthenticated first). A server that answers without a challenge gets no credentials, and one that
+challenges for another method (the leak's Basic "switcheroo") gets ``method_not_offered``.
 """
 
 from __future__ import annotations
@@ -16,9 +22,10 @@ from .. import autodiscover as protocol
 from .. import signin
 from ..config import AuthMethod, AutodiscoverProtocol, Config, EntraCredential, Kind, Target
 from ..entra import Resource
-from ..httpclient import HttpResponse
+from ..httpclient import HttpResponse, origin
 from ..metrics import MetricSpec
 from ..results import CheckResult, ProbeFailure, Reason
+from .auth import offered_methods, offers
 from .base import Check, ProbeContext
 from .mailboxes import Unit, each
 
@@ -35,6 +42,11 @@ URL_MATCH = MetricSpec(
     "bems_autodiscover_ews_url_match",
     "1 if every EWS URL Autodiscover returned for the mailbox is a configured EWS target of the same side.",
     labels=("mailbox",),
+)
+METHOD_HINT = (
+    "the Autodiscover server did not ask for the method the target signs in with: check the Autodiscover virtual "
+    "directory's authentication (Get-AutodiscoverVirtualDirectory | fl *Authentication) and where Autodiscover "
+    "redirects; a host that asks for Basic instead of NTLM or OAuth is how credentials are phished"
 )
 REDIRECT_HINT = (
     "Autodiscover sent the exporter somewhere it was not allowed to go: check the Autodiscover DNS records and "
@@ -63,9 +75,19 @@ def normalized(url: str) -> tuple[str, str, int, str]:
     return parts.scheme.lower(), (parts.hostname or "").lower(), parts.port or 443, parts.path.rstrip("/").lower()
 
 
-async def discover(ctx: ProbeContext, target: Target, mailbox: str, kind: AutodiscoverProtocol) -> str:
-    """Follow Autodiscover from the target to an EWS URL, within the redirect rules."""
-    allowed = target.allowed_redirect_hosts or protocol.default_allowed_hosts(target.url)
+# What each origin's 401 offered (WWW-Authenticate schemes), learnt in one check run.
+Challenges = dict[tuple[str, str, int], set[str]]
+
+
+async def discover(
+    ctx: ProbeContext, target: Target, mailbox: str, kind: AutodiscoverProtocol, challenges: Challenges | None = None
+) -> str:
+    """Follow Autodiscover from the target to an EWS URL, within the redirect rules.
+
+    ``challenges`` is shared by a run's mailboxes and protocols, so each origin is asked anonymously once.
+    """
+    allowed = target.allowed_redirect_hosts or ()
+    challenges = {} if challenges is None else challenges
     method = _method(ctx, target, kind)
     address, url = mailbox, protocol.endpoint(kind, target.url, mailbox)
     seen: set[tuple[str, str]] = set()
@@ -73,13 +95,14 @@ async def discover(ctx: ProbeContext, target: Target, mailbox: str, kind: Autodi
         if (url, address) in seen:
             raise ProbeFailure(Reason.REDIRECT_BLOCKED, f"redirect loop at {url} for {address}", REDIRECT_HINT)
         seen.add((url, address))
-        if not protocol.host_allowed(url, allowed):
+        if not protocol.redirect_allowed(url, target.url, allowed):
             raise ProbeFailure(
                 Reason.REDIRECT_BLOCKED,
-                f"redirect to {url} not followed: only https to {', '.join(allowed)} is allowed",
+                f"redirect to {url} not followed: only https to {protocol.allowed_text(target.url, allowed)} "
+                "is allowed",
                 REDIRECT_HINT,
             )
-        response = await _ask(ctx, target, url, address, kind, method)
+        response = await _challenged_first(ctx, target, url, address, kind, method, challenges)
         if response.status in (301, 302, 303, 307, 308):
             location = response.header("Location")
             if not location:
@@ -122,6 +145,29 @@ def _forbidden_hint(method: AuthMethod | None) -> str:
     return "check the Autodiscover virtual directory's authentication and the account's rights to the mailbox"
 
 
+async def _challenged_first(
+    ctx: ProbeContext, target: Target, url: str, address: str, kind: AutodiscoverProtocol, method: AuthMethod | None,
+    challenges: Challenges,
+) -> HttpResponse:  # fmt: skip
+    """The request with ``method``'s credentials, once the URL's origin has challenged for them."""
+    if method is None:
+        return await _ask(ctx, target, url, address, kind, None)
+    where = origin(url)
+    if where not in challenges:
+        anonymous = await _ask(ctx, target, url, address, kind, None)
+        if anonymous.status != 401:
+            return anonymous  # answered, refused or redirected without a sign-in: nothing to sign in to
+        challenges[where] = offered_methods(anonymous)
+    if not offers(method, challenges[where]):
+        offered = ", ".join(sorted(challenges[where])) or "no method"
+        raise ProbeFailure(
+            Reason.METHOD_NOT_OFFERED,
+            f"{url} does not offer {method.value} (it offers {offered}): no credentials sent",
+            METHOD_HINT,
+        )
+    return await _ask(ctx, target, url, address, kind, method)
+
+
 async def _ask(
     ctx: ProbeContext, target: Target, url: str, address: str, kind: AutodiscoverProtocol, method: AuthMethod | None
 ) -> HttpResponse:
@@ -137,17 +183,18 @@ async def _ask(
 
 
 async def _attempt(ctx: ProbeContext, target: Target, mailbox: str, kind: AutodiscoverProtocol,
-                   found: dict[str, set[str]]) -> str:  # fmt: skip
-    url = await discover(ctx, target, mailbox, kind)
+                   found: dict[str, set[str]], challenges: Challenges) -> str:  # fmt: skip
+    url = await discover(ctx, target, mailbox, kind, challenges)
     found.setdefault(mailbox, set()).add(url)
     return f"EWS at {url}"
 
 
 async def probe(target: Target, ctx: ProbeContext) -> CheckResult:
     found: dict[str, set[str]] = {}
+    challenges: Challenges = {}
     units = [
         Unit(f"{kind.value} Autodiscover for {mailbox}", {"mailbox": mailbox, "protocol": kind.value},
-             partial(_attempt, ctx, target, mailbox, kind, found))
+             partial(_attempt, ctx, target, mailbox, kind, found, challenges))
         for mailbox in target.mailboxes
         for kind in target.autodiscover_protocols
     ]  # fmt: skip
