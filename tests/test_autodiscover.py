@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
+import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +18,8 @@ from typing import Any
 from xml.etree import ElementTree
 
 import pytest
+import yaml
+from aiohttp import web
 from checks import run
 
 from exporter import autodiscover, signin
@@ -25,7 +29,9 @@ from exporter.probes import autodiscover as check
 from exporter.probes.base import ProbeContext
 from exporter.resources import Resources
 from exporter.results import ProbeFailure, Reason, Recorder
-from exporter.simulator.server import Simulator
+from exporter.simulator.endpoint import bind_loopback_socket
+from exporter.simulator.server import NOMINAL_HOSTS, Simulator
+from exporter.simulator.serving import serve_app
 
 SAMPLES = Path(__file__).parent / "microsoft_samples"
 POX_NS = "http://schemas.microsoft.com/exchange/autodiscover/responseschema/2006"
@@ -166,7 +172,7 @@ JSON_URL = "https://outlook.office365.com/autodiscover/autodiscover.json/v1.0/al
 
 # An anonymous request's 401 as the Autodiscover virtual directory sends it by default (facts file 6.1).
 CHALLENGE = answer(401, **{"WWW-Authenticate": 'Negotiate, NTLM, Basic realm="autodiscover.corp.example.com", Bearer'})
-BASIC_ONLY = answer(401, **{"WWW-Authenticate": 'Basic realm="autodiscover.attacker.test"'})  # the "switcheroo"
+BASIC_ONLY = answer(401, **{"WWW-Authenticate": 'Basic realm="autodiscover.co.uk"'})  # the "switcheroo"
 
 
 @dataclass
@@ -625,3 +631,127 @@ async def test_network_and_sign_in_failures(simulator: Simulator, tmp_path: Path
     result = await run(config, config.targets_by_name()["onprem-autodiscover"], "autodiscover")
     assert result.reason == fault.reason, result
     assert result.steps and not any(step.ok for step in result.steps)
+
+
+# --- The trap: a 302 to a stranger's host under the same public suffix (issue 15, item 2) ----------------
+
+TRAP_HOST, SIBLING_HOST = NOMINAL_HOSTS["foreign"], "contoso.co.uk"  # autodiscover.co.uk beside contoso.co.uk
+
+
+@pytest.fixture
+def loopback_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """contoso.co.uk and autodiscover.co.uk resolve to 127.0.0.1, for aiohttp and requests alike (both ask
+    socket.getaddrinfo); the connections, TLS and certificate checks are real."""
+    resolve = socket.getaddrinfo
+
+    def on_loopback(host: Any, *args: Any, **kwargs: Any) -> Any:
+        loopback = isinstance(host, str) and host.lower().rstrip(".") in {TRAP_HOST, SIBLING_HOST}
+        return resolve("127.0.0.1" if loopback else host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", on_loopback)
+
+
+class Redirector:
+    """contoso.co.uk's Autodiscover, redirecting to the trap: before any sign-in, or after one (a 401 offering
+    Basic and Bearer first, then a 302 for any request with credentials), as a hijacked DNS record or a
+    compromised front end would."""
+
+    def __init__(self, location: str, challenge_first: bool) -> None:
+        self.location, self.challenge_first = location, challenge_first
+        self.authorizations: list[str | None] = []
+        self.port = 0
+
+    async def answer(self, request: web.Request) -> web.Response:
+        await request.read()
+        self.authorizations.append(request.headers.get("Authorization"))
+        if self.challenge_first and "Authorization" not in request.headers:
+            response = web.Response(status=401)
+            response.headers.add("WWW-Authenticate", f'Basic realm="{SIBLING_HOST}"')
+            response.headers.add("WWW-Authenticate", "Bearer")
+            return response
+        return web.Response(status=302, headers={"Location": self.location})
+
+
+@pytest.fixture
+async def redirector(simulator: Simulator, tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Redirector]:
+    trap_port = simulator.endpoints["foreign"].port
+    redirector = Redirector(f"https://{TRAP_HOST}:{trap_port}{autodiscover.POX_PATH}", request.param)
+    cert, key = simulator.issue_certificate([SIBLING_HOST], ["127.0.0.1"])
+    (tmp_path / "sibling.pem").write_bytes(cert + key)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tmp_path / "sibling.pem")
+    app = web.Application()
+    app.router.add_route("*", "/{path:.*}", redirector.answer)
+    sock = bind_loopback_socket("127.0.0.1", 0)
+    redirector.port = sock.getsockname()[1]
+    runner = await serve_app(app, sock, context)
+    try:
+        yield redirector
+    finally:
+        await runner.cleanup()
+
+
+SIGN_INS = {
+    "basic": {"credential": "bemsadmin", "auth": ["basic"], "exchange": "onprem", "protocols": ["pox"]},
+    "ntlm": {"credential": "bemsadmin", "auth": ["ntlm"], "exchange": "onprem", "protocols": ["pox"]},
+    "oauth": {"credential": "entra-app", "exchange": "online", "protocols": ["soap"]},
+}
+
+
+def sibling_config(simulator: Simulator, tmp_path: Path, port: int, sign_in: str, allowed: list[str] | None) -> Config:
+    written = yaml.safe_load(simulator.write_exporter_config(tmp_path / "sim.yml").read_text())
+    target = {"name": "sibling", "kind": "autodiscover", "url": f"https://{SIBLING_HOST}:{port}{autodiscover.POX_PATH}",
+              "mailboxes": ["alice@contoso.co.uk"], **SIGN_INS[sign_in]}  # fmt: skip
+    if allowed is not None:
+        target["allowed_redirect_hosts"] = allowed
+    path = tmp_path / "sibling.yml"
+    path.write_text(yaml.safe_dump({**written, "targets": [target]}))
+    return load_config(path)
+
+
+@pytest.mark.usefixtures("loopback_names")
+@pytest.mark.parametrize(
+    ("sign_in", "redirector"),
+    [
+        pytest.param("basic", False, id="basic-redirect-before-sign-in"),
+        pytest.param("basic", True, id="basic-redirect-after-sign-in"),
+        # The redirector speaks no NTLM handshake: NTLM is proven by the redirect before the sign-in.
+        pytest.param("ntlm", False, id="ntlm-redirect-before-sign-in"),
+        pytest.param("oauth", False, id="oauth-redirect-before-sign-in"),
+        pytest.param("oauth", True, id="oauth-redirect-after-sign-in"),
+    ],
+    indirect=["redirector"],
+)
+async def test_a_sibling_registrant_under_the_public_suffix_gets_nothing(
+    simulator: Simulator, tmp_path: Path, redirector: Redirector, sign_in: str
+) -> None:
+    """The issue's reproduction: contoso.co.uk redirects to autodiscover.co.uk. The old default (the parent
+    domain, co.uk) followed, and the trap got the Basic password or the bearer token; now nothing reaches it."""
+    config = sibling_config(simulator, tmp_path, redirector.port, sign_in, allowed=None)
+    result = await run(config, config.targets[0], "autodiscover")
+    assert result.reason == Reason.REDIRECT_BLOCKED, result
+    assert simulator.foreign.requests == []  # not a request, let alone an Authorization header
+    # contoso.co.uk itself is the configured host: asked anonymously first, signed in once it challenged.
+    assert redirector.authorizations[0] is None
+    assert len(redirector.authorizations) == (2 if redirector.challenge_first else 1)
+
+
+@pytest.mark.usefixtures("loopback_names")
+@pytest.mark.parametrize("redirector", [False], ids=["redirect-before-sign-in"], indirect=True)
+@pytest.mark.parametrize(
+    ("sign_in", "reason", "authorized"),
+    [
+        pytest.param("basic", Reason.UNAUTHORIZED, [False, True], id="basic-after-its-challenge"),
+        pytest.param("ntlm", Reason.METHOD_NOT_OFFERED, [False], id="ntlm-never-for-a-basic-challenge"),
+        pytest.param("oauth", Reason.METHOD_NOT_OFFERED, [False], id="no-token-for-a-basic-challenge"),
+    ],
+)
+async def test_an_allowed_redirect_target_is_asked_anonymously_first(
+    simulator: Simulator, tmp_path: Path, redirector: Redirector, sign_in: str, reason: Reason, authorized: list[bool]
+) -> None:
+    """Listed in allowed_redirect_hosts, the trap is asked, but anonymously first: Basic goes only after its own
+    Basic challenge (the entry says it is trusted), and its "switcheroo" gets neither NTLM nor a token."""
+    config = sibling_config(simulator, tmp_path, redirector.port, sign_in, allowed=[TRAP_HOST])
+    result = await run(config, config.targets[0], "autodiscover")
+    assert result.reason == reason, result
+    assert [r.authorization is not None for r in simulator.foreign.requests] == authorized

@@ -94,7 +94,7 @@ async def test_every_endpoint_completes_a_verified_handshake(simulator: Simulato
     finally:
         writer.close()
         await writer.wait_closed()
-    assert alternative_names == {("DNS", "autodiscover.attacker.test"), ("IP Address", "127.0.0.1")}
+    assert alternative_names == {("DNS", "autodiscover.co.uk"), ("IP Address", "127.0.0.1")}
 
 
 async def test_landing_page_names_the_endpoint(simulator: Simulator) -> None:

@@ -503,7 +503,7 @@ async def test_autodiscover_redirects_and_the_foreign_host(client: Client) -> No
 
     # The foreign host challenges for Basic and records whether credentials came.
     reply = await client.request("POST", redirect_url, data=pox_request(ALICE))
-    assert (reply.status, reply.headers["WWW-Authenticate"]) == (401, 'Basic realm="autodiscover.attacker.test"')
+    assert (reply.status, reply.headers["WWW-Authenticate"]) == (401, 'Basic realm="autodiscover.co.uk"')
     leaked = aiohttp.encode_basic_auth("CORP\\BEMSAdmin", "leaked")
     await client.request("GET", foreign + "/?x=1", headers={"Authorization": leaked})
     assert [(r.method, r.path, r.authorization is not None) for r in sim.foreign.requests] == [

@@ -3,8 +3,10 @@
 It answers every request with a Basic challenge, the "switcheroo" that talks clients out of NTLM or
 OAuth and into sending a password, and records each request and the ``Authorization`` header it
 carried, so a test can prove that a redirect to it leaked nothing. Its certificate is issued by the
-simulator's trusted CA for the loopback address (the host is reached as ``https://127.0.0.1:PORT``, a
-different host from ``localhost``): TLS succeeds, so only a client's own rules keep it away.
+simulator's trusted CA for the loopback address and for its nominal name ``autodiscover.co.uk``, a
+stranger's domain beside any ``contoso.co.uk`` under the public suffix ``co.uk`` (the host is reached as
+``https://127.0.0.1:PORT``, a different host from ``localhost``, or by that name where a test makes it
+resolve to loopback): TLS succeeds, so only a client's own rules keep it away.
 """
 
 from __future__ import annotations

@@ -59,7 +59,9 @@ NOMINAL_HOSTS = {
     "online-autodiscover": "autodiscover-s.outlook.test",
     "graph": "graph.microsoft.test",
     "entra": "login.microsoftonline.test",
-    FOREIGN_ENDPOINT: "autodiscover.attacker.test",
+    # A registrable domain under a public suffix, as autodiscover.com.br and the like were in the 2021 leak:
+    # a sibling of any contoso.co.uk, on a name that some stranger may register (facts file 4.4).
+    FOREIGN_ENDPOINT: "autodiscover.co.uk",
     # BEMS's own host, whose notification URL Graph calls (through BEMS's reverse proxy).
     "bems": "bems.corp.example.test",
 }
