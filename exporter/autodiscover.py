@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 from xml.sax.saxutils import escape
 
 from . import xmlsafe
-from .httpclient import HttpResponse, origin, xml_document
+from .httpclient import HttpResponse, origin, plain_authority, xml_document
 from .results import ProbeFailure, Reason
 
 POX_PATH = "/autodiscover/autodiscover.xml"
@@ -217,13 +216,6 @@ def _text(element: ET.Element | None, name: str) -> str:
     return (child.text or "").strip() if child is not None else ""
 
 
-# Host and port, nothing else: userinfo, a backslash or a percent-escape in the authority is where URL
-# parsers disagree on the host (urllib3 reads ``https://evil.test\\@mail.contoso.com/`` as evil.test,
-# urlsplit as mail.contoso.com), so such a URL is refused rather than judged by one parser's reading.
-_PLAIN_AUTHORITY = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[^\s@\\%:\[\]/?#]+)(?::[0-9]{1,5})?")
-_UNSAFE_CHARACTER = re.compile(r"[\s\\\x00-\x1f\x7f]")
-
-
 def comparable_host(host: str) -> str:
     """A host as ``allowed_redirect_hosts`` entries are written: lower case, no trailing dot, IDN as A-label."""
     host = host.lower().rstrip(".")
@@ -242,7 +234,7 @@ def redirect_allowed(url: str, home: str, allowed: tuple[str, ...]) -> bool:
     the target's URL) or a host of ``allowed`` (an entry, or a subdomain of a name; an IP address only
     as itself), on any port."""
     parts = urlsplit(url)
-    if parts.scheme != "https" or _UNSAFE_CHARACTER.search(url) or not _PLAIN_AUTHORITY.fullmatch(parts.netloc):
+    if parts.scheme != "https" or not plain_authority(url):
         return False
     if origin(url) == origin(home):
         return True

@@ -12,6 +12,7 @@ a hostile or broken server costs a bounded amount of memory and time.
 from __future__ import annotations
 
 import errno
+import re
 import ssl
 import time
 import xml.etree.ElementTree as ET
@@ -59,6 +60,18 @@ def origin(url: str) -> tuple[str, str, int]:
     return parts.scheme, (parts.hostname or "").lower(), parts.port or (443 if parts.scheme == "https" else 80)
 
 
+# Host and port, nothing else: userinfo, a backslash or a percent-escape in the authority is where URL
+# parsers disagree on the host (urllib3 reads ``https://evil.test\\@mail.contoso.com/`` as evil.test,
+# urlsplit as mail.contoso.com), so such a URL is refused rather than judged by one parser's reading.
+_PLAIN_AUTHORITY = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[^\s@\\%:\[\]/?#]+)(?::[0-9]{1,5})?")
+_UNSAFE_CHARACTER = re.compile(r"[\s\\\x00-\x1f\x7f]")
+
+
+def plain_authority(url: str) -> bool:
+    """Whether ``url`` names its host in a way every parser reads alike: host and port, nothing more."""
+    return not _UNSAFE_CHARACTER.search(url) and bool(_PLAIN_AUTHORITY.fullmatch(urlsplit(url).netloc))
+
+
 def redirect_target(response: HttpResponse, home: str) -> str | None:
     """For a 3xx answer, the URL to follow with credentials, or ProbeFailure(redirect_blocked).
 
@@ -71,7 +84,7 @@ def redirect_target(response: HttpResponse, home: str) -> str | None:
     if not location:
         raise ProbeFailure(Reason.BAD_RESPONSE, f"HTTP {response.status} without a Location header")
     target = urljoin(response.url, location)
-    if origin(target) != origin(home):
+    if origin(target) != origin(home) or not plain_authority(target):
         raise ProbeFailure(
             Reason.REDIRECT_BLOCKED,
             f"redirected to {_origin_text(target)}: not followed, credentials are only sent to {_origin_text(home)}",

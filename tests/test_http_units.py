@@ -140,6 +140,10 @@ def test_same_origin_redirects_are_followed(location: str, followed: str) -> Non
         "https://evil.example.net/EWS/Exchange.asmx",  # another host
         "https://mail.corp.example.com:8443/EWS/Exchange.asmx",  # another port
         "//evil.example.net/x",  # scheme-relative
+        # Same origin to urlsplit, evil.example.net to urllib3 (requests, NTLM): refused, not judged (issue 15).
+        "https://evil.example.net\\@mail.corp.example.com/EWS/Exchange.asmx",
+        "https://bems@mail.corp.example.com/EWS/Exchange.asmx",  # userinfo
+        "https://mail%2ecorp.example.com/EWS/Exchange.asmx",  # a percent-escaped host
     ],
 )
 def test_other_redirects_are_blocked(location: str) -> None:
