@@ -348,6 +348,9 @@ class Limits(_Model):
     # Consecutive HTTP 401 sign-ins of a Windows credential after which it is not sent (see suspension.py):
     # well under any AD lockout threshold (Microsoft's baseline: 10), so the exporter never locks the account.
     suspend_after_unauthorized: int = Field(default=3, ge=1, le=100)
+    # While suspended, one sign-in per this interval (never more often than the credential's checks run):
+    # 3 + 1 in flight + 15 min / 5 min = 7 bad passwords in AD's 15-minute window, under its baseline of 10.
+    suspended_retry_interval: Duration = timedelta(minutes=5)
 
 
 class Push(_Model):

@@ -11,7 +11,7 @@
   the app on the host. The account is shared with production BEMS, whose own budget the exporter must
   not eat.
 - Suspension: after repeated HTTP 401s to Basic or NTLM the credential is not sent (``suspension.py``),
-  so a changed password cannot lock the account out; each check run may still try once.
+  so a changed password cannot lock the account out; one sign-in per retry interval still tries it.
 """
 
 from __future__ import annotations
@@ -130,18 +130,15 @@ async def send(
 
 
 def check_suspension(ctx: ProbeContext, credential: str) -> None:
-    """ProbeFailure(unauthorized) while ``credential`` is suspended, unless this run still has its one try."""
+    """ProbeFailure(unauthorized) while ``credential`` is suspended, but for one sign-in per retry interval."""
     suspensions = ctx.resources.suspensions
-    if not suspensions.suspended(credential):
-        return
-    if ctx.trial_sign_in:
-        ctx.trial_sign_in = False
+    if not suspensions.suspended(credential) or suspensions.claim_trial(credential):
         return
     raise ProbeFailure(
         Reason.UNAUTHORIZED,
         f"not sent: {credential} is suspended after {suspensions.unauthorized_in_a_row(credential)} sign-ins in a "
         f"row answered HTTP 401 (limits.suspend_after_unauthorized: {suspensions.threshold}), so that the exporter "
-        "cannot lock the account out; each check run tries it once",
+        f"cannot lock the account out; one sign-in every {suspensions.retry_seconds(credential):g} s still tries it",
         SUSPENDED_HINT,
     )
 

@@ -1,5 +1,5 @@
 """/probe cannot lock out the BEMS account (issue 15, item 1): one run per check at a time and per interval,
-and a credential answered 401 too often is not sent until the next run of each check.
+and a credential answered 401 too often is not sent but once per retry interval.
 
 The proof is the simulator's own log of failed logons (what Active Directory counts towards its lockout
 threshold): after a password change, 16 clients looping on /probe cost no more failed logons than the
@@ -117,6 +117,9 @@ async def test_probe_flood_after_a_password_change_costs_a_bounded_number_of_fai
     simulator: Simulator, tmp_path: Path
 ) -> None:
     config_file = simulator.write_exporter_config(tmp_path / "bems.yml", interval=f"{INTERVAL:g}s", timeout="3s")
+    data = yaml.safe_load(config_file.read_text())
+    data["limits"] = {"suspended_retry_interval": f"{INTERVAL:g}s"}  # as short as the checks' interval
+    config_file.write_text(yaml.safe_dump(data))
     simulator.set_account_fault("wrong_password")  # changed in AD; the exporter still has the old password
     exporter = Exporter(str(config_file))
     exporter.load()
@@ -144,12 +147,13 @@ async def test_probe_flood_after_a_password_change_costs_a_bounded_number_of_fai
         await exporter.stop()
 
     # N in a row before the suspension, plus what was already in flight (one per concurrent check of the
-    # credential), then one try per run of each check that signs in, at most one run per interval (+1 for a
-    # run in flight at either end of the flood). No term depends on the number of clients.
+    # credential), then one sign-in per retry interval (+1 for one in flight at either end of the flood). No
+    # term depends on the number of clients, nor on how many checks sign in with the credential.
     threshold = config.limits.suspend_after_unauthorized
     in_flight = config.limits.per_credential_concurrency
-    runs_per_job = math.floor(elapsed / INTERVAL) + 2
-    bound = threshold + in_flight - 1 + signing_in_jobs(config, "bemsadmin") * runs_per_job
+    trials = math.floor(elapsed / config.limits.suspended_retry_interval.total_seconds()) + 2
+    bound = threshold + in_flight - 1 + trials
+    assert signing_in_jobs(config, "bemsadmin") > 1, "the bound must not grow with the checks: have several"
     assert threshold <= failed <= bound, (failed, bound, elapsed)
     assert any(age is not None for age in cached), "no /probe answer was marked as cached"
     assert value(samples, "bems_credential_suspended", credential="bemsadmin") == 1
@@ -158,6 +162,9 @@ async def test_probe_flood_after_a_password_change_costs_a_bounded_number_of_fai
 
 async def test_a_fixed_password_is_noticed_at_the_next_scheduled_run(simulator: Simulator, tmp_path: Path) -> None:
     config_file = simulator.write_exporter_config(tmp_path / "bems.yml", interval="1s", timeout="1s")
+    data = yaml.safe_load(config_file.read_text())
+    data["limits"] = {"suspended_retry_interval": "1s"}
+    config_file.write_text(yaml.safe_dump(data))
     simulator.set_account_fault("wrong_password")
     exporter = Exporter(str(config_file))
     exporter.load()
@@ -241,30 +248,63 @@ def test_a_reload_that_changes_the_password_lifts_the_suspension(
     assert suspensions.suspended("bemsadmin") is suspended
 
 
-def test_a_suspended_credential_is_tried_once_per_run_then_not_sent(tmp_path: Path) -> None:
-    config = windows_config(tmp_path)
+def test_a_suspended_credential_is_tried_once_per_retry_interval_then_not_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = windows_config(tmp_path)  # interval 60 s (the default), suspended_retry_interval 5 m (the default)
     resources = Resources()
     resources.suspensions.configure(config)
     for _ in range(3):
         resources.suspensions.observe("bemsadmin", unauthorized=True)
-    for _run in range(2):  # every run gets its one try, and only one
+    now = [1000.0]
+    monkeypatch.setattr("exporter.suspension.time.monotonic", lambda: now[0])
+    for offset, sent in [(0, True), (1, False), (299, False), (300, True), (301, False), (600, True)]:
+        now[0] = 1000.0 + offset
         ctx = ProbeContext.for_target(config, config.targets[0], "auth", resources)
-        check_suspension(ctx, "bemsadmin")
+        if sent:
+            check_suspension(ctx, "bemsadmin")
+            continue
         with pytest.raises(ProbeFailure) as refused:
             check_suspension(ctx, "bemsadmin")
         assert refused.value.reason == Reason.UNAUTHORIZED
         assert refused.value.message.startswith("not sent: bemsadmin is suspended after 3 sign-ins in a row")
+        assert "one sign-in every 300 s still tries it" in refused.value.message
         assert "reload" in refused.value.hint
-    assert "old" not in refused.value.message
+        assert "old" not in refused.value.message
 
 
-def test_a_credential_in_good_standing_keeps_its_try(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("interval", "retry", "expected"),
+    [("60s", None, 300.0), ("60s", "30s", 60.0), ("10m", None, 600.0), ("1s", "1s", 1.0)],
+    ids=["default", "never-faster-than-the-checks", "checks-slower-than-the-default", "short"],
+)
+def test_the_retry_interval_is_the_configured_one_or_the_checks_interval(
+    tmp_path: Path, interval: str, retry: str | None, expected: float
+) -> None:
+    path = tmp_path / "retry.yml"
+    data = {
+        "scenario": "onprem-bems-hybrid",
+        "defaults": {"interval": interval, "timeout": "1s"},
+        "credentials": {"bemsadmin": {"username": "CORP\\BEMSAdmin", "password": "old"}},
+        "targets": [
+            {"name": "ews", "kind": "ews", "exchange": "onprem", "url": "https://mail.contoso.test/EWS/Exchange.asmx",
+             "credential": "bemsadmin", "auth": ["basic"]},
+        ],
+    }  # fmt: skip
+    if retry is not None:
+        data["limits"] = {"suspended_retry_interval": retry}
+    path.write_text(yaml.safe_dump(data))
+    suspensions = Suspensions()
+    suspensions.configure(load_config(str(path)))
+    assert suspensions.retry_seconds("bemsadmin") == expected
+
+
+def test_a_credential_in_good_standing_is_always_sent(tmp_path: Path) -> None:
     config = windows_config(tmp_path)
     resources = Resources()
     resources.suspensions.configure(config)
-    ctx = ProbeContext.for_target(config, config.targets[0], "auth", resources)
-    check_suspension(ctx, "bemsadmin")
-    assert ctx.trial_sign_in
+    for _ in range(5):
+        check_suspension(ProbeContext.for_target(config, config.targets[0], "auth", resources), "bemsadmin")
 
 
 # --- one run at a time, one per interval -----------------------------------------------------------------

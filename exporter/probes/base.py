@@ -19,8 +19,6 @@ class ProbeContext:
     rec: Recorder
     timeout: float
     resources: Resources
-    # A run may send a suspended credential once (see suspension.py): runs come at most once per interval.
-    trial_sign_in: bool = True
 
     @classmethod
     def for_target(cls, config: Config, target: Target, check: str, resources: Resources) -> ProbeContext:
