@@ -131,9 +131,9 @@ class Exporter:
         return None
 
     def _apply(self, config: Config) -> None:
-        logs.clear_secrets()
-        for secret in config.secrets():
-            logs.register_secret(secret)
+        logs.replace_secrets(config.secrets())
+        for warning in config.secret_file_warnings():
+            log.warning("insecure secret", extra={"fields": {"file": self.config_file, "err": warning}})
         self.status.config = config
         self.resources.push.configure(config)
         self.resources.suspensions.configure(config)

@@ -24,7 +24,7 @@ from .config import (
     parse_shard,
 )
 from .listener import Listener
-from .logs import FORMATS, LEVELS, setup_logging
+from .logs import FORMATS, LEVELS, replace_secrets, setup_logging
 from .probes import CHECKS, checks_for, planned_checks
 from .probes.push import config_warnings as push_warnings
 from .probes.push import end_graph_subscriptions
@@ -64,6 +64,14 @@ def _common_flags(parser: argparse.ArgumentParser, suppress: bool) -> None:
         choices=list(FORMATS),
         default=default("logfmt"),
         help="log line format (default logfmt)",
+    )
+    parser.add_argument(
+        "--log.protocol-debug",
+        dest="protocol_debug",
+        action="store_true",
+        default=argparse.SUPPRESS if suppress else False,
+        help="let the NTLM, HTTP and MSAL libraries log at --log.level too (their tokens are redacted); "
+        "by default they log warnings and errors only",
     )
 
 
@@ -196,6 +204,7 @@ async def _run_probe(config: Config, target_name: str | None, check_name: str | 
     if not any(checks for _, checks in plan):
         print(f"check {check_name!r} does not apply to target {target_name or 'any target'!r}", file=sys.stderr)
         return 2
+    replace_secrets(config.secrets())  # the report and the log lines redact them, as the daemon's do
     store = ResultStore(targets=config.targets_by_name(), checks=planned_checks(config))
     resources = Resources()
     resources.push.configure(config)
@@ -303,7 +312,7 @@ Stop push notifications (and heal with {{"kind": "none"}}):
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.log_level, args.log_format)
+    setup_logging(args.log_level, args.log_format, args.protocol_debug)
     if args.command == "simulate":
         from .simulator.server import serve as serve_simulator
 
@@ -323,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(config_summary(config, args.config_file))
             for requirement in scenario.unconfigured(config):
                 print(f"warning: {config.scenario.value} requires {requirement}, but no target checks it")
-            for warning in push_warnings(config):
+            for warning in [*config.secret_file_warnings(), *push_warnings(config)]:
                 print(f"warning: {warning}")
             for unverified in scenario.unverified(config):
                 print(f"warning: {config.scenario.value}: {unverified}")

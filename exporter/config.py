@@ -13,12 +13,13 @@ import hashlib
 import ipaddress
 import os
 import re
+import stat
 from collections.abc import Iterator
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import yaml
 from publicsuffixlist import PublicSuffixList
@@ -39,6 +40,7 @@ from pydantic import (
 
 from .clouds import ENDPOINTS, Cloud, CloudEndpoints
 from .errors import ConfigError
+from .logs import MIN_SECRET_LENGTH
 
 DEFAULT_CONFIG_FILE = "bems-exchange-exporter.yml"
 DEFAULT_GRAPH_URL = ENDPOINTS[Cloud.GLOBAL].graph_url
@@ -172,6 +174,36 @@ def _redirect_host(value: str) -> str:
 
 
 RedirectHost = Annotated[str, AfterValidator(_redirect_host)]
+
+
+def _file_source(source: str | None) -> str | None:
+    """The path of a secret read from a file (its ``*_source`` is ``file:PATH``)."""
+    return source.removeprefix("file:") if source is not None and source.startswith("file:") else None
+
+
+def _loose_permissions(path: str) -> str | None:
+    """What ssh would object to in a secret file's mode: readable or writable by every user, or writable by
+    its group (a group that may read it is how Kubernetes' fsGroup and ``chmod 0440`` share a file).
+
+    Windows has no such mode bits (Python reports 0o666 for every writable file): there the ACL decides,
+    set as docs/deployment.md shows (icacls).
+    """
+    if os.name == "nt":
+        return None
+    try:
+        mode = os.stat(path).st_mode  # follows symlinks: a Kubernetes Secret's file is one
+    except OSError:
+        return None  # it was readable a moment ago; the next load reports it if it is gone
+    problems = [
+        text
+        for bit, text in (
+            (stat.S_IROTH, "readable by every user"),
+            (stat.S_IWOTH, "writable by every user"),
+            (stat.S_IWGRP, "writable by its group"),
+        )
+        if mode & bit
+    ]
+    return f"is {' and '.join(problems)} (mode {stat.S_IMODE(mode):04o})" if problems else None
 
 
 def _read_secret_file(path: str) -> str:
@@ -654,11 +686,47 @@ class Config(_Model):
         return {t.name: t for t in self.targets}
 
     def secrets(self) -> Iterator[str]:
-        """Every secret value, for log redaction."""
+        """Every secret value, for log redaction: passwords with their ``user:password`` pair (the Basic
+        header's content), client secrets, and the password of an environment proxy URL that is used."""
         for credential in self.credentials.values():
-            secret = credential.password if isinstance(credential, WindowsCredential) else credential.client_secret
-            if secret is not None:
-                yield secret.get_secret_value()
+            if isinstance(credential, WindowsCredential):
+                password = credential.password.get_secret_value()
+                yield password
+                yield f"{credential.username}:{password}"
+            elif credential.client_secret is not None:
+                yield credential.client_secret.get_secret_value()
+        for url in filter(None, {self.proxy_of(target)[0] for target in self.targets}):
+            if (password := urlsplit(url if "://" in url else f"http://{url}").password) is not None:
+                yield unquote(password)
+
+    def secret_file_warnings(self) -> list[str]:
+        """Secret files that others can read or change, as ssh warns about a private key (logged at every load,
+        printed by ``--config.check``), and secrets too short for the log redaction to hide."""
+        warnings: list[str] = []
+        for name, credential in self.credentials.items():
+            where = f"credentials.{name}"
+            if isinstance(credential, WindowsCredential):
+                files = {"password_file": _file_source(credential.password_source)}
+                secret: SecretStr | None = credential.password
+                secret_key = "password"
+            else:
+                files = {
+                    "client_secret_file": _file_source(credential.client_secret_source),
+                    # Without private_key_file, the key is in the certificate file.
+                    ("private_key_file" if credential.private_key_file else "certificate_file"): (
+                        credential.private_key_file or credential.certificate_file
+                    ),
+                }
+                secret, secret_key = credential.client_secret, "client_secret"
+            for key, path in files.items():
+                if path is not None and (problem := _loose_permissions(path)) is not None:
+                    warnings.append(f"{where}.{key}: {path} {problem}: only the exporter's user should read it")
+            if secret is not None and len(secret.get_secret_value()) < MIN_SECRET_LENGTH:
+                warnings.append(
+                    f"{where}.{secret_key} has fewer than {MIN_SECRET_LENGTH} characters: "
+                    "too short to be redacted from logs"
+                )
+        return warnings
 
     def redacted(self) -> dict[str, Any]:
         """The effective configuration with every secret replaced by where it came from."""

@@ -14,16 +14,36 @@ They follow ``msg`` in the order given. A field named like a built-in key (``ts`
 it cannot shadow it; without an exception, an ``err`` field is the error text, as in Prometheus' logs. The
 text of a logged exception (``exc_info``) goes into ``err``, and ``stack_info`` into ``stack``.
 
-Secrets: every value passed to ``register_secret`` (client secrets, passwords, tokens) is replaced
-by ``<redacted>`` wherever it appears in a log line: message, logger name, field names and values,
-exception text. ``redact`` applies the same replacement for other output, such as error pages and
-reports. Redaction happens on each piece of text before it is quoted or JSON-escaped, because
-escaping would change a secret containing quotes or backslashes and hide it from a search of the
-finished line. Secrets shorter than 4 characters are ignored: they would mangle ordinary words.
+Secrets: every value passed to ``register_secret`` (client secrets, passwords, ``user:password`` pairs) is
+replaced by ``<redacted>`` wherever it appears in a log line as a token of its own: message, logger name,
+field names and values, exception text. Its derived forms are replaced too: Base64 (a Basic header carries
+``base64(user:password)``) and URL-encoding (``quote`` and ``quote_plus``, as in a proxy URL's userinfo or
+a form body). ``redact`` applies the same replacement for other output, such as error pages and reports.
+
+The token rule: a secret is replaced only where it is not glued to a word character (letter, digit,
+underscore) on a side where the secret itself begins or ends with one; a ``%XX`` escape before it counts as
+a boundary. So a password ``Adm1`` goes from ``password Adm1``, ``user:Adm1@proxy`` or ``pw=Adm1&``, but
+``CORP\\BEMSAdmin`` stays whole instead of becoming ``CORP\\BEMS<redacted>in``, a hint that gives the
+password away. Secrets shorter than 4 characters are not registered at all (they would match ordinary
+words, and the replacement would point at them); configuration loading warns about them.
+
+Redaction happens on each piece of text before it is quoted or JSON-escaped, because escaping would change
+a secret containing quotes or backslashes and hide it from a search of the finished line.
+
+Protocol tokens are redacted whatever is registered, because they are derived from secrets the exporter
+never sees whole (an NTLM AUTHENTICATE message is enough to crack NetNTLMv2 offline; a bearer token is a
+credential until it expires): ``Authorization``, ``Proxy-Authorization``, ``WWW-Authenticate`` and
+``Proxy-Authenticate`` values, ``Basic``/``Bearer``/``NTLM``/``Negotiate`` followed by a token, NTLMSSP
+messages in Base64 (``TlRMTVNT...``), pyspnego's ``step input/output`` tokens and JWTs (``eyJ...``).
+
+The libraries that speak those protocols (``PROTOCOL_LOGGERS``: pyspnego, requests-ntlm, urllib3, MSAL,
+oauthlib) log at warning and above only, whatever ``--log.level`` says, unless ``protocol_debug`` (the
+``--log.protocol-debug`` flag) lets them log at ``--log.level``; their lines are redacted as every other.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import math
@@ -32,14 +52,39 @@ import sys
 import threading
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
+from urllib.parse import quote, quote_plus
 
 REDACTED = "<redacted>"
 MIN_SECRET_LENGTH = 4
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}
 FORMATS = ("logfmt", "json")
+# The loggers of the libraries that carry authentication on the wire. At debug they log NTLM and SPNEGO
+# messages (pyspnego: "NTLM step output: TlRMTVNT..."), connection details (urllib3) and token-cache events
+# (MSAL): quiet unless --log.protocol-debug asks for them.
+PROTOCOL_LOGGERS = ("spnego", "requests_ntlm", "ntlm_auth", "urllib3", "msal", "requests_oauthlib", "oauthlib")
 
 _RESERVED_KEYS = frozenset({"ts", "level", "logger", "msg", "err", "stack"})
+
+# (pattern, replacement): each keeps what names the token and replaces the token itself.
+_PROTOCOL_TOKENS = [
+    # Header values, as "Name: value" or a dict's "'Name': 'value'" (every challenge and credential in it).
+    (
+        re.compile(
+            r"(?i)(\b(?:proxy-)?authorization|\b(?:www|proxy)-authenticate)(\s*[\"']?\s*[:=]\s*[\"']?\s*)[^\"'\r\n]+"
+        ),
+        rf"\1\2{REDACTED}",
+    ),
+    # A scheme and its credentials (a token68, RFC 9110 section 11.2): "Basic dXNlcjpwYXNz", "NTLM TlRMTVNT...",
+    # "Bearer eyJ..."; 16 characters at least, so that prose such as "NTLM authentication" stays.
+    (re.compile(r"(?i)\b(basic|bearer|ntlm|negotiate)(\s+)[A-Za-z0-9._~+/-]{16,}=*(?![\w=])"), rf"\1\2{REDACTED}"),
+    # NTLMSSP messages in Base64 ("NTLMSSP\0" is "TlRMTVNTUA..."), wherever they appear.
+    (re.compile(r"TlRMTVNT[A-Za-z0-9+/]*=*"), REDACTED),
+    # pyspnego's debug lines: "NTLM step input: ...", "SPNEGO step output: ...", "CredSSP TSRequest input: ...".
+    (re.compile(r"(?i)(\b(?:step|tsrequest) (?:input|output): )\S+"), rf"\1{REDACTED}"),
+    # JSON Web Tokens (Entra ID access tokens, client assertions): header.payload.signature.
+    (re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"), REDACTED),
+]
 
 _secrets_lock = threading.Lock()
 _secrets: set[str] = set()
@@ -47,16 +92,40 @@ _secrets: set[str] = set()
 _secrets_pattern: re.Pattern[str] | None = None
 
 
+def derived_forms(secret: str) -> set[str]:
+    """The secret and the encodings it travels in: Base64 and URL-encoding."""
+    return {
+        secret,
+        base64.b64encode(secret.encode()).decode(),
+        quote(secret, safe=""),
+        quote_plus(secret, safe=""),
+    }
+
+
+def _token_pattern(form: str) -> str:
+    """``form`` as a regex that matches only where it is a token of its own (see the module's docstring)."""
+    before = r"(?:(?<!\w)|(?<=%[0-9A-Fa-f]{2}))" if re.match(r"\w", form) else ""
+    after = r"(?!\w)" if re.search(r"\w$", form) else ""
+    return f"{before}{re.escape(form)}{after}"
+
+
 def register_secret(value: str) -> None:
-    """Redact ``value`` from every log line from now on (ignored if shorter than 4 characters)."""
+    """Redact ``value`` and its derived forms from every log line from now on (ignored below 4 characters)."""
     global _secrets_pattern
     if len(value) < MIN_SECRET_LENGTH:
         return
     with _secrets_lock:
-        _secrets.add(value)
+        _secrets.update(derived_forms(value))
         # Longest first, so a secret that contains another one is redacted as a whole.
         ordered = sorted(_secrets, key=len, reverse=True)
-        _secrets_pattern = re.compile("|".join(map(re.escape, ordered)))
+        _secrets_pattern = re.compile("|".join(map(_token_pattern, ordered)))
+
+
+def replace_secrets(values: Iterable[str]) -> None:
+    """Forget every registered secret and register ``values`` (a configuration load or reload)."""
+    clear_secrets()
+    for value in values:
+        register_secret(value)
 
 
 def clear_secrets() -> None:
@@ -68,14 +137,19 @@ def clear_secrets() -> None:
 
 
 def redact(text: str) -> str:
-    """``text`` with every registered secret replaced by ``<redacted>``."""
+    """``text`` with every registered secret and every protocol token replaced by ``<redacted>``."""
     pattern = _secrets_pattern
-    return text if pattern is None else pattern.sub(REDACTED, text)
+    if pattern is not None:
+        text = pattern.sub(REDACTED, text)
+    for token, replacement in _PROTOCOL_TOKENS:
+        text = token.sub(replacement, text)
+    return text
 
 
-def setup_logging(level: str, fmt: str) -> None:
+def setup_logging(level: str, fmt: str, protocol_debug: bool = False) -> None:
     """Configure the root logger: ``level`` debug|info|warn|error, ``fmt`` logfmt|json, to stderr.
 
+    ``PROTOCOL_LOGGERS`` log warnings and errors only, unless ``protocol_debug`` lets them log at ``level``.
     Calling it again (a reload, a test) replaces the handler installed by the previous call.
     """
     if level not in LEVELS:
@@ -90,6 +164,8 @@ def setup_logging(level: str, fmt: str) -> None:
     handler.setFormatter(JSONFormatter() if fmt == "json" else LogfmtFormatter())
     root.addHandler(handler)
     root.setLevel(LEVELS[level])
+    for name in PROTOCOL_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if protocol_debug else logging.WARNING)
 
 
 class _StderrHandler(logging.StreamHandler):

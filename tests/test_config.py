@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import textwrap
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import yaml
 
+from exporter.app import Exporter
+from exporter.cli import main
 from exporter.config import AuthMethod, ConfigError, load_config, parse_config, parse_duration
 
 GOOD = """
@@ -63,7 +68,12 @@ def test_the_documented_example_loads(tmp_path: Path, secret_file: Path) -> None
     assert graph.url == "https://graph.microsoft.com/v1.0"
     assert config.auth_methods_of(graph) == (AuthMethod.OAUTH,)
     assert (ews.host, ews.port) == ("mail.corp.example.com", 443)
-    assert sorted(config.secrets()) == ["S3cret-Passw0rd", "entra-client-secret-value"]
+    # The pair is what a Basic header carries (Base64-encoded): the log redaction knows it too.
+    assert sorted(config.secrets()) == [
+        "CORP\\BEMSAdmin:S3cret-Passw0rd",
+        "S3cret-Passw0rd",
+        "entra-client-secret-value",
+    ]
 
 
 def test_inline_secret_is_kept_and_marked(tmp_path: Path, secret_file: Path) -> None:
@@ -371,3 +381,102 @@ def test_push_defaults() -> None:
     graph = config.targets_by_name()["g"]
     assert graph.push_stall_after.total_seconds() == 360  # the write interval (5m) plus a minute
     assert config.targets_by_name()["bems"].exchange_label == ""
+
+
+# --- secret files that others can read or change: a warning, as ssh gives for a private key --------------------
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX modes; on Windows the ACL decides")
+@pytest.mark.parametrize(
+    ("mode", "problem"),
+    [
+        pytest.param(0o600, None, id="owner-only"),
+        pytest.param(0o400, None, id="owner-read-only"),
+        pytest.param(0o640, None, id="group-may-read"),  # Kubernetes fsGroup, chmod 0440
+        pytest.param(0o644, "is readable by every user (mode 0644)", id="world-readable"),
+        pytest.param(0o660, "is writable by its group (mode 0660)", id="group-writable"),
+        pytest.param(0o602, "is writable by every user (mode 0602)", id="world-writable"),
+        pytest.param(
+            0o666,
+            "is readable by every user and writable by every user and writable by its group (mode 0666)",
+            id="everything",
+        ),
+    ],
+)
+def test_a_secret_file_others_can_read_or_change_loads_with_a_warning(
+    tmp_path: Path, secret_file: Path, mode: int, problem: str | None
+) -> None:
+    secret_file.chmod(mode)
+    config = load_config(write(tmp_path, GOOD, secret_file))
+    expected = [
+        f"credentials.bemsadmin.password_file: {secret_file} {problem}: only the exporter's user should read it"
+    ]
+    assert config.secret_file_warnings() == (expected if problem else [])
+
+
+def entra_config(tmp_path: Path, secret_file: Path, **credential: str) -> Path:
+    data = yaml.safe_load(textwrap.dedent(GOOD).replace("{secret_file}", str(secret_file)))
+    app = data["credentials"]["entra-app"]
+    del app["client_secret_env"]
+    app.update(credential)
+    path = tmp_path / "entra.yml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX modes; on Windows the ACL decides")
+@pytest.mark.parametrize(
+    ("key", "files"),
+    [
+        pytest.param("client_secret_file", {"client_secret_file": "app.secret"}, id="client-secret"),
+        pytest.param("private_key_file", {"certificate_file": "app.crt", "private_key_file": "app.key"}, id="key"),
+        pytest.param("certificate_file", {"certificate_file": "app.pem"}, id="key-inside-the-certificate-file"),
+    ],
+)
+def test_every_kind_of_entra_secret_file_is_checked(
+    tmp_path: Path, secret_file: Path, key: str, files: dict[str, str]
+) -> None:
+    secret_file.chmod(0o600)
+    paths = {name: tmp_path / file for name, file in files.items()}
+    for name, path in paths.items():
+        path.write_text("entra-client-secret-value\n")
+        path.chmod(0o600 if name == "certificate_file" and key != "certificate_file" else 0o644)
+    config = load_config(entra_config(tmp_path, secret_file, **{k: str(v) for k, v in paths.items()}))
+    assert config.secret_file_warnings() == [
+        f"credentials.entra-app.{key}: {paths[key]} is readable by every user (mode 0644): "
+        "only the exporter's user should read it"
+    ]
+
+
+def test_a_secret_too_short_to_redact_is_warned_about(tmp_path: Path, secret_file: Path) -> None:
+    secret_file.write_text("abc\n")
+    secret_file.chmod(0o600)
+    config = load_config(write(tmp_path, GOOD, secret_file))
+    assert config.secret_file_warnings() == [
+        "credentials.bemsadmin.password has fewer than 4 characters: too short to be redacted from logs"
+    ]
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX modes; on Windows the ACL decides")
+async def test_secret_file_warnings_are_logged_at_every_load_and_printed_by_config_check(
+    tmp_path: Path, secret_file: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    secret_file.chmod(0o644)
+    config_file = write(tmp_path, GOOD, secret_file)
+    warning = f"credentials.bemsadmin.password_file: {secret_file} is readable by every user (mode 0644)"
+
+    assert main(["--config.file", str(config_file), "--config.check"]) == 0
+    assert f"warning: {warning}" in capsys.readouterr().out
+
+    exporter = Exporter(str(config_file))
+    with caplog.at_level(logging.WARNING, logger="exporter.app"):
+        exporter.load()
+        secret_file.chmod(0o600)
+        assert await exporter.reload() is None
+        secret_file.chmod(0o604)
+        assert await exporter.reload() is None
+    await exporter.stop()
+    insecure = [getattr(r, "fields", {}).get("err", "") for r in caplog.records if r.getMessage() == "insecure secret"]
+    assert len(insecure) == 2, insecure
+    assert insecure[0].startswith(warning)
+    assert insecure[1].startswith(warning.replace("0644", "0604"))

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import re
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from checks import run
 
-from exporter.logs import clear_secrets, redact, register_secret, setup_logging
+from exporter.config import load_config
+from exporter.logs import PROTOCOL_LOGGERS, clear_secrets, redact, register_secret, replace_secrets, setup_logging
+from exporter.simulator.server import Simulator
 
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
@@ -28,6 +33,8 @@ def isolated_logging() -> Iterator[None]:
             root.removeHandler(handler)
             handler.close()
     root.setLevel(level)
+    for name in PROTOCOL_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET)
     clear_secrets()
 
 
@@ -221,3 +228,144 @@ def test_calling_setup_again_replaces_the_handler(capsys: pytest.CaptureFixture[
 def test_bad_arguments(level: str, fmt: str, message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         setup_logging(level, fmt)
+
+
+# --- the token rule: a secret is redacted where it is a token of its own, in every form it travels in ----------
+
+SHORT = "Adm1"  # four characters: the shortest secret that is redacted
+PAIR = "CORP\\BEMSAdmin:Adm1"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param("password Adm1 rejected", "password <redacted> rejected", id="alone"),
+        pytest.param("http://svc:Adm1@proxy:3128", "http://svc:<redacted>@proxy:3128", id="userinfo"),
+        pytest.param("pw=Adm1&next=1", "pw=<redacted>&next=1", id="form-field"),
+        pytest.param('"Adm1"', '"<redacted>"', id="quoted"),
+        pytest.param("pw%3DAdm1", "pw%3D<redacted>", id="after-a-percent-escape"),
+        pytest.param("CORP\\BEMSAdm1n", "CORP\\BEMSAdm1n", id="inside-a-word-stays-whole"),
+        pytest.param("Adm1nistrator xAdm1", "Adm1nistrator xAdm1", id="prefix-and-suffix-of-words"),
+        pytest.param("QWRtMQ==", "<redacted>", id="base64"),
+    ],
+)
+def test_a_short_secret_is_redacted_as_a_token_never_inside_words(text: str, expected: str) -> None:
+    register_secret(SHORT)
+    assert redact(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("secret", "text", "expected"),
+    [
+        pytest.param("p@ss w0rd!", "http://svc:p%40ss%20w0rd%21@proxy", "http://svc:<redacted>@proxy", id="quote"),
+        pytest.param("p@ss w0rd!", "password=p%40ss+w0rd%21", "password=<redacted>", id="quote-plus"),
+        pytest.param("!x-Adm1-x!", "a!x-Adm1-x!b", "a<redacted>b", id="edges-that-are-not-word-characters"),
+        pytest.param(
+            PAIR,
+            f"sent {base64.b64encode(PAIR.encode()).decode()} to the proxy",
+            "sent <redacted> to the proxy",
+            id="base64-of-the-user-password-pair",
+        ),
+    ],
+)
+def test_derived_forms_of_a_secret_are_redacted(secret: str, text: str, expected: str) -> None:
+    register_secret(secret)
+    assert redact(text) == expected
+
+
+def test_replace_secrets_forgets_the_old_ones() -> None:
+    replace_secrets(["old-secret"])
+    replace_secrets(["new-secret"])
+    assert redact("old-secret new-secret") == "old-secret <redacted>"
+
+
+NTLM_NEGOTIATE = "TlRMTVNTUAABAAAAMpCI4gAAAAAoAAAAAAAAACgAAAAGAbEdAAAADw=="  # MS-NLMP 4.2.4.1.1 shape
+PROSE = "the server offers Basic and NTLM authentication"
+HEADER_PROSE = "WWW-Authenticate offers Negotiate, NTLM"
+JWT = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJodHRwczovL291dGxvb2sub2ZmaWNlMzY1LmNvbSJ9.c2lnbmF0dXJl"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(f"Authorization: NTLM {NTLM_NEGOTIATE}", "Authorization: <redacted>", id="authorization-header"),
+        pytest.param(
+            "{'WWW-Authenticate': 'NTLM TlRMTVNTUAACAAAA', 'Content-Length': '0'}",
+            "{'WWW-Authenticate': '<redacted>', 'Content-Length': '0'}",
+            id="challenge-in-a-header-dict",
+        ),
+        pytest.param("proxy-authorization=Basic c3ZjOnB3", "proxy-authorization=<redacted>", id="proxy-header"),
+        pytest.param(f"sending Bearer {JWT}", "sending Bearer <redacted>", id="bearer-token"),
+        pytest.param(f"token {JWT} cached", "token <redacted> cached", id="bare-jwt"),
+        pytest.param("Negotiate YIIGhgYGKwYBBQUCoIIGejCCBnagMDAuBgkqhkiC9xIBAgI=", "Negotiate <redacted>", id="spnego"),
+        pytest.param(f"NTLM step output: {NTLM_NEGOTIATE}", "NTLM step output: <redacted>", id="pyspnego-line"),
+        pytest.param(
+            "SPNEGO step input: oYIBCjCCAQagAwoBAaEMBgorBgEEAYI3AgIK", "SPNEGO step input: <redacted>", id="spnego-line"
+        ),
+        pytest.param(f"blob={NTLM_NEGOTIATE}", "blob=<redacted>", id="ntlmssp-anywhere"),
+        pytest.param(PROSE, PROSE, id="prose-stays"),
+        pytest.param(HEADER_PROSE, HEADER_PROSE, id="header-named-in-prose-stays"),
+        pytest.param('Basic realm="mail.corp.example.com"', 'Basic realm="mail.corp.example.com"', id="realm-stays"),
+    ],
+)
+def test_protocol_tokens_are_redacted_without_any_registered_secret(text: str, expected: str) -> None:
+    assert redact(text) == expected
+
+
+# --- the NTLM and OAuth libraries at --log.level debug, against the simulator ---------------------------------
+
+# What must never reach a log line: NTLM messages, header values, bearer tokens (JWTs) and Basic credentials.
+LEAKS = [
+    re.compile(r"TlRMTVNT"),
+    re.compile(r"(?i)(authorization|authenticate)[\"']?\s*[:=]\s*[\"']?(?!<redacted>)\S"),
+    re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"),
+    re.compile(r"(?i)\b(basic|bearer|ntlm|negotiate) (?!<redacted>)[A-Za-z0-9+/=._~-]{16,}"),
+    re.compile(r"step (input|output): (?!<redacted>)[A-Za-z0-9+/]"),
+]
+
+
+@pytest.mark.parametrize("protocol_debug", [False, True], ids=["default", "protocol-debug"])
+async def test_debug_logs_of_real_ntlm_and_oauth_sign_ins_carry_no_token(
+    simulator: Simulator, sim_config_file: Path, capsys: pytest.CaptureFixture[str], protocol_debug: bool
+) -> None:
+    config = load_config(sim_config_file)
+    replace_secrets(config.secrets())  # as the daemon does at every load
+    setup_logging("debug", "logfmt", protocol_debug=protocol_debug)
+    targets = config.targets_by_name()
+    for target, check in [("onprem-ews", "auth"), ("onprem-autodiscover", "auth"), ("online-ews", "auth"),
+                          ("online-graph", "token"), ("online-graph", "graph")]:  # fmt: skip
+        result = await run(config, targets[target], check)
+        assert result.success, (target, check, result.message)
+    output = capsys.readouterr().err
+    lines = output.splitlines()
+    assert lines, "the checks logged at debug"
+    for line in lines:
+        for leak in LEAKS:
+            assert not leak.search(line), line
+    credentials = simulator.credentials
+    pair = f"{credentials.onprem_username}:{credentials.onprem_password}"
+    for secret in (credentials.onprem_password, credentials.client_secret, base64.b64encode(pair.encode()).decode()):
+        assert secret not in output
+    loggers = {match.group(1).split(".")[0] for match in re.finditer(r" logger=(\S+) ", output)}
+    if protocol_debug:
+        # The flag lets them through, redacted: pyspnego's NTLM steps, urllib3's requests, MSAL's cache.
+        assert {"spnego", "urllib3", "msal"} <= loggers, loggers
+        assert "NTLM step output: <redacted>" in output
+    else:
+        assert not loggers & set(PROTOCOL_LOGGERS), loggers
+
+
+def test_protocol_loggers_still_log_warnings_by_default(capsys: pytest.CaptureFixture[str]) -> None:
+    setup_logging("debug", "logfmt")
+    logging.getLogger("urllib3.connectionpool").debug("Starting new HTTPS connection")
+    logging.getLogger("urllib3.connectionpool").warning("Connection pool is full, discarding connection")
+    [line] = _lines(capsys)
+    assert "Connection pool is full" in line
+
+
+def test_protocol_debug_follows_the_log_level(capsys: pytest.CaptureFixture[str]) -> None:
+    setup_logging("info", "logfmt", protocol_debug=True)
+    logging.getLogger("spnego._ntlm").debug("NTLM step output: x")
+    logging.getLogger("msal.application").info("Broker enabled? None")
+    [line] = _lines(capsys)
+    assert "Broker enabled" in line
