@@ -35,12 +35,14 @@ class Proxy:
             return None
         # HTTPS_PROXY often omits the scheme ("proxy.corp:3128"); curl and requests read that as http://.
         parts = urlsplit(url if "://" in url else f"http://{url}")
+        # HTTPS_PROXY may carry credentials (http://user:password@proxy:3128): never echoed in a message.
+        shown = repr(parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl())
         try:
             port = parts.port or 3128
         except ValueError:  # only from HTTPS_PROXY: configured proxy URLs were validated at load
-            raise ProbeFailure(Reason.PROXY, f"the proxy URL {url!r} has an invalid port", "fix HTTPS_PROXY") from None
+            raise ProbeFailure(Reason.PROXY, f"the proxy URL {shown} has an invalid port", "fix HTTPS_PROXY") from None
         if not parts.hostname:
-            raise ProbeFailure(Reason.PROXY, f"the proxy URL {url!r} has no host", "fix HTTPS_PROXY")
+            raise ProbeFailure(Reason.PROXY, f"the proxy URL {shown} has no host", "fix HTTPS_PROXY")
         return cls(parts.hostname, port, credential)
 
 

@@ -311,3 +311,33 @@ async def test_unknown_proxy_fault_is_rejected(simulator: Simulator) -> None:
     with pytest.raises(ValueError, match="valid faults: none, deny, refuse"):
         await simulator.proxy.set_fault("flaky")
     assert simulator.proxy.fault is ProxyFault.NONE
+
+
+@pytest.mark.parametrize(
+    ("environment", "shown", "problem"),
+    [
+        pytest.param(f"http://{PROXY_USERNAME}:{PROXY_PASSWORD}@proxy.corp:31x8", "http://proxy.corp:31x8",
+                     "has an invalid port", id="invalid-port"),
+        pytest.param(f"http://{PROXY_USERNAME}:{PROXY_PASSWORD}@:3128", "http://:3128", "has no host", id="no-host"),
+        pytest.param(f"{PROXY_USERNAME}:{PROXY_PASSWORD}@proxy.corp:31x8", "http://proxy.corp:31x8",
+                     "has an invalid port", id="without-scheme"),
+    ],
+)  # fmt: skip
+async def test_credentials_in_the_environment_proxy_url_are_never_echoed(
+    sim_config_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, environment: str, shown: str, problem: str
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", environment)
+    config = make_config(sim_config_file, tmp_path, proxy_url=PROXY_FROM_ENVIRONMENT)
+    result = await run(config, target_of(config), "reachability")
+    assert result.reason == Reason.PROXY, result
+    assert result.message == f"the proxy URL {shown!r} {problem}"
+    everything = f"{result.message} {result.hint} {[step.name for step in result.steps]}"
+    assert PROXY_PASSWORD not in everything and PROXY_USERNAME not in everything
+
+
+def test_the_password_of_a_used_environment_proxy_url_is_redacted(
+    sim_config_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://svc:env%40Proxy-Pass@proxy.corp:3128")
+    assert "env@Proxy-Pass" not in make_config(sim_config_file, tmp_path).secrets()  # not used: not registered
+    assert "env@Proxy-Pass" in make_config(sim_config_file, tmp_path, proxy_url=PROXY_FROM_ENVIRONMENT).secrets()
