@@ -35,6 +35,7 @@ DEPLOY = ROOT / "deploy"
 COMPOSE = DEPLOY / "docker-compose.yml"
 K8S = DEPLOY / "kubernetes"
 UNIT = DEPLOY / "systemd" / "bems-exchange-exporter.service"
+WINDOWS_INSTALL = DEPLOY / "windows" / "install.ps1"
 DEPLOYMENT_DOC = ROOT / "docs" / "deployment.md"
 KUBERNETES_VERSION = "1.30.0"
 CORE_MANIFESTS = [
@@ -43,6 +44,7 @@ CORE_MANIFESTS = [
     "service.yaml",
     "configmap.yaml",
     "secret.example.yaml",
+    "networkpolicy.yaml",
 ]
 UID = 65532
 CONFIG_PATH = "/etc/bems-exchange-exporter/config.yml"
@@ -425,6 +427,30 @@ def test_services_select_their_pods_and_the_servicemonitor_selects_the_services(
     assert set(endpoint) <= {"port", "path", "scheme", "interval", "scrapeTimeout"}
 
 
+def test_network_policy_admits_prometheus_and_the_callbacks_and_lets_out_https_and_dns() -> None:
+    policy = workload("networkpolicy.yaml", "NetworkPolicy")["spec"]
+    assert set(policy["policyTypes"]) == {"Ingress", "Egress"}, "both directions closed but for the rules"
+    for manifest, kind in (("deployment.yaml", "Deployment"), ("statefulset-sharded.yaml", "StatefulSet")):
+        labels = workload(manifest, kind)["spec"]["template"]["metadata"]["labels"]
+        assert policy["podSelector"]["matchLabels"].items() <= labels.items(), manifest
+
+    def ports(rule: dict[str, Any]) -> set[tuple[int, str]]:
+        return {(port["port"], port["protocol"]) for port in rule["ports"]}
+
+    metrics, callbacks = policy["ingress"]
+    assert ports(metrics) == {(10442, "TCP")}
+    (prometheus,) = metrics["from"]
+    assert prometheus["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}
+    assert ports(callbacks) == {(10443, "TCP")} and "from" not in callbacks, "Exchange and Graph call from anywhere"
+    https, dns = policy["egress"]
+    assert ports(https) == {(443, "TCP")} and "to" not in https
+    assert ports(dns) == {(53, "UDP"), (53, "TCP")}
+    assert dns["to"][0]["podSelector"] == {"matchLabels": {"k8s-app": "kube-dns"}}
+    # The ports the policy opens are the ones the exporter listens on.
+    (container,) = workload("deployment.yaml", "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert container["ports"][0]["containerPort"] == 10442
+
+
 def test_example_configmap_is_a_valid_config_using_the_example_secret(tmp_path: Path) -> None:
     config_text = workload("configmap.yaml", "ConfigMap")["data"]["config.yml"]
     secret = workload("secret.example.yaml", "Secret")
@@ -483,9 +509,23 @@ def test_systemd_unit_is_hardened() -> None:
         "CapabilityBoundingSet": "",
         "Restart": "on-failure",
         "ExecReload": "/bin/kill -HUP $MAINPID",
+        # Issue 15: a connection flood must not exhaust descriptors, memory is bounded, no core dumps
+        # (a core holds the passwords and tokens).
+        "LimitNOFILE": "65536",
+        "MemoryMax": "384M",
+        "LimitCORE": "0",
+        "UMask": "0077",
+        "PrivateDevices": "yes",
+        "ProtectProc": "invisible",
+        "RestrictSUIDSGID": "yes",
+        "SocketBindDeny": "any",
     }
     for key, value in required.items():
         assert d.get(key) == [value], key
+    assert set(d["SocketBindAllow"]) == {"tcp:10442", "tcp:10443"}, "the web port and the listener's only"
+    deployment = workload("deployment.yaml", "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["resources"]["limits"]["memory"] == "384Mi", "one memory budget for systemd and Kubernetes"
     assert "@system-service" in d["SystemCallFilter"]
     assert set(d["RestrictAddressFamilies"][0].split()) == {"AF_INET", "AF_INET6", "AF_UNIX"}
     (exec_start,) = d["ExecStart"]
@@ -511,6 +551,26 @@ def test_systemd_analyze_verifies_the_unit_and_rates_it_ok(image_venv: Path, tmp
     # The offline security review: exposure 2.5 or lower ("OK") out of 10.
     security = run(systemd_analyze, "security", "--offline=yes", "--threshold=25", unit)
     assert security.returncode == 0, security.stdout[-2000:] + security.stderr
+
+
+# --------------------------------------------------------------------------------------------- Windows
+
+
+def test_windows_install_keeps_the_program_and_its_secrets_out_of_local_users_reach() -> None:
+    """No PowerShell here: the script is read. The venv lives under Program Files (not a C:\\ root folder,
+    which inherits Authenticated Users: Modify), and every directory it creates gets an explicit ACL."""
+    script = WINDOWS_INSTALL.read_text(encoding="utf-8")
+    assert '$ProgramDir = Join-Path $env:ProgramFiles "bems-exchange-exporter"' in script
+    assert '$Venv = Join-Path $ProgramDir "venv"' in script
+    assert "icacls.exe $Path /inheritance:r /grant:r" in script
+    assert script.count("New-Item -ItemType Directory") == 1, "every directory through New-PrivateDirectory"
+    grants = dict(re.findall(r"^New-PrivateDirectory \$(\w+) @\((.*)\)$", script, re.MULTILINE))
+    assert set(grants) == {"ProgramDir", "DataDir", "Secrets", "Logs"}
+    assert grants["ProgramDir"] == '"*S-1-5-32-545:(OI)(CI)RX"', "Users read and execute the program, never write"
+    assert grants["Secrets"] == '"${Account}:(OI)(CI)R"', "only the service account reads the secrets"
+    for text in (script, DEPLOYMENT_DOC.read_text(encoding="utf-8")):
+        assert "C:\\bems-exchange-exporter" not in text
+    assert "install.ps1" in DEPLOYMENT_DOC.read_text(encoding="utf-8")
 
 
 # --------------------------------------------------------------------------------------------- docs
