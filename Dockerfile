@@ -10,6 +10,11 @@
 # /etc/bems-exchange-exporter/config.yml and its secrets as files (`*_file` keys, e.g. /run/secrets/bems/...).
 # The image runs as the numeric non-root user 65532 and needs no writable path but /tmp (a tmpfs).
 
+# The base image by tag. Pin it by digest for a reproducible build that a re-pushed tag cannot change:
+#   docker buildx imagetools inspect python:3.11-slim     # prints "Digest: sha256:..." of the manifest list
+#   docker build --build-arg PYTHON_IMAGE=python:3.11-slim@sha256:<that digest> ...
+# (or write it here). The digest is not in this file because it cannot be looked up where the image is
+# developed; a digest copied from anywhere but the registry itself would be worse than the tag.
 ARG PYTHON_IMAGE=python:3.11-slim
 
 # --- builder: build the wheel, install it and its dependencies into /opt/venv -----------------------
@@ -18,13 +23,18 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
-# Only what the wheel needs (see .dockerignore): the package, its metadata and the README (long description).
-COPY pyproject.toml README.md ./
+# Only what the wheel needs (see .dockerignore): the package, its metadata, the README (long description)
+# and the lock of the runtime dependencies, every file pinned by its SHA-256 (requirements.lock).
+COPY requirements.lock pyproject.toml README.md ./
 COPY exporter ./exporter
-# tests/test_packaging.py runs these same two pip commands outside Docker: keep them in step.
+# The dependencies from the lock only (--require-hashes: a file whose hash is not listed is refused), then
+# the wheel without resolving anything; pip check proves the lock satisfies the wheel's requirements.
+# tests/test_packaging.py runs these same pip commands outside Docker: keep them in step.
 RUN python -m venv /opt/venv \
+    && /opt/venv/bin/pip install --require-hashes --no-deps -r requirements.lock \
     && pip wheel --no-deps --wheel-dir /tmp/wheels . \
-    && /opt/venv/bin/pip install /tmp/wheels/*.whl \
+    && /opt/venv/bin/pip install --no-deps /tmp/wheels/*.whl \
+    && /opt/venv/bin/pip check \
     && /opt/venv/bin/python -m compileall -q /opt/venv
 
 # --- final: the venv on a clean Python, no build tools, no source --------------------------------------

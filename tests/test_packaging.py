@@ -31,6 +31,7 @@ from exporter.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
+LOCK = ROOT / "requirements.lock"
 DEPLOY = ROOT / "deploy"
 COMPOSE = DEPLOY / "docker-compose.yml"
 K8S = DEPLOY / "kubernetes"
@@ -121,8 +122,10 @@ def test_dockerfile_is_multi_stage_non_root_and_has_no_baked_config() -> None:
     assert final[0] == ("FROM", "${PYTHON_IMAGE}")
     builder_run = " ".join(rest for keyword, rest in builder if keyword == "RUN")
     assert "python -m venv /opt/venv" in builder_run
+    assert "/opt/venv/bin/pip install --require-hashes --no-deps -r requirements.lock" in builder_run
     assert "pip wheel --no-deps" in builder_run
-    assert "/opt/venv/bin/pip install /tmp/wheels/*.whl" in builder_run
+    assert "/opt/venv/bin/pip install --no-deps /tmp/wheels/*.whl" in builder_run, "nothing resolved past the lock"
+    assert "/opt/venv/bin/pip check" in builder_run
 
     final_dict: dict[str, list[str]] = {}
     for keyword, rest in final:
@@ -145,7 +148,17 @@ def test_dockerfile_is_multi_stage_non_root_and_has_no_baked_config() -> None:
 
     # Nothing site-specific or secret is copied in: the builder takes the package sources only.
     copied = [rest for keyword, rest in builder if keyword == "COPY"]
-    assert copied == ["pyproject.toml README.md ./", "exporter ./exporter"]
+    assert copied == ["requirements.lock pyproject.toml README.md ./", "exporter ./exporter"]
+
+
+def test_the_base_image_is_pinned_by_digest_or_says_how_to_pin_it() -> None:
+    """No digest can be looked up here (no registry): an invented one would be worse than the tag."""
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    (image,) = re.findall(r"^ARG PYTHON_IMAGE=(\S+)$", text, re.MULTILINE)
+    if "@sha256:" not in image:
+        assert "docker buildx imagetools inspect python:3.11-slim" in text
+    else:
+        assert re.fullmatch(r"python:3\.11-slim@sha256:[0-9a-f]{64}", image), image
 
 
 def test_dockerignore_is_an_allow_list_of_what_the_build_copies() -> None:
@@ -156,7 +169,7 @@ def test_dockerignore_is_an_allow_list_of_what_the_build_copies() -> None:
     ]
     assert lines[0] == "*", "exclude everything, then re-include: no .demo/ keys, configs or venvs in the context"
     included = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
-    assert included == {"pyproject.toml", "README.md", "exporter"}
+    assert included == {"pyproject.toml", "README.md", "requirements.lock", "exporter"}
     for name in included:
         assert (ROOT / name).exists(), name
 
@@ -174,21 +187,70 @@ def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     wheels, venv, context = work / "wheels", work / "venv", work / "context"
     # The build context .dockerignore lets through, copied as the Dockerfile's COPY lines do: proves it suffices.
     context.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("requirements.lock", "pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, context / name)
     shutil.copytree(ROOT / "exporter", context / "exporter", ignore=shutil.ignore_patterns("__pycache__", "*.py[cod]"))
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    pip = str(venv / "bin" / "pip")
     steps = [
         [sys.executable, "-m", "venv", str(venv)],
+        [pip, "install", "--quiet", "--require-hashes", "--no-deps", "-r", str(context / "requirements.lock")],
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(wheels), str(context)],
     ]
     for step in steps:
         result = run(*step, timeout=300, env=env)
         assert result.returncode == 0, f"{shlex.join(step)}\n{result.stdout}{result.stderr}"
     (wheel,) = wheels.glob("bems_exchange_exporter-*.whl")
-    result = run(venv / "bin" / "pip", "install", "--quiet", wheel, timeout=300, env=env)
-    assert result.returncode == 0, result.stdout + result.stderr
+    for step in ([pip, "install", "--quiet", "--no-deps", str(wheel)], [pip, "check"]):
+        result = run(*step, timeout=300, env=env)
+        assert result.returncode == 0, f"{shlex.join(step)}\n{result.stdout}{result.stderr}"
     return venv
+
+
+def lock_pins() -> dict[str, tuple[str, list[str]]]:
+    """requirements.lock as {normalised name: (version, hashes)}."""
+    pins: dict[str, tuple[str, list[str]]] = {}
+    for block in re.split(r"\n(?=[A-Za-z])", LOCK.read_text(encoding="utf-8")):
+        match = re.match(r"([A-Za-z0-9._-]+)==(\S+) \\\n", block)
+        if match:
+            name = re.sub(r"[-_.]+", "-", match.group(1)).lower()
+            pins[name] = (match.group(2), re.findall(r"--hash=sha256:([0-9a-f]{64})", block))
+    return pins
+
+
+def test_the_lock_pins_every_runtime_dependency_within_pyprojects_ranges_with_hashes() -> None:
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    pins = lock_pins()
+    assert pins, "requirements.lock pins nothing"
+    for name, (version, hashes) in pins.items():
+        assert hashes, f"{name}=={version} has no --hash: pip install --require-hashes would refuse the lock"
+    runtime = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    for line in runtime:
+        requirement = Requirement(line)
+        name = re.sub(r"[-_.]+", "-", requirement.name).lower()
+        assert name in pins, f"{name} is a runtime dependency the lock does not pin: regenerate it"
+        assert requirement.specifier.contains(pins[name][0], prereleases=True), (
+            f"the lock's {name}=={pins[name][0]} is outside pyproject's {requirement.specifier}: regenerate it"
+        )
+    text = LOCK.read_text(encoding="utf-8")
+    assert "--find-links" not in text and "--index-url" not in text, "no machine's package source in the lock"
+    assert "pip-compile --allow-unsafe --generate-hashes" in text, "the header says how to regenerate it"
+
+
+def test_the_aiohttp_floor_excludes_the_releases_with_parser_advisories() -> None:
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    runtime = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    (aiohttp,) = [Requirement(line) for line in runtime if line.startswith("aiohttp")]
+    # The last affected release of each advisory cited in pyproject.toml: none of them may be allowed.
+    for vulnerable in ("3.10.10", "3.12.13", "3.13.2", "3.13.3", "3.14.1", "3.14.2", "3.14.4"):
+        assert not aiohttp.specifier.contains(vulnerable), vulnerable
+    assert aiohttp.specifier.contains("3.14.5")
 
 
 @pytest.fixture
