@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint tools bench dashboards clean
+.PHONY: demo test lint tools bench dashboards lock clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ bench: $(STAMP)
 ## dashboards: regenerate the Grafana dashboards (grafana/dashboards/*.json) from grafana/dashboards.py
 dashboards: $(STAMP)
 	$(BIN)/python -m grafana.build
+
+## lock: regenerate requirements.lock (the image's hashed runtime dependencies) after changing pyproject.toml
+lock: $(STAMP)
+	$(BIN)/pip install --quiet 'pip-tools>=7.4,<8'
+	$(BIN)/pip-compile --allow-unsafe --generate-hashes --no-emit-find-links --no-emit-index-url \
+	  --output-file=requirements.lock --pip-args='--isolated' --strip-extras pyproject.toml
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info .demo

@@ -231,7 +231,7 @@ def test_the_lock_pins_every_runtime_dependency_within_pyprojects_ranges_with_ha
     for line in runtime:
         requirement = Requirement(line)
         name = re.sub(r"[-_.]+", "-", requirement.name).lower()
-        assert name in pins, f"{name} is a runtime dependency the lock does not pin: regenerate it"
+        assert name in pins, f"{name} is a runtime dependency the lock does not pin: regenerate it (make lock)"
         assert requirement.specifier.contains(pins[name][0], prereleases=True), (
             f"the lock's {name}=={pins[name][0]} is outside pyproject's {requirement.specifier}: regenerate it"
         )
