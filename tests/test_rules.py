@@ -37,6 +37,7 @@ ALERTS = {
     "BEMSExchangeCertificateExpiring",
     "BEMSExchangeCertificateExpired",
     "BEMSExchangeAuthenticationFailing",
+    "BEMSExchangeCredentialSuspended",
     "BEMSExchangeTokenAcquisitionFailing",
     "BEMSExchangeEntraCredentialExpiring",
     "BEMSExchangeImpersonationDenied",
