@@ -12,7 +12,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import __version__, report, scenario
+from . import __version__, report, scenario, serving
 from .app import Exporter
 from .config import (
     DEFAULT_CONFIG_FILE,
@@ -249,15 +249,12 @@ async def _serve(
     if web_config is not None:
         exporter.serve_web_config(web_config)
     await exporter.start()
-    runner = web.AppRunner(create_app(exporter, web_config, access), access_log=None, handle_signals=False)
-    await runner.setup()
+    context = web_config.ssl_context() if web_config else None
+    limits = serving.limits_for("web", serving.WEB_CONNECTIONS)
+    runner: web.AppRunner | None = None
     try:
-        site = web.TCPSite(runner, host, port, ssl_context=web_config.ssl_context() if web_config else None)
-        await site.start()
-        log.info(
-            "listening",
-            extra={"fields": {"address": listen_address, "tls": bool(web_config and web_config.ssl_context())}},
-        )
+        runner = await serving.start_server(create_app(exporter, web_config, access), host, port, context, limits)
+        log.info("listening", extra={"fields": {"address": listen_address, "tls": context is not None}})
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         reloads: set[asyncio.Task[object]] = set()
@@ -273,7 +270,8 @@ async def _serve(
         await stop.wait()
         log.info("shutting down")
     finally:
-        await runner.cleanup()
+        if runner is not None:
+            await runner.cleanup()
         await exporter.stop()
 
 
@@ -313,6 +311,7 @@ Stop push notifications (and heal with {{"kind": "none"}}):
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level, args.log_format, args.protocol_debug)
+    serving.limit_process()
     if args.command == "simulate":
         from .simulator.server import serve as serve_simulator
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from . import serving
 from .config import Kind, Notifications, Target, parse_listen_address
 from .push import MAX_CALLBACK_BYTES, PushRegistry
 
@@ -92,18 +92,10 @@ class Listener:
         if settings is None:
             return
         host, port = parse_listen_address(settings.listen_address)
-        context = None
-        if settings.tls is not None:
-            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            context.load_cert_chain(settings.tls.cert_file, settings.tls.key_file)
-        runner = web.AppRunner(self._app(urlsplit(settings.public_url).path.rstrip("/")), access_log=None)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, host, port, ssl_context=context).start()
-        except OSError:
-            await runner.cleanup()
-            raise
-        self._runner = runner
+        tls = serving.ReloadingTLS(settings.tls.cert_file, settings.tls.key_file) if settings.tls else None
+        app = self._app(urlsplit(settings.public_url).path.rstrip("/"))
+        limits = serving.limits_for("listener", serving.LISTENER_CONNECTIONS)
+        self._runner = await serving.start_server(app, host, port, tls, limits)
         log.info(
             "notification listener started",
             extra={"fields": {"address": settings.listen_address, "public_url": settings.public_url}},

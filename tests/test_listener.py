@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
+import logging
+import os
+import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
-from loopback import push_listener_config
+from aiohttp import web
+from loopback import free_port, push_listener_config
 from samples import parse, value
 
-from exporter import exposition
-from exporter.config import Config
+from exporter import exposition, serving
+from exporter.config import Config, Notifications, NotificationsTLS
 from exporter.listener import Listener, callback_url
 from exporter.push import MAX_CALLBACK_BYTES, ProbeItem, PushRegistry, Subscription
+from exporter.simulator.pki import CertificateAuthority
 
 SOAP = "http://schemas.xmlsoap.org/soap/envelope/"
 TYPES = "http://schemas.microsoft.com/exchange/services/2006/types"
@@ -222,3 +230,252 @@ async def test_a_dripping_body_is_cut_off(
     async with http.post(url, data=drip()) as response:
         assert response.status == 408
     assert time.monotonic() - started < 2.0  # not the 4 s the drip would take
+
+
+# --- the servers' limits (exporter/serving.py) ---------------------------------------------------------------
+
+
+async def _closed_by_server(reader: asyncio.StreamReader, timeout: float = 10.0) -> bool:
+    """True once the server closed the connection (EOF, or a reset), False if it is still open at ``timeout``."""
+    try:
+        async with asyncio.timeout(timeout):
+            while await reader.read(65536):
+                pass
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        pass
+    return True
+
+
+async def _get(port: int, path: str = "/", head: bytes = b"") -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n".encode() + head + b"\r\n")
+    try:
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+
+
+@pytest.fixture
+def small_limits(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    def apply(**limits: Any) -> None:
+        original = serving.limits_for
+
+        def limits_for(name: str, max_connections: int, nofile: int | None = None) -> serving.ServerLimits:
+            return dataclasses.replace(original(name, max_connections, nofile), **limits)
+
+        monkeypatch.setattr(serving, "limits_for", limits_for)
+
+    return apply
+
+
+async def test_a_full_listener_leaves_the_web_port_answering_and_takes_connections_as_slots_free(
+    config: Config, small_limits: Callable[..., None]
+) -> None:
+    small_limits(max_connections=4, head_seconds=30.0)
+    registry = PushRegistry()
+    registry.configure(config)
+    listener = Listener(registry)
+    await listener.apply(config.notifications)
+    metrics = web.Application()
+
+    async def up(_request: web.Request) -> web.Response:
+        return web.Response(text="up 1\n")
+
+    metrics.router.add_get("/metrics", up)
+    web_runner = await serving.start_server(
+        metrics, "127.0.0.1", 0, None, serving.limits_for("web", serving.WEB_CONNECTIONS)
+    )
+    port = int(config.notifications.listen_address.rsplit(":", 1)[1])  # type: ignore[union-attr]
+    idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(4)]
+    try:
+        # The listener is full: a fifth connection is not accepted (it waits in the backlog)...
+        waiting = asyncio.create_task(_get(port, "/monitor/push/ews/ews"))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        # ...while the web port, with a count of its own, answers at once.
+        assert (await _get(serving.bound_port(web_runner), "/metrics")).endswith(b"up 1\n")
+        # One slot freed: the waiting connection is served.
+        idle.pop()[1].close()
+        answer = await asyncio.wait_for(waiting, 10)
+        assert answer.startswith(b"HTTP/1.1 405")  # the callback path answers POST only
+        assert all(not reader.at_eof() for reader, _ in idle)  # still held: nothing else made room
+    finally:
+        for _, writer in idle:
+            writer.close()
+        await web_runner.cleanup()
+        await listener.stop()
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [b"", b"POST /monitor/push/ews/ews HTTP/1.1\r\nHost: x\r\n"],
+    ids=["nothing", "an-unfinished-head"],
+)
+async def test_the_request_head_must_come_within_the_deadline(
+    config: Config, small_limits: Callable[..., None], sent: bytes
+) -> None:
+    small_limits(head_seconds=0.5)  # aiohttp's own keep-alive default holds such a connection for an hour
+    registry = PushRegistry()
+    registry.configure(config)
+    listener = Listener(registry)
+    await listener.apply(config.notifications)
+    port = int(config.notifications.listen_address.rsplit(":", 1)[1])  # type: ignore[union-attr]
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(sent)
+        assert await _closed_by_server(reader)
+        writer.close()
+    finally:
+        await listener.stop()
+
+
+@pytest.mark.parametrize(
+    ("head", "status"),
+    [
+        (b"X-Long: " + b"a" * 9000 + b"\r\n", b"400"),  # one field past max_field_size
+        (b"".join(b"X-H%d: v\r\n" % i for i in range(40)), b"400"),  # more than max_headers fields
+        (b"X-Fine: " + b"a" * 4000 + b"\r\n", b"405"),  # within the limits: the route answers
+    ],
+    ids=["long-field", "many-fields", "within-limits"],
+)
+async def test_request_heads_are_bounded(
+    listening: tuple[PushRegistry, aiohttp.ClientSession], config: Config, head: bytes, status: bytes
+) -> None:
+    port = int(config.notifications.listen_address.rsplit(":", 1)[1])  # type: ignore[union-attr]
+    answer = await _get(port, "/monitor/push/ews/ews", head)
+    assert answer.split(b" ", 2)[1] == status
+    # No Python or aiohttp version announced, on the route's answers and aiohttp's own alike.
+    server = [line for line in answer.split(b"\r\n") if line.lower().startswith(b"server:")]
+    assert server == [b"Server: " + serving.SERVER_HEADER.encode()]
+
+
+def test_each_server_keeps_to_its_share_of_the_descriptors() -> None:
+    assert serving.limits_for("listener", 128, nofile=1_048_576).max_connections == 128
+    assert serving.limits_for("listener", 128, nofile=1024).max_connections == 1024 // serving.NOFILE_SHARE
+    assert serving.limits_for("web", 64, nofile=256).max_connections == 32
+    assert serving.limits_for("web", 64, nofile=4).max_connections == 1
+
+
+def test_server_log_lines_are_rate_limited_with_a_count(caplog: pytest.LogCaptureFixture) -> None:
+    now = [100.0]
+    logger = logging.getLogger("test.serving.rate")
+    limit = serving.RateLimit(every=10.0, clock=lambda: now[0])
+    logger.addFilter(limit)
+    try:
+        with caplog.at_level(logging.WARNING, logger="test.serving.rate"):
+            for _ in range(500):
+                logger.warning("cannot accept a connection")
+            now[0] += 10.0
+            logger.warning("cannot accept a connection")
+    finally:
+        logger.removeFilter(limit)
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages == [
+        "cannot accept a connection",
+        "cannot accept a connection (and 499 more like it in the last 10 s)",
+    ]
+
+
+def test_limit_process_raises_nofile_and_disables_cores(tmp_path: Path) -> None:
+    import resource
+    import subprocess
+    import sys
+
+    def low_limits() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 2048))
+        resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+
+    script = (
+        "import resource; from exporter import serving; serving.limit_process(); "
+        "print(resource.getrlimit(resource.RLIMIT_NOFILE), resource.getrlimit(resource.RLIMIT_CORE))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], preexec_fn=low_limits, capture_output=True, text=True, check=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    ).stdout  # fmt: skip
+    assert out.split() == ["(2048,", "2048)", "(0,", "0)"]
+
+
+def _tls_files(tmp_path: Path, ca: CertificateAuthority) -> tuple[Path, Path]:
+    cert, key = ca.issue(["localhost"])
+    (tmp_path / "listener.crt").write_bytes(cert)
+    (tmp_path / "listener.key").write_bytes(key)
+    return tmp_path / "listener.crt", tmp_path / "listener.key"
+
+
+async def _peer_certificate(port: int, context: ssl.SSLContext) -> bytes:
+    _reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context, server_hostname="localhost")
+    try:
+        sslobj = writer.get_extra_info("ssl_object")
+        return sslobj.getpeercert(binary_form=True)
+    finally:
+        writer.close()
+
+
+@pytest.fixture
+def tls_listener(tmp_path: Path) -> tuple[Notifications, CertificateAuthority]:
+    ca = CertificateAuthority.create("listener test CA")
+    cert, key = _tls_files(tmp_path, ca)
+    port = free_port()
+    tls = NotificationsTLS(cert_file=str(cert), key_file=str(key))
+    return Notifications(listen_address=f"127.0.0.1:{port}", public_url=f"https://localhost:{port}", tls=tls), ca
+
+
+async def test_a_renewed_listener_certificate_is_served_without_a_restart(
+    tls_listener: tuple[Notifications, CertificateAuthority], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    notifications, ca = tls_listener
+    monkeypatch.setattr(serving.ReloadingTLS, "CHECK_SECONDS", 0.0)
+    listener = Listener(PushRegistry())
+    await listener.apply(notifications)
+    port = int(notifications.listen_address.rsplit(":", 1)[1])
+    client = ssl.create_default_context(cadata=ca.cert_pem.decode())
+    try:
+        first = await _peer_certificate(port, client)
+        (tmp_path / "listener.crt").write_bytes(b"half written")  # a renewal caught midway: the old pair stays
+        assert await _peer_certificate(port, client) == first
+        cert, _key = _tls_files(tmp_path, ca)
+        renewed = await _peer_certificate(port, client)
+        assert renewed != first
+        assert renewed == ssl.PEM_cert_to_DER_cert(
+            cert.read_text().split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n"
+        )
+    finally:
+        await listener.stop()
+
+
+@pytest.mark.parametrize(
+    ("version", "ciphers", "accepted"),
+    [
+        (ssl.TLSVersion.TLSv1_3, None, True),
+        (ssl.TLSVersion.TLSv1_2, "ECDHE-ECDSA-AES128-GCM-SHA256", True),
+        (ssl.TLSVersion.TLSv1_2, "ECDHE-ECDSA-CHACHA20-POLY1305", True),
+        # CBC with SHA-2, which Python's default server suites accept.
+        (ssl.TLSVersion.TLSv1_2, "ECDHE-ECDSA-AES128-SHA256:ECDHE-ECDSA-AES256-SHA384", False),
+    ],
+    ids=["tls13", "tls12-aes-gcm", "tls12-chacha20", "tls12-cbc"],
+)
+async def test_the_listener_offers_aead_suites_only(
+    tls_listener: tuple[Notifications, CertificateAuthority],
+    version: ssl.TLSVersion,
+    ciphers: str | None,
+    accepted: bool,
+) -> None:
+    notifications, ca = tls_listener
+    listener = Listener(PushRegistry())
+    await listener.apply(notifications)
+    port = int(notifications.listen_address.rsplit(":", 1)[1])
+    client = ssl.create_default_context(cadata=ca.cert_pem.decode())
+    client.minimum_version = client.maximum_version = version
+    if ciphers:
+        client.set_ciphers(ciphers)
+    try:
+        if accepted:
+            assert await _peer_certificate(port, client)
+        else:
+            with pytest.raises((ssl.SSLError, ConnectionResetError)):  # no shared suite: an alert, or a reset
+                await _peer_certificate(port, client)
+    finally:
+        await listener.stop()

@@ -1,0 +1,396 @@
+"""How the exporter's two HTTP servers, the web port and the notification listener, take connections.
+
+The listener must be reachable from the Internet (Exchange and Graph call it back), and the web port often
+is from a whole network, so both are built here with the same defences (docs/security.md, "The notification
+listener"):
+
+- at most ``max_connections`` open at once per server, counted from ``accept`` to close (TLS handshakes
+  included): beyond it the server stops accepting and new connections wait in the kernel's backlog, as Go's
+  ``netutil.LimitListener`` does. Each server has its own count, so a listener flood cannot starve
+  ``/metrics``, and each stays a small share of the process's file descriptors, so neither can starve the
+  checks' own sockets;
+- the TLS handshake and the request head within ``head_seconds`` of the connection (or of the previous
+  answer on a kept-alive one), which also bounds an idle keep-alive: aiohttp arms its keep-alive timer at
+  ``connection_made`` and closes a connection still waiting for a complete head when it fires, so its
+  ``keepalive_timeout`` is the header deadline (aiohttp 3.14 has no separate one; its own default is an hour);
+- small request-line, header-field and header-count limits, so a connection's unfinished head costs at most
+  ``max_headers * max_field_size`` bytes;
+- TLS 1.2 with AEAD suites only, or TLS 1.3; no ``Server`` header naming Python's and aiohttp's versions;
+- accept errors (``EMFILE`` and kin) and aiohttp's line per malformed request logged at most once per
+  ``ACCEPT_LOG_SECONDS``, with how many were held back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import ssl
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp.web_response
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+
+log = logging.getLogger(__name__)
+
+HEAD_SECONDS = 5.0
+WEB_CONNECTIONS = 64  # Prometheus, a few people, alerting: far fewer at once
+LISTENER_CONNECTIONS = 128  # Exchange and Graph: one callback per subscription at a time
+# Each server holds at most this share of the soft NOFILE limit, so that the two together leave at least
+# three quarters of the descriptors to the checks (and to the log, config and certificate files).
+NOFILE_SHARE = 8
+ACCEPT_LOG_SECONDS = 10.0
+ACCEPT_RETRY_SECONDS = 0.5  # after a failed accept (out of descriptors): the moment a connection takes to end
+BACKLOG = 128
+SERVER_HEADER = "bems-exchange-exporter"  # no version: nothing to match against a list of advisories
+# Mozilla's "intermediate" TLS 1.2 suites (ssl-config.mozilla.org, guidelines 5.7): ECDHE or DHE key
+# exchange with AES-GCM or ChaCha20-Poly1305, no CBC. TLS 1.3's suites are all AEAD and set apart.
+AEAD_CIPHERS = ":".join(
+    (
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+        "DHE-RSA-AES128-GCM-SHA256",
+        "DHE-RSA-AES256-GCM-SHA384",
+        "DHE-RSA-CHACHA20-POLY1305",
+    )
+)
+FALLBACK_NOFILE = 1024  # what to assume where the limit cannot be read (Windows has no resource module)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    name: str  # "web" or "listener", in logs
+    max_connections: int
+    head_seconds: float = HEAD_SECONDS
+    max_line_size: int = 4096  # the request line: the exporter's paths and queries are short
+    max_field_size: int = 8190  # one header line, aiohttp's and nginx's usual bound (room for a bearer token)
+    max_headers: int = 32  # Exchange, Graph and Prometheus send about ten; proxies add a few
+
+
+def limits_for(name: str, max_connections: int, nofile: int | None = None) -> ServerLimits:
+    """``name``'s limits, its connection cap held to its share of the soft NOFILE limit."""
+    nofile = soft_nofile() if nofile is None else nofile
+    return ServerLimits(name, max(1, min(max_connections, nofile // NOFILE_SHARE)))
+
+
+def soft_nofile() -> int:
+    try:
+        import resource
+    except ImportError:
+        return FALLBACK_NOFILE
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return FALLBACK_NOFILE if soft == resource.RLIM_INFINITY else int(soft)
+
+
+def limit_process() -> None:
+    """At start (POSIX): raise the soft NOFILE limit to the hard one, and disable core dumps, which would
+    write the service account's password and the app secret to disk."""
+    try:
+        import resource
+    except ImportError:
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as err:  # an unlimited hard limit is beyond the kernel's nr_open
+            log.debug("could not raise the NOFILE limit", extra={"fields": {"soft": soft, "hard": hard, "err": err}})
+    try:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    except (ValueError, OSError) as err:
+        log.warning("could not disable core dumps", extra={"fields": {"err": err}})
+
+
+def harden(context: ssl.SSLContext) -> ssl.SSLContext:
+    """TLS 1.2 with AEAD suites only, or TLS 1.3, on a server context."""
+    if context.minimum_version < ssl.TLSVersion.TLSv1_2:
+        context.minimum_version = ssl.TLSVersion.TLSv1_2  # no AEAD suite exists below it
+    context.set_ciphers(AEAD_CIPHERS)
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
+    return context
+
+
+def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    context = harden(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
+    context.load_cert_chain(cert_file, key_file)
+    return context
+
+
+def _stamp(path: str) -> tuple[int, int, int]:
+    status = os.stat(path)  # follows symlinks: a Kubernetes secret is renewed by swapping one
+    return status.st_ino, status.st_mtime_ns, status.st_size
+
+
+class ReloadingTLS:
+    """A certificate and key pair re-read when either file changes (checked at each handshake, at most once a
+    second): a renewal takes effect without a restart. A pair that does not load (half written, a key that
+    does not match) is logged and the previous one kept."""
+
+    CHECK_SECONDS = 1.0
+
+    def __init__(self, cert_file: str, key_file: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.cert_file, self.key_file = cert_file, key_file
+        self._clock = clock
+        self._stamp = (_stamp(cert_file), _stamp(key_file))
+        self._context = server_context(cert_file, key_file)  # a broken pair fails the start
+        self._checked = clock()
+
+    def __call__(self) -> ssl.SSLContext:
+        now = self._clock()
+        if now - self._checked >= self.CHECK_SECONDS:
+            self._checked = now
+            self._reload_if_changed()
+        return self._context
+
+    def _reload_if_changed(self) -> None:
+        fields: dict[str, Any] = {"cert_file": self.cert_file, "key_file": self.key_file}
+        try:
+            stamp = (_stamp(self.cert_file), _stamp(self.key_file))
+            if stamp == self._stamp:
+                return
+            self._stamp = stamp  # tried once per change; a half-written pair changes again when completed
+            self._context = server_context(self.cert_file, self.key_file)
+        except (OSError, ssl.SSLError) as err:
+            fields["err"] = err
+            log.warning("cannot load the renewed certificate: keeping the previous one", extra={"fields": fields})
+            return
+        log.info("certificate reloaded", extra={"fields": fields})
+
+
+TLSSource = ssl.SSLContext | Callable[[], ssl.SSLContext]
+
+
+class RateLimit(logging.Filter):
+    """Let through at most one record per ``every`` seconds, saying how many were held back since the last.
+
+    On each server's own logger: failed accepts (out of descriptors under a flood) and aiohttp's line per
+    malformed request would otherwise write a line (and a traceback) per connection. A malformed request
+    is the client's doing: its traceback is dropped, the message kept."""
+
+    def __init__(self, every: float = ACCEPT_LOG_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.every, self._clock = every, clock
+        self.held_back = 0
+        self._passed_at: float | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = self._clock()
+        if self._passed_at is not None and now - self._passed_at < self.every:
+            self.held_back += 1
+            return False
+        if self.held_back:
+            record.msg = f"{record.msg} (and {self.held_back} more like it in the last {now - self._passed_at:.0f} s)"
+        if record.exc_info and isinstance(record.exc_info[1], HttpProcessingError):
+            record.exc_info, record.exc_text = None, None
+        self._passed_at, self.held_back = now, 0
+        return True
+
+
+def server_logger(name: str) -> logging.Logger:
+    """The rate-limited logger of server ``name`` (one filter, however often the server restarts)."""
+    logger = log.getChild(name)
+    if not any(isinstance(f, RateLimit) for f in logger.filters):
+        logger.addFilter(RateLimit())
+    return logger
+
+
+class _Counted(asyncio.Protocol):
+    """aiohttp's protocol for one connection, giving its slot back when the connection ends."""
+
+    def __init__(self, inner: asyncio.Protocol, release: Callable[[], None]) -> None:
+        self._inner, self._release = inner, release
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        try:
+            self._inner.connection_lost(exc)
+        finally:
+            self._release()
+
+
+class _Slot:
+    def __init__(self, slots: asyncio.Semaphore) -> None:
+        self._slots: asyncio.Semaphore | None = slots
+
+    def release(self) -> None:
+        if self._slots is not None:
+            self._slots.release()
+            self._slots = None
+
+
+def _bind(host: str | None, port: int) -> list[socket.socket]:
+    """Listening sockets as ``loop.create_server`` makes them: every address of ``host``, all interfaces
+    (IPv4 and IPv6) for None."""
+    sockets: list[socket.socket] = []
+    infos = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+    try:
+        for family, kind, proto, _name, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            if os.name == "posix" and sys.platform != "cygwin":
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(BACKLOG)
+            sock.setblocking(False)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+class _Acceptor:
+    """The accept loops of one server's sockets, sharing its connection cap; quacks as the
+    ``asyncio.Server`` aiohttp's sites keep (``sockets``, ``close``)."""
+
+    def __init__(
+        self, sockets: list[socket.socket], protocol: Callable[[], asyncio.Protocol], tls: TLSSource | None,
+        limits: ServerLimits,
+    ) -> None:  # fmt: skip
+        self.sockets = sockets
+        self._protocol, self._tls, self._limits = protocol, tls, limits
+        self._slots = asyncio.Semaphore(limits.max_connections)
+        self._log = server_logger(limits.name)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loops = [self._spawn(self._accept(sock)) for sock in sockets]
+
+    def _spawn(self, coroutine: Any) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _accept(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._slots.acquire()
+            try:
+                conn, _address = await loop.sock_accept(sock)
+            except OSError as err:
+                self._slots.release()
+                self._log.warning("cannot accept a connection", extra={"fields": {"err": err.strerror or err}})
+                await asyncio.sleep(ACCEPT_RETRY_SECONDS)
+                continue
+            except BaseException:
+                self._slots.release()
+                raise
+            self._spawn(self._start(conn))
+
+    async def _start(self, conn: socket.socket) -> None:
+        slot = _Slot(self._slots)
+        context = None
+        try:
+            context = self._tls() if callable(self._tls) else self._tls
+            await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: _Counted(self._protocol(), slot.release), conn, ssl=context,
+                ssl_handshake_timeout=self._limits.head_seconds if context is not None else None,
+            )  # fmt: skip
+        except (OSError, TimeoutError) as err:  # a failed or timed-out handshake, a client gone at once
+            log.debug("connection ended before its first request", extra={"fields": {"err": err}})
+            conn.close()
+            slot.release()
+        except BaseException:
+            conn.close()
+            slot.release()
+            raise
+
+    def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for sock in self.sockets:
+            sock.close()
+
+    async def wait_closed(self) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class LimitedSite(web.BaseSite):
+    """A TCP site whose connections go through ``_Acceptor``."""
+
+    __slots__ = ("_host", "_limits", "_port", "_tls")
+
+    def __init__(
+        self, runner: web.BaseRunner, host: str | None, port: int, tls: TLSSource | None, limits: ServerLimits
+    ) -> None:
+        super().__init__(runner)
+        self._host, self._port, self._tls, self._limits = host, port, tls, limits
+
+    @property
+    def name(self) -> str:
+        return f"{'https' if self._tls else 'http'}://{self._host or '0.0.0.0'}:{self.port}"
+
+    @property
+    def port(self) -> int:
+        acceptor = self._server
+        return int(acceptor.sockets[0].getsockname()[1]) if acceptor is not None else self._port  # type: ignore[union-attr]
+
+    async def start(self) -> None:
+        await super().start()
+        server = self._runner.server
+        assert server is not None
+        self._server = _Acceptor(_bind(self._host, self._port), server, self._tls, self._limits)  # type: ignore[assignment]
+
+    async def stop(self) -> None:
+        acceptor = self._server
+        await super().stop()
+        if acceptor is not None:
+            await acceptor.wait_closed()  # type: ignore[attr-defined]
+
+
+async def start_server(
+    app: web.Application, host: str | None, port: int, tls: TLSSource | None, limits: ServerLimits
+) -> web.AppRunner:
+    """Serve ``app`` on ``host:port`` within ``limits``; ``tls`` a context, or a callable giving the context
+    for each new connection (``ReloadingTLS``). The caller cleans the runner up."""
+    if isinstance(tls, ssl.SSLContext):
+        harden(tls)
+    # aiohttp has no setting for its Server header, and its answers to malformed requests (400, 431) pass no
+    # application signal: its module default is the one place every answer takes it from.
+    aiohttp.web_response.SERVER_SOFTWARE = SERVER_HEADER  # type: ignore[attr-defined]
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, logger=server_logger(limits.name),
+        keepalive_timeout=limits.head_seconds,
+        max_line_size=limits.max_line_size, max_field_size=limits.max_field_size, max_headers=limits.max_headers,
+    )  # fmt: skip
+    await runner.setup()
+    try:
+        await LimitedSite(runner, host, port, tls, limits).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner
+
+
+def bound_port(runner: web.AppRunner) -> int:
+    """The port the runner's (first) site listens on: the one the kernel chose for port 0."""
+    site = next(iter(runner.sites))
+    assert isinstance(site, LimitedSite)
+    return site.port
