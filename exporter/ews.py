@@ -207,6 +207,12 @@ def subscription_id(response: HttpResponse) -> str:
     return subscription
 
 
+def subscription_watermark(response: HttpResponse) -> str | None:
+    """The Watermark a SubscribeResponse starts the subscription at: the first notification's
+    PreviousWatermark (None when the answer has none; the schema lets it out)."""
+    return (first_message(response).findtext(f"{{{MESSAGES_NS}}}Watermark") or "").strip() or None
+
+
 def created_item_id(response: HttpResponse) -> str:
     item = first_message(response).find(f".//{{{TYPES_NS}}}ItemId")
     if item is None or not item.get("Id"):
@@ -220,7 +226,8 @@ class Notification:
 
     subscription_id: str
     events: tuple[tuple[str, str | None], ...]  # (kind, ItemId or None)
-    watermark: str | None
+    watermark: str | None  # the last event's
+    previous_watermark: str | None  # the last one Exchange delivered before this notification
 
 
 def read_notifications(body: bytes) -> list[Notification]:
@@ -234,14 +241,15 @@ def read_notifications(body: bytes) -> list[Notification]:
         if not subscription:
             raise ValueError("a notification without a SubscriptionId")
         events, watermark = [], None
+        previous = (notification.findtext(f"{{{TYPES_NS}}}PreviousWatermark") or "").strip() or None
         for event in notification:
             kind = EVENT_KINDS.get(xmlsafe.local_name(event.tag))
             if kind is None:
                 continue  # SubscriptionId, PreviousWatermark, MoreEvents, and event types not subscribed to
             item = event.find(f"{{{TYPES_NS}}}ItemId")
             events.append((kind, item.get("Id") if item is not None else None))
-            watermark = event.findtext(f"{{{TYPES_NS}}}Watermark") or watermark
-        found.append(Notification(subscription, tuple(events), watermark))
+            watermark = (event.findtext(f"{{{TYPES_NS}}}Watermark") or "").strip() or watermark
+        found.append(Notification(subscription, tuple(events), watermark, previous))
     if not found:
         raise ValueError("a SendNotification without notifications")
     return found

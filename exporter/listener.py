@@ -26,9 +26,14 @@ def callback_path(kind: str, target: str) -> str:
     return f"/push/{kind}/{target}"
 
 
-def callback_url(notifications: Notifications, target: Target, lifecycle: bool = False) -> str:
+def callback_url(
+    notifications: Notifications, target: Target, lifecycle: bool = False, secret: str | None = None
+) -> str:
+    """The URL a subscription is given. An EWS one ends in the subscription's secret: Exchange's callbacks
+    carry nothing else that a forger could not copy (no signature, no client state)."""
     kind = "graph" if target.kind == Kind.GRAPH else "ews"
-    return notifications.public_url + callback_path(kind, target.name) + ("/lifecycle" if lifecycle else "")
+    tail = "/lifecycle" if lifecycle else f"/{secret}" if secret else ""
+    return notifications.public_url + callback_path(kind, target.name) + tail
 
 
 async def _body(request: web.Request) -> bytes:
@@ -60,13 +65,15 @@ class Listener:
 
     def _app(self, prefix: str) -> web.Application:
         app = web.Application(client_max_size=MAX_CALLBACK_BYTES * 2)
-        app.router.add_post(prefix + "/push/ews/{target}", self._ews)
+        app.router.add_post(prefix + "/push/ews/{target}", self._ews)  # no secret: subscriptions of old versions
+        app.router.add_post(prefix + "/push/ews/{target}/{secret}", self._ews)
         app.router.add_post(prefix + "/push/graph/{target}", self._graph)
         app.router.add_post(prefix + "/push/graph/{target}/lifecycle", self._graph_lifecycle)
         return app
 
     async def _ews(self, request: web.Request) -> web.Response:
-        status, body = self.registry.ews_callback(request.match_info["target"], await _body(request))
+        target, secret = request.match_info["target"], request.match_info.get("secret")
+        status, body = self.registry.ews_callback(target, secret, await _body(request))
         return web.Response(status=status, body=body, content_type="text/xml", charset="utf-8")
 
     async def _graph(self, request: web.Request) -> web.Response:
@@ -96,6 +103,12 @@ class Listener:
         app = self._app(urlsplit(settings.public_url).path.rstrip("/"))
         limits = serving.limits_for("listener", serving.LISTENER_CONNECTIONS)
         self._runner = await serving.start_server(app, host, port, tls, limits)
+        if settings.public_url.startswith("http://"):
+            log.warning(
+                "notifications.public_url is http://: callbacks, and the secrets in their URLs, cross the network "
+                "in clear; give an https:// URL (the listener's tls, or a proxy that terminates TLS)",
+                extra={"fields": {"public_url": settings.public_url}},
+            )
         log.info(
             "notification listener started",
             extra={"fields": {"address": settings.listen_address, "public_url": settings.public_url}},

@@ -3,13 +3,15 @@
 
 Counters, the delivery-delay histogram and whether a subscription is active are exported from this
 state at scrape time: a subscription that Graph removes between two checks shows as inactive at once.
-Callbacks that are rejected (wrong ``clientState``, unknown subscription, oversize, malformed) move
+Callbacks that are rejected (wrong ``clientState``, unknown subscription, oversize, malformed; for EWS a
+wrong or missing secret in the callback URL, or a ``PreviousWatermark`` that does not continue the chain) move
 neither the notification counters nor the last-notification time; nor does a Graph ``missed`` lifecycle
 event, which says notifications were dropped (it is counted as kind ``missed``).
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import time
@@ -29,7 +31,7 @@ MAX_UNDELETED = 16  # probe items whose delete keeps failing; beyond this the ol
 MAX_CALLBACK_BYTES = 256 * 1024  # a SendNotification or a Graph batch is a few KiB
 DELAY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 NOTIFICATION_KINDS = ("status", "created", "new_mail", "changed", "lifecycle", "missed")
-REJECTION_REASONS = ("client_state", "unknown_subscription", "oversize", "malformed")
+REJECTION_REASONS = ("client_state", "unknown_subscription", "oversize", "malformed", "url_secret", "watermark")
 
 ACTIVE = MetricSpec(
     "bems_push_subscription_active",
@@ -60,6 +62,11 @@ class Subscription:
     expires_at: float = 0.0  # Graph: when the server drops it unless renewed
     active: bool = True
     reauthorize: bool = False  # Graph asked for reauthorization
+    url_secret: str = ""  # EWS: the secret in the path of the callback URL given to Subscribe
+    # EWS: the last Watermark accepted (at first the one Subscribe answered, None if it gave none) and the
+    # PreviousWatermark that came with it: each notification must continue the chain.
+    watermark: str | None = None
+    previous_watermark: str | None = None
 
 
 @dataclass
@@ -149,6 +156,21 @@ class PushTarget:
         return True
 
 
+def _chain(current: Subscription, notification: ews.Notification) -> str:
+    """How ``notification`` relates to ``current``'s watermark chain: ``next`` when its PreviousWatermark is
+    the last Watermark accepted ("For push clients, the PreviousWatermark is compared to the local,
+    client-side last known watermark. If the values are different, the client has missed an event
+    notification", Microsoft's PreviousWatermark reference), ``repeat`` when it is the last notification
+    accepted sent again (Exchange retries one whose answer it did not get), else ``broken``. Without a
+    watermark yet (Subscribe answered none), the first notification starts the chain."""
+    if current.watermark is None or notification.previous_watermark == current.watermark:
+        return "next"
+    last = notification.watermark or notification.previous_watermark
+    if notification.previous_watermark == current.previous_watermark and last == current.watermark:
+        return "repeat"
+    return "broken"
+
+
 class PushRegistry:
     def __init__(self) -> None:
         self.targets: dict[str, PushTarget] = {}
@@ -172,8 +194,9 @@ class PushRegistry:
 
     # -- callbacks (the listener) ---------------------------------------------------------------------
 
-    def ews_callback(self, target_name: str, body: bytes) -> tuple[int, bytes]:
-        """Status and body answering an EWS ``SendNotification``."""
+    def ews_callback(self, target_name: str, secret: str | None, body: bytes) -> tuple[int, bytes]:
+        """Status and body answering an EWS ``SendNotification`` posted with ``secret`` in its URL (None when
+        the URL has none)."""
         state = self.targets.get(target_name)
         if state is None or state.target.kind != Kind.EWS:
             return 404, b""
@@ -185,7 +208,7 @@ class PushRegistry:
         except (ValueError, xmlsafe.UnsafeXML):
             state.rejected["malformed"] += 1
             return 400, b""
-        keep = True
+        keep, status = True, 200
         for notification in notifications:
             current = state.current
             if current is None or not current.active or notification.subscription_id != current.id:
@@ -193,9 +216,22 @@ class PushRegistry:
                 state.rejected["unknown_subscription"] += 1
                 keep = False
                 continue
+            if not current.url_secret or not hmac.compare_digest(current.url_secret.encode(), (secret or "").encode()):
+                # The right subscription id but not the URL it was given: not Exchange. Nothing it says counts.
+                state.rejected["url_secret"] += 1
+                return 403, b""
+            chain = _chain(current, notification)
+            if chain == "broken":  # a notification missed, or a replayed or forged one: nothing it says counts
+                state.rejected["watermark"] += 1
+                status = 400
+                continue
+            if chain == "repeat":
+                continue  # already counted; answered OK again so that Exchange moves on
+            current.previous_watermark = notification.previous_watermark
+            current.watermark = notification.watermark or current.watermark
             for kind, item_id in notification.events:
                 state.accept(kind, item_id)
-        return 200, ews.notification_result(keep)
+        return status, ews.notification_result(keep) if status == 200 else b""
 
     def graph_callback(self, target_name: str, body: bytes, lifecycle: bool) -> int:
         """Status answering a Graph change or lifecycle notification batch."""
@@ -209,7 +245,7 @@ class PushRegistry:
             batch = json.loads(body)["value"]
             if not isinstance(batch, list):
                 raise TypeError
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: nested deeper than the stack
             state.rejected["malformed"] += 1
             return 400
         for item in batch:

@@ -35,24 +35,28 @@ def local(url: str) -> str:
     return url.replace("https://", "http://")
 
 
-def send_notification(subscription: str, events: str) -> bytes:
+def send_notification(subscription: str, events: str, previous: str = "AAAAAAAAAAA=") -> bytes:
     return (
         f'<?xml version="1.0" encoding="utf-8"?><soap:Envelope xmlns:soap="{SOAP}"><soap:Body>'
         f'<m:SendNotification xmlns:t="{TYPES}" xmlns:m="{MESSAGES}"><m:ResponseMessages>'
         '<m:SendNotificationResponseMessage ResponseClass="Success"><m:ResponseCode>NoError</m:ResponseCode>'
         f"<m:Notification><t:SubscriptionId>{subscription}</t:SubscriptionId>"
-        "<t:PreviousWatermark>AAAAAAAAAAA=</t:PreviousWatermark><t:MoreEvents>false</t:MoreEvents>"
+        f"<t:PreviousWatermark>{previous}</t:PreviousWatermark><t:MoreEvents>false</t:MoreEvents>"
         f"{events}</m:Notification></m:SendNotificationResponseMessage></m:ResponseMessages>"
         "</m:SendNotification></soap:Body></soap:Envelope>"
     ).encode()
 
 
-STATUS = "<t:StatusEvent><t:Watermark>AAAAAAAAAAA=</t:Watermark></t:StatusEvent>"
+def status_event(watermark: str = "AAAAAAAAAAA=") -> str:
+    return f"<t:StatusEvent><t:Watermark>{watermark}</t:Watermark></t:StatusEvent>"
 
 
-def created(item: str) -> str:
+STATUS = status_event()
+
+
+def created(item: str, watermark: str = "AQ==") -> str:
     return (
-        f"<t:CreatedEvent><t:Watermark>AQ==</t:Watermark><t:TimeStamp>2026-11-26T00:00:00Z</t:TimeStamp>"
+        f"<t:CreatedEvent><t:Watermark>{watermark}</t:Watermark><t:TimeStamp>2026-11-26T00:00:00Z</t:TimeStamp>"
         f'<t:ItemId Id="{item}" ChangeKey="CQ=="/><t:ParentFolderId Id="AQ" ChangeKey="AQ=="/></t:CreatedEvent>'
     )
 
@@ -78,9 +82,10 @@ async def listening(config: Config) -> AsyncIterator[tuple[PushRegistry, aiohttp
 async def test_ews_callbacks(config: Config, listening: tuple[PushRegistry, aiohttp.ClientSession]) -> None:
     registry, http = listening
     state = registry.targets["ews"]
-    state.replace(Subscription("current-id", time.time()))
-    url = local(callback_url(config.notifications, config.targets_by_name()["ews"]))  # type: ignore[arg-type]
-    assert url.endswith("/monitor/push/ews/ews")
+    state.replace(Subscription("current-id", time.time(), url_secret="the-secret", watermark="AAAAAAAAAAA="))
+    ews_target = config.targets_by_name()["ews"]
+    url = local(callback_url(config.notifications, ews_target, secret="the-secret"))  # type: ignore[arg-type]
+    assert url.endswith("/monitor/push/ews/ews/the-secret")
 
     async def post(body: bytes) -> tuple[int, str]:
         async with http.post(url, data=body, headers={"Content-Type": "text/xml"}) as response:
@@ -106,6 +111,71 @@ async def test_ews_callbacks(config: Config, listening: tuple[PushRegistry, aioh
         assert response.status == 404
     async with http.get(url) as response:
         assert response.status == 405  # only the callback method
+    without_secret = local(callback_url(config.notifications, ews_target))  # type: ignore[arg-type]
+    async with http.post(
+        without_secret, data=send_notification("current-id", status_event("AQ=="), "AQ==")
+    ) as response:
+        assert response.status == 403
+    assert state.rejected["url_secret"] == 1 and state.notifications["status"] == 1
+
+
+W0, W1, W2 = "AQAAAAA0", "AQAAAAA1", "AQAAAAA2"
+
+
+@pytest.mark.parametrize(
+    ("secret", "body", "answer", "counted", "rejected"),
+    [
+        ("right", send_notification("sub", status_event(W1), W1), "OK", {"status": 1}, None),
+        ("right", send_notification("sub", created("item-2", W2), W1), "OK", {"created": 1}, None),
+        # Exchange retries the last notification when our answer did not reach it: OK, counted once.
+        ("right", send_notification("sub", created("item-1", W1), W0), "OK", {}, None),
+        (None, send_notification("sub", status_event(W1), W1), 403, {}, "url_secret"),
+        ("wrong", send_notification("sub", status_event(W1), W1), 403, {}, "url_secret"),
+        ("righ", send_notification("sub", status_event(W1), W1), 403, {}, "url_secret"),
+        # The right URL, a chain that does not continue: a notification missed, or replayed, or forged.
+        ("right", send_notification("sub", status_event(W2), W2), 400, {}, "watermark"),
+        ("right", send_notification("sub", status_event(W0), W0), 400, {}, "watermark"),
+        # Another subscription (an earlier life's): whatever its URL, Unsubscribe ends it.
+        (None, send_notification("old-sub", status_event(W1), W1), "Unsubscribe", {}, "unknown_subscription"),
+    ],
+    ids=["status", "event", "retry", "no-secret", "wrong-secret", "secret-prefix", "gap", "replay", "old-life"],
+)
+def test_ews_callbacks_must_know_the_url_secret_and_continue_the_watermark_chain(
+    config: Config, secret: str | None, body: bytes, answer: str | int, counted: dict[str, int], rejected: str | None
+) -> None:
+    registry = PushRegistry()
+    registry.configure(config)
+    state = registry.targets["ews"]
+    state.replace(Subscription("sub", time.time(), url_secret="right", watermark=W1, previous_watermark=W0))
+    status_code, text = registry.ews_callback("ews", secret, body)
+    if isinstance(answer, int):
+        assert (status_code, text) == (answer, b"")
+    else:
+        assert status_code == 200 and f"<m:SubscriptionStatus>{answer}</m:SubscriptionStatus>".encode() in text
+    assert dict(state.notifications) == counted
+    assert dict(state.rejected) == ({rejected: 1} if rejected else {})
+    assert (state.last_notification is not None) == bool(counted)
+
+
+def test_the_first_notification_starts_the_chain_when_subscribe_gave_no_watermark(config: Config) -> None:
+    registry = PushRegistry()
+    registry.configure(config)
+    state = registry.targets["ews"]
+    state.replace(Subscription("sub", time.time(), url_secret="right"))
+    assert registry.ews_callback("ews", "right", send_notification("sub", status_event(W1), W0))[0] == 200
+    assert registry.ews_callback("ews", "right", send_notification("sub", status_event(W2), W2))[0] == 400
+    assert registry.ews_callback("ews", "right", send_notification("sub", created("i", W2), W1))[0] == 200
+    assert dict(state.notifications) == {"status": 1, "created": 1} and state.rejected["watermark"] == 1
+
+
+def test_a_deeply_nested_graph_body_is_malformed(config: Config) -> None:
+    registry = PushRegistry()
+    registry.configure(config)
+    registry.targets["graph"].replace(Subscription("sub-1", time.time(), client_state="secret-state"))
+    nested = b'{"value": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"  # within MAX_CALLBACK_BYTES
+    assert len(nested) < MAX_CALLBACK_BYTES
+    assert registry.graph_callback("graph", nested, lifecycle=False) == 400
+    assert dict(registry.targets["graph"].rejected) == {"malformed": 1}
 
 
 async def test_graph_validation_and_notifications(

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import re
 import shutil
+import ssl
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 from checks import run
@@ -23,7 +25,7 @@ from exporter import exposition
 from exporter import push as push_state
 from exporter.app import Exporter
 from exporter.config import Config, load_config
-from exporter.listener import Listener
+from exporter.listener import Listener, callback_url
 from exporter.probes import CHECKS
 from exporter.probes import push as push_check
 from exporter.push import PushTarget
@@ -393,6 +395,55 @@ async def test_a_dead_listener_keeps_push_failing_until_delivery_returns(
         await until(lambda: state.last_notification is not None)  # its first keep-alive
     clock.advance(1)
     assert (await h.check("onprem-ews")).success
+
+
+def forged_status(subscription_id: str, previous: str) -> bytes:
+    """A StatusEvent as Exchange sends one (exchange-protocol-facts 5.2), made up by someone else."""
+    return (
+        '<?xml version="1.0" encoding="utf-8"?><soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/">'
+        '<soap:Body><m:SendNotification xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types" '
+        'xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages"><m:ResponseMessages>'
+        '<m:SendNotificationResponseMessage ResponseClass="Success"><m:ResponseCode>NoError</m:ResponseCode>'
+        f"<m:Notification><t:SubscriptionId>{subscription_id}</t:SubscriptionId>"
+        f"<t:PreviousWatermark>{previous}</t:PreviousWatermark><t:MoreEvents>false</t:MoreEvents>"
+        f"<t:StatusEvent><t:Watermark>{previous}</t:Watermark></t:StatusEvent></m:Notification>"
+        "</m:SendNotificationResponseMessage></m:ResponseMessages></m:SendNotification></soap:Body></soap:Envelope>"
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    ("forgery", "reason"),
+    [("no_secret", "url_secret"), ("wrong_secret", "url_secret"), ("wrong_watermark", "watermark")],
+)
+async def test_forged_status_events_do_not_keep_a_dead_push_path_green(
+    harness: HarnessFactory, clock: FakeClock, forgery: str, reason: str
+) -> None:
+    # Item 5 of issue 15: with Exchange's callbacks blocked, one forged StatusEvent a check, naming the
+    # subscription's id, kept push passing. The forger knows the id and the listener's public URL; for
+    # wrong_watermark also the secret in the URL (leaked from a proxy's log, say), but not where the
+    # subscription's watermark chain stands.
+    h = await harness(**{"onprem-ews": EWS_PUSH | SLOW | {"write_probe": False}})
+    state = h.state("onprem-ews")
+    h.sim.set_push_fault("callback_blocked")
+    notifications = h.config.notifications
+    assert notifications is not None
+    client = ssl.create_default_context(cafile=str(h.sim.ca_file))
+    verdicts = []
+    async with aiohttp.ClientSession() as session:
+        for _ in range(6):
+            result = await h.check("onprem-ews")
+            verdicts.append(result.reason or "pass")
+            current = state.current
+            assert current is not None
+            secret = {"no_secret": None, "wrong_secret": "x" * 43, "wrong_watermark": current.url_secret}[forgery]
+            url = callback_url(notifications, h.config.targets_by_name()["onprem-ews"], secret=secret)
+            stale = "AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=="
+            async with session.post(url, data=forged_status(current.id, stale), ssl=client) as response:
+                assert response.status in (400, 403)
+            clock.advance(60)
+    assert Reason.PUSH_STALLED in verdicts and verdicts[-1] == Reason.PUSH_STALLED, verdicts
+    assert not state.notifications and state.last_notification is None  # nothing forged was counted
+    assert state.rejected[reason] == 6
 
 
 async def test_a_graph_subscription_dropped_silently_is_replaced(harness: HarnessFactory, clock: FakeClock) -> None:

@@ -67,13 +67,23 @@ def _applies(config: Config, target: Target) -> bool:
 
 
 def config_warnings(config: Config) -> list[str]:
-    """What ``--config.check`` warns about push: a Graph target without write probe cannot show delivery."""
-    return [
+    """What ``--config.check`` warns about push: a Graph target without write probe cannot show delivery;
+    EWS callbacks to an http:// public URL (accepted, as before, for a TLS-terminating proxy's inside) carry
+    their URL secret in clear."""
+    warnings = [
         f"graph push target {target.name} has write_probe: false: delivery is not verified "
         "(Graph sends no keep-alives; the push check then shows only that the subscription is held)"
         for target in config.targets
         if target.kind == Kind.GRAPH and target.push is not None and not target.push_write_probe
     ]
+    notifications = config.notifications
+    plain = [t.name for t in config.targets if t.kind == Kind.EWS and t.push is not None]
+    if notifications is not None and notifications.public_url.startswith("http://") and plain:
+        warnings.append(
+            f"notifications.public_url {notifications.public_url} is http://: Exchange's callbacks for "
+            f"{', '.join(plain)} (and the secret in their URL) cross the network in clear; give an https:// URL"
+        )
+    return warnings
 
 
 def _stalled(message: str) -> ProbeFailure:
@@ -151,10 +161,14 @@ async def _ews(target: Target, ctx: ProbeContext, state: PushTarget) -> None:
     assert push is not None and ctx.config.notifications is not None
     if state.current is None or not state.current.active:
         async with ctx.rec.step(f"subscribe to {push.mailbox}'s inbox (EWS push)") as detail:
-            url = callback_url(ctx.config.notifications, target)
+            secret = secrets.token_urlsafe(32)  # Exchange's callbacks prove themselves by knowing it
+            url = callback_url(ctx.config.notifications, target, secret=secret)
             response = await _ews_call(ctx, target, ews.subscribe_push(url, push.status_frequency or 1, push.mailbox))
-            state.replace(Subscription(ews.subscription_id(response), time.time()))
-            detail.append(f"callbacks to {url}")
+            state.replace(Subscription(
+                ews.subscription_id(response), time.time(), url_secret=secret,
+                watermark=ews.subscription_watermark(response),
+            ))  # fmt: skip
+            detail.append(f"callbacks to {callback_url(ctx.config.notifications, target, secret='<secret>')}")
 
 
 async def _ews_write(ctx: ProbeContext, target: Target) -> str:
