@@ -259,6 +259,40 @@ async def test_subscribe_then_status_pings_at_the_status_frequency(
     assert sim.ews_push_deliveries[0].events == ("StatusEvent",)
 
 
+async def test_notifications_chain_their_watermarks_as_exchange_does(
+    sim: Simulator, session: aiohttp.ClientSession, listener: Listener
+) -> None:
+    # Each Notification's PreviousWatermark is "the watermark of the latest event that was successfully
+    # communicated to the client" and a push client compares it with its last known one (Microsoft's
+    # PreviousWatermark reference); a failed delivery is sent again unchanged. Read with exchangelib's parser.
+    from exchangelib.properties import StatusEvent
+    from exchangelib.services import SendNotification
+
+    failed_once: list[bool] = []
+
+    async def fail_the_first_item_event(received: Received) -> web.Response:
+        if event_names(received) != ["StatusEvent"] and not failed_once:
+            failed_once.append(True)
+            return web.Response(status=500)
+        return await answer_ok(received)
+
+    listener.answer = fail_the_first_item_event
+    _, envelope = await onprem_ews(sim, session, ews_envelope(subscribe_body(listener.url + "/ews")))
+    subscribed_at = response_message(envelope, "Subscribe").findtext("m:Watermark", namespaces=NS)
+    await listener.wait_for(1, timeout=4)  # a StatusEvent
+    await onprem_ews(sim, session, ews_envelope(CREATE_ITEM))
+    received = await listener.wait_for(4, timeout=6)  # the item events, their retry, a StatusEvent
+    parsed = [next(iter(SendNotification(protocol=None).parse(r.body))) for r in received[:4]]
+    ping, pushed, retried, next_ping = parsed
+    assert ping.previous_watermark == subscribed_at
+    assert [type(e) for e in ping.events] == [StatusEvent] and ping.events[0].watermark == subscribed_at
+    assert pushed.previous_watermark == ping.events[-1].watermark
+    assert all(event.watermark != pushed.previous_watermark for event in pushed.events)
+    assert retried.previous_watermark == pushed.previous_watermark  # sent again as it was
+    assert [e.watermark for e in retried.events] == [e.watermark for e in pushed.events]
+    assert next_ping.previous_watermark == pushed.events[-1].watermark == next_ping.events[0].watermark
+
+
 async def test_create_item_raises_created_and_new_mail_events(
     sim: Simulator, session: aiohttp.ClientSession, listener: Listener
 ) -> None:
