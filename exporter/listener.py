@@ -101,7 +101,7 @@ class Listener:
         host, port = parse_listen_address(settings.listen_address)
         tls = serving.ReloadingTLS(settings.tls.cert_file, settings.tls.key_file) if settings.tls else None
         app = self._app(urlsplit(settings.public_url).path.rstrip("/"))
-        limits = serving.limits_for("listener", serving.LISTENER_CONNECTIONS)
+        limits = serving.limits_for("listener", serving.LISTENER_CONNECTIONS, **serving.LISTENER_HEADS)
         self._runner = await serving.start_server(app, host, port, tls, limits)
         if settings.public_url.startswith("http://"):
             log.warning(

@@ -13,8 +13,8 @@ listener"):
   answer on a kept-alive one), which also bounds an idle keep-alive: aiohttp arms its keep-alive timer at
   ``connection_made`` and closes a connection still waiting for a complete head when it fires, so its
   ``keepalive_timeout`` is the header deadline (aiohttp 3.14 has no separate one; its own default is an hour);
-- small request-line, header-field and header-count limits, so a connection's unfinished head costs at most
-  ``max_headers * max_field_size`` bytes;
+- small request-line, header-field and header-count limits, and reads of 16 KiB at a time, so that a
+  connection's unfinished or malformed head costs at most about ``2 * max_headers * max_field_size`` bytes;
 - TLS 1.2 with AEAD suites only, or TLS 1.3; no ``Server`` header naming Python's and aiohttp's versions;
 - accept errors (``EMFILE`` and kin) and aiohttp's line per malformed request logged at most once per
   ``ACCEPT_LOG_SECONDS``, with how many were held back.
@@ -43,12 +43,17 @@ log = logging.getLogger(__name__)
 HEAD_SECONDS = 5.0
 WEB_CONNECTIONS = 64  # Prometheus, a few people, alerting: far fewer at once
 LISTENER_CONNECTIONS = 128  # Exchange and Graph: one callback per subscription at a time
+# Exchange's and Graph's callbacks carry a dozen short headers: the Internet-facing listener allows less than
+# the web port. aiohttp keeps each header twice (raw and decoded) until the head is complete, so an unfinished
+# head costs up to 2 * max_headers * max_field_size: 192 KiB here, 24 MiB for a full listener.
+LISTENER_HEADS = {"max_field_size": 4096, "max_headers": 24}
 # Each server holds at most this share of the soft NOFILE limit, so that the two together leave at least
 # three quarters of the descriptors to the checks (and to the log, config and certificate files).
 NOFILE_SHARE = 8
 ACCEPT_LOG_SECONDS = 10.0
 ACCEPT_RETRY_SECONDS = 0.5  # after a failed accept (out of descriptors): the moment a connection takes to end
 BACKLOG = 128
+READ_BYTES = 16 * 1024  # what a connection reads at a time (see _Counted)
 SERVER_HEADER = "bems-exchange-exporter"  # no version: nothing to match against a list of advisories
 # Mozilla's "intermediate" TLS 1.2 suites (ssl-config.mozilla.org, guidelines 5.7): ECDHE or DHE key
 # exchange with AES-GCM or ChaCha20-Poly1305, no CBC. TLS 1.3's suites are all AEAD and set apart.
@@ -78,10 +83,11 @@ class ServerLimits:
     max_headers: int = 32  # Exchange, Graph and Prometheus send about ten; proxies add a few
 
 
-def limits_for(name: str, max_connections: int, nofile: int | None = None) -> ServerLimits:
-    """``name``'s limits, its connection cap held to its share of the soft NOFILE limit."""
+def limits_for(name: str, max_connections: int, nofile: int | None = None, **heads: int) -> ServerLimits:
+    """``name``'s limits, its connection cap held to its share of the soft NOFILE limit; ``heads`` overrides
+    the request-head limits."""
     nofile = soft_nofile() if nofile is None else nofile
-    return ServerLimits(name, max(1, min(max_connections, nofile // NOFILE_SHARE)))
+    return ServerLimits(name, max(1, min(max_connections, nofile // NOFILE_SHARE)), **heads)
 
 
 def soft_nofile() -> int:
@@ -205,17 +211,24 @@ def server_logger(name: str) -> logging.Logger:
     return logger
 
 
-class _Counted(asyncio.Protocol):
-    """aiohttp's protocol for one connection, giving its slot back when the connection ends."""
+class _Counted(asyncio.BufferedProtocol):
+    """aiohttp's protocol for one connection, giving its slot back when the connection ends, and fed at most
+    ``READ_BYTES`` at a time: aiohttp keeps the error of a malformed head, and with its traceback the chunk
+    read when it was raised, until the error is answered; with the transports' 256 KiB reads a header flood
+    pinned some 100 MiB that way."""
 
     def __init__(self, inner: asyncio.Protocol, release: Callable[[], None]) -> None:
         self._inner, self._release = inner, release
+        self._buffer = bytearray(READ_BYTES)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._inner.connection_made(transport)
 
-    def data_received(self, data: bytes) -> None:
-        self._inner.data_received(data)
+    def get_buffer(self, sizehint: int) -> bytearray:
+        return self._buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._inner.data_received(bytes(memoryview(self._buffer)[:nbytes]))
 
     def eof_received(self) -> bool | None:
         return self._inner.eof_received()

@@ -7,6 +7,10 @@ measures the peak of Python allocations (tracemalloc, in-process: the simulator'
 
 The overload rows run the real Scheduler in-process: a thousand targets of which 30 % accept connections
 and never answer, and an account that Exchange throttles beside one it does not.
+
+The flood rows run the exporter as a process of its own (NOFILE 1024, as a service without LimitNOFILE)
+and flood its notification listener, idle connections or unfinished headers, while its /metrics, a healthy
+target's check and the process's resident memory are watched.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import json
 import os
 import resource
 import signal
+import socket
+import subprocess
 import sys
 import time
 import tracemalloc
@@ -27,9 +33,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import pytest_asyncio
 import yaml
+from loopback import free_port
+from samples import parse, value
 
 from exporter.config import AuthMethod, Config, Target, load_config
 from exporter.probes import CHECKS
@@ -402,3 +411,162 @@ async def test_throttled_account_backs_off_alone(sim: Simulator, tmp_path: Path)
     assert 0 < peak_in_flight["entra-app"] <= limit and peak_in_flight["bemsadmin"] <= limit, peak_in_flight
     overlap = max(sum(1 for o in online_requests if r.time - 0.3 < o.time <= r.time) for r in online_requests)
     assert overlap <= limit, overlap
+
+
+# --- floods against the notification listener (issue 15, items 3 and 4) ----------------------------------
+
+FLOOD_NOFILE = 1024  # the usual soft and hard limit of a service without LimitNOFILE: nothing to raise to
+
+
+@dataclass
+class ExporterProcess:
+    proc: subprocess.Popen[bytes]
+    web_port: int
+    listener_port: int
+    stderr: Path
+
+    def rss(self) -> int:
+        """Resident memory of the exporter process, in bytes (/proc: the process's own, not Python's view)."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS")
+
+
+@contextlib.asynccontextmanager
+async def _exporter_with_listener(sim: Simulator, tmp_path: Path) -> AsyncIterator[ExporterProcess]:
+    """``python -m exporter`` with NOFILE at 1024 (soft and hard), a notification listener, and one healthy
+    target (the simulator's on-premises EWS, checked every second)."""
+    document = yaml.safe_load(sim.write_exporter_config(tmp_path / "base.yml", interval="1s", timeout="1s").read_text())
+    document["targets"] = [t for t in document["targets"] if t["name"] == EWS]
+    web_port, listener_port = free_port(), free_port()
+    document["notifications"] = {
+        "listen_address": f"127.0.0.1:{listener_port}", "public_url": f"https://127.0.0.1:{listener_port}/monitor",
+    }  # fmt: skip
+    config = tmp_path / "flood.yml"
+    config.write_text(yaml.safe_dump(document, sort_keys=False))
+
+    def low_nofile() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (FLOOD_NOFILE, FLOOD_NOFILE))
+
+    stderr = tmp_path / "exporter.stderr"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    with stderr.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "exporter", "--config.file", str(config),
+             "--web.listen-address", f"127.0.0.1:{web_port}"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env,
+            preexec_fn=low_nofile, start_new_session=True,
+        )  # fmt: skip
+    exporter = ExporterProcess(proc, web_port, listener_port, stderr)
+    try:
+        deadline = time.monotonic() + 30
+        while await _runs(exporter) < 2:
+            assert proc.poll() is None, stderr.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the exporter did not start checking"
+            await asyncio.sleep(0.2)
+        yield exporter
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+async def _runs(exporter: ExporterProcess) -> float:
+    """Successful-looking runs so far of the healthy target's reachability check (0 when /metrics fails)."""
+    samples = await _metrics(exporter)
+    if samples is None:
+        return 0
+    labels = {"target": EWS, "exchange": "onprem", "check": "reachability"}
+    runs = value(samples, "bems_probe_runs_total", **labels) or 0
+    return runs if value(samples, "bems_probe_success", **labels) == 1 else 0
+
+
+async def _metrics(exporter: ExporterProcess) -> Any:
+    url = f"http://127.0.0.1:{exporter.web_port}/metrics"
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session, session.get(url) as answer:
+            return parse(await answer.text()) if answer.status == 200 else None
+    except (aiohttp.ClientError, TimeoutError):
+        return None
+
+
+async def _watch(exporter: ExporterProcess, seconds: float) -> tuple[int, list[float]]:
+    """For ``seconds``: how many scrapes failed, and the healthy check's run count at each scrape."""
+    failed, runs = 0, []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        count = await _runs(exporter)
+        if count == 0:
+            failed += 1
+        else:
+            runs.append(count)
+        await asyncio.sleep(0.25)
+    return failed, runs
+
+
+def _nonblocking_connections(port: int, count: int) -> list[socket.socket]:
+    """``count`` connections to ``port`` that send nothing; those beyond the server's backlog stay pending."""
+    sockets = []
+    for _ in range(count):
+        sock = socket.socket()
+        sock.setblocking(False)
+        sock.connect_ex(("127.0.0.1", port))
+        sockets.append(sock)
+    return sockets
+
+
+async def test_an_idle_connection_flood_on_the_listener_leaves_metrics_and_checks_alone(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    # Issue 15 item 3: 1,100 idle connections exhausted 1,024 descriptors; /metrics stopped answering and
+    # every check failed with false reasons.
+    async with _exporter_with_listener(sim, tmp_path) as exporter:
+        before = exporter.stderr.stat().st_size
+        flood = _nonblocking_connections(exporter.listener_port, 1100)
+        try:
+            failed, runs = await _watch(exporter, 6.0)
+        finally:
+            for sock in flood:
+                sock.close()
+        logged = exporter.stderr.read_text()[before:]
+        assert exporter.proc.poll() is None
+    assert failed == 0, f"{failed} scrapes of /metrics failed during the flood"
+    assert runs and runs[-1] - runs[0] >= 3, runs  # the healthy check kept its cadence, passing
+    assert len(logged.splitlines()) < 20, logged[-3000:]
+
+
+async def test_a_header_flood_on_the_listener_costs_bounded_memory(sim: Simulator, tmp_path: Path) -> None:
+    # Issue 15 item 4: 200 connections each sending about 1 MiB of headers without the final CRLF took RSS
+    # from 153 to 548 MiB.
+    field = b"X-Flood: " + b"a" * 8000 + b"\r\n"  # under aiohttp's default field limit, 128 of them: 1 MiB
+
+    async def send_headers() -> None:
+        try:
+            _reader, writer = await asyncio.open_connection("127.0.0.1", exporter.listener_port)
+        except OSError:
+            return
+        try:
+            writer.write(b"POST /monitor/push/ews/x HTTP/1.1\r\nHost: x\r\n")
+            for _ in range(128):
+                writer.write(field)
+                await writer.drain()
+            await asyncio.sleep(8)  # hold the unfinished head
+        except (OSError, ConnectionError):
+            pass  # answered 400 and closed by the server: what the limits do
+        finally:
+            writer.close()
+
+    async with _exporter_with_listener(sim, tmp_path) as exporter:
+        baseline = exporter.rss()
+        peak = baseline
+        flood = [asyncio.create_task(send_headers()) for _ in range(200)]
+        watching = asyncio.create_task(_watch(exporter, 6.0))
+        while not watching.done():
+            peak = max(peak, exporter.rss())
+            await asyncio.sleep(0.05)
+        failed, runs = await watching
+        await asyncio.gather(*flood)
+    growth = peak - baseline
+    print(f"\nheader flood: RSS {baseline / 2**20:.0f} MiB, peak +{growth / 2**20:.1f} MiB")
+    assert growth < 64 * 2**20, f"RSS grew by {growth / 2**20:.0f} MiB"
+    assert failed == 0 and runs, (failed, runs)

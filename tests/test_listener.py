@@ -332,8 +332,10 @@ def small_limits(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
     def apply(**limits: Any) -> None:
         original = serving.limits_for
 
-        def limits_for(name: str, max_connections: int, nofile: int | None = None) -> serving.ServerLimits:
-            return dataclasses.replace(original(name, max_connections, nofile), **limits)
+        def limits_for(
+            name: str, max_connections: int, nofile: int | None = None, **heads: int
+        ) -> serving.ServerLimits:
+            return dataclasses.replace(original(name, max_connections, nofile, **heads), **limits)
 
         monkeypatch.setattr(serving, "limits_for", limits_for)
 
@@ -404,8 +406,8 @@ async def test_the_request_head_must_come_within_the_deadline(
 @pytest.mark.parametrize(
     ("head", "status"),
     [
-        (b"X-Long: " + b"a" * 9000 + b"\r\n", b"400"),  # one field past max_field_size
-        (b"".join(b"X-H%d: v\r\n" % i for i in range(40)), b"400"),  # more than max_headers fields
+        (b"X-Long: " + b"a" * 5000 + b"\r\n", b"400"),  # one field past max_field_size
+        (b"".join(b"X-H%d: v\r\n" % i for i in range(30)), b"400"),  # more than max_headers fields
         (b"X-Fine: " + b"a" * 4000 + b"\r\n", b"405"),  # within the limits: the route answers
     ],
     ids=["long-field", "many-fields", "within-limits"],
