@@ -504,14 +504,17 @@ async def _watch(exporter: ExporterProcess, seconds: float) -> tuple[int, list[f
     return failed, runs
 
 
-def _nonblocking_connections(port: int, count: int) -> list[socket.socket]:
-    """``count`` connections to ``port`` that send nothing; those beyond the server's backlog stay pending."""
+async def _idle_connections(port: int, count: int) -> list[socket.socket]:
+    """``count`` connections to ``port`` that send nothing, opened a backlog's worth at a time so that a server
+    that accepts them all gets them all; those a capped server leaves beyond its backlog stay pending."""
     sockets = []
     for _ in range(count):
         sock = socket.socket()
         sock.setblocking(False)
         sock.connect_ex(("127.0.0.1", port))
         sockets.append(sock)
+        if len(sockets) % 100 == 0:
+            await asyncio.sleep(0.1)
     return sockets
 
 
@@ -522,7 +525,7 @@ async def test_an_idle_connection_flood_on_the_listener_leaves_metrics_and_check
     # every check failed with false reasons.
     async with _exporter_with_listener(sim, tmp_path) as exporter:
         before = exporter.stderr.stat().st_size
-        flood = _nonblocking_connections(exporter.listener_port, 1100)
+        flood = await _idle_connections(exporter.listener_port, 1100)
         try:
             failed, runs = await _watch(exporter, 6.0)
         finally:
