@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -15,6 +17,7 @@ from aiohttp import web
 from . import serving
 from .config import Kind, Notifications, Target, parse_listen_address
 from .push import MAX_CALLBACK_BYTES, PushRegistry
+from .webconfig import CertificateReloader
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +102,13 @@ class Listener:
         if settings is None:
             return
         host, port = parse_listen_address(settings.listen_address)
-        tls = serving.ReloadingTLS(settings.tls.cert_file, settings.tls.key_file) if settings.tls else None
+        tls = None
+        if settings.tls is not None:  # re-read when the files change: a renewal needs no restart
+            cert, key = settings.tls.cert_file, settings.tls.key_file
+            files = [Path(cert), Path(key)]
+            tls = CertificateReloader(
+                partial(serving.server_context, cert, key), files, "notification listener"
+            ).context
         app = self._app(urlsplit(settings.public_url).path.rstrip("/"))
         limits = serving.limits_for("listener", serving.LISTENER_CONNECTIONS, **serving.LISTENER_HEADS)
         self._runner = await serving.start_server(app, host, port, tls, limits)

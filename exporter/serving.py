@@ -133,48 +133,7 @@ def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     return context
 
 
-def _stamp(path: str) -> tuple[int, int, int]:
-    status = os.stat(path)  # follows symlinks: a Kubernetes secret is renewed by swapping one
-    return status.st_ino, status.st_mtime_ns, status.st_size
-
-
-class ReloadingTLS:
-    """A certificate and key pair re-read when either file changes (checked at each handshake, at most once a
-    second): a renewal takes effect without a restart. A pair that does not load (half written, a key that
-    does not match) is logged and the previous one kept."""
-
-    CHECK_SECONDS = 1.0
-
-    def __init__(self, cert_file: str, key_file: str, clock: Callable[[], float] = time.monotonic) -> None:
-        self.cert_file, self.key_file = cert_file, key_file
-        self._clock = clock
-        self._stamp = (_stamp(cert_file), _stamp(key_file))
-        self._context = server_context(cert_file, key_file)  # a broken pair fails the start
-        self._checked = clock()
-
-    def __call__(self) -> ssl.SSLContext:
-        now = self._clock()
-        if now - self._checked >= self.CHECK_SECONDS:
-            self._checked = now
-            self._reload_if_changed()
-        return self._context
-
-    def _reload_if_changed(self) -> None:
-        fields: dict[str, Any] = {"cert_file": self.cert_file, "key_file": self.key_file}
-        try:
-            stamp = (_stamp(self.cert_file), _stamp(self.key_file))
-            if stamp == self._stamp:
-                return
-            self._stamp = stamp  # tried once per change; a half-written pair changes again when completed
-            self._context = server_context(self.cert_file, self.key_file)
-        except (OSError, ssl.SSLError) as err:
-            fields["err"] = err
-            log.warning("cannot load the renewed certificate: keeping the previous one", extra={"fields": fields})
-            return
-        log.info("certificate reloaded", extra={"fields": fields})
-
-
-TLSSource = ssl.SSLContext | Callable[[], ssl.SSLContext]
+TLSSource = ssl.SSLContext | Callable[[], ssl.SSLContext]  # a context, or what gives each connection its own
 
 
 class RateLimit(logging.Filter):
@@ -381,8 +340,9 @@ class LimitedSite(web.BaseSite):
 async def start_server(
     app: web.Application, host: str | None, port: int, tls: TLSSource | None, limits: ServerLimits
 ) -> web.AppRunner:
-    """Serve ``app`` on ``host:port`` within ``limits``; ``tls`` a context, or a callable giving the context
-    for each new connection (``ReloadingTLS``). The caller cleans the runner up."""
+    """Serve ``app`` on ``host:port`` within ``limits``; ``tls`` a context (hardened here; a
+    ``webconfig.CertificateReloader``'s follows its files), or a callable giving each new connection its
+    context. The caller cleans the runner up."""
     if isinstance(tls, ssl.SSLContext):
         harden(tls)
     # aiohttp has no setting for its Server header, and its answers to malformed requests (400, 431) pass no

@@ -496,10 +496,9 @@ def tls_listener(tmp_path: Path) -> tuple[Notifications, CertificateAuthority]:
 
 
 async def test_a_renewed_listener_certificate_is_served_without_a_restart(
-    tls_listener: tuple[Notifications, CertificateAuthority], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tls_listener: tuple[Notifications, CertificateAuthority], tmp_path: Path
 ) -> None:
     notifications, ca = tls_listener
-    monkeypatch.setattr(serving.ReloadingTLS, "CHECK_SECONDS", 0.0)
     listener = Listener(PushRegistry())
     await listener.apply(notifications)
     port = int(notifications.listen_address.rsplit(":", 1)[1])
