@@ -174,7 +174,7 @@ async def test_the_listener_rejects_and_counts_junk_and_keeps_answering(
     port = int(notifications.listen_address.rsplit(":", 1)[1])
     registry = PushRegistry()
     registry.configure(config)
-    registry.targets["ews"].replace(Subscription("ews-sub", time.time()))
+    registry.targets["ews"].replace(Subscription("ews-sub", time.time(), url_secret="the-secret"))
     registry.targets["graph"].replace(Subscription("graph-sub", time.time(), client_state="the-state"))
     listener = Listener(registry)
     await listener.apply(notifications)
@@ -248,7 +248,8 @@ async def test_the_listener_rejects_and_counts_junk_and_keeps_answering(
                 "</m:SendNotificationResponseMessage></m:ResponseMessages></m:SendNotification>"
                 "</soap:Body></soap:Envelope>"
             )
-            assert await post(ews_url, ews_ok) == 200
+            ews_secret_url = callback_url(notifications, config.targets_by_name()["ews"], secret="the-secret")
+            assert await post(ews_secret_url.replace("https://", "http://"), ews_ok) == 200
             assert await post(ews_url, ews_ok.replace("ews-sub", "an-old-life")) == 200  # answered Unsubscribe
     finally:
         for writer in slow:
