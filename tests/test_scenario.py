@@ -32,7 +32,7 @@ scenario: onprem-bems-hybrid
 notifications: {public_url: 'https://bems-monitor.corp.example.com/monitor'}
 credentials:
   bemsadmin: {username: 'CORP\\BEMSAdmin', password: pw-not-used}
-  app: {tenant_id: contoso.onmicrosoft.com, client_id: 11111111-2222-3333-4444-555555555555, client_secret: a-long-enough-secret}
+  app: {tenant_id: contoso.onmicrosoft.com, client_id: 11111111-2222-3333-4444-555555555555, client_secret: not-used-x}
 targets:
   - {name: onprem-ews, kind: ews, exchange: onprem, url: 'https://mail.corp.example.com/EWS/Exchange.asmx',
      credential: bemsadmin, auth: [basic, ntlm], mailboxes: [alice@corp.example.com],
