@@ -113,7 +113,9 @@ def limit_process() -> None:
         except (ValueError, OSError) as err:  # an unlimited hard limit is beyond the kernel's nr_open
             log.debug("could not raise the NOFILE limit", extra={"fields": {"soft": soft, "hard": hard, "err": err}})
     try:
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        # The soft limit is what a dump obeys. The hard one stays, so that a process that calls this (tests run
+        # the CLI in-process) can still start children with their own limits; systemd's LimitCORE=0 sets both.
+        resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
     except (ValueError, OSError) as err:
         log.warning("could not disable core dumps", extra={"fields": {"err": err}})
 

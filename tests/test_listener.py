@@ -455,9 +455,12 @@ def test_limit_process_raises_nofile_and_disables_cores(tmp_path: Path) -> None:
     import subprocess
     import sys
 
+    core_hard = resource.getrlimit(resource.RLIMIT_CORE)[1]
+    assert core_hard != 0, "cores must be allowed here, or the test cannot show that they get disabled"
+
     def low_limits() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (256, 2048))
-        resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        resource.setrlimit(resource.RLIMIT_CORE, (core_hard, core_hard))
 
     script = (
         "import resource; from exporter import serving; serving.limit_process(); "
@@ -467,7 +470,7 @@ def test_limit_process_raises_nofile_and_disables_cores(tmp_path: Path) -> None:
         [sys.executable, "-c", script], preexec_fn=low_limits, capture_output=True, text=True, check=True,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
     ).stdout  # fmt: skip
-    assert out.split() == ["(2048,", "2048)", "(0,", "0)"]
+    assert out.split() == ["(2048,", "2048)", "(0,", f"{core_hard})"]
 
 
 def _tls_files(tmp_path: Path, ca: CertificateAuthority) -> tuple[Path, Path]:
