@@ -98,6 +98,7 @@ STREAMED = {HostileKind.ENDLESS_BODY, HostileKind.HUGE_CONTENT_LENGTH, HostileKi
 # only sometimes within seconds: see the report. Those rows bound time and memory instead.)
 HANGUP = {HostileKind.DRIP}
 REDIRECTS = {HostileKind.REDIRECT_LOOP, HostileKind.REDIRECT_HTTP, HostileKind.REDIRECT_FOREIGN}
+RESET = frozenset({Reason.UNREACHABLE})
 
 ROWS = [
     Row(HostileKind.ENTITY_EXPANSION, EWS, "auth", B, BAD, "DOCTYPE"),
@@ -130,7 +131,15 @@ ROWS = [
     Row(HostileKind.HTML_200, EWS, "auth", N, BAD, "<html>"),
     Row(HostileKind.HTML_200, AUTODISCOVER, "auth", B, BAD),
     Row(HostileKind.HTML_200, EWS, "impersonation", B, BAD, "<html>"),
+    # Reset after the request was read: the network's or the server's doing, never `internal`.
+    Row(HostileKind.CONNECTION_RESET, EWS, "auth", B, RESET),
+    Row(HostileKind.CONNECTION_RESET, EWS, "auth", N, RESET),
+    Row(HostileKind.CONNECTION_RESET, EWS, "impersonation", N, RESET),
 ]
+
+
+async def test_every_hostile_kind_has_a_row() -> None:  # async: the module runs on one loop
+    assert {row.kind for row in ROWS} == set(HostileKind)
 
 
 def _with_method(config: Config, name: str, method: AuthMethod) -> Target:
