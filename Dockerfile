@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # bems-exchange-exporter container image (docs/deployment.md).
 #
-#   docker build -t bems-exchange-exporter:0.1.0 .
+#   docker build -t bems-exchange-exporter:0.1.0 .          # the product: no simulator in it
+#   docker build --target demo -t bems-exchange-exporter:0.1.0-demo .   # plus the simulator (compose demo)
 #   docker run --read-only --tmpfs /tmp:rw,noexec,nosuid,size=16m \
 #     -v /srv/bems/config.yml:/etc/bems-exchange-exporter/config.yml:ro \
 #     -v /srv/bems/secrets:/run/secrets/bems:ro -p 10442:10442 bems-exchange-exporter:0.1.0
@@ -37,8 +38,17 @@ RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip check \
     && /opt/venv/bin/python -m compileall -q /opt/venv
 
-# --- final: the venv on a clean Python, no build tools, no source --------------------------------------
-FROM ${PYTHON_IMAGE}
+# --- demo-builder: the same venv plus the Exchange simulator (its own distribution, simulator/) --------
+FROM builder AS demo-builder
+COPY simulator ./simulator
+RUN /opt/venv/bin/pip install --require-hashes --no-deps -r simulator/requirements.lock \
+    && pip wheel --no-deps --wheel-dir /tmp/simulator-wheels ./simulator \
+    && /opt/venv/bin/pip install --no-deps /tmp/simulator-wheels/*.whl \
+    && /opt/venv/bin/pip check \
+    && /opt/venv/bin/python -m compileall -q /opt/venv
+
+# --- runtime: a clean Python, no build tools, no source, no venv yet: what both images share ------------
+FROM ${PYTHON_IMAGE} AS runtime
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 ARG CREATED=unknown
@@ -51,7 +61,6 @@ LABEL org.opencontainers.image.title="bems-exchange-exporter" \
       org.opencontainers.image.documentation="docs/deployment.md" \
       org.opencontainers.image.base.name="docker.io/library/python:3.11-slim"
 
-COPY --from=builder /opt/venv /opt/venv
 # PYTHONDONTWRITEBYTECODE: the root filesystem may be read-only; the venv is byte-compiled at build time.
 # TMPDIR: the only writable place, a tmpfs mounted at /tmp (docker run --tmpfs /tmp, emptyDir in Kubernetes).
 ENV PATH=/opt/venv/bin:$PATH \
@@ -78,5 +87,14 @@ EXPOSE 10442
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:10442/-/healthy', timeout=4).status == 200 else 1)"]
 
+# --- demo: the runtime with the simulator's venv, for the compose demo profile only (docker build --target demo)
+FROM runtime AS demo
+COPY --from=demo-builder /opt/venv /opt/venv
+ENTRYPOINT ["bems-simulator"]
+CMD ["simulate", "--state-dir=/var/lib/bems-exchange-exporter/demo"]
+
+# --- final (the default target): the product, the exporter's venv only ---------------------------------
+FROM runtime
+COPY --from=builder /opt/venv /opt/venv
 ENTRYPOINT ["bems-exchange-exporter"]
 CMD ["--config.file=/etc/bems-exchange-exporter/config.yml"]

@@ -6,15 +6,17 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test lint tools bench dashboards lock clean
 
-$(STAMP): pyproject.toml
+# The exporter and the simulator (its own distribution, simulator/pyproject.toml), both editable.
+$(STAMP): pyproject.toml simulator/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet --editable '.[test]'
+	$(BIN)/pip install --quiet --editable './simulator[demo]'
 	touch $@
 
 ## demo: set up, then run the Exchange simulator and the exporter probing it
 demo: $(STAMP)
-	$(BIN)/bems-exchange-exporter demo
+	$(BIN)/bems-simulator demo
 
 ## tools: the external programs the tests use (promtool, Prometheus, Alertmanager and amtool, from Debian)
 tools:
@@ -36,11 +38,15 @@ bench: $(STAMP)
 dashboards: $(STAMP)
 	$(BIN)/python -m grafana.build
 
-## lock: regenerate requirements.lock (the image's hashed runtime dependencies) after changing pyproject.toml
+## lock: regenerate requirements.lock (the image's hashed runtime dependencies) and simulator/requirements.lock
+## (the demo image's, within the first) after changing a pyproject.toml
 lock: $(STAMP)
 	$(BIN)/pip install --quiet 'pip-tools>=7.4,<8'
 	$(BIN)/pip-compile --allow-unsafe --generate-hashes --no-emit-find-links --no-emit-index-url \
 	  --output-file=requirements.lock --pip-args='--isolated' --strip-extras pyproject.toml
+	cd simulator && ../$(BIN)/pip-compile --allow-unsafe --generate-hashes --no-emit-find-links --no-emit-index-url \
+	  --constraint ../requirements.lock --output-file=requirements.lock --pip-args='--isolated' --strip-extras \
+	  pyproject.toml
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info .demo
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info simulator/*.egg-info .demo

@@ -52,10 +52,10 @@ class RunningSimulator:
 
 @contextmanager
 def running_simulator(state_dir: Path) -> Iterator[RunningSimulator]:
-    """``python -m exporter.simulator`` in its own process, until the ``with`` ends."""
+    """``python -m bems_simulator simulate`` in its own process, until the ``with`` ends."""
     state_dir.mkdir(parents=True)
     ready_file = state_dir / "simulator.json"
-    argv = [sys.executable, "-m", "exporter.simulator", "--state-dir", str(state_dir)]
+    argv = [sys.executable, "-m", "bems_simulator", "simulate", "--state-dir", str(state_dir)]
     with ManagedProcess("simulator", argv, state_dir.parent / "simulator.log") as process:
         process.wait_until(ready_file.exists, SIMULATOR_START_TIMEOUT_SECONDS, "simulator.json written")
         ready = json.loads(ready_file.read_text())

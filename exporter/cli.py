@@ -1,4 +1,8 @@
-"""Command line: Prometheus-style flags for the daemon, plus the probe, simulate and demo subcommands."""
+"""Command line: Prometheus-style flags for the daemon, plus the probe subcommand.
+
+The demo and the simulator are the separate ``bems-simulator`` program (package ``bems_simulator``), which
+this package never imports: ``demo`` and ``simulate`` here only say where they went.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,6 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from aiohttp import web
 
@@ -35,22 +38,32 @@ from .web import ALLOWED_HOSTS_FLAG, LIFECYCLE_FLAG, REMOTE_PROBE_FLAG, Access, 
 from .webconfig import LiveWebConfig, load_web_config
 
 DEFAULT_LISTEN_ADDRESS = ":10442"
-DEMO_LISTEN_ADDRESS = "127.0.0.1:10442"
+# The subcommands that left with the simulator, and what to run instead.
+MOVED_COMMANDS = {
+    "simulate": "bems-simulator simulate",
+    "demo": "bems-simulator demo (or make demo)",
+}
 log = logging.getLogger("exporter")
 
 
 def _common_flags(parser: argparse.ArgumentParser, suppress: bool) -> None:
     # Subcommands accept the same flags after their name; SUPPRESS keeps them from resetting the main ones.
-    def default(value: str) -> str:
-        return argparse.SUPPRESS if suppress else value
-
     parser.add_argument(
         "--config.file",
         dest="config_file",
         metavar="FILE",
-        default=default(DEFAULT_CONFIG_FILE),
+        default=argparse.SUPPRESS if suppress else DEFAULT_CONFIG_FILE,
         help=f"configuration file (default {DEFAULT_CONFIG_FILE})",
     )
+    add_log_flags(parser, suppress)
+
+
+def add_log_flags(parser: argparse.ArgumentParser, suppress: bool = False) -> None:
+    """--log.level, --log.format and --log.protocol-debug, for this program and for ``bems-simulator demo``."""
+
+    def default(value: str) -> str:
+        return argparse.SUPPRESS if suppress else value
+
     parser.add_argument(
         "--log.level",
         dest="log_level",
@@ -137,27 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     probe.add_argument("--check", choices=sorted(CHECKS), help="run only this check")
 
-    for name, text in (
-        ("simulate", "run the Exchange simulator alone"),
-        ("demo", "run the Exchange simulator and the exporter probing it"),
-    ):
-        cmd = sub.add_parser(name, help=text)
-        _common_flags(cmd, suppress=True)
-        cmd.add_argument(
-            "--state-dir",
-            type=Path,
-            default=Path(".demo"),
-            help="where the simulator keeps its CA, certificates, secrets and config (default .demo)",
-        )
-        cmd.add_argument("--admin-port", type=int, default=0, help="simulator admin API port (default: any free one)")
-        if name == "demo":
-            cmd.add_argument(
-                "--web.listen-address",
-                dest="listen_address",
-                metavar="ADDR",
-                default=DEMO_LISTEN_ADDRESS,
-                help=f"exporter address (default {DEMO_LISTEN_ADDRESS})",
-            )
+    for name, instead in MOVED_COMMANDS.items():
+        sub.add_parser(name, help=f"moved: run {instead}", add_help=False)
     return parser
 
 
@@ -238,13 +232,14 @@ def _on_signals(loop: asyncio.AbstractEventLoop, reload: Callable[[], None], sto
             signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stop))
 
 
-async def _serve(
+async def serve(
     exporter: Exporter,
     listen_address: str,
     web_config: LiveWebConfig | None,
     ready: asyncio.Event | None = None,
     access: Access | None = None,
 ) -> None:
+    """Serve the exporter on ``listen_address`` until SIGTERM or SIGINT; ``ready`` is set once it listens."""
     host, port = parse_listen_address(listen_address)
     if web_config is not None:
         exporter.serve_web_config(web_config)
@@ -275,54 +270,19 @@ async def _serve(
         await exporter.stop()
 
 
-async def _demo(args: argparse.Namespace) -> int:
-    from .simulator.server import Simulator  # the simulator is only needed by demo and simulate
-
-    async with Simulator(args.state_dir, admin_port=args.admin_port) as sim:
-        config_file = sim.write_demo_config(args.state_dir / "bems-exchange-exporter.yml")
-        exporter = Exporter(str(config_file))
-        exporter.load()
-        host, port = parse_listen_address(args.listen_address)
-        base = f"http://{host or 'localhost'}:{port}"
-        ready = asyncio.Event()
-        server = asyncio.create_task(_serve(exporter, args.listen_address, None, ready))
-        await asyncio.wait([server, asyncio.create_task(ready.wait())], return_when=asyncio.FIRST_COMPLETED)
-        if server.done():
-            await server  # raises the bind error
-        print(
-            f"""
-BEMS Exchange Exporter demo is running (Ctrl-C stops it).
-  Landing page:  {base}/
-  Metrics:       {base}/metrics
-  Config:        {base}/config  (written to {config_file})
-  Simulator API: {sim.admin_url}/api/v1/endpoints
-Break something and watch the landing page turn red, for example:
-  curl -X PUT -d '{{"fault": "expired"}}' {sim.admin_url}/api/v1/endpoints/onprem-ews/fault
-Faults: refuse, hang, slow, expired, wrong_host, untrusted, plaintext; DELETE the fault to heal.
-Stop push notifications (and heal with {{"kind": "none"}}):
-  curl -X PUT -d '{{"kind": "callback_blocked"}}' {sim.admin_url}/api/v1/push/ews/fault
-""",
-            flush=True,
-        )
-        await server
-    return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)  # a moved command's flags are not this program's to judge
+    if args.command in MOVED_COMMANDS:
+        print(
+            f"error: {args.command} is not part of the exporter any more: run {MOVED_COMMANDS[args.command]}",
+            file=sys.stderr,
+        )
+        return 2
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     setup_logging(args.log_level, args.log_format, args.protocol_debug)
     serving.limit_process()
-    if args.command == "simulate":
-        from .simulator.server import serve as serve_simulator
-
-        asyncio.run(serve_simulator(args.state_dir, admin_port=args.admin_port))
-        return 0
-    if args.command == "demo":
-        try:
-            return asyncio.run(_demo(args))
-        except OSError as err:  # typically the address is in use
-            print(f"error: cannot start the demo on {args.listen_address}: {err}", file=sys.stderr)
-            return 1
     try:
         if args.command == "probe":
             return asyncio.run(_run_probe(load_config(args.config_file), args.target, args.check))
@@ -352,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     try:
-        asyncio.run(_serve(exporter, args.listen_address, web_config, access=access))
+        asyncio.run(serve(exporter, args.listen_address, web_config, access=access))
     except OSError as err:  # typically the address is in use
         print(f"error: cannot listen on {args.listen_address}: {err.strerror or err}", file=sys.stderr)
         return 1

@@ -27,8 +27,8 @@ import matplotlib.pyplot as plt
 import yaml
 from aiohttp import web
 
+from bems_simulator.server import Simulator
 from exporter.app import Exporter
-from exporter.simulator.server import Simulator
 from exporter.web import create_app
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from bems_simulator.server import Simulator
 from exporter.app import Exporter
-from exporter.simulator.server import Simulator
 from exporter.web import create_app
 
 OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "images" / "status-page.png"

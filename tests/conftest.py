@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from test_cli import CLI
 
-from exporter.simulator.server import Simulator
+from bems_simulator.server import Simulator
 
 
 @pytest.hookimpl(hookwrapper=True)

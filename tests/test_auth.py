@@ -17,6 +17,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from checks import run
 from samples import parse, value
 
+from bems_simulator.pki import CertificateAuthority
+from bems_simulator.server import Simulator
 from exporter import report
 from exporter.app import Exporter
 from exporter.config import AuthMethod, Config, load_config
@@ -24,8 +26,6 @@ from exporter.probes import CHECKS
 from exporter.resources import Resources
 from exporter.results import CheckResult, Reason
 from exporter.runner import execute
-from exporter.simulator.pki import CertificateAuthority
-from exporter.simulator.server import Simulator
 from exporter.web import create_app
 
 EWS_SCOPE = "https://outlook.office365.com/.default"

@@ -22,6 +22,9 @@ import yaml
 from aiohttp import web
 from checks import run
 
+from bems_simulator.endpoint import bind_loopback_socket
+from bems_simulator.server import NOMINAL_HOSTS, Simulator
+from bems_simulator.serving import serve_app
 from exporter import autodiscover, signin
 from exporter.config import AuthMethod, AutodiscoverProtocol, Config, Target, load_config
 from exporter.httpclient import HttpResponse
@@ -29,9 +32,6 @@ from exporter.probes import autodiscover as check
 from exporter.probes.base import ProbeContext
 from exporter.resources import Resources
 from exporter.results import ProbeFailure, Reason, Recorder
-from exporter.simulator.endpoint import bind_loopback_socket
-from exporter.simulator.server import NOMINAL_HOSTS, Simulator
-from exporter.simulator.serving import serve_app
 
 SAMPLES = Path(__file__).parent / "microsoft_samples"
 POX_NS = "http://schemas.microsoft.com/exchange/autodiscover/responseschema/2006"

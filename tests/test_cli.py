@@ -34,8 +34,8 @@ import yaml
 from loopback import free_port
 from samples import Samples, parse, value
 
-from exporter.simulator.pki import CertificateAuthority
-from exporter.simulator.server import Simulator
+from bems_simulator.pki import CertificateAuthority
+from bems_simulator.server import Simulator
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = ("onprem-ews", "onprem-autodiscover", "online-ews", "online-autodiscover", "online-graph")
@@ -115,16 +115,18 @@ class CLI:
         self.workdir = workdir
         self.procs: list[Proc] = []
 
-    def start(self, *args: str) -> Proc:
+    def start(self, *args: str, program: str = "exporter") -> Proc:
+        """``python -m PROGRAM ARGS``: the exporter, or ``bems_simulator`` for the demo and the simulator."""
         n = len(self.procs)
         stdout_file, stderr_file = self.workdir / f"proc{n}.stdout", self.workdir / f"proc{n}.stderr"
         # The working tree's code, whether or not the package is installed; output is not unbuffered on
         # purpose: what an operator piping the output to a file would see is what the tests see.
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        path = [str(ROOT), str(ROOT / "simulator"), os.environ.get("PYTHONPATH")]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path))}
         env.pop("PYTHONUNBUFFERED", None)
         with stdout_file.open("wb") as out, stderr_file.open("wb") as err:
             popen = subprocess.Popen(
-                [sys.executable, "-m", "exporter", *args],
+                [sys.executable, "-m", program, *args],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
@@ -136,8 +138,8 @@ class CLI:
         self.procs.append(proc)
         return proc
 
-    async def run(self, *args: str, timeout: float = 15.0) -> Proc:
-        proc = self.start(*args)
+    async def run(self, *args: str, timeout: float = 15.0, program: str = "exporter") -> Proc:
+        proc = self.start(*args, program=program)
         await proc.wait(timeout)
         return proc
 
@@ -435,7 +437,8 @@ async def test_a_busy_port_is_a_one_line_error(cli: CLI, sim_config_file: Path, 
         if command == "daemon":
             proc = await cli.run("--config.file", str(sim_config_file), "--web.listen-address", address)
         else:
-            proc = await cli.run("demo", "--state-dir", str(tmp_path / "demo"), "--web.listen-address", address)
+            demo_args = ("demo", "--state-dir", str(tmp_path / "demo"), "--web.listen-address", address)
+            proc = await cli.run(*demo_args, program="bems_simulator")
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr, proc.stderr
     last = proc.stderr.splitlines()[-1]
@@ -675,7 +678,10 @@ async def test_bad_web_config_is_fatal(
 
 async def start_demo(cli: CLI, tmp_path: Path) -> tuple[Proc, str]:
     port = free_port()
-    proc = cli.start("demo", "--state-dir", str(tmp_path / "demo"), "--web.listen-address", f"127.0.0.1:{port}")
+    address = f"127.0.0.1:{port}"
+    proc = cli.start(
+        "demo", "--state-dir", str(tmp_path / "demo"), "--web.listen-address", address, program="bems_simulator"
+    )
     base = f"http://127.0.0.1:{port}"
     await eventually(lambda: "Metrics:" in proc.stdout, "the demo's URLs on stdout", START_TIMEOUT, proc)
     assert re.search(rf"^\s*Landing page:\s+{re.escape(base)}/$", proc.stdout, re.MULTILINE), proc.stdout
@@ -735,10 +741,34 @@ async def test_demo_stops_on_sigterm(cli: CLI, tmp_path: Path) -> None:
     assert proc.group_is_empty(), "the demo left processes behind"
 
 
+@pytest.mark.parametrize(
+    ("args", "instead"),
+    [
+        (["demo"], "run bems-simulator demo (or make demo)"),
+        (["demo", "--state-dir", "x", "--web.listen-address", "127.0.0.1:1"], "run bems-simulator demo"),
+        (["simulate", "--state-dir", "x"], "run bems-simulator simulate"),
+    ],
+    ids=["demo", "demo-with-its-flags", "simulate"],
+)
+async def test_the_exporter_points_its_moved_commands_to_the_simulator(cli: CLI, args: list[str], instead: str) -> None:
+    """The exporter does not contain the simulator: its old subcommands say what to run instead."""
+    proc = await cli.run(*args)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith(f"error: {args[0]} is not part of the exporter any more: ") and instead in line, line
+
+
+async def test_the_exporter_still_refuses_unknown_flags(cli: CLI, sim_config_file: Path) -> None:
+    proc = await cli.run("--config.file", str(sim_config_file), "--no-such-flag")
+    assert proc.returncode == 2
+    assert "unrecognized arguments: --no-such-flag" in proc.stderr
+
+
 async def test_simulate_becomes_ready_and_stops_on_sigterm(cli: CLI, tmp_path: Path) -> None:
     state = tmp_path / "sim-state"
     ready_file = state / "simulator.json"
-    proc = cli.start("simulate", "--state-dir", str(state))
+    proc = cli.start("simulate", "--state-dir", str(state), program="bems_simulator")
     await eventually(ready_file.exists, "simulator.json", START_TIMEOUT, proc)
     ready = json.loads(ready_file.read_text(encoding="utf-8"))  # written atomically: complete once present
     assert {"onprem-ews", "online-ews", "graph", "entra"} <= ready["endpoints"].keys()

@@ -13,9 +13,9 @@ import yaml
 from aiohttp.test_utils import TestClient, TestServer
 from samples import Samples, parse, targets_in, value
 
+from bems_simulator.server import Simulator
 from exporter.app import Exporter
 from exporter.probes import planned_checks
-from exporter.simulator.server import Simulator
 from exporter.web import create_app
 
 

@@ -27,8 +27,8 @@ import yaml
 from aiohttp import web
 from loopback import free_port
 
+from bems_simulator.server import DEMO_GRAPH_ROLES, Simulator
 from exporter.app import Exporter
-from exporter.simulator.server import DEMO_GRAPH_ROLES, Simulator
 from exporter.web import create_app
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,7 +1,7 @@
 """The fault matrix: the exporter against hostile servers and under overload.
 
 Every hostile row runs one check against a simulator endpoint switched into a hostile fault (served after
-TLS and after authentication: exporter/simulator/hostile.py) and, in the same run and with the same
+TLS and after authentication: simulator/bems_simulator/hostile.py) and, in the same run and with the same
 exporter resources, the same kind of check against a healthy neighbour, which must still pass. Each row
 measures the peak of Python allocations (tracemalloc, in-process: the simulator's included) and bounds it.
 
@@ -40,14 +40,14 @@ import yaml
 from loopback import free_port
 from samples import parse, value
 
+from bems_simulator.hostile import HostileKind
+from bems_simulator.server import Simulator
 from exporter.config import AuthMethod, Config, Target, load_config
 from exporter.probes import CHECKS
 from exporter.resources import Resources
 from exporter.results import CheckResult, Reason
 from exporter.runner import execute
 from exporter.scheduler import LAG_BUCKETS, Scheduler
-from exporter.simulator.hostile import HostileKind
-from exporter.simulator.server import Simulator
 from exporter.store import ResultStore
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -283,7 +283,7 @@ async def _simulator_process(state: Path) -> AsyncIterator[dict[str, Any]]:
     """The simulator in a process of its own, as in production Exchange is not the exporter's event loop:
     700 healthy endpoints' worth of TLS handshakes a second would otherwise compete with the exporter."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "exporter.simulator", "--state-dir", str(state),
+        sys.executable, "-m", "bems_simulator", "simulate", "--state-dir", str(state),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     try:

@@ -19,11 +19,11 @@ from aiohttp import web
 from loopback import free_port, push_listener_config
 from samples import parse, value
 
+from bems_simulator.pki import CertificateAuthority
 from exporter import exposition, serving
 from exporter.config import Config, Notifications, NotificationsTLS
 from exporter.listener import Listener, callback_url
 from exporter.push import MAX_CALLBACK_BYTES, ProbeItem, PushRegistry, Subscription
-from exporter.simulator.pki import CertificateAuthority
 
 SOAP = "http://schemas.xmlsoap.org/soap/envelope/"
 TYPES = "http://schemas.microsoft.com/exchange/services/2006/types"

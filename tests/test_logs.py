@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from checks import run
 
+from bems_simulator.server import Simulator
 from exporter.config import load_config
 from exporter.logs import PROTOCOL_LOGGERS, clear_secrets, redact, register_secret, replace_secrets, setup_logging
-from exporter.simulator.server import Simulator
 
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 

@@ -14,13 +14,13 @@ import pytest
 import yaml
 from checks import run
 
+from bems_simulator.server import Simulator
 from exporter import cli
 from exporter.config import AuthMethod, Config, load_config
 from exporter.probes import CHECKS
 from exporter.resources import Resources
 from exporter.results import CheckResult, Reason
 from exporter.runner import execute
-from exporter.simulator.server import Simulator
 
 
 @pytest.fixture

@@ -29,6 +29,8 @@ from loopback import free_port, push_listener_config
 from samples import parse, value
 from test_cli import CLI, EXIT_TIMEOUT, START_TIMEOUT, Proc, basic_auth, eventually, fetch, scrape
 
+from bems_simulator.pki import CertificateAuthority
+from bems_simulator.server import DEMO_GRAPH_ROLES, Simulator
 from exporter import exposition
 from exporter.app import Exporter
 from exporter.config import Config, load_config
@@ -38,8 +40,6 @@ from exporter.push import MAX_CALLBACK_BYTES, PushRegistry, Subscription
 from exporter.resources import Resources
 from exporter.results import Reason
 from exporter.runner import execute
-from exporter.simulator.pki import CertificateAuthority
-from exporter.simulator.server import DEMO_GRAPH_ROLES, Simulator
 from exporter.web import create_app
 from exporter.webconfig import load_web_config
 

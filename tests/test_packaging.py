@@ -116,10 +116,13 @@ def test_hadolint_passes_without_unexplained_ignores(tmp_path: Path) -> None:
 
 
 def test_dockerfile_is_multi_stage_non_root_and_has_no_baked_config() -> None:
-    builder, final = stages()
+    builder, demo_builder, runtime, demo, final = stages()
     assert "ARG PYTHON_IMAGE=python:3.11-slim" in DOCKERFILE.read_text(encoding="utf-8").replace("\\\n", "")
     assert builder[0] == ("FROM", "${PYTHON_IMAGE} AS builder")
-    assert final[0] == ("FROM", "${PYTHON_IMAGE}")
+    assert runtime[0] == ("FROM", "${PYTHON_IMAGE} AS runtime")
+    # The product is the last stage, so a plain `docker build .` gives it; the demo image is another target.
+    assert final[0] == ("FROM", "runtime")
+    assert demo_builder[0] == ("FROM", "builder AS demo-builder") and demo[0] == ("FROM", "runtime AS demo")
     builder_run = " ".join(rest for keyword, rest in builder if keyword == "RUN")
     assert "python -m venv /opt/venv" in builder_run
     assert "/opt/venv/bin/pip install --require-hashes --no-deps -r requirements.lock" in builder_run
@@ -128,7 +131,7 @@ def test_dockerfile_is_multi_stage_non_root_and_has_no_baked_config() -> None:
     assert "/opt/venv/bin/pip check" in builder_run
 
     final_dict: dict[str, list[str]] = {}
-    for keyword, rest in final:
+    for keyword, rest in runtime + final:
         final_dict.setdefault(keyword, []).append(rest)
     assert final_dict["COPY"] == ["--from=builder /opt/venv /opt/venv"], "only the venv reaches the final image"
     assert final_dict["USER"] == [f"{UID}:{UID}"], "a numeric non-root user, so runAsNonRoot can verify it"
@@ -151,6 +154,20 @@ def test_dockerfile_is_multi_stage_non_root_and_has_no_baked_config() -> None:
     assert copied == ["requirements.lock pyproject.toml README.md ./", "exporter ./exporter"]
 
 
+def test_the_dockerfile_demo_target_adds_the_simulator_from_its_lock_and_only_there() -> None:
+    _, demo_builder, runtime, demo, final = stages()
+    assert [rest for keyword, rest in demo_builder if keyword == "COPY"] == ["simulator ./simulator"]
+    demo_run = " ".join(rest for keyword, rest in demo_builder if keyword == "RUN")
+    assert "/opt/venv/bin/pip install --require-hashes --no-deps -r simulator/requirements.lock" in demo_run
+    assert "/opt/venv/bin/pip install --no-deps /tmp/simulator-wheels/*.whl" in demo_run, "nothing resolved past it"
+    assert "/opt/venv/bin/pip check" in demo_run
+    assert [rest for keyword, rest in demo if keyword == "COPY"] == ["--from=demo-builder /opt/venv /opt/venv"]
+    assert json.loads(dict(demo)["ENTRYPOINT"]) == ["bems-simulator"]
+    # Neither the runtime both images share nor the product sees the simulator or its build stage.
+    for keyword, rest in runtime + final:
+        assert "simulator" not in rest and "demo-builder" not in rest, (keyword, rest)
+
+
 def test_the_base_image_is_pinned_by_digest_or_says_how_to_pin_it() -> None:
     """No digest can be looked up here (no registry): an invented one would be worse than the tag."""
     text = DOCKERFILE.read_text(encoding="utf-8")
@@ -169,13 +186,13 @@ def test_dockerignore_is_an_allow_list_of_what_the_build_copies() -> None:
     ]
     assert lines[0] == "*", "exclude everything, then re-include: no .demo/ keys, configs or venvs in the context"
     included = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
-    assert included == {"pyproject.toml", "README.md", "requirements.lock", "exporter"}
+    assert included == {"pyproject.toml", "README.md", "requirements.lock", "exporter", "simulator"}
     for name in included:
         assert (ROOT / name).exists(), name
 
 
 def healthcheck_command(port: int) -> list[str]:
-    (healthcheck,) = [rest for keyword, rest in stages()[1] if keyword == "HEALTHCHECK"]
+    (healthcheck,) = [rest for keyword, rest in stages()[2] if keyword == "HEALTHCHECK"]
     command = json.loads(healthcheck.split("CMD", 1)[1])
     return [part.replace("127.0.0.1:10442", f"127.0.0.1:{port}") for part in command]
 
@@ -205,6 +222,43 @@ def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
         result = run(*step, timeout=300, env=env)
         assert result.returncode == 0, f"{shlex.join(step)}\n{result.stdout}{result.stderr}"
     return venv
+
+
+@pytest.fixture(scope="module")
+def demo_venv(image_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Dockerfile's demo-builder stage without Docker: the image's venv (a copy) plus the simulator's wheel,
+    its dependencies from simulator/requirements.lock only."""
+    work = tmp_path_factory.mktemp("demo-image")
+    wheels, venv, context = work / "wheels", work / "venv", work / "context"
+    shutil.copytree(image_venv, venv, symlinks=True)  # bin/python keeps pointing at the base interpreter
+    ignored = shutil.ignore_patterns("__pycache__", "*.py[cod]", "*.egg-info")
+    shutil.copytree(ROOT / "simulator", context / "simulator", ignore=ignored)
+    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    pip = [str(venv / "bin" / "python"), "-m", "pip"]  # the copy's scripts name the original venv's python
+    lock = context / "simulator" / "requirements.lock"
+    steps = [
+        [*pip, "install", "--quiet", "--require-hashes", "--no-deps", "-r", str(lock)],
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(wheels), str(lock.parent)],
+    ]
+    for step in steps:
+        result = run(*step, timeout=300, env=env)
+        assert result.returncode == 0, f"{shlex.join(step)}\n{result.stdout}{result.stderr}"
+    (wheel,) = wheels.glob("bems_exchange_simulator-*.whl")
+    for step in ([*pip, "install", "--quiet", "--no-deps", str(wheel)], [*pip, "check"]):
+        result = run(*step, timeout=300, env=env)
+        assert result.returncode == 0, f"{shlex.join(step)}\n{result.stdout}{result.stderr}"
+    return venv
+
+
+def test_the_production_image_venv_contains_no_simulator(image_venv: Path) -> None:
+    """The product ships no XML bombs, XXE payloads or fake Entra ID: no simulator package, script or dependency."""
+    (site,) = (image_venv / "lib").glob("python3.*/site-packages")
+    assert (site / "exporter" / "__init__.py").is_file()
+    assert not list(site.glob("bems_simulator*")) and not list(site.glob("bems_exchange_simulator*"))
+    assert not list(site.rglob("simulator")), "no simulator module anywhere in the image's venv"
+    assert not (image_venv / "bin" / "bems-simulator").exists()
+    result = run(image_venv / "bin" / "bems-exchange-exporter", "demo", timeout=30)
+    assert result.returncode == 2 and "run bems-simulator demo" in result.stderr, result.stderr
 
 
 def lock_pins() -> dict[str, tuple[str, list[str]]]:
@@ -288,16 +342,17 @@ def http_status(url: str) -> int | None:
 
 
 def test_the_image_build_steps_give_a_working_exporter_outside_docker(
-    image_venv: Path, processes: list[subprocess.Popen[bytes]], tmp_path: Path
+    image_venv: Path, demo_venv: Path, processes: list[subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
-    """The installed wheel alone (no checkout on sys.path) runs the simulator and the exporter; HEALTHCHECK passes."""
+    """The installed wheels alone (no checkout on sys.path): the demo image runs the simulator, the product the
+    exporter probing it, as the compose demo does; HEALTHCHECK passes."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update(PATH=f"{image_venv / 'bin'}{os.pathsep}{env.get('PATH', '')}", PYTHONDONTWRITEBYTECODE="1")
     env["TMPDIR"] = str(tmp_path)
     state = tmp_path / "demo"
-    # What the compose demo runs: the image's entry point with `simulate`.
+    # What the compose demo runs: the demo image's entry point with `simulate`.
     simulator = subprocess.Popen(
-        [str(image_venv / "bin" / "bems-exchange-exporter"), "simulate", f"--state-dir={state}"],
+        [str(demo_venv / "bin" / "bems-simulator"), "simulate", f"--state-dir={state}"],
         cwd=tmp_path, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     processes.append(simulator)
@@ -382,6 +437,10 @@ def test_compose_mounts_the_shipped_files_and_wires_them_unchanged() -> None:
     # The demo exporter reads the config the simulator writes into the shared volume.
     state_dir = next(a.split("=", 1)[1] for a in services["simulator"]["command"] if a.startswith("--state-dir="))
     assert services["simulator"]["command"][0] == "simulate"
+    # The simulator runs from the demo target; no other service gets it (the product image has no simulator).
+    assert services["simulator"]["build"]["target"] == "demo"
+    assert services["simulator"]["image"] != services["exporter-demo"]["image"] == services["exporter"]["image"]
+    assert all("target" not in service.get("build", {}) for name, service in services.items() if name != "simulator")
     assert f"--config.file={state_dir}/exporter.yml" in services["exporter-demo"]["command"]
     assert f"{state_dir}/simulator.json" in " ".join(services["simulator"]["healthcheck"]["test"])
     assert services["exporter-demo"]["depends_on"]["simulator"]["condition"] == "service_healthy"

@@ -21,6 +21,7 @@ import yaml
 from aiohttp.test_utils import TestClient, TestServer
 from samples import parse, value
 
+from bems_simulator.server import Simulator
 from exporter import scheduler as scheduler_module
 from exporter.app import Exporter
 from exporter.config import Config, Target, load_config
@@ -29,7 +30,6 @@ from exporter.resources import Resources
 from exporter.results import CheckResult, ProbeFailure, Reason
 from exporter.scheduler import JobSpec, Scheduler
 from exporter.signin import check_suspension
-from exporter.simulator.server import Simulator
 from exporter.store import ResultStore
 from exporter.suspension import Suspensions
 from exporter.web import PROBE_CACHED_HEADER, create_app

@@ -19,6 +19,9 @@ from checks import run
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from bems_simulator.pki import CertificateAuthority
+from bems_simulator.server import Simulator
+from bems_simulator.tls import INTERMEDIATE_NAME, WRONG_HOSTNAME, CertificateVariant
 from exporter import net
 from exporter.config import AuthMethod, Config, Target, load_config
 from exporter.httpclient import HttpClients
@@ -27,9 +30,6 @@ from exporter.probes import tls as tls_probe
 from exporter.resources import Resources
 from exporter.results import CheckResult, Reason
 from exporter.runner import execute
-from exporter.simulator.pki import CertificateAuthority
-from exporter.simulator.server import Simulator
-from exporter.simulator.tls import INTERMEDIATE_NAME, WRONG_HOSTNAME, CertificateVariant
 
 
 def _target(config: Config, name: str, **changes: object) -> Target:

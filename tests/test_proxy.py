@@ -13,10 +13,10 @@ import pytest
 import yaml
 from checks import run
 
+from bems_simulator import ProxyFault, ProxyRequest, Simulator
+from bems_simulator import proxy as proxy_module
 from exporter.config import PROXY_FROM_ENVIRONMENT, Config, Target, parse_config
 from exporter.results import Reason
-from exporter.simulator import ProxyFault, ProxyRequest, Simulator
-from exporter.simulator import proxy as proxy_module
 
 CHECK_NAMES = ["reachability", "tls"]
 PROXY_USERNAME = "svc-bems-proxy"

@@ -21,6 +21,7 @@ from checks import run
 from loopback import free_port
 from samples import parse, value
 
+from bems_simulator.server import DEMO_GRAPH_ROLES, Simulator
 from exporter import exposition
 from exporter import push as push_state
 from exporter.app import Exporter
@@ -32,7 +33,6 @@ from exporter.push import PushTarget
 from exporter.resources import Resources
 from exporter.results import CheckResult, ProbeFailure, Reason
 from exporter.runner import execute
-from exporter.simulator.server import DEMO_GRAPH_ROLES, Simulator
 
 SCALE = 1.0  # one simulated minute lasts one second: StatusFrequency 1 means a keep-alive a second
 

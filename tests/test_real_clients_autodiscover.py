@@ -22,9 +22,9 @@ from exchangelib.autodiscover import AutodiscoverProtocol, Autodiscovery, autodi
 from exchangelib.errors import AutoDiscoverCircularRedirect, ErrorNonExistentMailbox
 from exchangelib.protocol import BaseProtocol
 
+from bems_simulator.autodiscover import SOAP_PATH
+from bems_simulator.server import Simulator
 from exporter.config import load_config
-from exporter.simulator.autodiscover import SOAP_PATH
-from exporter.simulator.server import Simulator
 
 DOMAIN = "corp.example.test"
 ALICE, BOB = f"alice@{DOMAIN}", f"bob@{DOMAIN}"

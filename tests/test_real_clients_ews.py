@@ -20,7 +20,7 @@ from exchangelib.errors import ErrorImpersonateUserDenied, ErrorServerBusy
 from exchangelib.protocol import BaseProtocol, close_connections
 from exchangelib.services import SendNotification
 
-from exporter.simulator.server import Simulator
+from bems_simulator.server import Simulator
 
 ALICE, BOB = "alice@corp.example.test", "bob@corp.example.test"
 

@@ -25,9 +25,9 @@ import yaml
 from checks import run
 from test_simulator_auth import msal_app
 
+from bems_simulator import Simulator
 from exporter.config import load_config
 from exporter.results import Reason
-from exporter.simulator import Simulator
 
 EXO_SCOPE = "https://outlook.office365.com/.default"
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"

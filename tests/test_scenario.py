@@ -19,12 +19,12 @@ import pytest
 import yaml
 from samples import parse, value
 
+from bems_simulator.server import DEMO_GRAPH_ROLES, Simulator
 from exporter import cli, exposition, scenario
 from exporter.app import Exporter
 from exporter.config import Config, Exchange, Scenario, load_config
 from exporter.probes import autodiscover, notification_url, planned_checks, push
 from exporter.results import CheckResult, Measurement, Reason
-from exporter.simulator.server import DEMO_GRAPH_ROLES, Simulator
 from exporter.store import ResultStore
 
 CONFIG = """

@@ -21,7 +21,7 @@ import yaml
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from exporter.simulator import CertificateAuthority, Endpoint, Fault, Simulator, UnknownEndpointError
+from bems_simulator import CertificateAuthority, Endpoint, Fault, Simulator, UnknownEndpointError
 
 ENDPOINT_NAMES = [
     "onprem-ews",
@@ -408,12 +408,13 @@ async def test_command_line_runs_until_sigterm(tmp_path: Path) -> None:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "exporter.simulator",
+        "bems_simulator",
+        "simulate",
         "--state-dir",
         str(state_dir),
         cwd=REPO_ROOT,
         stdout=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "simulator")])},
     )
     ready_file = state_dir / "simulator.json"
     try:

@@ -28,8 +28,8 @@ from cryptography.hazmat.primitives import hashes
 from requests_ntlm import HttpNtlmAuth
 from spnego.channel_bindings import GssChannelBindings
 
-from exporter.simulator import Simulator
-from exporter.simulator.pki import create_signing_certificate
+from bems_simulator import Simulator
+from bems_simulator.pki import create_signing_certificate
 
 EWS_PATH = "/EWS/Exchange.asmx"
 POX_PATH = "/autodiscover/autodiscover.xml"

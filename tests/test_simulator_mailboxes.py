@@ -19,8 +19,8 @@ from xml.etree import ElementTree
 import aiohttp
 import pytest
 
-from exporter.simulator import Simulator
-from exporter.simulator.directory import UnknownMailboxError
+from bems_simulator import Simulator
+from bems_simulator.directory import UnknownMailboxError
 
 EWS_PATH = "/EWS/Exchange.asmx"
 POX_PATH = "/autodiscover/autodiscover.xml"

@@ -24,7 +24,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from exporter.simulator import Simulator
+from bems_simulator import Simulator
 
 EWS_PATH = "/EWS/Exchange.asmx"
 ALICE, CAROL = "alice@corp.example.test", "carol@contoso.test"

@@ -15,8 +15,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from samples import parse, value
 
+from bems_simulator.server import Simulator
 from exporter.app import Exporter
-from exporter.simulator.server import Simulator
 from exporter.status_page import REASON_RUNBOOK, VERDICT_RUNBOOK
 from exporter.web import create_app
 

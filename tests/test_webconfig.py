@@ -22,9 +22,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from bems_simulator.pki import CertificateAuthority
 from exporter import webconfig
 from exporter.errors import ConfigError
-from exporter.simulator.pki import CertificateAuthority
 from exporter.webconfig import load_web_config
 
 PASSWORD = "correct horse battery staple"

@@ -1,0 +1,60 @@
+"""``bems-simulator demo``: the simulator and the exporter probing it, in one process.
+
+The only module of the simulator that imports the exporter (its ``demo`` extra); the exporter never
+imports the simulator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from exporter import serving
+from exporter.app import Exporter
+from exporter.cli import serve
+from exporter.config import parse_listen_address
+from exporter.logs import setup_logging
+
+from .server import Simulator
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level, args.log_format, args.protocol_debug)
+    serving.limit_process()
+    try:
+        return asyncio.run(_demo(args))
+    except OSError as err:  # typically the address is in use
+        print(f"error: cannot start the demo on {args.listen_address}: {err}", file=sys.stderr)
+        return 1
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    async with Simulator(args.state_dir, admin_port=args.admin_port) as sim:
+        config_file = sim.write_demo_config(args.state_dir / "bems-exchange-exporter.yml")
+        exporter = Exporter(str(config_file))
+        exporter.load()
+        host, port = parse_listen_address(args.listen_address)
+        base = f"http://{host or 'localhost'}:{port}"
+        ready = asyncio.Event()
+        server = asyncio.create_task(serve(exporter, args.listen_address, None, ready))
+        await asyncio.wait([server, asyncio.create_task(ready.wait())], return_when=asyncio.FIRST_COMPLETED)
+        if server.done():
+            await server  # raises the bind error
+        print(
+            f"""
+BEMS Exchange Exporter demo is running (Ctrl-C stops it).
+  Landing page:  {base}/
+  Metrics:       {base}/metrics
+  Config:        {base}/config  (written to {config_file})
+  Simulator API: {sim.admin_url}/api/v1/endpoints
+Break something and watch the landing page turn red, for example:
+  curl -X PUT -d '{{"fault": "expired"}}' {sim.admin_url}/api/v1/endpoints/onprem-ews/fault
+Faults: refuse, hang, slow, expired, wrong_host, untrusted, plaintext; DELETE the fault to heal.
+Stop push notifications (and heal with {{"kind": "none"}}):
+  curl -X PUT -d '{{"kind": "callback_blocked"}}' {sim.admin_url}/api/v1/push/ews/fault
+""",
+            flush=True,
+        )
+        await server
+    return 0
