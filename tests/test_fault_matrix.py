@@ -282,9 +282,11 @@ async def _run_scheduler(config: Config, seconds: float) -> tuple[Scheduler, lis
 async def _simulator_process(state: Path) -> AsyncIterator[dict[str, Any]]:
     """The simulator in a process of its own, as in production Exchange is not the exporter's event loop:
     700 healthy endpoints' worth of TLS handshakes a second would otherwise compete with the exporter."""
+    # The checkout's simulator, installed or not (pytest's pythonpath reaches this process only).
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "simulator")}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bems_simulator", "simulate", "--state-dir", str(state),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, start_new_session=True,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, start_new_session=True, env=env,
     )  # fmt: skip
     try:
         ready, deadline = state / "simulator.json", time.monotonic() + 30
