@@ -6,12 +6,15 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test lint tools bench dashboards lock clean
 
-# The exporter and the simulator (its own distribution, simulator/pyproject.toml), both editable.
-$(STAMP): pyproject.toml simulator/pyproject.toml
+# The test environment exactly as locked (requirements-test.lock, every file pinned by its SHA-256: what CI
+# installs on a fresh machine is what was tested), then the exporter and the simulator (its own distribution,
+# simulator/pyproject.toml) editable, without resolving anything past the lock; pip check proves the lock
+# satisfies both.
+$(STAMP): pyproject.toml simulator/pyproject.toml requirements-test.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet --editable '.[test]'
-	$(BIN)/pip install --quiet --editable './simulator[demo]'
+	$(BIN)/pip install --quiet --require-hashes -r requirements-test.lock
+	$(BIN)/pip install --quiet --no-deps --editable . --editable ./simulator
+	$(BIN)/pip check
 	touch $@
 
 ## demo: set up, then run the Exchange simulator and the exporter probing it
@@ -38,15 +41,20 @@ bench: $(STAMP)
 dashboards: $(STAMP)
 	$(BIN)/python -m grafana.build
 
-## lock: regenerate requirements.lock (the image's hashed runtime dependencies) and simulator/requirements.lock
-## (the demo image's, within the first) after changing a pyproject.toml
-lock: $(STAMP)
-	$(BIN)/pip install --quiet 'pip-tools>=7.4,<8'
-	$(BIN)/pip-compile --allow-unsafe --generate-hashes --no-emit-find-links --no-emit-index-url \
-	  --output-file=requirements.lock --pip-args='--isolated' --strip-extras pyproject.toml
-	cd simulator && ../$(BIN)/pip-compile --allow-unsafe --generate-hashes --no-emit-find-links --no-emit-index-url \
-	  --constraint ../requirements.lock --output-file=requirements.lock --pip-args='--isolated' --strip-extras \
-	  pyproject.toml
+## lock: regenerate the hashed locks after changing a pyproject.toml: requirements.lock (the image's runtime
+## dependencies), simulator/requirements.lock (the demo image's) and requirements-test.lock (make test and CI:
+## the test extra and the simulator), both within the first. pip-compile keeps every pin it can; to move them
+## all to the newest releases, run `make lock LOCK_FLAGS=--upgrade`.
+LOCK_VENV  := .venv-lock
+PIP_COMPILE = $(CURDIR)/$(LOCK_VENV)/bin/pip-compile --allow-unsafe --generate-hashes --no-emit-find-links \
+              --no-emit-index-url --pip-args='--isolated' --strip-extras $(LOCK_FLAGS)
+lock:
+	test -x $(LOCK_VENV)/bin/pip-compile || { $(PYTHON) -m venv $(LOCK_VENV) \
+	  && $(LOCK_VENV)/bin/pip install --quiet 'pip-tools>=7.4,<8'; }
+	$(PIP_COMPILE) --output-file=requirements.lock pyproject.toml
+	cd simulator && $(PIP_COMPILE) --constraint ../requirements.lock --output-file=requirements.lock pyproject.toml
+	$(PIP_COMPILE) --constraint requirements.lock --extra test --output-file=requirements-test.lock \
+	  pyproject.toml simulator/pyproject.toml
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info simulator/*.egg-info .demo
+	rm -rf $(VENV) $(LOCK_VENV) .pytest_cache .ruff_cache *.egg-info simulator/*.egg-info .demo

@@ -261,37 +261,157 @@ def test_the_production_image_venv_contains_no_simulator(image_venv: Path) -> No
     assert result.returncode == 2 and "run bems-simulator demo" in result.stderr, result.stderr
 
 
-def lock_pins() -> dict[str, tuple[str, list[str]]]:
-    """requirements.lock as {normalised name: (version, hashes)}."""
+def lock_pins(lock: Path = LOCK) -> dict[str, tuple[str, list[str]]]:
+    """A hashed lock as {normalised name: (version, hashes)}."""
     pins: dict[str, tuple[str, list[str]]] = {}
-    for block in re.split(r"\n(?=[A-Za-z])", LOCK.read_text(encoding="utf-8")):
+    for block in re.split(r"\n(?=[A-Za-z])", lock.read_text(encoding="utf-8")):
         match = re.match(r"([A-Za-z0-9._-]+)==(\S+) \\\n", block)
         if match:
-            name = re.sub(r"[-_.]+", "-", match.group(1)).lower()
-            pins[name] = (match.group(2), re.findall(r"--hash=sha256:([0-9a-f]{64})", block))
+            pins[normalised(match.group(1))] = (match.group(2), re.findall(r"--hash=sha256:([0-9a-f]{64})", block))
     return pins
 
 
-def test_the_lock_pins_every_runtime_dependency_within_pyprojects_ranges_with_hashes() -> None:
+def normalised(name: str) -> str:
+    """A distribution name as PyPI compares them (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def declared(*groups: str) -> list[str]:
+    """The requirements of dependency groups: "runtime", an extra of pyproject.toml ("test", "docs"), "simulator"."""
     import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    simulator = tomllib.loads((ROOT / "simulator" / "pyproject.toml").read_text())["project"]
+    sources = {"runtime": project["dependencies"], "simulator": simulator["dependencies"]}
+    return [line for group in groups for line in sources.get(group) or project["optional-dependencies"][group]]
+
+
+# What each lock pins, and who installs it: the image (Dockerfile), the demo image, `make test` and CI (Makefile).
+LOCKS = {
+    "requirements.lock": ("runtime",),
+    "simulator/requirements.lock": ("simulator",),
+    "requirements-test.lock": ("runtime", "test", "simulator"),
+}
+
+
+@pytest.mark.parametrize("lock", LOCKS, ids=list(LOCKS))
+def test_the_lock_pins_every_dependency_within_pyprojects_ranges_with_hashes(lock: str) -> None:
+    from packaging.requirements import Requirement
+
+    pins = lock_pins(ROOT / lock)
+    assert pins, f"{lock} pins nothing"
+    for name, (version, hashes) in pins.items():
+        assert hashes, f"{name}=={version} has no --hash: pip install --require-hashes would refuse the lock"
+    for line in declared(*LOCKS[lock]):
+        requirement = Requirement(line)
+        name = normalised(requirement.name)
+        assert name in pins, f"{name} is a dependency {lock} does not pin: regenerate it (make lock)"
+        assert requirement.specifier.contains(pins[name][0], prereleases=True), (
+            f"{lock}'s {name}=={pins[name][0]} is outside pyproject's {requirement.specifier}: regenerate it"
+        )
+    text = (ROOT / lock).read_text(encoding="utf-8")
+    assert "--find-links" not in text and "--index-url" not in text, "no machine's package source in the lock"
+    assert "pip-compile --allow-unsafe" in text and "--generate-hashes" in text, "the header says how to regenerate it"
+
+
+@pytest.mark.parametrize("lock", ["simulator/requirements.lock", "requirements-test.lock"])
+def test_the_other_locks_agree_with_the_images_runtime_lock(lock: str) -> None:
+    """Built with --constraint requirements.lock: the tests and the demo run the versions the image ships."""
+    runtime = lock_pins()
+    for name, (version, _) in lock_pins(ROOT / lock).items():
+        if name in runtime:
+            assert version == runtime[name][0], f"{lock} pins {name}=={version}, the image {runtime[name][0]}"
+
+
+def test_make_test_and_ci_install_exactly_the_test_lock() -> None:
+    """`make test` (what .ci/run calls) installs from the hashed lock and resolves nothing past it."""
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    stamp = re.search(r"^\$\(STAMP\):.*\n((?:\t.*\n)+)", makefile, re.MULTILINE)
+    assert stamp, "the Makefile's venv step"
+    recipe = stamp.group(1)
+    assert "pip install --quiet --require-hashes -r requirements-test.lock" in recipe
+    installs = [line for line in recipe.splitlines() if "pip install" in line]
+    assert all("--require-hashes" in line or "--no-deps" in line for line in installs), installs
+    assert "requirements-test.lock" in stamp.group(0).splitlines()[0], "a new lock rebuilds the venv"
+
+
+def test_the_exporter_and_the_simulator_cap_their_shared_dependencies_alike() -> None:
+    from packaging.requirements import Requirement
+
+    exporter = {normalised(r.name): r.specifier for r in map(Requirement, declared("runtime", "test"))}
+    for requirement in map(Requirement, declared("simulator")):
+        name = normalised(requirement.name)
+        if name in exporter:
+            assert requirement.specifier == exporter[name], f"{name}: {requirement.specifier} vs {exporter[name]}"
+
+
+# Where each tree's imports must be declared. tests/, bench/, grafana/ and scripts/ run in the test venv;
+# scripts/panel_png.py also needs the docs extra. The simulator's demo imports the exporter (its `demo` extra).
+IMPORT_SCOPES = {
+    "exporter": ("runtime",),
+    "simulator": ("simulator",),
+    "tests": ("runtime", "test"),
+    "bench": ("runtime", "test"),
+    "grafana": ("runtime", "test"),
+    "scripts": ("runtime", "test", "docs"),
+}
+FIRST_PARTY = {"exporter", "bems_simulator"}
+
+
+def third_party_imports(tree: Path) -> dict[str, set[str]]:
+    """{top-level module: files importing it} for the absolute imports under ``tree`` of neither the
+    standard library nor this repository (a package, or a module beside another, like tests/loopback.py)."""
+    import ast
+
+    files = [path for path in tree.rglob("*.py") if ".venv" not in path.parts]
+    local = FIRST_PARTY | set(IMPORT_SCOPES) | {path.stem for path in files} | {p.parent.name for p in files}
+    found: dict[str, set[str]] = {}
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                modules = [node.module]
+            else:
+                continue
+            for module in modules:
+                top = module.partition(".")[0]
+                if top not in sys.stdlib_module_names and top not in local:
+                    found.setdefault(top, set()).add(str(path.relative_to(ROOT)))
+    return found
+
+
+@pytest.mark.parametrize("tree", IMPORT_SCOPES, ids=list(IMPORT_SCOPES))
+def test_every_third_party_import_is_a_declared_dependency(tree: str) -> None:
+    """An import that works only because another package drags it in (urllib3 under requests, PyJWT under
+    msal) breaks when that package changes: each one is declared where it is imported."""
+    from importlib.metadata import packages_distributions
 
     from packaging.requirements import Requirement
 
-    pins = lock_pins()
-    assert pins, "requirements.lock pins nothing"
-    for name, (version, hashes) in pins.items():
-        assert hashes, f"{name}=={version} has no --hash: pip install --require-hashes would refuse the lock"
-    runtime = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    for line in runtime:
-        requirement = Requirement(line)
-        name = re.sub(r"[-_.]+", "-", requirement.name).lower()
-        assert name in pins, f"{name} is a runtime dependency the lock does not pin: regenerate it (make lock)"
-        assert requirement.specifier.contains(pins[name][0], prereleases=True), (
-            f"the lock's {name}=={pins[name][0]} is outside pyproject's {requirement.specifier}: regenerate it"
-        )
-    text = LOCK.read_text(encoding="utf-8")
-    assert "--find-links" not in text and "--index-url" not in text, "no machine's package source in the lock"
-    assert "pip-compile --allow-unsafe --generate-hashes" in text, "the header says how to regenerate it"
+    allowed = {normalised(Requirement(line).name) for line in declared(*IMPORT_SCOPES[tree])}
+    providers = packages_distributions()  # import name -> distributions (jwt -> PyJWT, yaml -> PyYAML)
+    imports = third_party_imports(ROOT / tree)
+    assert imports or tree == "grafana", f"no third-party import found under {tree}/: the scan is broken"
+    undeclared = {}
+    for module, files in sorted(imports.items()):
+        # Not installed here (the docs extra's matplotlib): then only a project of the module's own name can match.
+        distributions = {normalised(name) for name in providers.get(module, [module])}
+        if not distributions & allowed:
+            undeclared[module] = (sorted(distributions), sorted(files))
+    assert not undeclared, f"imported under {tree}/ but not declared in {IMPORT_SCOPES[tree]}: {undeclared}"
+
+
+def test_the_import_scan_sees_through_import_names() -> None:
+    """The scan's own check: the accidental imports the issue names are found and mapped to their projects."""
+    from importlib.metadata import packages_distributions
+
+    providers = packages_distributions()
+    assert "urllib3" in third_party_imports(ROOT / "exporter")
+    assert {"jwt", "spnego", "yaml"} <= set(third_party_imports(ROOT / "simulator"))
+    assert {normalised(name) for name in providers["jwt"]} == {"pyjwt"}
+    assert {normalised(name) for name in providers["spnego"]} == {"pyspnego"}
+    assert "loopback" not in third_party_imports(ROOT / "tests"), "a module beside the tests is not third-party"
 
 
 def test_the_aiohttp_floor_excludes_the_releases_with_parser_advisories() -> None:
