@@ -676,11 +676,11 @@ async def test_bad_web_config_is_fatal(
 # --- demo and simulate ---------------------------------------------------------------------------------------
 
 
-async def start_demo(cli: CLI, tmp_path: Path) -> tuple[Proc, str]:
+async def start_demo(cli: CLI, tmp_path: Path, *flags: str) -> tuple[Proc, str]:
     port = free_port()
     address = f"127.0.0.1:{port}"
     proc = cli.start(
-        "demo", "--state-dir", str(tmp_path / "demo"), "--web.listen-address", address, program="bems_simulator"
+        "demo", "--state-dir", str(tmp_path / "demo"), "--web.listen-address", address, *flags, program="bems_simulator"
     )
     base = f"http://127.0.0.1:{port}"
     await eventually(lambda: "Metrics:" in proc.stdout, "the demo's URLs on stdout", START_TIMEOUT, proc)
@@ -732,6 +732,38 @@ async def test_the_demo_shows_the_whole_verdict_ready(cli: CLI, tmp_path: Path, 
     assert set(seen.values()) == {1.0}, seen
     proc.send_signal(signal.SIGINT)
     assert await proc.wait(EXIT_TIMEOUT) == 0, proc.stderr[-3000:]
+
+
+# A line of the simulator's request log (aiohttp's access log format, its quotes escaped by logfmt):
+# "POST /EWS/Exchange.asmx HTTP/1.1" 200
+REQUEST_LOG_LINE = re.compile(r'(?:GET|POST|PATCH|PUT|DELETE) /\S* HTTP/1\.1\\?" \d{3}')
+
+
+@pytest.mark.parametrize("flags", [(), ("--log.requests",)], ids=["default", "log-requests"])
+async def test_the_demo_ends_with_its_urls_and_fault_examples_and_logs_requests_only_when_asked(
+    cli: CLI, tmp_path: Path, http: aiohttp.ClientSession, flags: tuple[str, ...]
+) -> None:
+    proc, base = await start_demo(cli, tmp_path, *flags)
+
+    async def autodiscover_ran() -> bool:  # HTTP requests to the simulator, not only TLS handshakes
+        samples = await scrape(http, base)
+        return value(samples, "bems_probe_success", target="onprem-ews", exchange="onprem", check="auth") is not None
+
+    await eventually(autodiscover_ran, "onprem-ews auth to run", 30, proc)
+    proc.send_signal(signal.SIGINT)
+    assert await proc.wait(EXIT_TIMEOUT) == 0, proc.stderr[-3000:]
+    lines = [line.strip() for line in proc.stdout.splitlines() if line.strip()]
+    assert lines[-1].startswith('curl -X PUT -d \'{"kind": "callback_blocked"}\' http://127.0.0.1:'), lines
+    assert lines[-4].startswith('curl -X PUT -d \'{"fault": "expired"}\''), lines
+    assert lines[-10].startswith("BEMS Exchange Exporter demo is running") and lines[-9].startswith("Landing page:")
+    assert not REQUEST_LOG_LINE.search(proc.stdout), proc.stdout
+    if flags:
+        assert REQUEST_LOG_LINE.search(proc.stderr), "--log.requests logs the simulator's requests"
+        assert "logger=bems_simulator.requests" in proc.stderr
+    else:
+        assert not REQUEST_LOG_LINE.search(proc.stderr), proc.stderr[-3000:]
+        assert "logger=bems_simulator" not in proc.stderr, "nothing of the simulator's below a warning"
+        assert "logger=exporter" in proc.stderr, "the exporter's own log stays"
 
 
 async def test_demo_stops_on_sigterm(cli: CLI, tmp_path: Path) -> None:

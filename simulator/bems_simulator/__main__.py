@@ -46,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEMO_LISTEN_ADDRESS,
         help=f"exporter address (default {DEMO_LISTEN_ADDRESS})",
     )
+    demo.add_argument(
+        "--log.requests",
+        dest="log_requests",
+        action="store_true",
+        help="also log the simulator's side: every request it answers, its subscriptions and its faults "
+        "(off by default, so the exporter's log and the demo's URLs stay readable)",
+    )
     try:
         from exporter.cli import add_log_flags  # the demo logs as the exporter does
     except ImportError:  # installed without the `demo` extra: `demo` says so when it runs

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 
 from exporter import serving
@@ -21,6 +22,10 @@ from .server import Simulator
 
 def run_demo(args: argparse.Namespace) -> int:
     setup_logging(args.log_level, args.log_format, args.protocol_debug)
+    if not args.log_requests:
+        # The simulator logs a line per request it answers and per subscription: they would scroll the
+        # URLs and the fault examples off the terminal. Its warnings and errors still show.
+        logging.getLogger("bems_simulator").setLevel(logging.WARNING)
     serving.limit_process()
     try:
         return asyncio.run(_demo(args))
@@ -43,7 +48,7 @@ async def _demo(args: argparse.Namespace) -> int:
             await server  # raises the bind error
         print(
             f"""
-BEMS Exchange Exporter demo is running (Ctrl-C stops it).
+BEMS Exchange Exporter demo is running (Ctrl-C stops it; --log.requests logs the simulator's requests).
   Landing page:  {base}/
   Metrics:       {base}/metrics
   Config:        {base}/config  (written to {config_file})

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import ssl
 
 from aiohttp import web
 
 _SHUTDOWN_GRACE_SECONDS = 0.1
+# One line per request the simulated endpoints answer (aiohttp's access log format), under the simulator's
+# own logger name: ``bems-simulator demo`` keeps it off the terminal unless --log.requests asks for it.
+REQUEST_LOG = logging.getLogger("bems_simulator.requests")
 
 
 async def serve_app(
@@ -17,7 +21,7 @@ async def serve_app(
     shutdown_timeout: float = _SHUTDOWN_GRACE_SECONDS,
 ) -> web.AppRunner:
     """Serve ``app`` on a bound socket (TLS when ``ssl_context`` is given); on failure nothing is left open."""
-    runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout)
+    runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout, access_log=REQUEST_LOG)
     try:
         await runner.setup()
         # IIS accepts a deep queue: a burst of probes must not overflow the simulator's SYN backlog.
