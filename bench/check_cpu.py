@@ -1,7 +1,7 @@
 """The CPU of one exporter check, measured inside a fresh process.
 
 ``python -m bench.check_cpu --config FILE --check tls --runs M --concurrency C [--rounds R] [--target NAME]``
-runs ``exporter.runner.execute(CHECKS[check], config, target)`` M times in each of R rounds against the
+runs ``exporter.daemon.runner.execute(CHECKS[check], config, target)`` M times in each of R rounds against the
 named target (by default the configuration's first), at most C at a time, and prints one JSON line:
 runs and warmup_runs, and per round its failures, cpu_seconds (this process's ``time.process_time``,
 every thread) and wall_seconds. A warm-up of C checks before the rounds creates the TLS context,
@@ -18,10 +18,10 @@ from collections.abc import Iterator
 from itertools import repeat
 from typing import Any
 
+from exporter.checks import CHECKS, Check
+from exporter.checks.resources import Resources
 from exporter.config import Config, Target, load_config
-from exporter.probes import CHECKS, Check
-from exporter.resources import Resources
-from exporter.runner import execute
+from exporter.daemon.runner import execute
 
 
 async def _run_checks(

@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from exporter.checks import checks_for
 from exporter.config import format_duration, load_config
-from exporter.probes import checks_for
 
 from .processes import BenchError, ManagedProcess, free_loopback_port
 from .scrape import admin_call, get

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from exporter.checks import checks_for
 from exporter.config import format_duration, load_config
-from exporter.probes import checks_for
 
 from .fixtures import RunningSimulator, running_exporter
 from .scrape import get, sample_count

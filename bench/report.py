@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from exporter.app import revision
 from exporter.config import format_duration
-from exporter.scheduler import LAG_BUCKETS
+from exporter.daemon.app import revision
+from exporter.daemon.scheduler import LAG_BUCKETS
 
 from .check_costs import CheckCost
 from .memory import MemoryMeasurement

@@ -15,8 +15,11 @@ from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
-from . import __version__, report, scenario, serving
-from .app import Exporter
+from . import __version__, report
+from .checks import CHECKS, checks_for, planned_checks
+from .checks.push import config_warnings as push_warnings
+from .checks.push import end_graph_subscriptions
+from .checks.resources import Resources
 from .config import (
     DEFAULT_CONFIG_FILE,
     Config,
@@ -26,16 +29,14 @@ from .config import (
     parse_listen_address,
     parse_shard,
 )
-from .listener import Listener
+from .daemon import scenario, serving
+from .daemon.app import Exporter
+from .daemon.listener import Listener
+from .daemon.runner import execute
+from .daemon.store import ResultStore
 from .logs import FORMATS, LEVELS, replace_secrets, setup_logging
-from .probes import CHECKS, checks_for, planned_checks
-from .probes.push import config_warnings as push_warnings
-from .probes.push import end_graph_subscriptions
-from .resources import Resources
-from .runner import execute
-from .store import ResultStore
-from .web import ALLOWED_HOSTS_FLAG, LIFECYCLE_FLAG, REMOTE_PROBE_FLAG, Access, create_app, parse_allowed_hosts
-from .webconfig import LiveWebConfig, load_web_config
+from .web.http_app import ALLOWED_HOSTS_FLAG, LIFECYCLE_FLAG, REMOTE_PROBE_FLAG, Access, create_app, parse_allowed_hosts
+from .web.webconfig import LiveWebConfig, load_web_config
 
 DEFAULT_LISTEN_ADDRESS = ":10442"
 # The subcommands that left with the simulator, and what to run instead.

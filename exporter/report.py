@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from .config import Target
+from .daemon.scenario import Verdict
 from .logs import redact
 from .results import CheckResult, Step
-from .scenario import Verdict
 
 PASS, FAIL = "✓", "✗"
 

@@ -28,8 +28,8 @@ import yaml
 from aiohttp import web
 
 from bems_simulator.server import Simulator
-from exporter.app import Exporter
-from exporter.web import create_app
+from exporter.daemon.app import Exporter
+from exporter.web.http_app import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD, PANEL = ROOT / "grafana" / "dashboards" / "bems-target.json", "Check duration"

@@ -14,8 +14,8 @@ from pathlib import Path
 from aiohttp import web
 
 from bems_simulator.server import Simulator
-from exporter.app import Exporter
-from exporter.web import create_app
+from exporter.daemon.app import Exporter
+from exporter.web.http_app import create_app
 
 OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "images" / "status-page.png"
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from exporter.checks import CHECKS
+from exporter.checks.resources import Resources
 from exporter.config import Config, Target
-from exporter.probes import CHECKS
-from exporter.resources import Resources
+from exporter.daemon.runner import execute
 from exporter.results import CheckResult
-from exporter.runner import execute
 
 
 async def run(config: Config, target: Target, check: str) -> CheckResult:

@@ -10,10 +10,10 @@ from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from exporter.collector import MEASURED, PROBE_METRICS, TARGET_INFO
 from exporter.config import Config
+from exporter.daemon.store import ResultStore
 from exporter.metrics import MetricSpec
-from exporter.store import ResultStore
+from exporter.web.collector import MEASURED, PROBE_METRICS, TARGET_INFO
 
 
 def _family(spec: MetricSpec) -> Metric:

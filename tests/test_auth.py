@@ -20,13 +20,13 @@ from samples import parse, value
 from bems_simulator.pki import CertificateAuthority
 from bems_simulator.server import Simulator
 from exporter import report
-from exporter.app import Exporter
+from exporter.checks import CHECKS
+from exporter.checks.resources import Resources
 from exporter.config import AuthMethod, Config, load_config
-from exporter.probes import CHECKS
-from exporter.resources import Resources
+from exporter.daemon.app import Exporter
+from exporter.daemon.runner import execute
 from exporter.results import CheckResult, Reason
-from exporter.runner import execute
-from exporter.web import create_app
+from exporter.web.http_app import create_app
 
 EWS_SCOPE = "https://outlook.office365.com/.default"
 

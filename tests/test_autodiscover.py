@@ -25,12 +25,13 @@ from checks import run
 from bems_simulator.endpoint import bind_loopback_socket
 from bems_simulator.server import NOMINAL_HOSTS, Simulator
 from bems_simulator.serving import serve_app
-from exporter import autodiscover, signin
+from exporter.checks import autodiscover as check
+from exporter.checks import signin
+from exporter.checks.base import ProbeContext
+from exporter.checks.resources import Resources
 from exporter.config import AuthMethod, AutodiscoverProtocol, Config, Target, load_config
-from exporter.httpclient import HttpResponse
-from exporter.probes import autodiscover as check
-from exporter.probes.base import ProbeContext
-from exporter.resources import Resources
+from exporter.protocol import autodiscover_wire as autodiscover
+from exporter.protocol.http_client import HttpResponse
 from exporter.results import ProbeFailure, Reason, Recorder
 
 SAMPLES = Path(__file__).parent / "microsoft_samples"

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from exporter.app import Exporter
 from exporter.cli import main
 from exporter.config import AuthMethod, ConfigError, load_config, parse_config, parse_duration
+from exporter.daemon.app import Exporter
 
 GOOD = """
 scenario: onprem-bems-hybrid
@@ -469,7 +469,7 @@ async def test_secret_file_warnings_are_logged_at_every_load_and_printed_by_conf
     assert f"warning: {warning}" in capsys.readouterr().out
 
     exporter = Exporter(str(config_file))
-    with caplog.at_level(logging.WARNING, logger="exporter.app"):
+    with caplog.at_level(logging.WARNING, logger="exporter.daemon.app"):
         exporter.load()
         secret_file.chmod(0o600)
         assert await exporter.reload() is None

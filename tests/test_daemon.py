@@ -14,9 +14,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from samples import Samples, parse, targets_in, value
 
 from bems_simulator.server import Simulator
-from exporter.app import Exporter
-from exporter.probes import planned_checks
-from exporter.web import create_app
+from exporter.checks import planned_checks
+from exporter.daemon.app import Exporter
+from exporter.web.http_app import create_app
 
 
 @pytest.fixture
@@ -224,7 +224,7 @@ async def test_fast_exposition_matches_prometheus_client(client: TestClient, exp
     from prometheus_client import generate_latest
     from reference_families import reference_families
 
-    from exporter import exposition
+    from exporter.web import exposition
 
     async def ready() -> bool:
         return exporter.ready()

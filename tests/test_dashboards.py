@@ -28,8 +28,8 @@ from aiohttp import web
 from loopback import free_port
 
 from bems_simulator.server import DEMO_GRAPH_ROLES, Simulator
-from exporter.app import Exporter
-from exporter.web import create_app
+from exporter.daemon.app import Exporter
+from exporter.web.http_app import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
 GRAFANA = ROOT / "grafana"

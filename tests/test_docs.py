@@ -7,7 +7,6 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from exporter.collector import all_specs
 from exporter.config import (
     Config,
     Defaults,
@@ -20,8 +19,9 @@ from exporter.config import (
     TLSConfig,
     WindowsCredential,
 )
+from exporter.daemon.scheduler import SCHEDULING_LAG
 from exporter.results import Reason
-from exporter.scheduler import SCHEDULING_LAG
+from exporter.web.collector import all_specs
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 

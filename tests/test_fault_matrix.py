@@ -42,13 +42,13 @@ from samples import parse, value
 
 from bems_simulator.hostile import HostileKind
 from bems_simulator.server import Simulator
+from exporter.checks import CHECKS
+from exporter.checks.resources import Resources
 from exporter.config import AuthMethod, Config, Target, load_config
-from exporter.probes import CHECKS
-from exporter.resources import Resources
+from exporter.daemon.runner import execute
+from exporter.daemon.scheduler import LAG_BUCKETS, Scheduler
+from exporter.daemon.store import ResultStore
 from exporter.results import CheckResult, Reason
-from exporter.runner import execute
-from exporter.scheduler import LAG_BUCKETS, Scheduler
-from exporter.store import ResultStore
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

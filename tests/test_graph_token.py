@@ -21,17 +21,16 @@ from urllib.parse import unquote
 import pytest
 import yaml
 
-from exporter import signin
-from exporter.clouds import Cloud, Resource
+from exporter.checks import CHECKS, signin
+from exporter.checks.base import ProbeContext
+from exporter.checks.resources import Resources
 from exporter.config import Config, load_config
-from exporter.entra import Token, TokenError
+from exporter.config.clouds import Cloud, Resource
+from exporter.daemon.runner import execute
 from exporter.errors import ConfigError
-from exporter.httpclient import HttpResponse
-from exporter.probes import CHECKS
-from exporter.probes.base import ProbeContext
-from exporter.resources import Resources
+from exporter.protocol.entra_tokens import Token, TokenError
+from exporter.protocol.http_client import HttpResponse
 from exporter.results import CheckResult, ProbeFailure, Reason, Recorder
-from exporter.runner import execute
 
 APP_ID = "11111111-2222-3333-4444-555555555555"
 BEMS_ROLES = ["Mail.Read", "User.Read.All"]

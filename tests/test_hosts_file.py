@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from exporter import hosts_file, net
-from exporter.hosts_file import HostsFile
+from exporter.protocol import hosts_file
+from exporter.protocol import tcp_tls as net
+from exporter.protocol.hosts_file import HostsFile
 
 HOSTS = """\
 127.0.0.1   localhost

@@ -6,9 +6,11 @@ import re
 
 import pytest
 
-from exporter import autodiscover, ews, xmlsafe
-from exporter.httpclient import ForeignOriginError, HttpResponse, redirect_target, requests_session
-from exporter.probes.auth import offered_methods
+from exporter.checks.auth import offered_methods
+from exporter.protocol import autodiscover_wire as autodiscover
+from exporter.protocol import ews_soap as ews
+from exporter.protocol import safe_xml as xmlsafe
+from exporter.protocol.http_client import ForeignOriginError, HttpResponse, redirect_target, requests_session
 from exporter.results import ProbeFailure, Reason
 
 

@@ -20,10 +20,11 @@ from loopback import free_port, push_listener_config
 from samples import parse, value
 
 from bems_simulator.pki import CertificateAuthority
-from exporter import exposition, serving
+from exporter.checks.push_state import MAX_CALLBACK_BYTES, ProbeItem, PushRegistry, Subscription, callback_url
 from exporter.config import Config, Notifications, NotificationsTLS
-from exporter.listener import Listener, callback_url
-from exporter.push import MAX_CALLBACK_BYTES, ProbeItem, PushRegistry, Subscription
+from exporter.daemon import serving
+from exporter.daemon.listener import Listener
+from exporter.web import exposition
 
 SOAP = "http://schemas.xmlsoap.org/soap/envelope/"
 TYPES = "http://schemas.microsoft.com/exchange/services/2006/types"
@@ -285,7 +286,7 @@ async def test_a_dripping_body_is_cut_off(
 ) -> None:
     import asyncio
 
-    from exporter import listener
+    from exporter.daemon import listener
 
     monkeypatch.setattr(listener, "BODY_SECONDS", 0.5)
     _registry, http = listening
@@ -463,7 +464,7 @@ def test_limit_process_raises_nofile_and_disables_cores(tmp_path: Path) -> None:
         resource.setrlimit(resource.RLIMIT_CORE, (core_hard, core_hard))
 
     script = (
-        "import resource; from exporter import serving; serving.limit_process(); "
+        "import resource; from exporter.daemon import serving; serving.limit_process(); "
         "print(resource.getrlimit(resource.RLIMIT_NOFILE), resource.getrlimit(resource.RLIMIT_CORE))"
     )
     out = subprocess.run(

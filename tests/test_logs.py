@@ -19,7 +19,7 @@ from exporter.logs import PROTOCOL_LOGGERS, clear_secrets, redact, register_secr
 
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
-log = logging.getLogger("exporter.scheduler")
+log = logging.getLogger("exporter.daemon.scheduler")
 
 
 @pytest.fixture(autouse=True)
@@ -54,7 +54,7 @@ def test_logfmt_shape(capsys: pytest.CaptureFixture[str]) -> None:
     [line] = _lines(capsys)
     assert line.startswith("ts=")
     assert _logfmt_without_ts(line) == (
-        'level=info logger=exporter.scheduler msg="probe finished" target=onprem-ews check=tls ok=true n=3'
+        'level=info logger=exporter.daemon.scheduler msg="probe finished" target=onprem-ews check=tls ok=true n=3'
     )
 
 
@@ -67,7 +67,7 @@ def test_json_shape(capsys: pytest.CaptureFixture[str]) -> None:
     assert TIMESTAMP.fullmatch(record.pop("ts"))
     assert record == {
         "level": "warn",
-        "logger": "exporter.scheduler",
+        "logger": "exporter.daemon.scheduler",
         "msg": "slow probe",
         "target": "onprem-ews",
         "seconds": 1.5,
@@ -103,7 +103,7 @@ def test_field_keys_cannot_break_or_shadow_the_line(capsys: pytest.CaptureFixtur
     log.info("real message", extra={"fields": {"msg": "fake", "bad key=x": 1}})
     [line] = _lines(capsys)
     assert _logfmt_without_ts(line) == (
-        'level=info logger=exporter.scheduler msg="real message" field_msg=fake bad_key_x=1'
+        'level=info logger=exporter.daemon.scheduler msg="real message" field_msg=fake bad_key_x=1'
     )
 
 

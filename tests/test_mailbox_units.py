@@ -13,13 +13,15 @@ from types import SimpleNamespace
 
 import pytest
 
-from exporter import autodiscover, backoff, ews, signin
+from exporter.checks import auth, impersonation, signin
+from exporter.checks.base import ProbeContext
+from exporter.checks.graph import _judge as judge_graph
+from exporter.checks.resources import Resources
 from exporter.config import AuthMethod, Config, load_config
-from exporter.httpclient import HttpResponse
-from exporter.probes import auth, impersonation
-from exporter.probes.base import ProbeContext
-from exporter.probes.graph import _judge as judge_graph
-from exporter.resources import Resources
+from exporter.protocol import autodiscover_wire as autodiscover
+from exporter.protocol import backoff
+from exporter.protocol import ews_soap as ews
+from exporter.protocol.http_client import HttpResponse
 from exporter.results import ProbeFailure, Reason, Recorder
 
 SOAP = "http://schemas.xmlsoap.org/soap/envelope/"

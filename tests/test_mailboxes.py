@@ -16,11 +16,11 @@ from checks import run
 
 from bems_simulator.server import Simulator
 from exporter import cli
+from exporter.checks import CHECKS
+from exporter.checks.resources import Resources
 from exporter.config import AuthMethod, Config, load_config
-from exporter.probes import CHECKS
-from exporter.resources import Resources
+from exporter.daemon.runner import execute
 from exporter.results import CheckResult, Reason
-from exporter.runner import execute
 
 
 @pytest.fixture

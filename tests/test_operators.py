@@ -31,17 +31,17 @@ from test_cli import CLI, EXIT_TIMEOUT, START_TIMEOUT, Proc, basic_auth, eventua
 
 from bems_simulator.pki import CertificateAuthority
 from bems_simulator.server import DEMO_GRAPH_ROLES, Simulator
-from exporter import exposition
-from exporter.app import Exporter
+from exporter.checks import CHECKS, planned_checks
+from exporter.checks.push_state import MAX_CALLBACK_BYTES, PushRegistry, Subscription, callback_url
+from exporter.checks.resources import Resources
 from exporter.config import Config, load_config
-from exporter.listener import Listener, callback_url
-from exporter.probes import CHECKS, planned_checks
-from exporter.push import MAX_CALLBACK_BYTES, PushRegistry, Subscription
-from exporter.resources import Resources
+from exporter.daemon.app import Exporter
+from exporter.daemon.listener import Listener
+from exporter.daemon.runner import execute
 from exporter.results import Reason
-from exporter.runner import execute
-from exporter.web import create_app
-from exporter.webconfig import load_web_config
+from exporter.web import exposition
+from exporter.web.http_app import create_app
+from exporter.web.webconfig import load_web_config
 
 
 @pytest.fixture
@@ -494,8 +494,8 @@ async def test_web_config_guards_every_endpoint_and_honours_tls(
 async def test_the_bcrypt_cache_verifies_repeated_credentials_once(
     simulator: Simulator, sim_config_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Counted in-process: ``exporter.webconfig.checkpw`` (the one bcrypt verification) is wrapped."""
-    import exporter.webconfig as webconfig
+    """Counted in-process: ``exporter.web.webconfig.checkpw`` (the one bcrypt verification) is wrapped."""
+    import exporter.web.webconfig as webconfig
 
     calls: list[bytes] = []
     real = webconfig.checkpw

@@ -22,17 +22,17 @@ from aiohttp.test_utils import TestClient, TestServer
 from samples import parse, value
 
 from bems_simulator.server import Simulator
-from exporter import scheduler as scheduler_module
-from exporter.app import Exporter
+from exporter.checks import CHECKS, Check, ProbeContext, checks_for
+from exporter.checks.resources import Resources
+from exporter.checks.signin import check_suspension
 from exporter.config import Config, Target, load_config
-from exporter.probes import CHECKS, Check, ProbeContext, checks_for
-from exporter.resources import Resources
+from exporter.daemon import scheduler as scheduler_module
+from exporter.daemon.app import Exporter
+from exporter.daemon.scheduler import JobSpec, Scheduler
+from exporter.daemon.store import ResultStore
+from exporter.protocol.suspension import Suspensions
 from exporter.results import CheckResult, ProbeFailure, Reason
-from exporter.scheduler import JobSpec, Scheduler
-from exporter.signin import check_suspension
-from exporter.store import ResultStore
-from exporter.suspension import Suspensions
-from exporter.web import PROBE_CACHED_HEADER, create_app
+from exporter.web.http_app import PROBE_CACHED_HEADER, create_app
 
 INTERVAL = 3.0
 CLIENTS = 16
@@ -257,7 +257,7 @@ def test_a_suspended_credential_is_tried_once_per_retry_interval_then_not_sent(
     for _ in range(3):
         resources.suspensions.observe("bemsadmin", unauthorized=True)
     now = [1000.0]
-    monkeypatch.setattr("exporter.suspension.time.monotonic", lambda: now[0])
+    monkeypatch.setattr("exporter.protocol.suspension.time.monotonic", lambda: now[0])
     for offset, sent in [(0, True), (1, False), (299, False), (300, True), (301, False), (600, True)]:
         now[0] = 1000.0 + offset
         ctx = ProbeContext.for_target(config, config.targets[0], "auth", resources)

@@ -22,14 +22,14 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from bems_simulator.pki import CertificateAuthority
 from bems_simulator.server import Simulator
 from bems_simulator.tls import INTERMEDIATE_NAME, WRONG_HOSTNAME, CertificateVariant
-from exporter import net
+from exporter.checks import CHECKS
+from exporter.checks import tls as tls_probe
+from exporter.checks.resources import Resources
 from exporter.config import AuthMethod, Config, Target, load_config
-from exporter.httpclient import HttpClients
-from exporter.probes import CHECKS
-from exporter.probes import tls as tls_probe
-from exporter.resources import Resources
+from exporter.daemon.runner import execute
+from exporter.protocol import tcp_tls as net
+from exporter.protocol.http_client import HttpClients
 from exporter.results import CheckResult, Reason
-from exporter.runner import execute
 
 
 def _target(config: Config, name: str, **changes: object) -> Target:

@@ -22,17 +22,17 @@ from loopback import free_port
 from samples import parse, value
 
 from bems_simulator.server import DEMO_GRAPH_ROLES, Simulator
-from exporter import exposition
-from exporter import push as push_state
-from exporter.app import Exporter
+from exporter.checks import CHECKS
+from exporter.checks import push as push_check
+from exporter.checks import push_state as push_state
+from exporter.checks.push_state import PushTarget, callback_url
+from exporter.checks.resources import Resources
 from exporter.config import Config, load_config
-from exporter.listener import Listener, callback_url
-from exporter.probes import CHECKS
-from exporter.probes import push as push_check
-from exporter.push import PushTarget
-from exporter.resources import Resources
+from exporter.daemon.app import Exporter
+from exporter.daemon.listener import Listener
+from exporter.daemon.runner import execute
 from exporter.results import CheckResult, ProbeFailure, Reason
-from exporter.runner import execute
+from exporter.web import exposition
 
 SCALE = 1.0  # one simulated minute lasts one second: StatusFrequency 1 means a keep-alive a second
 
@@ -324,7 +324,7 @@ async def test_a_probe_item_gone_before_its_delete_is_forgotten_and_delivery_sti
         h.sim.move_item(mailbox, first, "deleteditems")  # a moved item gets a new id
     else:
         h.sim.delete_item(mailbox, first)
-    caplog.set_level(logging.INFO, logger="exporter.probes.push")
+    caplog.set_level(logging.INFO, logger="exporter.checks.push")
     for _ in range(3):
         clock.advance(61)
         result = await h.check(name)

@@ -20,12 +20,14 @@ import yaml
 from samples import parse, value
 
 from bems_simulator.server import DEMO_GRAPH_ROLES, Simulator
-from exporter import cli, exposition, scenario
-from exporter.app import Exporter
+from exporter import cli
+from exporter.checks import autodiscover, notification_url, planned_checks, push
 from exporter.config import Config, Exchange, Scenario, load_config
-from exporter.probes import autodiscover, notification_url, planned_checks, push
+from exporter.daemon import scenario
+from exporter.daemon.app import Exporter
+from exporter.daemon.store import ResultStore
 from exporter.results import CheckResult, Measurement, Reason
-from exporter.store import ResultStore
+from exporter.web import exposition
 
 CONFIG = """
 scenario: onprem-bems-hybrid

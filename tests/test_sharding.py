@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from exporter.checks import checks_for
 from exporter.config import Config, load_config, parse_shard, shard_of
-from exporter.probes import checks_for
 
 
 def estate(tmp_path: Path, targets: int = 60, mailboxes: int = 5) -> Config:
@@ -97,9 +97,9 @@ def test_shard_flag_errors_and_config_key(tmp_path: Path) -> None:
 
 
 def test_replicas_plan_disjoint_shares_and_no_foreign_requirements(tmp_path: Path) -> None:
-    from exporter import scenario
-    from exporter.app import Exporter
-    from exporter.store import ResultStore
+    from exporter.daemon import scenario
+    from exporter.daemon.app import Exporter
+    from exporter.daemon.store import ResultStore
 
     path = tmp_path / "estate.yml"
     estate(tmp_path, targets=12)

@@ -16,9 +16,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from samples import parse, value
 
 from bems_simulator.server import Simulator
-from exporter.app import Exporter
-from exporter.status_page import REASON_RUNBOOK, VERDICT_RUNBOOK
-from exporter.web import create_app
+from exporter.daemon.app import Exporter
+from exporter.web.http_app import create_app
+from exporter.web.status_page import REASON_RUNBOOK, VERDICT_RUNBOOK
 
 RUNBOOKS = Path(__file__).resolve().parent.parent / "docs" / "runbooks.md"
 

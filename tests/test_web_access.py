@@ -18,9 +18,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from exporter.app import Exporter
-from exporter.web import Access, create_app, is_loopback, parse_allowed_hosts
-from exporter.webconfig import load_web_config
+from exporter.daemon.app import Exporter
+from exporter.web.http_app import Access, create_app, is_loopback, parse_allowed_hosts
+from exporter.web.webconfig import load_web_config
 
 REMOTE = "192.0.2.10"  # TEST-NET-1 (RFC 5737): never routed, only ever a fake peer here
 

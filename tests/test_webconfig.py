@@ -1,4 +1,4 @@
-"""Tests for exporter.webconfig: validation messages, and a real aiohttp server behind TLS and auth."""
+"""Tests for exporter.web.webconfig: validation messages, and a real aiohttp server behind TLS and auth."""
 
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from bems_simulator.pki import CertificateAuthority
-from exporter import webconfig
 from exporter.errors import ConfigError
-from exporter.webconfig import load_web_config
+from exporter.web import webconfig
+from exporter.web.webconfig import load_web_config
 
 PASSWORD = "correct horse battery staple"
 # Cost 4 keeps the suite fast; production hashes use 10 or more.

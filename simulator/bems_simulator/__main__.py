@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(off by default, so the exporter's log and the demo's URLs stay readable)",
     )
     try:
-        from exporter.cli import add_log_flags  # the demo logs as the exporter does
+        from exporter.cli import add_log_flags
     except ImportError:  # installed without the `demo` extra: `demo` says so when it runs
         pass
     else:

@@ -11,10 +11,10 @@ import asyncio
 import logging
 import sys
 
-from exporter import serving
-from exporter.app import Exporter
 from exporter.cli import serve
 from exporter.config import parse_listen_address
+from exporter.daemon import serving
+from exporter.daemon.app import Exporter
 from exporter.logs import setup_logging
 
 from .server import Simulator

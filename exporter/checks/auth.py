@@ -1,0 +1,206 @@
+"""``auth``: the service account signs in to EWS or Autodiscover with each configured method.
+
+First an unauthenticated request: its 401 tells which methods the server offers (``WWW-Authenticate``),
+and credentials are never sent before the server asked for them. Then, per method:
+
+- ``basic``: the same request with ``Authorization: Basic``;
+- ``ntlm``: the NTLM handshake through requests-ntlm, with channel binding, in a worker thread;
+- ``oauth``: an app-only token from MSAL, sent as ``Bearer`` with ``X-AnchorMailbox`` and the
+  ``ExchangeImpersonation`` header for the first mailbox, as Exchange Online requires.
+
+A 200 (or a SOAP fault that is not about access) proves the sign-in; a 401 is ``unauthorized``,
+``ErrorAccessDenied``/403 is ``forbidden``; throttling (the ErrorServerBusy family, HTTP 503) is
+``throttled`` and holds the account's back-off. Exchange Online's bare 403 is ``forbidden`` for the
+mailbox the request acted as, unless the same request without ``ExchangeImpersonation`` gets it too:
+then EWS is blocked for the whole organisation (``ews_disabled``, ``bems_ews_disabled`` 1; see
+``signin.OrganisationEvidence``). The check passes only when every method worked.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from urllib.parse import urlsplit
+
+from ..config import AuthMethod, Config, Exchange, Kind, Target
+from ..metrics import MetricSpec
+from ..protocol import autodiscover_wire, ews_soap
+from ..protocol.entra_tokens import Resource
+from ..protocol.http_client import HttpResponse
+from ..results import CheckResult, ProbeFailure, Reason
+from . import signin
+from .base import Check, ProbeContext
+
+SUCCESS = MetricSpec(
+    "bems_auth_success", "1 if the method signed in during the last auth check, else 0.", labels=("method",)
+)
+DURATION = MetricSpec(
+    "bems_auth_duration_seconds", "How long the method's sign-in took in the last auth check.", labels=("method",)
+)
+OFFERED = MetricSpec(
+    "bems_auth_offered",
+    "1 if the endpoint's unauthenticated 401 advertises the method in WWW-Authenticate, else 0.",
+    labels=("method",),
+)
+EWS_DISABLED = MetricSpec(
+    "bems_ews_disabled",
+    "1 when Exchange Online blocked EWS for the whole organisation in the last auth check (HTTP 403, empty body, "
+    "also without ExchangeImpersonation).",
+)
+ADVERTISED = ("basic", "ntlm", "negotiate", "bearer")
+_WANTED = {AuthMethod.BASIC: {"basic"}, AuthMethod.NTLM: {"ntlm", "negotiate"}, AuthMethod.OAUTH: {"bearer"}}
+_PARAMETER = re.compile(r'[A-Za-z_]+\s*=\s*("[^"]*"|[^,\s]*)')
+_SCHEME = re.compile(r"(?:^|,)\s*([A-Za-z][A-Za-z0-9-]*)(?=\s|,|$)")
+
+_HINTS = {
+    (AuthMethod.BASIC, Reason.METHOD_NOT_OFFERED): "enable Basic authentication on the virtual directory "
+    "(Set-WebServicesVirtualDirectory / Set-AutodiscoverVirtualDirectory -BasicAuthentication $true), or drop "
+    "basic from the target's auth list; Exchange Online has no Basic authentication for EWS",
+    (AuthMethod.NTLM, Reason.METHOD_NOT_OFFERED): "enable Windows authentication on the virtual directory "
+    "(-WindowsAuthentication $true), or drop ntlm from the target's auth list",
+    (AuthMethod.BASIC, Reason.UNAUTHORIZED): "check the password, and that the account is neither locked out "
+    "nor expired (Get-ADUser BEMSAdmin -Properties LockedOut,PasswordExpired)",
+    (AuthMethod.NTLM, Reason.UNAUTHORIZED): "check the password and the account; with Extended Protection, a "
+    "TLS-terminating device between BEMS and Exchange breaks Windows authentication",
+    (AuthMethod.OAUTH, Reason.UNAUTHORIZED): "give the Entra app EWS access: an RBAC for Applications role "
+    'assignment (New-ManagementRoleAssignment -App <app id> -Role "Application EWS.AccessAsApp" '
+    "-CustomResourceScope <scope>), or for every mailbox the Office 365 Exchange Online application permission "
+    "full_access_as_app with admin consent (not both: the consent defeats any scope); allow the app in "
+    "EwsAllowedAppIDs if that is set",
+    (AuthMethod.OAUTH, Reason.TOKEN): "check the app's client secret or certificate (expired?), the tenant id "
+    "and the client id in Entra ID",
+}
+
+
+def _applies(config: Config, target: Target) -> bool:
+    return target.kind in (Kind.EWS, Kind.AUTODISCOVER) and bool(config.auth_methods_of(target))
+
+
+def offered_methods(response: HttpResponse) -> set[str]:
+    """Auth schemes in all WWW-Authenticate headers (one per scheme, or comma-joined: IIS sends both)."""
+    if response.status != 401:
+        return set()
+    schemes: set[str] = set()
+    for value in response.header_values("WWW-Authenticate"):
+        # Parameters (realm="x", error="y") follow a scheme; what is left are the schemes themselves.
+        schemes.update(match.lower() for match in _SCHEME.findall(_PARAMETER.sub("", value)))
+    return schemes
+
+
+def _request_for(target: Target, methods: tuple[AuthMethod, ...]) -> tuple[str, bytes, dict[str, str]]:
+    mailbox = target.mailboxes[0] if target.mailboxes else None
+    if target.kind == Kind.AUTODISCOVER:
+        if mailbox is None:
+            raise ProbeFailure(
+                Reason.INTERNAL,
+                "an Autodiscover sign-in needs a mailbox to ask for",
+                "add one to the target's mailboxes",
+            )
+        return (
+            autodiscover_wire.pox_url(target.url),
+            autodiscover_wire.pox_request(mailbox),
+            dict(autodiscover_wire.POX_HEADERS),
+        )
+    # App-only EWS must say whose mailbox it acts for; Windows accounts act as themselves.
+    impersonate = mailbox if AuthMethod.OAUTH in methods else None
+    return target.url, ews_soap.get_folder("msgfolderroot", impersonate), dict(ews_soap.SOAP_HEADERS)
+
+
+def _judge(ctx: ProbeContext, target: Target, url: str, response: HttpResponse) -> str:
+    """Raise the failure an authenticated answer shows, or return a detail line for the report."""
+    if response.status == 401:
+        raise ProbeFailure(Reason.UNAUTHORIZED, f"credentials rejected (HTTP 401){ews_soap.diagnostics(response)}")
+    if signin.is_policy_block(target, response) and target.kind == Kind.EWS:
+        mailbox = target.mailboxes[0] if target.mailboxes else None
+        hint = signin.app_access_hint(ctx, target, mailbox) if mailbox else signin.POLICY_BLOCK_HINT
+        raise signin.PolicyBlock(mailbox, hint)
+    if response.status == 403:
+        raise ProbeFailure(Reason.FORBIDDEN, "signed in, but access is forbidden (HTTP 403)")
+    signin.throttled_http(ctx, target, url, response)
+    if response.status not in (200, 500):
+        raise ProbeFailure(Reason.BAD_RESPONSE, f"unexpected HTTP {response.status} after signing in")
+    if target.kind == Kind.AUTODISCOVER:
+        if response.status != 200:
+            raise ProbeFailure(Reason.BAD_RESPONSE, f"HTTP {response.status} from Autodiscover")
+        autodiscover_wire.check_pox_answer(response)
+        return "Autodiscover answered"
+    answer = signin.ews_answer(ctx, target, url, response)
+    if answer.code in ews_soap.ACCESS_DENIED_CODES:
+        raise ProbeFailure(Reason.FORBIDDEN, f"signed in, but {answer.code}: {answer.message[:200]}")
+    return f"EWS answered {answer.code}" + (" (a SOAP fault, after signing in)" if answer.fault else "")
+
+
+async def _send(
+    ctx: ProbeContext, target: Target, url: str, body: bytes, headers: dict[str, str], method: AuthMethod | None
+) -> HttpResponse:
+    anchor = {"X-AnchorMailbox": target.mailboxes[0]} if method == AuthMethod.OAUTH and target.mailboxes else {}
+    return await signin.send(
+        ctx, target, url, method=method, body=body, headers=headers | anchor, scope=Resource.EXCHANGE, follow=True
+    )
+
+
+def offers(method: AuthMethod, offered: set[str]) -> bool:
+    """Whether a 401 that offered ``offered`` asked for ``method``'s credentials.
+
+    Basic and NTLM go only where the server asked for them (Basic would otherwise put the password on
+    the wire unasked); a bearer token is tried unless the server advertises other schemes only.
+    """
+    return bool(_WANTED[method] & offered) or (method == AuthMethod.OAUTH and not offered)
+
+
+def _require_offered(method: AuthMethod, offered: set[str]) -> None:
+    if offers(method, offered):
+        return
+    raise ProbeFailure(
+        Reason.METHOD_NOT_OFFERED,
+        f"the server does not offer {method.value} (it offers {', '.join(sorted(offered)) or 'no method'})",
+    )
+
+
+async def probe(target: Target, ctx: ProbeContext) -> CheckResult:
+    methods = ctx.config.auth_methods_of(target)
+    url, body, headers = _request_for(target, methods)
+    async with ctx.rec.step(f"unauthenticated POST {urlsplit(url).path}") as detail:
+        challenge = await _send(ctx, target, url, body, headers, None)
+        offered = offered_methods(challenge)
+        detail.append(f"HTTP {challenge.status}; offers {', '.join(sorted(offered)) or 'nothing'}")
+    for scheme in ADVERTISED:
+        ctx.rec.measure(OFFERED.name, 1.0 if scheme in offered else 0.0, method=scheme)
+    failures: list[ProbeFailure] = []
+    worked: list[AuthMethod] = []
+    evidence = signin.OrganisationEvidence(ctx, target)
+    for method in methods:
+        t0 = time.perf_counter()
+        try:
+            async with ctx.rec.step(f"{method.value} sign-in") as detail:
+                try:
+                    _require_offered(method, offered)
+                    response = await _send(ctx, target, url, body, headers, method)
+                    try:
+                        detail.append(_judge(ctx, target, url, response))
+                    except signin.PolicyBlock as block:
+                        raise await evidence.failure(block) from None
+                except ProbeFailure as failure:
+                    failure.hint = failure.hint or _HINTS.get((method, failure.reason), "")
+                    raise
+            ok = True
+            worked.append(method)
+        except ProbeFailure as failure:
+            failures.append(failure)
+            ok = False
+        ctx.rec.measure(SUCCESS.name, 1.0 if ok else 0.0, method=method.value)
+        ctx.rec.measure(DURATION.name, time.perf_counter() - t0, method=method.value)
+    if worked:
+        ctx.resources.working_methods[target.name] = worked[0]
+    else:
+        ctx.resources.working_methods.pop(target.name, None)
+    if target.kind == Kind.EWS and target.exchange == Exchange.ONLINE:
+        disabled = any(f.reason == Reason.EWS_DISABLED for f in failures)
+        ctx.rec.measure(EWS_DISABLED.name, 1.0 if disabled else 0.0)
+    if failures:
+        first = failures[0]
+        raise ProbeFailure(first.reason, "; ".join(f.message for f in failures), first.hint)
+    return ctx.rec.passed()
+
+
+CHECK = Check("auth", probe, _applies, (SUCCESS, DURATION, OFFERED, EWS_DISABLED), uses_credential=True)

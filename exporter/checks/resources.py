@@ -1,0 +1,46 @@
+"""Long-lived things the checks share: HTTP sessions, worker threads, MSAL apps, NTLM sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from ..config import AuthMethod
+from ..protocol.backoff import Backoff
+from ..protocol.entra_tokens import EntraApps
+from ..protocol.http_client import HttpClients
+from ..protocol.ntlm import NtlmSessions
+from ..protocol.suspension import Suspensions
+from .push_state import PushRegistry
+
+T = TypeVar("T")
+
+# Blocking protocol stacks (requests-ntlm, MSAL) run here, never on the event loop. The per-credential
+# limit already bounds how many run at once per account; this bounds the threads in total.
+BLOCKING_WORKERS = 16
+
+
+class Resources:
+    def __init__(self) -> None:
+        self.http = HttpClients()
+        self.entra = EntraApps()
+        self.ntlm = NtlmSessions()
+        self.backoff = Backoff()
+        self.suspensions = Suspensions()  # Windows credentials not sent after repeated 401s
+        self.push = PushRegistry()
+        # target -> the first method its last auth check signed in with; later checks sign in the same way
+        self.working_methods: dict[str, AuthMethod] = {}
+        self._executor = ThreadPoolExecutor(max_workers=BLOCKING_WORKERS, thread_name_prefix="bems-blocking")
+
+    async def run_blocking(self, fn: Callable[..., T], /, *args: object, **kwargs: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+    async def close(self) -> None:
+        await self.http.close()
+        self.ntlm.close()
+        self.entra.close()
+        # Threads blocked on a hung server end with their own socket timeouts; do not wait for them.
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,180 @@
+"""The running exporter: the loaded configuration, the scheduler, the results, and reloads."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+import time
+from functools import partial
+from pathlib import Path
+from typing import NamedTuple
+
+from prometheus_client import CollectorRegistry
+
+from .. import __version__, logs
+from ..checks import checks_for
+from ..checks.push import end_graph_subscriptions
+from ..checks.resources import Resources
+from ..config import Config, ConfigError, load_config
+from ..results import CheckResult
+from ..web.collector import BemsCollector, ExporterStatus
+from ..web.webconfig import LiveWebConfig
+from .listener import Listener
+from .scheduler import Scheduler, lag_families
+from .store import ResultStore
+
+log = logging.getLogger(__name__)
+
+
+def revision() -> str:
+    """The git commit this code runs from, when it runs from a checkout; else ``unknown``."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return "unknown"
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+class ProbeAnswer(NamedTuple):
+    store: ResultStore
+    results: list[CheckResult]
+    cached_age: float | None  # seconds since the oldest reused run started; None when every check ran for this call
+
+
+class Exporter:
+    def __init__(self, config_file: str, shard: tuple[int, int] | None = None) -> None:
+        self.config_file = config_file
+        self.shard = shard  # --shard overrides the file's shard key
+        self.store = ResultStore()
+        self.status = ExporterStatus(__version__, revision())
+        self.resources = Resources()
+        self.listener = Listener(self.resources.push)
+        self.scheduler = Scheduler(self.store, self.resources, on_result=self._log_result)
+        self.status.extra.append(partial(lag_families, self.scheduler.lag))
+        self.status.extra.append(self.resources.push.families)
+        self.status.extra.append(self.resources.suspensions.families)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(BemsCollector(self.store, self.status))
+        self._reload_lock = asyncio.Lock()
+        self._ready = False
+        self.web_config: LiveWebConfig | None = None  # --web.config.file, reloaded with the configuration
+
+    def serve_web_config(self, web_config: LiveWebConfig) -> None:
+        """Reload ``web_config`` with the configuration, and report its state in the metrics."""
+        self.web_config = web_config
+        self.status.extra.append(web_config.families)
+
+    @property
+    def config(self) -> Config:
+        assert self.status.config is not None, "load() first"
+        return self.status.config
+
+    def load(self) -> None:
+        """The first load: a bad file is fatal (raises ConfigError)."""
+        self._apply(self._read())
+
+    def _read(self) -> Config:
+        """The configuration file, cut down to this replica's share when sharded."""
+        config = load_config(self.config_file)
+        if self.shard is not None:
+            config = config.model_copy(update={"shard": self.shard})
+        return config.sharded()
+
+    async def start(self) -> None:
+        """Start the checks and, when push probes are configured, the notification listener."""
+        await self.listener.apply(self.config.notifications)
+        self.scheduler.start()
+
+    async def stop(self) -> None:
+        self.scheduler.shutdown()
+        await end_graph_subscriptions(self.config, self.resources)
+        await self.listener.stop()
+        await self.resources.close()
+
+    async def reload(self) -> ConfigError | None:
+        """Load the file, and the web config file, again; on error keep running the last good one of each.
+
+        Both are tried whatever the other's outcome, and each logs its own error; the configuration
+        file's error is returned first.
+        """
+        async with self._reload_lock:
+            error = await self._reload_config()
+            web_error = await self.web_config.reload() if self.web_config is not None else None
+            return error or web_error
+
+    async def _reload_config(self) -> ConfigError | None:
+        try:
+            config = self._read()
+        except ConfigError as err:
+            self.status.reload_successful = False
+            log.error(
+                "configuration reload failed; keeping the running configuration",
+                extra={"fields": {"err": str(err)}},
+            )
+            return err
+        self._apply(config)
+        try:
+            await self.listener.apply(config.notifications)
+        except OSError as err:  # the new listen address is taken: callbacks cannot arrive
+            log.error("cannot start the notification listener", extra={"fields": {"err": str(err)}})
+        log.info("configuration reloaded", extra={"fields": {"file": self.config_file}})
+        return None
+
+    def _apply(self, config: Config) -> None:
+        logs.replace_secrets(config.secrets())
+        for warning in config.secret_file_warnings():
+            log.warning("insecure secret", extra={"fields": {"file": self.config_file, "err": warning}})
+        self.status.config = config
+        self.resources.push.configure(config)
+        self.resources.suspensions.configure(config)
+        self.scheduler.apply(config)
+        self.status.reload_successful = True
+        self.status.reload_success_timestamp = time.time()
+
+    def ready(self) -> bool:
+        # Latched: a reload that adds targets must not flap readiness (and drop the pod from its Service).
+        if not self._ready:
+            self._ready = self.status.config is not None and self.store.first_round_done()
+        return self._ready
+
+    async def probe_now(self, target_name: str) -> ProbeAnswer | None:
+        """A target's results for ``/probe``, in a fresh store (the scheduled one is left alone).
+
+        Each check runs now unless its last run started less than an interval ago (then that run's result is
+        reused) or is in flight (then it is shared): see the scheduler.
+        """
+        config = self.config
+        target = config.targets_by_name().get(target_name)
+        if target is None or self.scheduler.config is None:
+            return None
+        checks = checks_for(config, target)
+        answers = await asyncio.gather(*(self.scheduler.on_demand(target, c) for c in checks))
+        store = ResultStore()
+        store.targets = {target.name: target}
+        store.checks = {target.name: tuple(c.name for c in checks)}
+        for result, _ in answers:
+            store.record(result)
+        ages = [age for _, age in answers if age is not None]
+        return ProbeAnswer(store, [result for result, _ in answers], max(ages) if ages else None)
+
+    def _log_result(self, previous: CheckResult | None, result: CheckResult) -> None:
+        fields = {"target": result.target, "check": result.check, "duration": round(result.duration, 4)}
+        if result.success:
+            if previous is not None and not previous.success:
+                log.info("check recovered", extra={"fields": fields})
+            else:
+                log.debug("check passed", extra={"fields": fields})
+            return
+        fields |= {"reason": result.reason.value if result.reason else "", "err": result.message}
+        changed = previous is None or previous.success or previous.reason != result.reason
+        log.log(logging.WARNING if changed else logging.DEBUG, "check failed", extra={"fields": fields})

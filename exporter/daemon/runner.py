@@ -1,0 +1,88 @@
+"""Running one check: concurrency limits, the timeout, and turning every outcome into a result."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from ..checks import Check, ProbeContext
+from ..checks.resources import Resources
+from ..config import Config, Target
+from ..results import CheckResult, ProbeFailure, Reason
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Limiter:
+    """A global bound on checks in flight and a per-credential bound on requests as one account.
+
+    The BEMS service account is shared with production BEMS: Exchange throttles per account, so the
+    exporter must never be the reason BEMS gets throttled.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self._global = asyncio.Semaphore(config.limits.global_concurrency)
+        self._global_size = config.limits.global_concurrency
+        self._per_credential: dict[str, tuple[int, asyncio.Semaphore]] = {}
+        self.in_flight: dict[str, int] = {}  # credential -> requests now, for tests and metrics
+        self.update(config)
+
+    def update(self, config: Config) -> None:
+        """Adopt a reloaded config's limits; unchanged limits keep their semaphores (and waiters)."""
+        if config.limits.global_concurrency != self._global_size:
+            self._global = asyncio.Semaphore(config.limits.global_concurrency)
+            self._global_size = config.limits.global_concurrency
+        for name, credential in config.credentials.items():
+            size = credential.max_concurrency or config.limits.per_credential_concurrency
+            if self._per_credential.get(name, (None,))[0] != size:
+                self._per_credential[name] = (size, asyncio.Semaphore(size))
+
+    async def run(self, credential: str | None, work: Callable[[], Awaitable[T]]) -> T:
+        """Await ``work()`` in a global slot and, for a credential, in one of its slots.
+
+        Plain ``async with`` on the semaphores: this runs once per check, thousands of times a minute.
+        """
+        async with self._global:
+            if credential is None:
+                return await work()
+            async with self._per_credential[credential][1]:
+                self.in_flight[credential] = self.in_flight.get(credential, 0) + 1
+                try:
+                    return await work()
+                finally:
+                    self.in_flight[credential] -= 1
+
+
+async def execute(check: Check, config: Config, target: Target, resources: Resources) -> CheckResult:
+    """Run one check under its timeout; whatever happens, return a result (never raise)."""
+    ctx = ProbeContext.for_target(config, target, check.name, resources)
+    budget = min(ctx.timeout * check.requests(config, target), config.interval_of(target).total_seconds())
+    try:
+        async with asyncio.timeout(budget):
+            return await check.probe(target, ctx)
+    except ProbeFailure as failure:
+        return ctx.rec.failed(failure.reason, failure.message, failure.hint)
+    except TimeoutError:
+        stuck = ctx.rec.steps[-1] if ctx.rec.steps else None
+        return ctx.rec.failed(
+            Reason.TIMEOUT,
+            f"{stuck.name if stuck else 'the check'} did not finish within {budget:g}s",
+            (stuck.hint if stuck else "")
+            or f"{target.host}:{target.port} does not answer in time: look for a firewall that drops packets, "
+            "an overloaded server, or raise the target's timeout",
+        )
+    except Exception as err:  # a bug in a probe must not kill the scheduler
+        log.exception(
+            "check raised an unexpected error", extra={"fields": {"target": target.name, "check": check.name}}
+        )
+        return ctx.rec.failed(Reason.INTERNAL, f"internal error: {type(err).__name__}")
+
+
+async def execute_limited(
+    limiter: Limiter, check: Check, config: Config, target: Target, resources: Resources
+) -> CheckResult:
+    credential = target.credential if check.uses_credential else None
+    return await limiter.run(credential, lambda: execute(check, config, target, resources))

@@ -1,0 +1,330 @@
+"""The scenario verdict: does the deployment meet the vendor's prerequisites for its scenario?
+
+Each Exchange side a scenario involves has requirements (ids are a public contract); each is met when
+every check it rests on passed in its latest run. A requirement with nothing configured to check it is
+unmet with reason ``not_configured``; one whose checks have not run yet is unmet with ``pending``.
+
+Delivery (``push_delivery``, ``notification_url``) and Autodiscover's answer (``autodiscover_ews_url``)
+apply only where targets that check them are configured, as the online ``ews_reachable`` does:
+``unverified`` names what is then left unchecked, for ``--config.check`` to warn about.
+
+An unmet requirement's hint is the failing check's own remedy, which follows its reason; the
+requirement's generic hint is only for ``not_configured``, ``pending`` and a result without a hint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from ..checks import autodiscover, planned_checks, tls
+from ..config import Config, EntraCredential, Exchange, Kind, Scenario, Target, WindowsCredential
+from ..metrics import MetricSpec
+from ..results import CheckResult
+from .store import ResultStore
+
+NOT_CONFIGURED = "not_configured"
+PENDING = "pending"
+# Unmet although the check passed: what it measured falls short of the requirement.
+EWS_URL_MISMATCH = "ews_url_mismatch"
+NOT_PUBLICLY_TRUSTED = "not_publicly_trusted"
+NOT_MEASURED = "not_measured"  # the check's result lacks the measurement the requirement reads
+# The tls check's gauge of whether the presented chain is trusted by the public root store.
+PUBLICLY_TRUSTED = tls.PUBLICLY_TRUSTED.name
+
+SIDES = {
+    Scenario.CLOUD_BEMS_ONPREM_EXCHANGE: (Exchange.ONPREM,),
+    Scenario.ONPREM_BEMS_CLOUD_EXCHANGE: (Exchange.ONLINE,),
+    Scenario.ONPREM_BEMS_HYBRID: (Exchange.ONPREM, Exchange.ONLINE),
+}
+
+REQUIREMENT_MET = MetricSpec(
+    "bems_requirement_met", "1 if the scenario's requirement holds on that Exchange side, from the latest checks.",
+    labels=("scenario", "exchange", "requirement"), per_target=False,
+)  # fmt: skip
+REQUIREMENT_REASON = MetricSpec(
+    "bems_requirement_failure_reason",
+    "1 for why the requirement is unmet: not_configured, pending, or the reason of a failing check.",
+    labels=("scenario", "exchange", "requirement", "reason"), per_target=False,
+)  # fmt: skip
+SCENARIO_READY = MetricSpec(
+    "bems_scenario_ready", "1 when every requirement of the configured scenario is met.",
+    labels=("scenario",), per_target=False,
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    exchange: Exchange
+    requirement: str
+    met: bool
+    reason: str = ""
+    detail: str = ""
+    hint: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    """What a rule finds; ``hint`` is the failing check's own, empty when it gave none."""
+
+    met: bool
+    reason: str = ""
+    detail: str = ""
+    hint: str = ""
+
+
+MET = Judgement(True)
+Pairs = list[tuple[str, str]]  # (target, check) pairs a requirement rests on
+# Judges a passing result further (what it measured): an unmet Judgement, or None when it holds.
+Assess = Callable[[Target, CheckResult], Judgement | None]
+# A rule judges a requirement on a side; None: it does not apply there (nothing configured checks it).
+Rule = Callable[[Config, ResultStore, Exchange], Judgement | None]
+
+
+def _targets(config: Config, side: Exchange, *kinds: Kind) -> list[Target]:
+    return [t for t in config.targets if t.exchange == side and t.kind in kinds]
+
+
+def _checks(store: ResultStore, targets: list[Target], *checks: str) -> Pairs:
+    return [(t.name, c) for t in targets for c in checks if c in store.checks.get(t.name, ())]
+
+
+def _failed(target: str, result: CheckResult) -> Judgement:
+    reason = result.reason.value if result.reason else "failed"
+    return Judgement(False, reason, f"{target}: {result.check}: {result.message}", result.hint)
+
+
+def _judge(config: Config, store: ResultStore, pairs: Pairs, assess: Assess | None = None) -> Judgement:
+    if not pairs:
+        return Judgement(False, NOT_CONFIGURED, "no configured target checks it")
+    targets = config.targets_by_name()
+    for target, check in pairs:
+        result = store.latest.get((target, check))
+        if result is None:
+            return Judgement(False, PENDING, f"{target}: {check} has not run yet")
+        if not result.success:
+            return _failed(target, result)
+        if assess is not None and (unmet := assess(targets[target], result)) is not None:
+            return unmet
+    return MET
+
+
+def _windows_auth(config: Config, store: ResultStore, side: Exchange) -> Judgement:
+    """At least one of Basic and Windows authentication signs in, on every on-premises target that signs in."""
+    targets = [
+        t for t in _targets(config, side, Kind.EWS, Kind.AUTODISCOVER)
+        if isinstance(config.credentials.get(t.credential or ""), WindowsCredential)
+    ]  # fmt: skip
+    pairs = _checks(store, targets, "auth")
+    if not pairs:
+        return _judge(config, store, pairs)
+    for target, check in pairs:
+        result = store.latest.get((target, check))
+        if result is None:
+            return Judgement(False, PENDING, f"{target}: auth has not run yet")
+        methods = {dict(m.labels)["method"]: m.value for m in result.measurements if m.metric == "bems_auth_success"}
+        if not any(methods.get(m) == 1.0 for m in ("basic", "ntlm")):
+            return _failed(target, result)
+    return MET
+
+
+def _modern_auth(config: Config, store: ResultStore, side: Exchange) -> Judgement:
+    credentials = {
+        t.credential for t in config.targets
+        if t.exchange == side and isinstance(config.credentials.get(t.credential or ""), EntraCredential)
+    }  # fmt: skip
+    token_targets = [
+        t for t in config.targets if "token" in store.checks.get(t.name, ()) and t.credential in credentials
+    ]
+    return _judge(config, store, _checks(store, token_targets, "token"))
+
+
+def _reachable(kind: Kind) -> Rule:
+    return lambda config, store, side: _judge(
+        config, store, _checks(store, _targets(config, side, kind), "reachability", "tls")
+    )
+
+
+def _passes(kind: Kind, check: str) -> Rule:
+    return lambda config, store, side: _judge(config, store, _checks(store, _targets(config, side, kind), check))
+
+
+def _online_impersonation(config: Config, store: ResultStore, side: Exchange) -> Judgement:
+    # App access to every online mailbox, through Graph and, while Exchange Online still serves EWS, EWS.
+    pairs = _checks(store, _targets(config, side, Kind.GRAPH), "graph")
+    pairs += _checks(store, _targets(config, side, Kind.EWS), "impersonation")
+    return _judge(config, store, pairs)
+
+
+def _where_configured(pairs: Callable[[Config, ResultStore, Exchange], Pairs], assess: Assess | None = None) -> Rule:
+    """A rule over the pairs ``pairs`` finds, applying only where it finds some."""
+
+    def rule(config: Config, store: ResultStore, side: Exchange) -> Judgement | None:
+        found = pairs(config, store, side)
+        return _judge(config, store, found, assess) if found else None
+
+    return rule
+
+
+def _push_pairs(config: Config, store: ResultStore, side: Exchange) -> Pairs:
+    return _checks(store, _targets(config, side, Kind.EWS, Kind.GRAPH), "push")
+
+
+def _notification_url_pairs(config: Config, store: ResultStore, _side: Exchange) -> Pairs:
+    # BEMS' own URL (no Exchange side) is where Graph delivers BEMS' notifications: it belongs to the
+    # online side, where BEMS runs in Graph mode; cloud BEMS' URL is BlackBerry's to keep.
+    return _checks(store, [t for t in config.targets if t.kind == Kind.NOTIFICATION_URL], "notification_url")
+
+
+def _autodiscover_pairs(config: Config, store: ResultStore, side: Exchange) -> Pairs:
+    # The answer can only be judged against the side's configured EWS targets (the check measures the match).
+    if not _targets(config, side, Kind.EWS):
+        return []
+    return _checks(store, _targets(config, side, Kind.AUTODISCOVER), "autodiscover")
+
+
+def _ews_url_matches(target: Target, result: CheckResult) -> Judgement | None:
+    match = {
+        dict(m.labels).get("mailbox"): m.value for m in result.measurements if m.metric == autodiscover.URL_MATCH.name
+    }
+    for mailbox in target.mailboxes:
+        if mailbox not in match:
+            return Judgement(False, NOT_MEASURED, f"{target.name}: autodiscover measured no URL match for {mailbox}")
+        if match[mailbox] != 1.0:
+            return Judgement(
+                False, EWS_URL_MISMATCH,
+                f"{target.name}: Autodiscover returns for {mailbox} an EWS URL that is no configured ews target "
+                "of this side (bems_autodiscover_ews_url_info shows it)",
+            )  # fmt: skip
+    return None
+
+
+def _publicly_trusted(target: Target, result: CheckResult) -> Judgement | None:
+    trusted = [m.value for m in result.measurements if m.metric == PUBLICLY_TRUSTED]
+    if not trusted:
+        return Judgement(False, NOT_MEASURED, f"{target.name}: the tls check did not measure {PUBLICLY_TRUSTED}")
+    if trusted[0] != 1.0:
+        return Judgement(
+            False, NOT_PUBLICLY_TRUSTED,
+            f"{target.name}: the certificate chain is trusted by defaults.tls.ca_file, not by the public root store",
+        )  # fmt: skip
+    return None
+
+
+def _public_certificate(config: Config, store: ResultStore, side: Exchange) -> Judgement:
+    pairs = _checks(store, _targets(config, side, Kind.EWS, Kind.AUTODISCOVER), "tls")
+    return _judge(config, store, pairs, _publicly_trusted)
+
+
+HINTS = {
+    "ews_reachable": "EWS must answer on port 443 with a valid certificate: see the reachability and tls checks",
+    "autodiscover_reachable": "Autodiscover must answer on port 443 with a valid certificate",
+    "basic_or_windows_auth": "enable Basic or Windows authentication on the EWS and Autodiscover virtual "
+    "directories for the BEMS service account",
+    "impersonation": "New-ManagementRoleAssignment -Name:BlackBerryAppImpersonation -Role:ApplicationImpersonation "
+    "-User:BEMSAdmin (on-premises); in Exchange Online scope the Entra app with RBAC for Applications: "
+    "New-ServicePrincipal -AppId <app id> -ObjectId <enterprise app object id>, then New-ManagementRoleAssignment "
+    '-App <app id> -Role "Application EWS.AccessAsApp" (Graph: "Application Mail.Read") '
+    "-CustomResourceScope <scope>, and remove any tenant-wide consent to full_access_as_app or Mail.Read in Entra "
+    "ID: it grants every mailbox whatever the scope",
+    "modern_auth": "the Entra app must obtain tokens: check its secret or certificate, tenant and client id",
+    "graph_access": "the Entra app needs User.Read.All (application permission, admin consent in Entra ID) and "
+    'Mail.Read for the mailboxes BEMS serves, scoped with RBAC for Applications (-Role "Application Mail.Read" '
+    "-CustomResourceScope <scope>) rather than consented tenant-wide",
+    "push_delivery": "Exchange must deliver notifications to the exporter's listener as it must to BEMS: check "
+    "that notifications.public_url reaches the listener from Exchange (firewall, reverse proxy, certificate)",
+    "notification_url": "BEMS' External Notification URL must echo Graph's validation token: check the reverse "
+    "proxy forwarding /notificationClient to BEMS on port 8443, its certificate and the BEMS push service",
+    "autodiscover_ews_url": "BEMS uses the EWS URL Autodiscover returns: make it the configured EWS URL "
+    "(Set-WebServicesVirtualDirectory -ExternalUrl on-premises), or point the ews target at what it returns",
+    "public_certificate": "cloud BEMS trusts public certificate authorities only: give the Internet-facing EWS "
+    "and Autodiscover names a certificate from a public CA (an internal CA passes only defaults.tls.ca_file)",
+}
+
+
+def _rules(config: Config, side: Exchange) -> dict[str, Rule]:
+    delivery: dict[str, Rule] = {
+        "push_delivery": _where_configured(_push_pairs),
+        "autodiscover_ews_url": _where_configured(_autodiscover_pairs, _ews_url_matches),
+    }
+    if side == Exchange.ONPREM:
+        rules: dict[str, Rule] = {
+            "ews_reachable": _reachable(Kind.EWS),
+            "autodiscover_reachable": _reachable(Kind.AUTODISCOVER),
+            "basic_or_windows_auth": _windows_auth,
+            "impersonation": _passes(Kind.EWS, "impersonation"),
+        }
+        if config.scenario == Scenario.CLOUD_BEMS_ONPREM_EXCHANGE:
+            rules["public_certificate"] = _public_certificate  # cloud BEMS is on the Internet, with public CAs
+        return rules | delivery
+    rules = {
+        "autodiscover_reachable": _reachable(Kind.AUTODISCOVER),
+        "modern_auth": _modern_auth,
+        "graph_access": _passes(Kind.GRAPH, "graph"),
+        "impersonation": _online_impersonation,
+    }
+    if _targets(config, side, Kind.EWS):  # only while an online EWS target is configured
+        rules["ews_reachable"] = _reachable(Kind.EWS)
+    return rules | delivery | {"notification_url": _where_configured(_notification_url_pairs)}
+
+
+def evaluate(config: Config, store: ResultStore) -> list[Verdict]:
+    verdicts = []
+    for side in SIDES[config.scenario]:
+        for requirement, rule in _rules(config, side).items():
+            judgement = rule(config, store, side)
+            if judgement is None:
+                continue  # nothing configured checks it here: `unverified` says so
+            if judgement.reason == NOT_CONFIGURED and config.shard is not None:
+                continue  # another shard checks it (or none does: the unsharded --config.check says so)
+            hint = "" if judgement.met else judgement.hint or HINTS[requirement]
+            verdicts.append(Verdict(side, requirement, judgement.met, judgement.reason, judgement.detail, hint))
+    return verdicts
+
+
+def families(config: Config, store: ResultStore) -> Iterator[Metric]:
+    verdicts = evaluate(config, store)
+    scenario = config.scenario.value
+    met = GaugeMetricFamily(REQUIREMENT_MET.name, REQUIREMENT_MET.help, labels=list(REQUIREMENT_MET.labels))
+    why = GaugeMetricFamily(REQUIREMENT_REASON.name, REQUIREMENT_REASON.help, labels=list(REQUIREMENT_REASON.labels))
+    for verdict in verdicts:
+        labels = [scenario, verdict.exchange.value, verdict.requirement]
+        met.add_metric(labels, 1.0 if verdict.met else 0.0)
+        if not verdict.met:
+            why.add_metric([*labels, verdict.reason], 1.0)
+    ready = GaugeMetricFamily(SCENARIO_READY.name, SCENARIO_READY.help, labels=["scenario"])
+    ready.add_metric([scenario], 1.0 if all(v.met for v in verdicts) else 0.0)
+    yield from (met, why, ready)
+
+
+def _planned(config: Config) -> ResultStore:
+    return ResultStore(targets=config.targets_by_name(), checks=planned_checks(config))
+
+
+def unconfigured(config: Config) -> list[str]:
+    """Requirements nothing in the configuration checks, for ``--config.check`` to warn about."""
+    verdicts = evaluate(config, _planned(config))
+    return [f"{v.exchange.value}: {v.requirement}" for v in verdicts if v.reason == NOT_CONFIGURED]
+
+
+UNVERIFIED = {
+    "push_delivery": "push delivery is not verified: no ews or graph target of that side has a push block",
+    "notification_url": "delivery to BEMS is not verified: no notification_url target checks BEMS' External "
+    "Notification URL",
+    "autodiscover_ews_url": "Autodiscover's answer is not verified: it needs an autodiscover target with mailboxes "
+    "and an ews target of that side to compare the EWS URL it returns with",
+}
+
+
+def unverified(config: Config) -> list[str]:
+    """Requirements that apply only where configured and are not, for ``--config.check`` to warn about."""
+    config = config.model_copy(update={"shard": None})  # about the whole configuration, not one replica's share
+    judged = {(v.exchange, v.requirement) for v in evaluate(config, _planned(config))}
+    return [
+        f"{side.value}: {requirement}: {UNVERIFIED[requirement]}"
+        for side in SIDES[config.scenario]
+        for requirement in _rules(config, side)
+        if requirement in UNVERIFIED and (side, requirement) not in judged
+    ]

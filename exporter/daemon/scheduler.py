@@ -1,0 +1,212 @@
+"""APScheduler jobs, one per (target, check), kept in step with the configuration.
+
+First runs start at once, spread by a stable jitter over at most the first interval so that a large
+configuration does not fire every check in the same second; then each job keeps a fixed cadence.
+APScheduler never starts a job while its previous run is still going (``max_instances=1``): such a
+skipped run counts as an overrun.
+
+``/probe`` goes through the scheduler too, so that the account sees at most one run of a (target, check)
+at a time and about one per interval, however many clients ask: a run in flight is shared by every
+caller, ``/probe`` answers with the last run's result while that run started less than an interval ago,
+and a scheduled run that comes less than an interval after a ``/probe`` run adopts that run's result
+instead of running again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_SUBMITTED, JobEvent, JobSubmissionEvent
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+from prometheus_client.core import HistogramMetricFamily, Metric
+
+from ..checks import CHECKS, Check, checks_for, planned_checks
+from ..checks.resources import Resources
+from ..config import Config, Target
+from ..metrics import Histogram, MetricSpec
+from ..results import CheckResult
+from .runner import Limiter, execute_limited
+from .store import ResultStore
+
+log = logging.getLogger(__name__)
+
+SCHEDULING_LAG = MetricSpec(
+    "bems_exporter_scheduling_lag_seconds",
+    "How late scheduled check runs started compared with their planned time.",
+)
+LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_SEPARATOR = "\x1f"  # cannot occur in a target name, so job ids split back unambiguously
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    target: Target
+    check: str
+    interval: timedelta
+
+    @property
+    def job_id(self) -> str:
+        return f"{self.target.name}{_SEPARATOR}{self.check}"
+
+
+def lag_families(lag: Histogram) -> Iterator[Metric]:
+    family = HistogramMetricFamily(SCHEDULING_LAG.name, SCHEDULING_LAG.help)
+    lag.add_to(family, [])
+    yield family
+
+
+def first_run_offset(job_id: str, interval: timedelta) -> timedelta:
+    """A stable jitter in [0, interval): the same job starts at the same phase after every restart."""
+    return interval * (zlib.crc32(job_id.encode()) / 2**32)
+
+
+ResultCallback = Callable[[CheckResult | None, CheckResult], None]  # (previous, new)
+
+
+class Scheduler:
+    def __init__(self, store: ResultStore, resources: Resources, on_result: ResultCallback | None = None) -> None:
+        # APScheduler logs every run at INFO: at thousands of checks a minute that is most of the CPU, and our
+        # own logs say what matters per check (and count skipped runs as overruns).
+        logging.getLogger("apscheduler").setLevel(logging.ERROR)
+        self.store = store
+        self.resources = resources
+        self.config: Config | None = None
+        self.limiter: Limiter | None = None
+        self.lag = Histogram(LAG_BUCKETS)
+        self._on_result = on_result
+        self._jobs: dict[str, JobSpec] = {}
+        # Runs in flight and /probe results the store has not adopted, by (target, check): a target changed by
+        # a reload is another key, so nothing of the old definition is shared with or reused for the new one.
+        self._in_flight: dict[tuple[Target, str], asyncio.Task[CheckResult]] = {}
+        self._on_demand: dict[tuple[Target, str], CheckResult] = {}
+        self._aps = AsyncIOScheduler(
+            timezone=UTC,
+            job_defaults={
+                "max_instances": 1,
+                "coalesce": True,
+                "misfire_grace_time": None,
+            },
+        )
+        self._aps.add_listener(self._on_overrun, EVENT_JOB_MAX_INSTANCES)
+        self._aps.add_listener(self._on_submitted, EVENT_JOB_SUBMITTED)
+
+    def start(self) -> None:
+        self._aps.start()
+
+    def shutdown(self) -> None:
+        if self._aps.running:
+            self._aps.shutdown(wait=False)
+        for task in self._in_flight.values():
+            task.cancel()
+
+    @property
+    def job_count(self) -> int:
+        return len(self._aps.get_jobs())
+
+    def apply(self, config: Config) -> None:
+        """Make the jobs match ``config``: keep unchanged ones (and their cadence), replace the rest."""
+        if self.limiter is None:
+            self.limiter = Limiter(config)
+        else:
+            self.limiter.update(config)
+        self.config = config
+        self.store.configure(config, planned_checks(config))
+        configured = set(config.targets)
+        self._on_demand = {key: result for key, result in self._on_demand.items() if key[0] in configured}
+        wanted = {
+            spec.job_id: spec
+            for target in config.targets
+            for spec in (JobSpec(target, c.name, config.interval_of(target)) for c in checks_for(config, target))
+        }
+        for job_id in [j for j, spec in self._jobs.items() if wanted.get(j) != spec]:
+            self._aps.remove_job(job_id)
+            del self._jobs[job_id]
+        now = datetime.now(UTC)
+        for job_id, spec in wanted.items():
+            if job_id in self._jobs:
+                continue
+            first = now + first_run_offset(job_id, spec.interval)
+            self._aps.add_job(
+                self._run,
+                IntervalTrigger(seconds=spec.interval.total_seconds(), start_date=first, timezone=UTC),
+                id=job_id,
+                name=job_id,
+                args=(job_id,),
+                next_run_time=first,
+            )
+            self._jobs[job_id] = spec
+        log.info("jobs scheduled", extra={"fields": {"jobs": len(self._jobs), "targets": len(config.targets)}})
+
+    async def _execute_once(self, target: Target, check: Check) -> CheckResult:
+        """Run ``check`` on ``target``, or join its run in flight: never two runs of one check at once."""
+        key = (target, check.name)
+        task = self._in_flight.get(key)
+        if task is None:
+            assert self.config is not None and self.limiter is not None, "apply() first"
+            task = asyncio.ensure_future(execute_limited(self.limiter, check, self.config, target, self.resources))
+            self._in_flight[key] = task
+            task.add_done_callback(lambda done: self._in_flight.pop(key) if self._in_flight.get(key) is done else None)
+        return await asyncio.shield(task)  # a caller that goes away leaves the run to the others
+
+    async def on_demand(self, target: Target, check: Check) -> tuple[CheckResult, float | None]:
+        """``/probe``'s result for (target, check), and its age in seconds when it is an earlier run's (else None).
+
+        The last run, scheduled or on demand, is reused while it started less than an interval ago.
+        """
+        assert self.config is not None, "apply() first"
+        key = (target, check.name)
+        runs = (self.store.latest.get((target.name, check.name)), self._on_demand.get(key))
+        known = [result for result in runs if result is not None]
+        if known:
+            last = max(known, key=lambda result: result.started)
+            age = max(0.0, time.time() - last.started)
+            if age < self.config.interval_of(target).total_seconds():
+                return last, age
+        result = await self._execute_once(target, check)
+        self._on_demand[key] = result
+        return result, None
+
+    async def _scheduled_result(self, spec: JobSpec) -> CheckResult:
+        """A /probe run that started less than an interval ago stands for this run; else run (or join) it."""
+        adopted = self._on_demand.pop((spec.target, spec.check), None)
+        recorded = self.store.latest.get((spec.target.name, spec.check))
+        fresh = adopted is not None and time.time() - adopted.started < spec.interval.total_seconds()
+        if fresh and adopted is not recorded:  # recorded already: a shared run, not one to adopt
+            return adopted
+        return await self._execute_once(spec.target, CHECKS[spec.check])
+
+    async def _run(self, job_id: str) -> None:
+        spec, config, limiter = self._jobs.get(job_id), self.config, self.limiter
+        if spec is None or config is None or limiter is None:
+            return  # removed by a reload between submission and start
+        try:
+            result = await self._scheduled_result(spec)
+        except asyncio.CancelledError:
+            # Only shutdown cancels a run (timeouts end inside execute): stop quietly, not as a job error.
+            log.debug(
+                "check cancelled by shutdown", extra={"fields": {"target": spec.target.name, "check": spec.check}}
+            )
+            return
+        if self._jobs.get(job_id) is not spec:
+            return  # a reload changed or removed the target while this run was in flight
+        previous = self.store.latest.get((result.target, result.check))
+        if self.store.record(result) and self._on_result is not None:
+            self._on_result(previous, result)
+
+    def _on_overrun(self, event: JobEvent) -> None:
+        target, _, check = event.job_id.partition(_SEPARATOR)
+        self.store.count_overrun(target, check)
+        log.warning(
+            "check still running when due again: run skipped", extra={"fields": {"target": target, "check": check}}
+        )
+
+    def _on_submitted(self, event: JobSubmissionEvent) -> None:
+        planned = event.scheduled_run_times[-1].timestamp()
+        self.lag.observe(max(0.0, time.time() - planned))

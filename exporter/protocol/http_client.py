@@ -1,0 +1,312 @@
+"""HTTP for the checks: bounded responses, connection reuse, and credentials that stay home.
+
+Two transports: aiohttp on the event loop for everything it can do, and ``requests`` in a bounded
+thread pool where only ``requests`` has the protocol (NTLM with channel binding through
+requests-ntlm; MSAL). Both share one trust policy: the system store or ``defaults.tls.ca_file``,
+never ``REQUESTS_CA_BUNDLE``/``SSL_CERT_FILE``/proxy variables from the environment.
+
+Every response body is read up to ``MAX_BODY_BYTES`` (decompressed) and within the check's deadline:
+a hostile or broken server costs a bounded amount of memory and time.
+"""
+
+from __future__ import annotations
+
+import errno
+import re
+import ssl
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from urllib.parse import quote, urljoin, urlsplit
+
+import aiohttp
+import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+
+from ..results import ProbeFailure, Reason
+from . import safe_xml
+from .tcp_tls import (
+    CERTIFICATE_HINT,
+    CaFileStamp,
+    Proxy,
+    ca_file_stamp,
+    connect_failure,
+    new_client_ssl_context,
+    tls_failure,
+)
+
+MAX_BODY_BYTES = 1024 * 1024  # an EWS GetFolder answer is a few KiB; Autodiscover at most tens
+MAX_REDIRECTS = 5
+_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    status: int
+    headers: tuple[tuple[str, str], ...]  # as received, repeated names kept (WWW-Authenticate)
+    body: bytes
+    url: str
+
+    def header(self, name: str) -> str | None:
+        return next((v for k, v in self.headers if k.lower() == name.lower()), None)
+
+    def header_values(self, name: str) -> list[str]:
+        return [v for k, v in self.headers if k.lower() == name.lower()]
+
+
+def origin(url: str) -> tuple[str, str, int]:
+    parts = urlsplit(url)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port or (443 if parts.scheme == "https" else 80)
+
+
+# Host and port, nothing else: userinfo, a backslash or a percent-escape in the authority is where URL
+# parsers disagree on the host (urllib3 reads ``https://evil.test\\@mail.contoso.com/`` as evil.test,
+# urlsplit as mail.contoso.com), so such a URL is refused rather than judged by one parser's reading.
+_PLAIN_AUTHORITY = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[^\s@\\%:\[\]/?#]+)(?::[0-9]{1,5})?")
+_UNSAFE_CHARACTER = re.compile(r"[\s\\\x00-\x1f\x7f]")
+
+
+def plain_authority(url: str) -> bool:
+    """Whether ``url`` names its host in a way every parser reads alike: host and port, nothing more."""
+    return not _UNSAFE_CHARACTER.search(url) and bool(_PLAIN_AUTHORITY.fullmatch(urlsplit(url).netloc))
+
+
+def redirect_target(response: HttpResponse, home: str) -> str | None:
+    """For a 3xx answer, the URL to follow with credentials, or ProbeFailure(redirect_blocked).
+
+    Credentials go only to the scheme, host and port of the configured URL: a redirect anywhere
+    else (another host, another port, plain http) is reported, never followed.
+    """
+    if response.status not in (301, 302, 303, 307, 308):
+        return None
+    location = response.header("Location")
+    if not location:
+        raise ProbeFailure(Reason.BAD_RESPONSE, f"HTTP {response.status} without a Location header")
+    target = urljoin(response.url, location)
+    if origin(target) != origin(home) or not plain_authority(target):
+        raise ProbeFailure(
+            Reason.REDIRECT_BLOCKED,
+            f"redirected to {_origin_text(target)}: not followed, credentials are only sent to {_origin_text(home)}",
+            "point the target's url at the final endpoint, or fix the redirect on the server",
+        )
+    return target
+
+
+def _origin_text(url: str) -> str:
+    scheme, host, port = origin(url)
+    return f"{scheme}://{host}:{port}"
+
+
+@dataclass(slots=True)
+class _Session:
+    """An aiohttp session and the CA file content (its stamp) its SSL context was built from."""
+
+    session: aiohttp.ClientSession
+    ca_file_stamp: CaFileStamp | None
+    in_flight: int = 0
+    retired: bool = False  # replaced after the CA file changed: closed once its last request ends
+
+
+class HttpClients:
+    """aiohttp sessions shared by all checks, one per CA file, so connections and TLS state are reused.
+
+    A session trusts what its CA file held when it was built; when the file changes, the next request
+    gets a new session (as the ``tls`` check gets a new context, within the same second), and the old
+    one is closed once the requests still running on it have ended.
+    """
+
+    def __init__(self) -> None:
+        self._sessions: dict[str | None, _Session] = {}
+
+    async def _session(self, ca_file: str | None) -> _Session:
+        stamp = ca_file_stamp(ca_file)
+        current = self._sessions.get(ca_file)
+        if current is not None and current.ca_file_stamp == stamp and not current.session.closed:
+            return current
+        connector = aiohttp.TCPConnector(ssl=new_client_ssl_context(ca_file), limit=0, limit_per_host=8)
+        # trust_env=False: proxies come from the configuration only, never from the environment.
+        session = aiohttp.ClientSession(connector=connector, trust_env=False, cookie_jar=aiohttp.DummyCookieJar())
+        self._sessions[ca_file] = fresh = _Session(session, stamp)
+        if current is not None:
+            current.retired = True
+            if not current.in_flight:
+                await current.session.close()
+        return fresh
+
+    async def close(self) -> None:
+        for entry in self._sessions.values():
+            await entry.session.close()
+        self._sessions.clear()
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        ca_file: str | None,
+        proxy: Proxy | None,
+        headers: dict[str, str] | None = None,
+        body: bytes | None = None,
+    ) -> HttpResponse:
+        """One request, no redirects followed, the body read up to MAX_BODY_BYTES.
+
+        Time is bounded by the check's own timeout, which cancels this coroutine.
+        """
+        if urlsplit(url).scheme != "https":
+            raise ProbeFailure(Reason.REDIRECT_BLOCKED, f"refusing to send a request over plain HTTP to {url}")
+        proxy_url = f"http://{proxy.host}:{proxy.port}" if proxy else None
+        proxy_auth = (
+            aiohttp.BasicAuth(proxy.credential.username, proxy.credential.password.get_secret_value())
+            if proxy and proxy.credential
+            else None
+        )
+        entry = await self._session(ca_file)
+        entry.in_flight += 1
+        try:
+            async with entry.session.request(
+                method, url, headers=headers, data=body, allow_redirects=False, proxy=proxy_url, proxy_auth=proxy_auth
+            ) as response:
+                chunks, size = [], 0
+                async for chunk in response.content.iter_chunked(_CHUNK):
+                    size += len(chunk)
+                    if size > MAX_BODY_BYTES:
+                        raise ProbeFailure(
+                            Reason.BAD_RESPONSE,
+                            f"the response body exceeds {MAX_BODY_BYTES} bytes: not an Exchange answer",
+                        )
+                    chunks.append(chunk)
+                return HttpResponse(response.status, tuple(response.headers.items()), b"".join(chunks), url)
+        except aiohttp.ClientProxyConnectionError as err:
+            raise ProbeFailure(Reason.PROXY, f"cannot use the proxy: {err}") from None
+        except aiohttp.ClientHttpProxyError as err:
+            raise ProbeFailure(Reason.PROXY, f"the proxy refused the tunnel: HTTP {err.status}") from None
+        except aiohttp.ClientConnectorCertificateError as err:
+            raise ProbeFailure(
+                Reason.CERTIFICATE, f"certificate rejected: {err.certificate_error}", CERTIFICATE_HINT
+            ) from None
+        except aiohttp.ClientConnectorSSLError as err:  # connected, but no TLS: plain HTTP on the port, say
+            raise tls_failure(err.os_error, f"{err.host}:{err.port}") from None
+        except aiohttp.ClientConnectorError as err:
+            raise connect_failure(err.os_error, err.host, err.port) from None
+        except (aiohttp.ClientPayloadError, aiohttp.ClientResponseError) as err:
+            raise ProbeFailure(Reason.BAD_RESPONSE, f"malformed HTTP response: {type(err).__name__}") from None
+        except aiohttp.ServerDisconnectedError:
+            raise ProbeFailure(Reason.BAD_RESPONSE, "the server closed the connection without an answer") from None
+        except (aiohttp.ClientOSError, ConnectionError) as err:
+            # Connected, then reset or broken (ECONNRESET, EPIPE) while the request or its answer was under
+            # way: the network's or the server's doing, not the exporter's. (ClientConnectorError, a
+            # ClientOSError raised while connecting, is caught above.)
+            message = f"the connection broke after it was made: {_os_error(err)}"
+            raise ProbeFailure(Reason.UNREACHABLE, message) from None
+        finally:
+            entry.in_flight -= 1
+            if entry.retired and not entry.in_flight:
+                await entry.session.close()
+
+
+def _os_error(err: OSError) -> str:
+    name = errno.errorcode.get(err.errno or 0)
+    return f"{name} ({err.strerror or err})" if name else str(err) or type(err).__name__
+
+
+class ForeignOriginError(requests.RequestException):
+    """A request a library wanted to send somewhere the configuration did not name."""
+
+
+class _TrustAdapter(HTTPAdapter):
+    """requests with our SSL context, and only to one origin.
+
+    The context carries the trust store (requests would otherwise load certifi's bundle into it). The
+    origin check keeps a library's own requests home: MSAL, say, posts the client secret to whatever
+    token endpoint the authority's discovery document names.
+    """
+
+    def __init__(self, context: ssl.SSLContext, home: str) -> None:
+        self._context = context
+        self._home = home
+        super().__init__(pool_connections=4, pool_maxsize=4, max_retries=0)
+
+    def send(self, request, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if origin(request.url or "") != origin(self._home):
+            raise ForeignOriginError(
+                f"refusing to send to {_origin_text(request.url or '')}: only {_origin_text(self._home)} "
+                "is configured", request=request,
+            )  # fmt: skip
+        return super().send(request, *args, **kwargs)
+
+    def init_poolmanager(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        kwargs["ssl_context"] = self._context
+        return super().init_poolmanager(*args, **kwargs)
+
+    def proxy_manager_for(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        kwargs["ssl_context"] = self._context
+        return super().proxy_manager_for(*args, **kwargs)
+
+    def cert_verify(self, conn, url, verify, cert) -> None:  # type: ignore[no-untyped-def]
+        conn.cert_reqs = "CERT_REQUIRED"  # the context carries the trust store; keep it unmodified
+        conn.ca_certs = None
+        conn.ca_cert_dir = None
+
+
+def requests_session(home: str, ca_file: str | None, proxy: Proxy | None) -> requests.Session:
+    """A requests session that verifies like the rest of the exporter, ignores the environment, and
+    sends only to the origin of ``home`` over HTTPS."""
+    session = requests.Session()
+    session.trust_env = False
+    adapter = _TrustAdapter(new_client_ssl_context(ca_file), home)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)  # refused by the origin check: home is always https
+    if proxy is not None:
+        auth = ""
+        if proxy.credential is not None:
+            password = proxy.credential.password.get_secret_value()
+            auth = f"{quote(proxy.credential.username, safe='')}:{quote(password, safe='')}@"
+        session.proxies = {"https": f"http://{auth}{proxy.host}:{proxy.port}"}
+    return session
+
+
+def read_bounded(response: requests.Response, deadline: float) -> bytes:
+    """Read a streamed requests response up to MAX_BODY_BYTES before ``deadline`` (from a worker thread).
+
+    ``read1`` returns what one read from the socket brought (decompressed, at most ``_CHUNK``): a
+    server that drips a byte at a time, each within the socket timeout, still meets the deadline
+    (``iter_content`` would wait for a whole chunk and hold the thread and the connection for hours).
+    """
+    chunks, size = [], 0
+    try:
+        while chunk := response.raw.read1(_CHUNK, decode_content=True):
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise ProbeFailure(
+                    Reason.BAD_RESPONSE, f"the response body exceeds {MAX_BODY_BYTES} bytes: not an Exchange answer"
+                )
+            if time.monotonic() > deadline:
+                raise ProbeFailure(Reason.TIMEOUT, "the response did not arrive within the timeout")
+            chunks.append(chunk)
+    except urllib3.exceptions.ReadTimeoutError:
+        raise ProbeFailure(Reason.TIMEOUT, "the response did not arrive within the timeout") from None
+    except urllib3.exceptions.HTTPError as err:  # truncated, bad chunking, undecodable Content-Encoding
+        raise ProbeFailure(Reason.BAD_RESPONSE, f"malformed HTTP response: {type(err).__name__}") from None
+    finally:
+        response.close()
+    return b"".join(chunks)
+
+
+def xml_document(response: HttpResponse, root_tag: str, what: str) -> ET.Element:
+    """The response body as XML whose root is ``root_tag`` (``{namespace}name``), else bad_response."""
+    try:
+        root = safe_xml.parse(response.body)
+    except safe_xml.UnsafeXML as err:
+        raise ProbeFailure(
+            Reason.BAD_RESPONSE, f"HTTP {response.status} with a body that is not {what}: {err}"
+        ) from None
+    if root.tag != root_tag:
+        raise ProbeFailure(
+            Reason.BAD_RESPONSE, f"HTTP {response.status} with <{safe_xml.local_name(root.tag)}>, not {what}"
+        )
+    return root
+
+
+def from_requests(response: requests.Response, body: bytes) -> HttpResponse:
+    return HttpResponse(response.status_code, tuple(response.raw.headers.items()), body, response.url)
