@@ -25,9 +25,10 @@ demo: $(STAMP)
 tools:
 	scripts/install-tools.sh
 
-## lint: ruff over the code and the tests
+## lint: ruff over the code and the tests, then the architecture contracts (pyproject.toml [tool.importlinter])
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 ## test: set up, lint, then the whole test suite (what .ci/run calls)
 test: $(STAMP) tools lint
