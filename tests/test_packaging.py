@@ -197,6 +197,13 @@ def healthcheck_command(port: int) -> list[str]:
     return [part.replace("127.0.0.1:10442", f"127.0.0.1:{port}") for part in command]
 
 
+def image_build_env() -> dict[str, str]:
+    """As a Docker build sees it: no PYTHONPATH (a checkout's *.egg-info on it would make pip think the
+    package is installed already and skip it)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    return env | {"PIP_DISABLE_PIP_VERSION_CHECK": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+
+
 @pytest.fixture(scope="module")
 def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The Dockerfile's build stage without Docker: `pip wheel --no-deps`, then pip install the wheel in a venv."""
@@ -207,7 +214,7 @@ def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in ("requirements.lock", "pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, context / name)
     shutil.copytree(ROOT / "exporter", context / "exporter", ignore=shutil.ignore_patterns("__pycache__", "*.py[cod]"))
-    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    env = image_build_env()
     pip = str(venv / "bin" / "pip")
     steps = [
         [sys.executable, "-m", "venv", str(venv)],
@@ -233,7 +240,7 @@ def demo_venv(image_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     shutil.copytree(image_venv, venv, symlinks=True)  # bin/python keeps pointing at the base interpreter
     ignored = shutil.ignore_patterns("__pycache__", "*.py[cod]", "*.egg-info")
     shutil.copytree(ROOT / "simulator", context / "simulator", ignore=ignored)
-    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    env = image_build_env()
     pip = [str(venv / "bin" / "python"), "-m", "pip"]  # the copy's scripts name the original venv's python
     lock = context / "simulator" / "requirements.lock"
     steps = [
