@@ -5,6 +5,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .metrics import MetricSpec
 
 
 class Reason(StrEnum):
@@ -45,11 +49,21 @@ class Step:
 
 @dataclass(frozen=True, slots=True)
 class Measurement:
-    """A sample for a metric family owned by a check; ``target`` and ``exchange`` are added later."""
+    """A sample for a metric family owned by a check; ``target`` and ``exchange`` are added later.
+
+    ``labels`` are (name, value) pairs in the spec's order; readers look them up by name (``label``).
+    """
 
     metric: str
     value: float
     labels: tuple[tuple[str, str], ...] = ()
+
+    def label(self, name: str) -> str:
+        """The value of the label ``name`` (KeyError if the sample has no such label)."""
+        for key, value in self.labels:
+            if key == name:
+                return value
+        raise KeyError(name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +108,17 @@ class Recorder:
         """
         return _StepTimer(self.steps, name, timeout_hint)
 
-    def measure(self, metric: str, value: float, **labels: str) -> None:
-        self.measurements.append(Measurement(metric, value, tuple(labels.items())))
+    def measure(self, spec: MetricSpec, value: float, **labels: str) -> None:
+        """Record a sample of ``spec`` with exactly the spec's own labels, given by name in any order.
+
+        A missing or extra label is a bug in the check (its tests catch it): it raises ValueError here
+        rather than expose a sample whose labels are shifted or absent.
+        """
+        if labels.keys() != set(spec.labels):
+            missing = sorted(set(spec.labels) - labels.keys())
+            extra = sorted(labels.keys() - set(spec.labels))
+            raise ValueError(f"{spec.name} takes the labels {list(spec.labels)}: missing {missing}, extra {extra}")
+        self.measurements.append(Measurement(spec.name, value, tuple((name, labels[name]) for name in spec.labels)))
 
     def elapsed(self) -> float:
         return time.perf_counter() - self._t0

@@ -44,8 +44,9 @@ def reference_families(store: ResultStore, config: Config | None) -> Iterator[Me
                 fams["bems_probe_failure_reason"].add_metric([*labels, result.reason.value], 1.0)
             fams["bems_probe_runs_total"].add_metric(labels, store.runs[key])
             for m in result.measurements:
-                own = [value for _, value in m.labels]
-                per_target = MEASURED[m.metric].per_target
+                spec = MEASURED[m.metric]
+                own = [m.label(name) for name in spec.labels]
+                per_target = spec.per_target
                 fams[m.metric].add_metric([target_name, target.exchange_label, *own] if per_target else own, m.value)
     for (target_name, check, reason), count in store.failures.items():
         exchange = store.targets[target_name].exchange_label

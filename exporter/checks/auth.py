@@ -165,7 +165,7 @@ async def probe(target: Target, ctx: ProbeContext) -> CheckResult:
         offered = offered_methods(challenge)
         detail.append(f"HTTP {challenge.status}; offers {', '.join(sorted(offered)) or 'nothing'}")
     for scheme in ADVERTISED:
-        ctx.rec.measure(OFFERED.name, 1.0 if scheme in offered else 0.0, method=scheme)
+        ctx.rec.measure(OFFERED, 1.0 if scheme in offered else 0.0, method=scheme)
     failures: list[ProbeFailure] = []
     worked: list[AuthMethod] = []
     evidence = signin.OrganisationEvidence(ctx, target)
@@ -188,15 +188,15 @@ async def probe(target: Target, ctx: ProbeContext) -> CheckResult:
         except ProbeFailure as failure:
             failures.append(failure)
             ok = False
-        ctx.rec.measure(SUCCESS.name, 1.0 if ok else 0.0, method=method.value)
-        ctx.rec.measure(DURATION.name, time.perf_counter() - t0, method=method.value)
+        ctx.rec.measure(SUCCESS, 1.0 if ok else 0.0, method=method.value)
+        ctx.rec.measure(DURATION, time.perf_counter() - t0, method=method.value)
     if worked:
         ctx.resources.working_methods[target.name] = worked[0]
     else:
         ctx.resources.working_methods.pop(target.name, None)
     if target.kind == Kind.EWS and target.exchange == Exchange.ONLINE:
         disabled = any(f.reason == Reason.EWS_DISABLED for f in failures)
-        ctx.rec.measure(EWS_DISABLED.name, 1.0 if disabled else 0.0)
+        ctx.rec.measure(EWS_DISABLED, 1.0 if disabled else 0.0)
     if failures:
         first = failures[0]
         raise ProbeFailure(first.reason, "; ".join(f.message for f in failures), first.hint)

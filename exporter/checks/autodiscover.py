@@ -202,14 +202,14 @@ async def probe(target: Target, ctx: ProbeContext) -> CheckResult:
         normalized(t.url) for t in ctx.config.targets if t.kind == Kind.EWS and t.exchange == target.exchange
     }
     try:
-        await each(ctx, units, SUCCESS.name)
+        await each(ctx, units, SUCCESS)
     finally:
         for mailbox, urls in found.items():
             for url in sorted(urls):
-                ctx.rec.measure(EWS_URL.name, 1.0, mailbox=mailbox, url=url)
+                ctx.rec.measure(EWS_URL, 1.0, mailbox=mailbox, url=url)
             if ews_targets:
                 match = all(normalized(url) in ews_targets for url in urls)
-                ctx.rec.measure(URL_MATCH.name, 1.0 if match else 0.0, mailbox=mailbox)
+                ctx.rec.measure(URL_MATCH, 1.0 if match else 0.0, mailbox=mailbox)
     return ctx.rec.passed()
 
 

@@ -162,7 +162,7 @@ async def _check_permissions(ctx: ProbeContext, target: Target) -> None:
         missing = []
         for permission, including in NEEDED_PERMISSIONS.items():
             granted = bool(roles & including)
-            ctx.rec.measure(PERMISSION.name, 1.0 if granted else 0.0, permission=permission)
+            ctx.rec.measure(PERMISSION, 1.0 if granted else 0.0, permission=permission)
             if not granted:
                 missing.append(permission)
         detail.append(f"roles: {', '.join(sorted(roles)) or 'none'}")
@@ -228,14 +228,14 @@ async def probe(target: Target, ctx: ProbeContext) -> CheckResult:
         for mailbox in target.mailboxes
     ]
     try:
-        await each(ctx, units, SUCCESS.name)  # the per-mailbox metric still says which inboxes are readable
+        await each(ctx, units, SUCCESS)  # the per-mailbox metric still says which inboxes are readable
     except ProbeFailure as failure:
         mailbox_failure: ProbeFailure | None = failure
     else:
         mailbox_failure = None
     if permission_failure is not None:
         raise permission_failure
-    readable = [dict(m.labels)["mailbox"] for m in ctx.rec.measurements if m.metric == SUCCESS.name and m.value]
+    readable = [m.label("mailbox") for m in ctx.rec.measurements if m.metric == SUCCESS.name and m.value]
     if readable:  # an app-wide denial outranks a per-mailbox one
         await _read_user(ctx, target, readable[0])
     if mailbox_failure is not None:

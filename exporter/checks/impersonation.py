@@ -85,7 +85,7 @@ async def probe(target: Target, ctx: ProbeContext) -> CheckResult:
         )
         for mailbox in target.mailboxes
     ]
-    await each(ctx, units, SUCCESS.name)
+    await each(ctx, units, SUCCESS)
     return ctx.rec.passed()
 
 

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from ..config import Config, Target
+from ..metrics import MetricSpec
 from ..results import ProbeFailure, Reason
 from .base import ProbeContext
 
@@ -28,7 +29,7 @@ class Unit:
     attempt: Callable[[], Awaitable[str]]
 
 
-async def each(ctx: ProbeContext, units: Sequence[Unit], metric: str) -> None:
+async def each(ctx: ProbeContext, units: Sequence[Unit], metric: MetricSpec) -> None:
     """Run every unit under the per-request timeout; record ``metric`` 1/0 per unit; raise the verdict."""
     failures: list[tuple[Unit, ProbeFailure]] = []
     for unit in units:

@@ -59,7 +59,7 @@ async def probe(target: Target, ctx: ProbeContext) -> CheckResult:
             detail.append("token echoed as Graph requires")
         ok = True
     finally:
-        ctx.rec.measure(SUCCESS.name, 1.0 if ok else 0.0, target=target.name)
+        ctx.rec.measure(SUCCESS, 1.0 if ok else 0.0, target=target.name)
     return ctx.rec.passed()
 
 

@@ -21,8 +21,8 @@ TCP_CONNECT = MetricSpec(
 async def probe(target: Target, ctx: ProbeContext) -> CheckResult:
     connection = await tcp_tls.connect(target.host, target.port, ctx.proxy(target), ctx.rec)
     connection.close()  # nothing to say
-    ctx.rec.measure(DNS_LOOKUP.name, connection.dns_seconds)
-    ctx.rec.measure(TCP_CONNECT.name, connection.connect_seconds)
+    ctx.rec.measure(DNS_LOOKUP, connection.dns_seconds)
+    ctx.rec.measure(TCP_CONNECT, connection.connect_seconds)
     return ctx.rec.passed()
 
 

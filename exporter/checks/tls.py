@@ -183,7 +183,7 @@ def _measure_public_trust(chain: Chain, target: Target, ctx: ProbeContext) -> st
     distrust = _public_distrust(
         chain, target.host, roots, tcp_tls.ca_file_stamp(roots), chain.next_validity_change(time.time())
     )
-    ctx.rec.measure(PUBLICLY_TRUSTED.name, 1 if distrust is None else 0)
+    ctx.rec.measure(PUBLICLY_TRUSTED, 1 if distrust is None else 0)
     return "trusted by the public roots" if distrust is None else f"not trusted by the public roots ({distrust})"
 
 
@@ -214,7 +214,7 @@ async def probe(target: Target, ctx: ProbeContext) -> CheckResult:
             except ssl.SSLCertVerificationError as err:
                 rejected = await _unverified_chain(target, ctx)
                 if rejected is not None:
-                    ctx.rec.measure(CERT_EXPIRY.name, rejected.expires_at)
+                    ctx.rec.measure(CERT_EXPIRY, rejected.expires_at)
                     _measure_public_trust(rejected, target, ctx)
                 raise ProbeFailure(
                     Reason.CERTIFICATE,
@@ -229,9 +229,9 @@ async def probe(target: Target, ctx: ProbeContext) -> CheckResult:
             detail.append(f"{version}, {chain.described} ({days:.0f} days), {public_trust}")
     finally:
         conn.close()
-    ctx.rec.measure(HANDSHAKE.name, ctx.rec.steps[-1].seconds)
-    ctx.rec.measure(CERT_EXPIRY.name, chain.expires_at)
-    ctx.rec.measure(VERSION.name, 1, version=version)
+    ctx.rec.measure(HANDSHAKE, ctx.rec.steps[-1].seconds)
+    ctx.rec.measure(CERT_EXPIRY, chain.expires_at)
+    ctx.rec.measure(VERSION, 1, version=version)
     return ctx.rec.passed()
 
 

@@ -76,10 +76,10 @@ async def probe(target: Target, ctx: ProbeContext) -> CheckResult:
                 detail.append(f"{'from the cache' if token.from_cache else 'issued'}, valid {minutes:.0f} more min")
         ok = True
     finally:
-        ctx.rec.measure(SUCCESS.name, 1.0 if ok else 0.0, credential=name)
-        ctx.rec.measure(DURATION.name, time.perf_counter() - t0, credential=name)
+        ctx.rec.measure(SUCCESS, 1.0 if ok else 0.0, credential=name)
+        ctx.rec.measure(DURATION, time.perf_counter() - t0, credential=name)
         if expiries:
-            ctx.rec.measure(EXPIRY.name, min(expiries), credential=name)
+            ctx.rec.measure(EXPIRY, min(expiries), credential=name)
     await _credential_expiry(ctx, name, credential)
     return ctx.rec.passed()
 
@@ -99,7 +99,7 @@ async def _credential_expiry(ctx: ProbeContext, name: str, credential: EntraCred
                                     for k, v in registered.items()) or _UNKNOWN)  # fmt: skip
             kinds = registered | kinds  # the certificate file itself wins over the registration
     for kind, when in kinds.items():
-        ctx.rec.measure(CREDENTIAL_EXPIRY.name, when, credential=name, kind=kind)
+        ctx.rec.measure(CREDENTIAL_EXPIRY, when, credential=name, kind=kind)
 
 
 _UNKNOWN = "unknown: the app may not read its own registration (grant Application.Read.All to see its end dates)"

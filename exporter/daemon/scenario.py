@@ -124,7 +124,7 @@ def _windows_auth(config: Config, store: ResultStore, side: Exchange) -> Judgeme
         result = store.latest.get((target, check))
         if result is None:
             return Judgement(False, PENDING, f"{target}: auth has not run yet")
-        methods = {dict(m.labels)["method"]: m.value for m in result.measurements if m.metric == "bems_auth_success"}
+        methods = {m.label("method"): m.value for m in result.measurements if m.metric == "bems_auth_success"}
         if not any(methods.get(m) == 1.0 for m in ("basic", "ntlm")):
             return _failed(target, result)
     return MET
@@ -186,9 +186,7 @@ def _autodiscover_pairs(config: Config, store: ResultStore, side: Exchange) -> P
 
 
 def _ews_url_matches(target: Target, result: CheckResult) -> Judgement | None:
-    match = {
-        dict(m.labels).get("mailbox"): m.value for m in result.measurements if m.metric == autodiscover.URL_MATCH.name
-    }
+    match = {m.label("mailbox"): m.value for m in result.measurements if m.metric == autodiscover.URL_MATCH.name}
     for mailbox in target.mailboxes:
         if mailbox not in match:
             return Judgement(False, NOT_MEASURED, f"{target.name}: autodiscover measured no URL match for {mailbox}")

@@ -168,7 +168,7 @@ class BemsCollector(Collector):
             lines["bems_probe_failure_reason"].append(sample_line("bems_probe_failure_reason", reason_labels, 1.0))
         for m in result.measurements:
             spec = MEASURED[m.metric]
-            own = label_pairs(spec.labels, [value for _, value in m.labels])
+            own = label_pairs(spec.labels, [m.label(name) for name in spec.labels])
             labels = (f"{target_labels},{own}" if own else target_labels) if spec.per_target else own
             lines[m.metric].append(sample_line(m.metric, labels, m.value))
         cached = _ResultLines(result, dict(lines))
