@@ -380,3 +380,49 @@ async def test_configured_trust_and_proxies_beat_the_environment(
     for target in ("onprem-ews", "online-ews"):
         result = await check(config, target, "auth")
         assert result.success, result
+
+
+# --- What impersonation signs in with: the configuration's choice, never auth's last run ----------------
+
+
+def with_auth(path: Path, target: str, methods: list[str]) -> Config:
+    data = yaml.safe_load(path.read_text())
+    next(t for t in data["targets"] if t["name"] == target)["auth"] = methods
+    path.write_text(yaml.safe_dump(data))
+    return load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("configured", "offered", "outcome"),
+    [
+        pytest.param(["basic", "ntlm"], ["negotiate", "ntlm", "basic"], "basic", id="both-offered-first-listed"),
+        pytest.param(["ntlm", "basic"], ["negotiate", "ntlm", "basic"], "ntlm", id="order-is-the-choice"),
+        # BEMS set to Basic fails when IIS stops offering it, even though NTLM would have worked
+        pytest.param(["basic", "ntlm"], ["negotiate", "ntlm"], Reason.UNAUTHORIZED, id="first-not-offered"),
+        pytest.param(["ntlm", "basic"], ["basic"], Reason.UNAUTHORIZED, id="ntlm-first-not-offered"),
+        pytest.param(["ntlm"], ["negotiate", "ntlm"], "ntlm", id="single-method"),
+    ],
+)
+async def test_impersonation_signs_in_with_the_first_configured_method_whatever_auth_found(
+    simulator: Simulator, sim_config_file: Path, configured: list[str], offered: list[str], outcome: str | Reason
+) -> None:
+    """(configured methods, server offers) -> the method used; the result is the same with or without an
+    auth run before it on the same resources, whichever of the methods that run found working."""
+    config = with_auth(sim_config_file, "onprem-ews", configured)
+    target = config.targets_by_name()["onprem-ews"]
+    simulator.set_auth_methods("onprem-ews", offered)
+    resources = Resources()
+    try:
+        alone = await execute(CHECKS["impersonation"], config, target, resources)
+        signed_in = await execute(CHECKS["auth"], config, target, resources)
+        after_auth = await execute(CHECKS["impersonation"], config, target, resources)
+    finally:
+        await resources.close()
+    assert any(m.value for m in signed_in.measurements if m.metric == "bems_auth_success"), signed_in
+    for result in (alone, after_auth):
+        if isinstance(outcome, Reason):
+            assert (result.success, result.reason) == (False, outcome), result
+        else:
+            assert result.success, result
+            assert all(step.detail.endswith(f"({outcome})") for step in result.steps), result.steps
+    assert [(s.ok, s.detail) for s in alone.steps] == [(s.ok, s.detail) for s in after_auth.steps]

@@ -382,7 +382,7 @@ def challenged(
     monkeypatch: pytest.MonkeyPatch, context: ProbeContext, target: Target, *answers: HttpResponse
 ) -> Transport:
     """Scripted answers to what a target sends after signing in, every anonymous request challenged."""
-    signs_in = check._method(context, target, target.autodiscover_protocols[0]) is not None
+    signs_in = check._method(context.config, target, target.autodiscover_protocols[0]) is not None
     transport = scripted(monkeypatch, *answers)
     transport.challenge = CHALLENGE if signs_in else None
     return transport
@@ -540,16 +540,6 @@ async def test_how_each_target_signs_in(
     assert [m for _, _, m in transport.asked] == [method]
 
 
-async def test_the_method_the_auth_check_found_working_is_used(
-    context: ProbeContext, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    target = context.config.targets_by_name()["soap"]  # configured: basic
-    context.resources.working_methods["soap"] = AuthMethod.NTLM
-    transport = challenged(monkeypatch, context, target, OK(SOAP_OK))
-    await check.discover(context, target, ALICE, AutodiscoverProtocol.SOAP)
-    assert [m for _, _, m in transport.asked] == [AuthMethod.NTLM]
-
-
 @pytest.mark.parametrize(
     ("target", "hint"),
     [
@@ -576,7 +566,7 @@ async def test_simulator_answers_pox_with_microsofts_complete_shape(simulator: S
     resources = Resources()
     try:
         ctx = ProbeContext(config, Recorder(target.name, "autodiscover"), 5.0, resources)
-        method = check._method(ctx, target, AutodiscoverProtocol.POX)
+        method = check._method(config, target, AutodiscoverProtocol.POX)
         response = await check._ask(
             ctx, target, target.url, "alice@corp.example.test", AutodiscoverProtocol.POX, method
         )

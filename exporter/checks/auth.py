@@ -167,7 +167,6 @@ async def probe(target: Target, ctx: ProbeContext) -> CheckResult:
     for scheme in ADVERTISED:
         ctx.rec.measure(OFFERED, 1.0 if scheme in offered else 0.0, method=scheme)
     failures: list[ProbeFailure] = []
-    worked: list[AuthMethod] = []
     evidence = signin.OrganisationEvidence(ctx, target)
     for method in methods:
         t0 = time.perf_counter()
@@ -184,16 +183,11 @@ async def probe(target: Target, ctx: ProbeContext) -> CheckResult:
                     failure.hint = failure.hint or _HINTS.get((method, failure.reason), "")
                     raise
             ok = True
-            worked.append(method)
         except ProbeFailure as failure:
             failures.append(failure)
             ok = False
         ctx.rec.measure(SUCCESS, 1.0 if ok else 0.0, method=method.value)
         ctx.rec.measure(DURATION, time.perf_counter() - t0, method=method.value)
-    if worked:
-        ctx.resources.working_methods[target.name] = worked[0]
-    else:
-        ctx.resources.working_methods.pop(target.name, None)
     if target.kind == Kind.EWS and target.exchange == Exchange.ONLINE:
         disabled = any(f.reason == Reason.EWS_DISABLED for f in failures)
         ctx.rec.measure(EWS_DISABLED, 1.0 if disabled else 0.0)

@@ -62,12 +62,15 @@ def _requests(_config: Config, target: Target) -> int:
     return max(1, len(target.mailboxes)) * len(target.autodiscover_protocols)
 
 
-def _method(ctx: ProbeContext, target: Target, kind: AutodiscoverProtocol) -> AuthMethod | None:
+def _method(config: Config, target: Target, kind: AutodiscoverProtocol) -> AuthMethod | None:
+    """How Autodiscover asks, from the configuration alone: v2 and a target without credential
+    anonymously, an Entra app with its token, a Windows account with the first method in ``auth``
+    (the one BEMS uses; the auth check tests the others)."""
     if kind == AutodiscoverProtocol.JSON or target.credential is None:
-        return None  # v2 is anonymous; a target without credential asks anonymously too
-    if isinstance(ctx.config.credentials.get(target.credential), EntraCredential):
+        return None
+    if isinstance(config.credentials.get(target.credential), EntraCredential):
         return AuthMethod.OAUTH
-    return ctx.resources.working_methods.get(target.name) or ctx.config.auth_methods_of(target)[0]
+    return config.auth_methods_of(target)[0]
 
 
 def normalized(url: str) -> tuple[str, str, int, str]:
@@ -88,7 +91,7 @@ async def discover(
     """
     allowed = target.allowed_redirect_hosts or ()
     challenges = {} if challenges is None else challenges
-    method = _method(ctx, target, kind)
+    method = _method(ctx.config, target, kind)
     address, url = mailbox, protocol.endpoint(kind, target.url, mailbox)
     seen: set[tuple[str, str]] = set()
     for _ in range(protocol.MAX_HOPS + 1):

@@ -75,7 +75,7 @@ def judge(ctx: ProbeContext, target: Target, mailbox: str, method: AuthMethod, r
 
 
 async def probe(target: Target, ctx: ProbeContext) -> CheckResult:
-    method = signin.method_for(ctx, target)
+    method = signin.method_for(ctx.config, target)
     evidence = signin.OrganisationEvidence(ctx, target)
     units = [
         Unit(

@@ -130,7 +130,7 @@ async def _ews_send(ctx: ProbeContext, target: Target, body: bytes) -> HttpRespo
     assert target.push is not None
     mailbox = target.push.mailbox
     return await signin.send(
-        ctx, target, target.url, method=signin.method_for(ctx, target), body=body,
+        ctx, target, target.url, method=signin.method_for(ctx.config, target), body=body,
         headers=ews_soap.SOAP_HEADERS | {"X-AnchorMailbox": mailbox}, scope=Resource.EXCHANGE, follow=True,
     )  # fmt: skip
 

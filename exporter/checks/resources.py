@@ -8,7 +8,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from ..config import AuthMethod
 from ..protocol.backoff import Backoff
 from ..protocol.entra_tokens import EntraApps
 from ..protocol.http_client import HttpClients
@@ -31,8 +30,6 @@ class Resources:
         self.backoff = Backoff()
         self.suspensions = Suspensions()  # Windows credentials not sent after repeated 401s
         self.push = PushRegistry()
-        # target -> the first method its last auth check signed in with; later checks sign in the same way
-        self.working_methods: dict[str, AuthMethod] = {}
         self._executor = ThreadPoolExecutor(max_workers=BLOCKING_WORKERS, thread_name_prefix="bems-blocking")
 
     async def run_blocking(self, fn: Callable[..., T], /, *args: object, **kwargs: object) -> T:

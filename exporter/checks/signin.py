@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
-from ..config import AuthMethod, EntraCredential, Exchange, Kind, Target, WindowsCredential
+from ..config import AuthMethod, Config, EntraCredential, Exchange, Kind, Target, WindowsCredential
 from ..protocol import ews_soap
 from ..protocol.entra_tokens import Resource, TokenError, scope_of
 from ..protocol.http_client import MAX_REDIRECTS, HttpResponse, redirect_target
@@ -307,12 +307,16 @@ class OrganisationEvidence:
         return is_policy_block(self._target, response)
 
 
-def method_for(ctx: ProbeContext, target: Target) -> AuthMethod:
-    """How EWS calls other than ``auth`` sign in: online with the app's token; on-premises with the
-    method the last auth check signed in with (before one ran, the first configured)."""
-    if target.exchange == Exchange.ONLINE or AuthMethod.OAUTH in ctx.config.auth_methods_of(target):
+def method_for(config: Config, target: Target) -> AuthMethod:
+    """How EWS calls other than ``auth`` (impersonation, push) sign in: online with the app's token;
+    on-premises with the first method in the target's ``auth``, the one BEMS is set to use.
+
+    BEMS signs in with one configured method, so these checks test that one: from the configuration
+    alone, never from what another check's last run found working. ``auth`` tests every listed method.
+    """
+    if target.exchange == Exchange.ONLINE or AuthMethod.OAUTH in config.auth_methods_of(target):
         return AuthMethod.OAUTH
-    return ctx.resources.working_methods.get(target.name) or ctx.config.auth_methods_of(target)[0]
+    return config.auth_methods_of(target)[0]
 
 
 def app_access_hint(ctx: ProbeContext, target: Target, mailbox: str) -> str:
