@@ -309,7 +309,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"--web.listen-address {err}") from None
         exporter = Exporter(args.config_file, shard=args.shard)
         exporter.load()
-    except (ConfigError, ValueError) as err:
+    except ConfigError as err:
+        for issue in err.issues:  # every problem of the file at once, one line each
+            print(f"error: {issue}", file=sys.stderr)
+        return 1
+    except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     try:

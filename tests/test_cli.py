@@ -295,7 +295,9 @@ async def test_config_check_rejects_an_unknown_key(
     proc = await cli.run("--config.check", "--config.file", str(bad))
     assert proc.returncode == 1
     assert proc.stdout == ""
-    assert proc.stderr == f"error: {bad}: {key}: unknown key\n"
+    written = key.rpartition(".")[2]
+    line = next(n for n, text in enumerate(bad.read_text().splitlines(), 1) if text.lstrip(" -").startswith(written))
+    assert proc.stderr == f"error: {bad}:{line}: {key}: unknown key\n"
 
 
 async def test_config_check_names_a_missing_file(cli: CLI, tmp_path: Path) -> None:

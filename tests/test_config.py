@@ -14,6 +14,7 @@ import yaml
 from exporter.cli import main
 from exporter.config import AuthMethod, ConfigError, load_config, parse_config, parse_duration
 from exporter.daemon.app import Exporter
+from exporter.errors import ConfigIssue
 
 GOOD = """
 scenario: onprem-bems-hybrid
@@ -101,42 +102,49 @@ def _replace(old: str, new: str) -> str:
 BAD = [
     pytest.param(
         _replace("scenario: onprem-bems-hybrid", "scenario: hybrid"),
+        2,
         "scenario",
         "Input should be 'cloud-bems-onprem-exchange', 'onprem-bems-cloud-exchange' or 'onprem-bems-hybrid'",
         id="unknown-scenario",
     ),
     pytest.param(
         _replace("  interval: 60s", "  interval: 60s\n  intervall: 5s"),
+        5,
         "defaults.intervall",
         "unknown key",
         id="unknown-key",
     ),
     pytest.param(
         _replace("  interval: 60s", "  interval: sixty"),
+        4,
         "defaults.interval",
         "'sixty' is not a duration such as 30s, 5m or 1h30m",
         id="bad-duration",
     ),
     pytest.param(
         _replace("    interval: 30s", "    interval: 0s"),
+        23,
         "targets[0].interval",
         "a duration must be greater than zero",
         id="zero-interval",
     ),
     pytest.param(
         _replace("    credential: bemsadmin", "    credential: bemsadmn"),
+        20,
         "targets[0].credential",
         "unknown credential 'bemsadmn' (bemsadmin, entra-app)",
         id="unknown-credential",
     ),
     pytest.param(
         _replace("  - name: online-graph", "  - name: onprem-ews"),
+        24,
         "targets[1].name",
         "duplicate target name 'onprem-ews'",
         id="duplicate-name",
     ),
     pytest.param(
         _replace("url: https://mail", "url: http://mail"),
+        19,
         "targets[0].url",
         "'http://mail.corp.example.com/EWS/Exchange.asmx' must be an https:// URL: credentials are "
         "never sent in clear text",
@@ -144,91 +152,99 @@ BAD = [
     ),
     pytest.param(
         _replace("password_file: {secret_file}", "password_file: /nonexistent/secret"),
+        7,
         "credentials.bemsadmin",
         "cannot read secret file /nonexistent/secret: No such file or directory",
         id="missing-secret-file",
     ),
     pytest.param(
         _replace("client_secret_env: BEMS_TEST_SECRET", "client_secret_env: BEMS_UNSET_VARIABLE"),
+        10,
         "credentials.entra-app",
         "environment variable BEMS_UNSET_VARIABLE is not set",
         id="unset-env",
     ),
     pytest.param(
         _replace("    auth: [basic, ntlm]", "    auth: [basic, oauth]"),
+        21,
         "targets[0].auth",
         "'bemsadmin' is a Windows account: oauth needs an Entra credential",
         id="oauth-windows",
     ),
     pytest.param(
         _replace("    credential: entra-app", "    credential: entra-app\n    auth: [ntlm]"),
+        28,
         "targets[1].auth",
         "'entra-app' is an Entra ID application: only oauth applies",
         id="ntlm-entra",
     ),
     pytest.param(
         _replace("    auth: [basic, ntlm]", "    auth: [kerberos]"),
+        21,
         "targets[0].auth[0]",
         "Input should be 'basic', 'ntlm' or 'oauth'",
         id="unknown-method",
     ),
     pytest.param(
         _replace("    interval: 30s", "    interval: 30s\n    timeout: 45s"),
+        24,
         "targets[0].timeout",
         "timeout 45s exceeds the interval 30s",
         id="timeout-over-interval",
     ),
     pytest.param(
-        _replace("    kind: graph", "    kind: owa"),
-        "targets[1].kind",
-        "Input should be 'ews', 'autodiscover', 'graph' or 'notification_url'",
-        id="unknown-kind",
-    ),
-    pytest.param(
         _replace("    mailboxes: [alice@corp.example.com]", "    mailboxes: [alice]"),
+        22,
         "targets[0].mailboxes",
         "'alice' is not an SMTP address",
         id="bad-mailbox",
     ),
     pytest.param(
         _replace("    client_secret_env: BEMS_TEST_SECRET\n", ""),
+        10,
         "credentials.entra-app",
         "set exactly one of client_secret_file, client_secret_env, client_secret or certificate_file",
         id="entra-without-secret",
     ),
     pytest.param(
         _replace("    password_file: {secret_file}", "    password_file: {secret_file}\n    password: x"),
+        7,
         "credentials.bemsadmin",
         "set only one of password, password_file",
         id="two-secret-sources",
     ),
     pytest.param(
         _replace("  bemsadmin:\n    username: 'CORP\\BEMSAdmin'", "  bemsadmin:\n    user: x"),
+        7,
         "credentials.bemsadmin",
         "a credential needs either username (a Windows account) or tenant_id (an Entra ID application)",
         id="credential-kind-unknown",
     ),
-    pytest.param(_replace("    kind: ews\n", ""), "targets[0].kind", "required key is missing", id="missing-kind"),
+    pytest.param(_replace("    kind: ews\n", ""), 16, "targets[0].kind", "required key is missing", id="missing-kind"),
     pytest.param(
         _replace("  timeout: 10s", "  timeout: 10s\n  proxy_url: https://proxy:3128"),
+        6,
         "defaults.proxy_url",
         "'https://proxy:3128' must be an http:// proxy URL (HTTP CONNECT) or 'from_environment'",
         id="proxy-scheme",
     ),
     pytest.param(
         _replace("    interval: 30s", "    interval: 30s\n    protocols: [json]"),
+        24,
         "targets[0].protocols",
         "only autodiscover targets have this key",
         id="protocols-on-ews",
     ),
     pytest.param(
         _replace("    kind: ews", "    kind: autodiscover\n    protocols: [pox, imap]"),
+        18,
         "targets[0].protocols[1]",
         "Input should be 'pox', 'soap' or 'json'",
         id="unknown-protocol",
     ),
     pytest.param(
         _replace("    kind: ews", "    kind: autodiscover\n    allowed_redirect_hosts: [corp.example.com, co.uk]"),
+        18,
         "targets[0].allowed_redirect_hosts[1]",
         "'co.uk' is a public suffix (publicsuffix.org): anyone can register a domain under it, and credentials "
         "would go to them; name your own domain",
@@ -236,6 +252,7 @@ BAD = [
     ),
     pytest.param(
         _replace("    kind: ews", "    kind: autodiscover\n    allowed_redirect_hosts: [COM.]"),
+        18,
         "targets[0].allowed_redirect_hosts[0]",
         "'COM.' is a public suffix (publicsuffix.org): anyone can register a domain under it, and credentials "
         "would go to them; name your own domain",
@@ -243,6 +260,7 @@ BAD = [
     ),
     pytest.param(
         _replace("    kind: ews", "    kind: autodiscover\n    allowed_redirect_hosts: [cloudapp.net]"),
+        18,
         "targets[0].allowed_redirect_hosts[0]",
         "'cloudapp.net' is a public suffix (publicsuffix.org): anyone can register a domain under it, and "
         "credentials would go to them; name your own domain",
@@ -250,6 +268,7 @@ BAD = [
     ),
     pytest.param(
         _replace("    kind: ews", "    kind: autodiscover\n    allowed_redirect_hosts: ['*.corp.example.com']"),
+        18,
         "targets[0].allowed_redirect_hosts[0]",
         "'*.corp.example.com': write the domain itself (corp.example.com): its subdomains are allowed too",
         id="redirect-host-wildcard",
@@ -258,12 +277,13 @@ BAD = [
         _replace(
             "    kind: ews", "    kind: autodiscover\n    allowed_redirect_hosts: ['https://mail.corp.example.com/']"
         ),
+        18,
         "targets[0].allowed_redirect_hosts[0]",
         "'https://mail.corp.example.com/' is not a host name (write mail.contoso.com, not a URL)",
         id="redirect-host-url",
     ),
     pytest.param(
-        "scenario: onprem-bems-hybrid\ntargets: []\n", "targets", "at least one entry is required", id="no-targets"
+        "scenario: onprem-bems-hybrid\ntargets: []\n", 2, "targets", "at least one entry is required", id="no-targets"
     ),
 ]
 
@@ -278,15 +298,97 @@ def test_allowed_redirect_hosts_are_normalised(tmp_path: Path, secret_file: Path
     )  # fmt: skip
 
 
-@pytest.mark.parametrize(("text", "key", "reason"), BAD)
-def test_bad_config_names_file_key_and_reason(
-    tmp_path: Path, secret_file: Path, text: str, key: str, reason: str
+@pytest.mark.parametrize(("text", "line", "key", "reason"), BAD)
+def test_bad_config_names_file_line_key_and_reason(
+    tmp_path: Path, secret_file: Path, text: str, line: int, key: str, reason: str
 ) -> None:
     path = write(tmp_path, text, secret_file)
     with pytest.raises(ConfigError) as caught:
         load_config(path)
-    assert (caught.value.file, caught.value.key, caught.value.reason) == (str(path), key, reason)
-    assert str(caught.value) == f"{path}: {key}: {reason}"
+    assert caught.value.issues == (ConfigIssue(str(path), reason, key, line),)
+    assert (caught.value.file, caught.value.line, caught.value.key, caught.value.reason) == (
+        str(path),
+        line,
+        key,
+        reason,
+    )
+    assert str(caught.value) == f"{path}:{line}: {key}: {reason}"
+
+
+GOOD_TWICE_BEMSADMIN = _replace(
+    "  entra-app:", "  bemsadmin:\n    username: 'CORP\\Other'\n    password: other-Passw0rd\n  entra-app:"
+)
+
+MANY_ERRORS = [
+    pytest.param(
+        GOOD_TWICE_BEMSADMIN,
+        [(10, "credentials.bemsadmin", "duplicate key (first at line 7)")],
+        id="duplicate-credential",
+    ),
+    pytest.param(
+        GOOD + "scenario: cloud-bems-onprem-exchange\n",
+        [(29, "scenario", "duplicate key (first at line 2)")],
+        id="duplicate-top-level-key",
+    ),
+    pytest.param(
+        _replace("  interval: 60s", "  interval: sixty\n  intervall: 5s").replace("kind: ews", "kind: owa"),
+        [
+            (4, "defaults.interval", "'sixty' is not a duration such as 30s, 5m or 1h30m"),
+            (5, "defaults.intervall", "unknown key"),
+            (18, "targets[0].kind", "Input should be 'ews', 'autodiscover', 'graph' or 'notification_url'"),
+        ],
+        id="three-schema-errors",
+    ),
+    pytest.param(
+        _replace("    credential: bemsadmin", "    credential: bemsadmn")
+        .replace("    interval: 30s", "    interval: 30s\n    timeout: 45s")
+        .replace("  - name: online-graph", "  - name: onprem-ews"),
+        [
+            (20, "targets[0].credential", "unknown credential 'bemsadmn' (bemsadmin, entra-app)"),
+            (24, "targets[0].timeout", "timeout 45s exceeds the interval 30s"),
+            (25, "targets[1].name", "duplicate target name 'onprem-ews'"),
+        ],
+        id="three-cross-field-errors",
+    ),
+    pytest.param(
+        GOOD_TWICE_BEMSADMIN.replace("  interval: 60s", "  interval: sixty"),
+        [
+            (4, "defaults.interval", "'sixty' is not a duration such as 30s, 5m or 1h30m"),
+            (10, "credentials.bemsadmin", "duplicate key (first at line 7)"),
+        ],
+        id="duplicate-and-schema-error",
+    ),
+    pytest.param(
+        # An unknown kind gets no Graph default URL: both are reported, each where it is.
+        _replace("    kind: graph", "    kind: owa"),
+        [
+            (24, "targets[1].url", "required key is missing"),
+            (25, "targets[1].kind", "Input should be 'ews', 'autodiscover', 'graph' or 'notification_url'"),
+        ],
+        id="unknown-kind",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), MANY_ERRORS)
+def test_every_error_is_reported_at_once_each_with_its_line(
+    tmp_path: Path, secret_file: Path, text: str, expected: list[tuple[int, str, str]]
+) -> None:
+    path = write(tmp_path, text, secret_file)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.issues == tuple(ConfigIssue(str(path), reason, key, line) for line, key, reason in expected)
+    assert str(caught.value).splitlines() == [f"{path}:{line}: {key}: {reason}" for line, key, reason in expected]
+
+
+def test_config_check_prints_every_error_and_fails(
+    tmp_path: Path, secret_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, GOOD_TWICE_BEMSADMIN.replace("  interval: 60s", "  interval: sixty"), secret_file)
+    assert main(["--config.file", str(path), "--config.check"]) != 0
+    err = capsys.readouterr().err
+    assert f"{path}:4: defaults.interval: 'sixty' is not a duration such as 30s, 5m or 1h30m" in err
+    assert f"{path}:10: credentials.bemsadmin: duplicate key (first at line 7)" in err
 
 
 @pytest.mark.parametrize(
@@ -480,3 +582,25 @@ async def test_secret_file_warnings_are_logged_at_every_load_and_printed_by_conf
     assert len(insecure) == 2, insecure
     assert insecure[0].startswith(warning)
     assert insecure[1].startswith(warning.replace("0644", "0604"))
+
+
+async def test_a_failed_reload_logs_every_error_and_keeps_the_running_configuration(
+    tmp_path: Path, secret_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write(tmp_path, GOOD, secret_file)
+    exporter = Exporter(str(path))
+    exporter.load()
+    running = exporter.config
+    write(tmp_path, GOOD_TWICE_BEMSADMIN.replace("  interval: 60s", "  interval: sixty"), secret_file)
+    with caplog.at_level(logging.ERROR, logger="exporter.daemon.app"):
+        error = await exporter.reload()
+    await exporter.stop()
+    assert error is not None
+    assert [(issue.line, issue.key) for issue in error.issues] == [
+        (4, "defaults.interval"),
+        (10, "credentials.bemsadmin"),
+    ]
+    assert exporter.config is running
+    failed = [getattr(r, "fields", {}).get("err") for r in caplog.records if "reload failed" in r.getMessage()]
+    assert failed == [f"{path}:4: defaults.interval: 'sixty' is not a duration such as 30s, 5m or 1h30m\n"
+                      f"{path}:10: credentials.bemsadmin: duplicate key (first at line 7)"]  # fmt: skip

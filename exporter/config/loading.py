@@ -1,65 +1,154 @@
-"""Loading the configuration file: a file that does not validate raises :class:`ConfigError` naming the
-file, the key path and the reason; nothing is half-applied.
+"""Loading the configuration file, and the rules that need the whole of it.
+
+A file that does not load raises one :class:`ConfigError` listing every issue found, each as
+``FILE:LINE: KEY: REASON``; nothing is half-applied. Three passes, each collecting all it finds:
+the YAML (keys written twice), the schema (pydantic reports every field of every model), then the
+cross-field rules below, which need a whole, schema-valid configuration to compare against (a
+target's credential must exist, its timeout fit its interval), as query-exporter validates its
+config after the schema. When the schema fails, the cross-field rules are not run: they would
+compare against values that are not there.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
-from ..errors import ConfigError
-from .schema import Config, _KeyedError
+from ..errors import ConfigError, ConfigIssue
+from .schema import AuthMethod, Config, EntraCredential, Kind, Target, WindowsCredential, _KeyedError, format_duration
+from .yamlfile import Loc, YamlDocument, read_yaml
 
 
-def _key_path(loc: tuple[Any, ...]) -> str:
+def key_path(loc: Loc) -> str:
+    """``targets[0].auth``: how the docs and the errors write a key."""
     path = ""
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif str(part) in {"windows", "entra"}:
-            continue  # union-branch and validator names are pydantic's, not the user's keys
         else:
             path += f".{part}" if path else str(part)
     return path
 
 
-def _first_error(err: ValidationError) -> tuple[str, str]:
-    detail = err.errors(include_url=False)[0]
-    ctx_error = (detail.get("ctx") or {}).get("error")
-    if isinstance(ctx_error, _KeyedError):
-        # Raised by a nested model's validator, its key is relative to where pydantic found it.
-        where = _key_path(tuple(detail["loc"]))
-        return (f"{where}.{ctx_error.key}" if where else ctx_error.key), ctx_error.reason
-    message = detail["msg"].removeprefix("Value error, ")
-    if detail["type"] == "extra_forbidden":
-        message = "unknown key"
-    elif detail["type"] == "missing":
-        message = "required key is missing"
-    elif detail["type"] == "too_short":
-        message = "at least one entry is required"
-    return _key_path(tuple(detail["loc"])), message
+def _user_loc(loc: tuple[Any, ...]) -> Loc:
+    """Pydantic's ``loc`` without the credential union's branch name (``windows``, ``entra``), which is
+    pydantic's, not a key of the file."""
+    if len(loc) > 2 and loc[0] == "credentials" and loc[2] in {"windows", "entra"}:
+        return (*loc[:2], *loc[3:])
+    return tuple(loc)
 
 
-def parse_config(text: str, file: str) -> Config:
-    """Validate YAML text; raise ConfigError naming ``file``, the key path and the reason."""
+def _schema_errors(err: ValidationError) -> Iterator[tuple[Loc, str]]:
+    for detail in err.errors(include_url=False):
+        loc = _user_loc(tuple(detail["loc"]))
+        ctx_error = (detail.get("ctx") or {}).get("error")
+        if isinstance(ctx_error, _KeyedError):
+            # Raised by a nested model's validator, its key is relative to where pydantic found it.
+            yield (*loc, *ctx_error.loc), ctx_error.reason
+            continue
+        message = detail["msg"].removeprefix("Value error, ")
+        if detail["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif detail["type"] == "missing":
+            message = "required key is missing"
+        elif detail["type"] == "too_short":
+            message = "at least one entry is required"
+        yield loc, message
+
+
+def cross_field_errors(config: Config) -> Iterator[tuple[Loc, str]]:
+    """Every rule that relates one part of a schema-valid configuration to another, all of them checked."""
+    seen: set[str] = set()
+    for index, target in enumerate(config.targets):
+        where: Loc = ("targets", index)
+        if target.name in seen:
+            yield (*where, "name"), f"duplicate target name {target.name!r}"
+        seen.add(target.name)
+        yield from _target_auth_errors(config, target, where)
+        if target.push is not None:
+            if config.notifications is None:
+                yield (*where, "push"), "push needs a notifications block (the exporter's listener)"
+            elif target.kind == Kind.GRAPH and not config.notifications.public_url.startswith("https://"):
+                yield ("notifications", "public_url"), "Graph calls back over https only"
+        interval, timeout = config.interval_of(target), config.timeout_of(target)
+        if timeout > interval:
+            yield (
+                (*where, "timeout"),
+                f"timeout {format_duration(timeout)} exceeds the interval {format_duration(interval)}",
+            )
+        yield from _proxy_credential_errors(config, target.proxy_credential, (*where, "proxy_credential"))
+    if config.defaults.timeout > config.defaults.interval:
+        yield ("defaults", "timeout"), "timeout exceeds the interval"
+    yield from _proxy_credential_errors(config, config.defaults.proxy_credential, ("defaults", "proxy_credential"))
+
+
+def _proxy_credential_errors(config: Config, name: str | None, loc: Loc) -> Iterator[tuple[Loc, str]]:
+    if name is not None and not isinstance(config.credentials.get(name), WindowsCredential):
+        yield loc, f"no username/password credential named {name!r}"
+
+
+def _target_auth_errors(config: Config, target: Target, where: Loc) -> Iterator[tuple[Loc, str]]:
+    auth: Loc = (*where, "auth")
+    if target.credential is None:
+        if target.auth:
+            yield auth, "auth methods need a credential"
+        return
+    credential = config.credentials.get(target.credential)
+    if credential is None:
+        known = ", ".join(sorted(config.credentials)) or "none are defined"
+        yield (*where, "credential"), f"unknown credential {target.credential!r} ({known})"
+        return
+    methods = set(target.auth or ())
+    if isinstance(credential, EntraCredential):
+        if methods - {AuthMethod.OAUTH}:
+            yield auth, f"{target.credential!r} is an Entra ID application: only oauth applies"
+    elif AuthMethod.OAUTH in methods:
+        yield auth, f"{target.credential!r} is a Windows account: oauth needs an Entra credential"
+    elif not methods:
+        yield auth, "list the methods to test: basic, ntlm or both"
+
+
+def read_yaml_file(text: str, file: str) -> YamlDocument:
+    """The YAML document of ``text``; a syntax error raises ConfigError (nothing else can be checked)."""
     try:
-        data = yaml.safe_load(text)
+        return read_yaml(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(err, "problem", None) or str(err)
         raise ConfigError(file, f"invalid YAML: {where}{problem}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(file, "the file must hold a mapping with scenario, credentials and targets")
+
+
+def issues_at(document: YamlDocument, file: str, errors: Iterator[tuple[Loc, str]]) -> list[ConfigIssue]:
+    """Each ``(loc, reason)`` as an issue with its key path and the line of that key in the file."""
+    return [ConfigIssue(file, reason, key_path(loc) or None, document.line_of(loc)) for loc, reason in errors]
+
+
+def config_error(file: str, issues: list[ConfigIssue]) -> ConfigError:
+    """One ConfigError with every issue, in the order of their lines (those without one first)."""
+    return ConfigError(file, issues=sorted(issues, key=lambda issue: issue.line or 0))
+
+
+def parse_config(text: str, file: str) -> Config:
+    """Validate YAML text; raise ConfigError listing every issue, each naming ``file``, line, key and reason."""
+    document = read_yaml_file(text, file)
+    issues = document.duplicate_issues(file, key_path)
+    if not isinstance(document.data, dict):
+        shape = "the file must hold a mapping with scenario, credentials and targets"
+        raise config_error(file, [*issues, ConfigIssue(file, shape)])
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(document.data)
     except ValidationError as err:
-        key, reason = _first_error(err)
-        raise ConfigError(file, reason, key or None) from None
+        raise config_error(file, issues + issues_at(document, file, _schema_errors(err))) from None
+    issues += issues_at(document, file, cross_field_errors(config))
+    if issues:
+        raise config_error(file, issues)
+    return config
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

@@ -2,7 +2,10 @@
 
 Every model forbids unknown keys. Secrets are read from files or the environment while loading,
 held as :class:`pydantic.SecretStr` and never rendered: ``redacted()`` is what ``/config`` shows.
-Reading a file and turning pydantic's errors into a :class:`ConfigError` is ``loading``'s.
+A model's validators check only what that model holds (a target's keys against its kind); the rules
+that need the whole configuration (credential references, timeouts against intervals, push against
+notifications) are ``loading``'s, as are reading a file and turning every error into a
+:class:`ConfigError`.
 """
 
 from __future__ import annotations
@@ -600,60 +603,6 @@ class Config(_Model):
         )  # fmt: skip
         return self.model_copy(update={"targets": targets})
 
-    @model_validator(mode="after")
-    def _cross_references(self) -> Config:
-        seen: set[str] = set()
-        for index, target in enumerate(self.targets):
-            where = f"targets[{index}]"
-            if target.name in seen:
-                raise _KeyedError(f"{where}.name", f"duplicate target name {target.name!r}")
-            seen.add(target.name)
-            self._check_target_auth(target, where)
-            if target.push is not None:
-                if self.notifications is None:
-                    raise _KeyedError(f"{where}.push", "push needs a notifications block (the exporter's listener)")
-                if target.kind == Kind.GRAPH and not self.notifications.public_url.startswith("https://"):
-                    raise _KeyedError("notifications.public_url", "Graph calls back over https only")
-            interval = target.interval or self.defaults.interval
-            timeout = target.timeout or self.defaults.timeout
-            if timeout > interval:
-                raise _KeyedError(
-                    f"{where}.timeout",
-                    f"timeout {format_duration(timeout)} exceeds the interval {format_duration(interval)}",
-                )
-            for key, name in (("proxy_credential", target.proxy_credential),):
-                if name is not None and not isinstance(self.credentials.get(name), WindowsCredential):
-                    raise _KeyedError(f"{where}.{key}", f"no username/password credential named {name!r}")
-        if self.defaults.timeout > self.defaults.interval:
-            raise _KeyedError("defaults.timeout", "timeout exceeds the interval")
-        name = self.defaults.proxy_credential
-        if name is not None and not isinstance(self.credentials.get(name), WindowsCredential):
-            raise _KeyedError("defaults.proxy_credential", f"no username/password credential named {name!r}")
-        return self
-
-    def _check_target_auth(self, target: Target, where: str) -> None:
-        if target.credential is None:
-            if target.auth:
-                raise _KeyedError(f"{where}.auth", "auth methods need a credential")
-            return
-        credential = self.credentials.get(target.credential)
-        if credential is None:
-            known = ", ".join(sorted(self.credentials)) or "none are defined"
-            raise _KeyedError(f"{where}.credential", f"unknown credential {target.credential!r} ({known})")
-        methods = set(target.auth or ())
-        if isinstance(credential, EntraCredential):
-            if methods - {AuthMethod.OAUTH}:
-                raise _KeyedError(
-                    f"{where}.auth",
-                    f"{target.credential!r} is an Entra ID application: only oauth applies",
-                )
-        elif AuthMethod.OAUTH in methods:
-            raise _KeyedError(
-                f"{where}.auth", f"{target.credential!r} is a Windows account: oauth needs an Entra credential"
-            )
-        elif not methods:
-            raise _KeyedError(f"{where}.auth", "list the methods to test: basic, ntlm or both")
-
     # -- derived views -------------------------------------------------------------------------
 
     def interval_of(self, target: Target) -> timedelta:
@@ -741,9 +690,10 @@ def mailbox_key(target: Target, mailbox: str) -> str:
 
 
 class _KeyedError(ValueError):
-    """A cross-field error that knows which key it is about (pydantic only knows the model)."""
+    """An error of a model validator that knows which of the model's keys it is about (pydantic only knows
+    the model): ``key`` is dotted, relative to the model."""
 
     def __init__(self, key: str, reason: str) -> None:
         super().__init__(reason)
-        self.key = key
+        self.loc: tuple[str, ...] = tuple(key.split("."))
         self.reason = reason
