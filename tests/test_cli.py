@@ -643,12 +643,13 @@ async def test_a_listed_host_with_a_port_is_refused_at_start(cli: CLI, sim_confi
 
 
 @pytest.mark.parametrize(
-    ("document", "key", "reason"),
+    ("document", "line", "key", "reason"),
     [
-        ({"bogus": 1}, "bogus", "unknown key"),
-        ({"basic_auth_users": {"prometheus": "pw-in-clear"}}, "basic_auth_users.prometheus", "not a bcrypt hash"),
+        ({"bogus": 1}, 1, "bogus", "unknown key"),
+        ({"basic_auth_users": {"prometheus": "pw-in-clear"}}, 2, "basic_auth_users.prometheus", "not a bcrypt hash"),
         (
             {"tls_server_config": {"cert_file": "missing.crt", "key_file": "missing.key"}},
+            2,
             "tls_server_config.cert_file",
             "cannot read",
         ),
@@ -656,7 +657,7 @@ async def test_a_listed_host_with_a_port_is_refused_at_start(cli: CLI, sim_confi
     ids=["unknown-key", "plaintext-password", "missing-certificate"],
 )
 async def test_bad_web_config_is_fatal(
-    cli: CLI, sim_config_file: Path, tmp_path: Path, document: dict[str, Any], key: str, reason: str
+    cli: CLI, sim_config_file: Path, tmp_path: Path, document: dict[str, Any], line: int, key: str, reason: str
 ) -> None:
     web_config = tmp_path / "web.yml"
     web_config.write_text(yaml.safe_dump(document), encoding="utf-8")
@@ -670,7 +671,7 @@ async def test_bad_web_config_is_fatal(
     )
     assert proc.returncode == 1
     assert proc.stdout == ""
-    assert proc.stderr.startswith(f"error: {web_config}: {key}: {reason}"), proc.stderr
+    assert proc.stderr.startswith(f"error: {web_config}:{line}: {key}: {reason}"), proc.stderr
     assert len(proc.stderr.splitlines()) == 1, proc.stderr
     assert "pw-in-clear" not in proc.stderr
 

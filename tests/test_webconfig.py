@@ -127,87 +127,100 @@ TLS = "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
 BAD_CONFIGS = [
     pytest.param(
         "tls_server_config: [",
+        None,
         "invalid YAML: expected the node content, but found '<stream end>' (line 1, column 21)",
         id="invalid-yaml",
     ),
-    pytest.param(
-        "basic_auth_users:\n  alice: x\n  alice: y\n",
-        "invalid YAML: duplicate key 'alice' (line 3, column 3)",
-        id="duplicate-key",
-    ),
-    pytest.param("- tls_server_config\n", "must be a mapping, got a list", id="not-a-mapping"),
+    pytest.param("- tls_server_config\n", 1, "must be a mapping, got a list", id="not-a-mapping"),
     pytest.param(
         "tls_config: {}\n",
+        1,
         "tls_config: unknown key (expected one of: basic_auth_users, http_server_config, tls_server_config)",
         id="unknown-top-level-key",
     ),
     pytest.param(
         "rate_limit: {burst: 1}\n",
+        1,
         "rate_limit: exporter-toolkit option not supported by bems-exchange-exporter",
         id="toolkit-only-top-level-key",
     ),
     pytest.param(
-        "tls_server_config: server.crt\n", "tls_server_config: must be a mapping, got a string", id="tls-not-a-mapping"
+        "tls_server_config: server.crt\n",
+        1,
+        "tls_server_config: must be a mapping, got a string",
+        id="tls-not-a-mapping",
     ),
     pytest.param(
         TLS + "  certfile: x\n",
+        4,
         "tls_server_config.certfile: unknown key (expected one of: "
         "cert_file, client_auth_type, client_ca_file, key_file, max_version, min_version)",
         id="unknown-tls-key",
     ),
     pytest.param(
         TLS + "  cipher_suites: [TLS_AES_128_GCM_SHA256]\n",
+        4,
         "tls_server_config.cipher_suites: exporter-toolkit option not supported by bems-exchange-exporter",
         id="toolkit-only-tls-key",
     ),
     pytest.param(
         "tls_server_config:\n  key_file: server.key\n",
+        1,
         "tls_server_config.cert_file: required when tls_server_config is set",
         id="missing-cert-file",
     ),
     pytest.param(
         "tls_server_config:\n  cert_file: server.crt\n",
+        1,
         "tls_server_config.key_file: required when tls_server_config is set",
         id="missing-key-file",
     ),
     pytest.param(
         "tls_server_config:\n  cert_file: 42\n  key_file: server.key\n",
+        2,
         "tls_server_config.cert_file: must be a string, got a number",
         id="cert-file-not-a-string",
     ),
     pytest.param(
         "tls_server_config:\n  cert_file: missing.crt\n  key_file: server.key\n",
+        2,
         "tls_server_config.cert_file: cannot read {dir}/missing.crt: No such file or directory",
         id="cert-file-missing",
     ),
     pytest.param(
         "tls_server_config:\n  cert_file: server.crt\n  key_file: missing.key\n",
+        3,
         "tls_server_config.key_file: cannot read {dir}/missing.key: No such file or directory",
         id="key-file-missing",
     ),
     pytest.param(
         "tls_server_config:\n  cert_file: garbage.pem\n  key_file: server.key\n",
+        2,
         "tls_server_config.cert_file: no PEM certificate in {dir}/garbage.pem",
         id="cert-file-not-a-certificate",
     ),
     pytest.param(
         "tls_server_config:\n  cert_file: server.crt\n  key_file: server.crt\n",
+        3,
         "tls_server_config.key_file: no PEM private key in {dir}/server.crt",
         id="key-file-not-a-key",
     ),
     pytest.param(
         "tls_server_config:\n  cert_file: server.crt\n  key_file: encrypted.key\n",
+        3,
         "tls_server_config.key_file: {dir}/encrypted.key is encrypted; an unencrypted private key is required",
         id="key-file-encrypted",
     ),
     pytest.param(
         "tls_server_config:\n  cert_file: server.crt\n  key_file: other.key\n",
+        3,
         "tls_server_config.key_file: cannot be used with the certificate in {dir}/server.crt: "
         "[X509: KEY_VALUES_MISMATCH] key values mismatch",
         id="key-does-not-match-cert",
     ),
     pytest.param(
         TLS + "  client_auth_type: RequireAndVerify\n",
+        4,
         "tls_server_config.client_auth_type: invalid value "
         "'RequireAndVerify' (expected one of: NoClientCert, RequestClientCert, VerifyClientCertIfGiven, "
         "RequireAndVerifyClientCert)",
@@ -215,6 +228,7 @@ BAD_CONFIGS = [
     ),
     pytest.param(
         TLS + "  client_auth_type: RequireAnyClientCert\n",
+        4,
         "tls_server_config.client_auth_type: "
         "RequireAnyClientCert is not supported: Python's ssl module cannot require a client certificate "
         "without verifying it; use RequireAndVerifyClientCert with client_ca_file",
@@ -222,43 +236,51 @@ BAD_CONFIGS = [
     ),
     pytest.param(
         TLS + "  client_auth_type: RequireAndVerifyClientCert\n",
+        1,
         "tls_server_config.client_ca_file: required when client_auth_type is RequireAndVerifyClientCert",
         id="verify-without-ca",
     ),
     pytest.param(
         TLS + "  client_ca_file: ca.pem\n",
+        4,
         "tls_server_config.client_ca_file: set but client_auth_type is "
         "NoClientCert; set client_auth_type to VerifyClientCertIfGiven or RequireAndVerifyClientCert",
         id="ca-without-client-auth",
     ),
     pytest.param(
         TLS + "  client_auth_type: VerifyClientCertIfGiven\n  client_ca_file: garbage.pem\n",
+        5,
         "tls_server_config.client_ca_file: cannot load CA certificates from {dir}/garbage.pem: "
         "[X509: NO_CERTIFICATE_OR_CRL_FOUND] no certificate or crl found",
         id="ca-file-unloadable",
     ),
     pytest.param(
         TLS + "  min_version: TLS1.2\n",
+        4,
         "tls_server_config.min_version: invalid value 'TLS1.2' (expected one of: TLS10, TLS11, TLS12, TLS13)",
         id="bad-min-version",
     ),
     pytest.param(
         TLS + "  max_version: TLS14\n",
+        4,
         "tls_server_config.max_version: invalid value 'TLS14' (expected one of: TLS10, TLS11, TLS12, TLS13)",
         id="bad-max-version",
     ),
     pytest.param(
         TLS + "  min_version: TLS13\n  max_version: TLS12\n",
+        4,
         "tls_server_config.min_version: TLS13 is higher than max_version TLS12",
         id="min-above-max",
     ),
     pytest.param(
         "http_server_config:\n  http2: maybe\n",
+        2,
         "http_server_config.http2: must be true or false, got a string",
         id="http2-not-a-boolean",
     ),
     pytest.param(
         "http_server_config:\n  headers: {Server: nginx}\n",
+        2,
         "http_server_config.headers.Server: header "
         "cannot be configured (allowed: Content-Security-Policy, Strict-Transport-Security, "
         "X-Content-Type-Options, X-Frame-Options, X-XSS-Protection)",
@@ -266,16 +288,19 @@ BAD_CONFIGS = [
     ),
     pytest.param(
         "http_server_config:\n  headers: {X-Frame-Options: allow}\n",
+        2,
         "http_server_config.headers.X-Frame-Options: invalid value 'allow' (expected one of: deny, sameorigin)",
         id="bad-header-value",
     ),
     pytest.param(
         'http_server_config:\n  headers: {Content-Security-Policy: "a\\nb"}\n',
+        2,
         "http_server_config.headers.Content-Security-Policy: must not contain line breaks",
         id="header-value-with-line-break",
     ),
     pytest.param(
         "basic_auth_users:\n  alice: hunter22\n",
+        2,
         "basic_auth_users.alice: not a bcrypt hash (expected "
         "$2a$, $2b$ or $2y$, a cost of 04-31 and 53 more characters; generate one with "
         "`htpasswd -nBC 10 USER`)",
@@ -283,31 +308,50 @@ BAD_CONFIGS = [
     ),
     pytest.param(
         f"basic_auth_users:\n  alice: '{PASSWORD_HASH.replace('$04$', '$03$')}'\n",
+        2,
         "basic_auth_users.alice: not a bcrypt hash (expected $2a$, $2b$ or $2y$, a cost of 04-31 and 53 more "
         "characters; generate one with `htpasswd -nBC 10 USER`)",
         id="bcrypt-cost-too-low",
     ),
     pytest.param(
         f"basic_auth_users:\n  'al:ice': '{PASSWORD_HASH}'\n",
+        2,
         "basic_auth_users.al:ice: user name must not contain ':' (HTTP basic auth cannot send it)",
         id="colon-in-user-name",
     ),
     pytest.param(
         f"basic_auth_users:\n  1234: '{PASSWORD_HASH}'\n",
+        2,
         "basic_auth_users.1234: user name must be a string, got a number; quote it",
         id="numeric-user-name",
     ),
 ]
 
 
-@pytest.mark.parametrize(("text", "reason"), BAD_CONFIGS)
-def test_bad_config_is_rejected_with_file_key_and_reason(
-    write_config: Callable[[str], Path], text: str, reason: str
+@pytest.mark.parametrize(("text", "line", "reason"), BAD_CONFIGS)
+def test_bad_config_is_rejected_with_file_line_key_and_reason(
+    write_config: Callable[[str], Path], text: str, line: int | None, reason: str
 ) -> None:
     path = write_config(text)
     with pytest.raises(ConfigError) as caught:
         load_web_config(path)
-    assert str(caught.value) == f"{path}: {reason}".replace("{dir}", str(path.parent))
+    where = f"{path}:{line}" if line is not None else str(path)
+    assert str(caught.value) == f"{where}: {reason}".replace("{dir}", str(path.parent))
+
+
+def test_a_user_listed_twice_is_refused_with_both_lines(write_config: Callable[[str], Path]) -> None:
+    """PyYAML would keep the last hash; exporter-toolkit's strict decoding refuses the file, and so does this."""
+    path = write_config(f"basic_auth_users:\n  alice: '{PASSWORD_HASH}'\n  alice: x\n")
+    with pytest.raises(ConfigError) as caught:
+        load_web_config(path)
+    not_bcrypt = (
+        "not a bcrypt hash (expected $2a$, $2b$ or $2y$, a cost of 04-31 and 53 more characters; generate one with "
+        "`htpasswd -nBC 10 USER`)"
+    )
+    assert str(caught.value).splitlines() == [
+        f"{path}:3: basic_auth_users.alice: duplicate key (first at line 2)",
+        f"{path}:3: basic_auth_users.alice: {not_bcrypt}",
+    ]
 
 
 def test_unreadable_file(tmp_path: Path) -> None:

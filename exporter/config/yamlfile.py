@@ -74,7 +74,7 @@ class LineLoader(yaml.SafeLoader):
                 if not isinstance(key, Hashable) or key is None:
                     continue
                 line = key_node.start_mark.line + 1
-                child = (*loc, key if isinstance(key, str | int) else str(key))
+                child = (*loc, str(key))  # a mapping key, even 1234, is a key: only sequence indexes are ints
                 if key in first_lines:
                     document.duplicates.append(Duplicate(child, first_lines[key], line))
                 else:

@@ -35,7 +35,7 @@ import re
 import secrets
 import ssl
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -51,8 +51,10 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from exporter.config.loading import config_error, key_path
+from exporter.config.yamlfile import YamlDocument, read_yaml
 from exporter.daemon.serving import CertificateReloader
-from exporter.errors import ConfigError
+from exporter.errors import ConfigError, ConfigIssue
 from exporter.metrics import MetricSpec
 
 logger = logging.getLogger(__name__)
@@ -183,43 +185,42 @@ def load_web_config(path: str | Path) -> WebConfig:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(file, f"cannot read file: {_describe_os_error(exc)}") from exc
     try:
-        document = yaml.load(text, Loader=_StrictSafeLoader)
+        document = read_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError(file, f"invalid YAML: {_describe_yaml_error(exc)}") from exc
+    # A key written twice (a user listed twice under basic_auth_users would get whichever hash comes
+    # last, as exporter-toolkit's strict decoding refuses too) is reported with the first error below.
+    issues = document.duplicate_issues(file, key_path)
+    try:
+        config = _validate(file, Path(path).parent, document.data)
+    except ConfigError as err:
+        issues += [ConfigIssue(i.file, i.reason, i.key, _line_of(document, i.key)) for i in err.issues]
+    if issues:
+        raise config_error(file, issues)
+    return config
 
+
+def _line_of(document: YamlDocument, key: str | None) -> int | None:
+    """The line of a dotted key, or of its nearest enclosing key (a missing key is where its mapping is)."""
+    lines = {key_path(loc): line for loc, line in document.lines.items()}
+    while key:
+        if (line := lines.get(key)) is not None:
+            return line
+        key = key.rpartition(".")[0]
+    return lines.get("")
+
+
+def _validate(file: str, base_dir: Path, document: object) -> WebConfig:
     if document is None:  # an empty file is a valid, empty configuration
         return WebConfig(file=file)
     root = _expect_mapping(file, "", document)
     _reject_unknown_keys(file, "", root, _TOP_LEVEL_KEYS)
-
-    base_dir = Path(path).parent
     tls = _parse_tls(file, base_dir, root.get("tls_server_config"))
     headers = _parse_http(file, root.get("http_server_config"))
     users = _parse_users(file, root.get("basic_auth_users"))
     config = WebConfig(file=file, tls=tls, headers=MappingProxyType(headers), basic_auth_users=MappingProxyType(users))
     config.ssl_context()  # loads every certificate now, so a broken file fails at startup/reload
     return config
-
-
-class _StrictSafeLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys, as exporter-toolkit's strict YAML decoding does.
-
-    PyYAML would silently keep the last value, so a user listed twice under ``basic_auth_users``
-    would end up with whichever hash happens to come last.
-    """
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":  # "<<" merges may override on purpose
-                continue
-            key = self.construct_object(key_node, deep=deep)
-            if not isinstance(key, Hashable):  # the base class reports those itself
-                continue
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
 
 
 def _describe_yaml_error(exc: yaml.YAMLError) -> str:
