@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from exporter.checks.auth import offered_methods
+from exporter.checks.signin import offered_methods
 from exporter.protocol import autodiscover_wire as autodiscover
 from exporter.protocol import ews_soap as ews
 from exporter.protocol import safe_xml as xmlsafe

@@ -197,7 +197,15 @@ EWS_ANSWERS = [
         Reason.SOAP_FAULT,
         id="impersonation-header-missing",
     ),
-    pytest.param(401, b"", Reason.UNAUTHORIZED, id="http-401"),
+    # IIS answers rejected credentials with its challenges again; one without NTLM's means it is not offered.
+    pytest.param(answer(401, **{"WWW-Authenticate": "Negotiate, NTLM"}), b"", Reason.UNAUTHORIZED, id="http-401"),
+    pytest.param(
+        answer(401, **{"WWW-Authenticate": 'Basic realm="x"'}),
+        b"",
+        Reason.METHOD_NOT_OFFERED,
+        id="http-401-ntlm-not-offered",
+    ),  # fmt: skip
+    pytest.param(answer(401), b"", Reason.METHOD_NOT_OFFERED, id="http-401-without-a-challenge"),
     pytest.param(403, b"", Reason.BAD_RESPONSE, id="onprem-403"),  # on-premises a 403 is no policy block
     pytest.param(404, b"", Reason.BAD_RESPONSE, id="http-404"),
     pytest.param(200, b"<html><body>Outlook Web App</body></html>", Reason.BAD_RESPONSE, id="html"),
@@ -206,12 +214,15 @@ EWS_ANSWERS = [
 
 
 @pytest.mark.parametrize(("status", "body", "reason"), EWS_ANSWERS)
-async def test_impersonation_answers(ctx: ProbeContext, config: Config, status: int, body: bytes,
+async def test_impersonation_answers(ctx: ProbeContext, config: Config, status: int | HttpResponse, body: bytes,
                                      reason: Reason) -> None:  # fmt: skip
     target = config.targets_by_name()["onprem-ews"]
+    response = status if isinstance(status, HttpResponse) else answer(status, body)
     with pytest.raises(ProbeFailure) as caught:
-        impersonation.judge(ctx, target, "alice@corp.example.com", AuthMethod.NTLM, answer(status, body))
+        impersonation.judge(ctx, target, "alice@corp.example.com", AuthMethod.NTLM, response)
     assert caught.value.reason == reason, caught.value.message
+    if reason == Reason.METHOD_NOT_OFFERED:
+        assert "-WindowsAuthentication $true" in caught.value.hint
     if reason == Reason.IMPERSONATION_DENIED:
         assert (
             "New-ManagementRoleAssignment -Name:BlackBerryAppImpersonation -Role:ApplicationImpersonation "

@@ -18,7 +18,6 @@ then EWS is blocked for the whole organisation (``ews_disabled``, ``bems_ews_dis
 
 from __future__ import annotations
 
-import re
 import time
 from urllib.parse import urlsplit
 
@@ -30,6 +29,7 @@ from ..protocol.http_client import HttpResponse
 from ..results import CheckResult, ProbeFailure, Reason
 from . import signin
 from .base import Check, ProbeContext
+from .signin import offered_methods, offers
 
 SUCCESS = MetricSpec(
     "bems_auth_success", "1 if the method signed in during the last auth check, else 0.", labels=("method",)
@@ -48,16 +48,9 @@ EWS_DISABLED = MetricSpec(
     "also without ExchangeImpersonation).",
 )
 ADVERTISED = ("basic", "ntlm", "negotiate", "bearer")
-_WANTED = {AuthMethod.BASIC: {"basic"}, AuthMethod.NTLM: {"ntlm", "negotiate"}, AuthMethod.OAUTH: {"bearer"}}
-_PARAMETER = re.compile(r'[A-Za-z_]+\s*=\s*("[^"]*"|[^,\s]*)')
-_SCHEME = re.compile(r"(?:^|,)\s*([A-Za-z][A-Za-z0-9-]*)(?=\s|,|$)")
 
 _HINTS = {
-    (AuthMethod.BASIC, Reason.METHOD_NOT_OFFERED): "enable Basic authentication on the virtual directory "
-    "(Set-WebServicesVirtualDirectory / Set-AutodiscoverVirtualDirectory -BasicAuthentication $true), or drop "
-    "basic from the target's auth list; Exchange Online has no Basic authentication for EWS",
-    (AuthMethod.NTLM, Reason.METHOD_NOT_OFFERED): "enable Windows authentication on the virtual directory "
-    "(-WindowsAuthentication $true), or drop ntlm from the target's auth list",
+    **{(method, Reason.METHOD_NOT_OFFERED): hint for method, hint in signin.NOT_OFFERED_HINTS.items()},
     (AuthMethod.BASIC, Reason.UNAUTHORIZED): "check the password, and that the account is neither locked out "
     "nor expired (Get-ADUser BEMSAdmin -Properties LockedOut,PasswordExpired)",
     (AuthMethod.NTLM, Reason.UNAUTHORIZED): "check the password and the account; with Extended Protection, a "
@@ -74,17 +67,6 @@ _HINTS = {
 
 def _applies(config: Config, target: Target) -> bool:
     return target.kind in (Kind.EWS, Kind.AUTODISCOVER) and bool(config.auth_methods_of(target))
-
-
-def offered_methods(response: HttpResponse) -> set[str]:
-    """Auth schemes in all WWW-Authenticate headers (one per scheme, or comma-joined: IIS sends both)."""
-    if response.status != 401:
-        return set()
-    schemes: set[str] = set()
-    for value in response.header_values("WWW-Authenticate"):
-        # Parameters (realm="x", error="y") follow a scheme; what is left are the schemes themselves.
-        schemes.update(match.lower() for match in _SCHEME.findall(_PARAMETER.sub("", value)))
-    return schemes
 
 
 def _request_for(target: Target, methods: tuple[AuthMethod, ...]) -> tuple[str, bytes, dict[str, str]]:
@@ -137,15 +119,6 @@ async def _send(
     return await signin.send(
         ctx, target, url, method=method, body=body, headers=headers | anchor, scope=Resource.EXCHANGE, follow=True
     )
-
-
-def offers(method: AuthMethod, offered: set[str]) -> bool:
-    """Whether a 401 that offered ``offered`` asked for ``method``'s credentials.
-
-    Basic and NTLM go only where the server asked for them (Basic would otherwise put the password on
-    the wire unasked); a bearer token is tried unless the server advertises other schemes only.
-    """
-    return bool(_WANTED[method] & offered) or (method == AuthMethod.OAUTH and not offered)
 
 
 def _require_offered(method: AuthMethod, offered: set[str]) -> None:

@@ -25,9 +25,9 @@ from ..protocol.entra_tokens import Resource
 from ..protocol.http_client import HttpResponse, origin
 from ..results import CheckResult, ProbeFailure, Reason
 from . import signin
-from .auth import offered_methods, offers
 from .base import Check, ProbeContext
 from .mailboxes import Unit, each
+from .signin import offered_methods, offers
 
 SUCCESS = MetricSpec(
     "bems_autodiscover_success",

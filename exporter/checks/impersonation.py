@@ -67,7 +67,7 @@ async def _impersonate(
 def judge(ctx: ProbeContext, target: Target, mailbox: str, method: AuthMethod, response: HttpResponse) -> str:
     """The detail line of a mailbox EWS opened, or the failure its answer shows (PolicyBlock for a bare 403)."""
     try:
-        signin.ews_result(ctx, target, response, mailbox, signin.app_access_hint(ctx, target, mailbox))
+        signin.ews_result(ctx, target, response, mailbox, signin.app_access_hint(ctx, target, mailbox), method)
     except ProbeFailure as failure:
         failure.hint = failure.hint or _hint(ctx, target, failure.reason, mailbox)
         raise

@@ -139,7 +139,7 @@ async def _ews_call(ctx: ProbeContext, target: Target, body: bytes) -> HttpRespo
     assert target.push is not None
     response = await _ews_send(ctx, target, body)
     try:
-        signin.ews_result(ctx, target, response, target.push.mailbox)
+        signin.ews_result(ctx, target, response, target.push.mailbox, method=signin.method_for(ctx.config, target))
     except signin.PolicyBlock as block:  # the probe mailbox left out, or all of EWS off: the evidence tells
         raise await signin.OrganisationEvidence(ctx, target).failure(block) from None
     return response
@@ -152,7 +152,7 @@ async def _ews_delete(ctx: ProbeContext, target: Target, item_id: str) -> bool:
     response = await _ews_send(ctx, target, ews_soap.delete_item(item_id, target.push.mailbox))
     if response.status == 200 and ews_soap.read(response).code == ITEM_NOT_FOUND:
         return False
-    signin.ews_result(ctx, target, response, target.push.mailbox)
+    signin.ews_result(ctx, target, response, target.push.mailbox, method=signin.method_for(ctx.config, target))
     return True
 
 

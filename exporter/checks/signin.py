@@ -20,6 +20,7 @@ import asyncio
 import base64
 import email.utils
 import itertools
+import re
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
@@ -59,6 +60,39 @@ def _backoff_scopes(target: Target, url: str) -> tuple[str, str | None]:
     """Where a back-off for ``url`` is held: the host, and the host's mailbox for a Graph mailbox URL."""
     host, mailbox = _host(url), _graph_mailbox(target, url)
     return host, (f"{host}/users/{mailbox}" if mailbox is not None else None)
+
+
+# What each method's 401 challenge looks like (WWW-Authenticate schemes), and what to do when it is missing.
+_WANTED = {AuthMethod.BASIC: {"basic"}, AuthMethod.NTLM: {"ntlm", "negotiate"}, AuthMethod.OAUTH: {"bearer"}}
+_PARAMETER = re.compile(r'[A-Za-z_]+\s*=\s*("[^"]*"|[^,\s]*)')
+_SCHEME = re.compile(r"(?:^|,)\s*([A-Za-z][A-Za-z0-9-]*)(?=\s|,|$)")
+NOT_OFFERED_HINTS = {
+    AuthMethod.BASIC: "enable Basic authentication on the virtual directory (Set-WebServicesVirtualDirectory / "
+    "Set-AutodiscoverVirtualDirectory -BasicAuthentication $true), or drop basic from the target's auth list; "
+    "Exchange Online has no Basic authentication for EWS",
+    AuthMethod.NTLM: "enable Windows authentication on the virtual directory (-WindowsAuthentication $true), or "
+    "drop ntlm from the target's auth list",
+}
+
+
+def offered_methods(response: HttpResponse) -> set[str]:
+    """Auth schemes in all WWW-Authenticate headers (one per scheme, or comma-joined: IIS sends both)."""
+    if response.status != 401:
+        return set()
+    schemes: set[str] = set()
+    for value in response.header_values("WWW-Authenticate"):
+        # Parameters (realm="x", error="y") follow a scheme; what is left are the schemes themselves.
+        schemes.update(match.lower() for match in _SCHEME.findall(_PARAMETER.sub("", value)))
+    return schemes
+
+
+def offers(method: AuthMethod, offered: set[str]) -> bool:
+    """Whether a 401 that offered ``offered`` asked for ``method``'s credentials.
+
+    Basic and NTLM go only where the server asked for them (Basic would otherwise put the password on
+    the wire unasked); a bearer token is tried unless the server advertises other schemes only.
+    """
+    return bool(_WANTED[method] & offered) or (method == AuthMethod.OAUTH and not offered)
 
 
 def check_backoff(ctx: ProbeContext, target: Target, url: str) -> None:
@@ -350,13 +384,22 @@ def ews_result(
     response: HttpResponse,
     mailbox: str | None = None,
     block_hint: str = POLICY_BLOCK_HINT,
+    method: AuthMethod | None = None,
 ) -> ews_soap.Answer:
     """The successful answer of a signed-in EWS call acting as ``mailbox``, or the failure it shows.
 
     Exchange Online's bare 403 raises PolicyBlock (``block_hint`` its hint); OrganisationEvidence may turn
-    it into ``ews_disabled``.
+    it into ``ews_disabled``. A 401 whose challenge does not offer ``method`` is ``method_not_offered``: the
+    virtual directory, not the password, is what to fix.
     """
     if response.status == 401:
+        offered = offered_methods(response)
+        if method in NOT_OFFERED_HINTS and not offers(method, offered):
+            raise ProbeFailure(
+                Reason.METHOD_NOT_OFFERED,
+                f"the server does not offer {method.value} (it offers {', '.join(sorted(offered)) or 'no method'})",
+                NOT_OFFERED_HINTS[method],
+            )
         raise ProbeFailure(Reason.UNAUTHORIZED, f"credentials rejected (HTTP 401){ews_soap.diagnostics(response)}")
     if is_policy_block(target, response):
         raise PolicyBlock(mailbox, block_hint)
