@@ -204,7 +204,7 @@ EWS_ANSWERS = [
         b"",
         Reason.METHOD_NOT_OFFERED,
         id="http-401-ntlm-not-offered",
-    ),  # fmt: skip
+    ),
     pytest.param(answer(401), b"", Reason.METHOD_NOT_OFFERED, id="http-401-without-a-challenge"),
     pytest.param(403, b"", Reason.BAD_RESPONSE, id="onprem-403"),  # on-premises a 403 is no policy block
     pytest.param(404, b"", Reason.BAD_RESPONSE, id="http-404"),
