@@ -279,6 +279,18 @@ BAD_CONFIGS = [
         id="http2-not-a-boolean",
     ),
     pytest.param(
+        "http_server_config:\n  headers: [X-Frame-Options]\n",
+        2,
+        "http_server_config.headers: must be a mapping, got a list",
+        id="headers-not-a-mapping",
+    ),
+    pytest.param(
+        "http_server_config:\n  headers: {Strict-Transport-Security: 31536000}\n",
+        2,
+        "http_server_config.headers.Strict-Transport-Security: must be a string, got a number",
+        id="header-value-not-a-string",
+    ),
+    pytest.param(
         "http_server_config:\n  headers: {Server: nginx}\n",
         2,
         "http_server_config.headers.Server: header "
@@ -351,6 +363,32 @@ def test_a_user_listed_twice_is_refused_with_both_lines(write_config: Callable[[
     assert str(caught.value).splitlines() == [
         f"{path}:3: basic_auth_users.alice: duplicate key (first at line 2)",
         f"{path}:3: basic_auth_users.alice: {not_bcrypt}",
+    ]
+
+
+def test_every_error_of_the_file_is_reported_at_once_each_with_its_line(write_config: Callable[[str], Path]) -> None:
+    """As the main config: an operator fixes the whole file in one go, not one error per restart."""
+    path = write_config(
+        "tls_server_config:\n"
+        "  cert_file: server.crt\n"
+        "  key_file: server.key\n"
+        "  min_version: TLS1.3\n"
+        "http_server_config:\n"
+        "  http2: yes please\n"
+        "basic_auth_users:\n"
+        "  alice: hunter22\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_web_config(path)
+    assert [(issue.line, issue.key) for issue in caught.value.issues] == [
+        (4, "tls_server_config.min_version"),
+        (6, "http_server_config.http2"),
+        (8, "basic_auth_users.alice"),
+    ]
+    assert str(caught.value).splitlines()[:2] == [
+        f"{path}:4: tls_server_config.min_version: invalid value 'TLS1.3' "
+        "(expected one of: TLS10, TLS11, TLS12, TLS13)",
+        f"{path}:6: http_server_config.http2: must be true or false, got a string",
     ]
 
 

@@ -35,12 +35,12 @@ import re
 import secrets
 import ssl
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
 import bcrypt
 import yaml
@@ -50,9 +50,10 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from prometheus_client.core import GaugeMetricFamily, Metric
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-from exporter.config.loading import config_error, key_path
-from exporter.config.yamlfile import YamlDocument, read_yaml
+from exporter.config.loading import config_error, issues_at, key_path
+from exporter.config.yamlfile import Loc, read_yaml
 from exporter.daemon.serving import CertificateReloader
 from exporter.errors import ConfigError, ConfigIssue
 from exporter.metrics import MetricSpec
@@ -60,28 +61,6 @@ from exporter.metrics import MetricSpec
 logger = logging.getLogger(__name__)
 
 REALM = "bems-exchange-exporter"
-
-_TOP_LEVEL_KEYS = frozenset({"tls_server_config", "http_server_config", "basic_auth_users"})
-_TLS_KEYS = frozenset({"cert_file", "key_file", "client_auth_type", "client_ca_file", "min_version", "max_version"})
-_HTTP_KEYS = frozenset({"headers", "http2"})
-
-# Keys exporter-toolkit understands but this exporter does not implement. They get a specific
-# reason so an operator copying a working exporter-toolkit file learns why it is refused.
-_TOOLKIT_ONLY_KEYS = {
-    "": frozenset({"rate_limit"}),
-    "tls_server_config": frozenset(
-        {
-            "cert",
-            "key",
-            "client_ca",
-            "cipher_suites",
-            "curve_preferences",
-            "prefer_server_cipher_suites",
-            "client_allowed_sans",
-        }
-    ),
-    "http_server_config": frozenset(),
-}
 
 _TLS_VERSIONS = {
     "TLS10": ssl.TLSVersion.TLSv1,
@@ -102,16 +81,6 @@ _CLIENT_AUTH_VERIFY_MODES = {
 # "RequireClientCert" is exporter-toolkit's legacy spelling of RequireAnyClientCert.
 _UNSUPPORTED_CLIENT_AUTH_TYPES = frozenset({"RequireAnyClientCert", "RequireClientCert"})
 _VERIFYING_CLIENT_AUTH_TYPES = frozenset({"VerifyClientCertIfGiven", "RequireAndVerifyClientCert"})
-
-# exporter-toolkit only lets these headers be configured (some with a fixed set of values), so that
-# a web config cannot break authentication or content negotiation. Same list, same rule.
-_CONFIGURABLE_HEADERS: dict[str, tuple[str, ...]] = {
-    "Strict-Transport-Security": (),
-    "X-Content-Type-Options": ("nosniff",),
-    "X-Frame-Options": ("deny", "sameorigin"),
-    "X-XSS-Protection": (),
-    "Content-Security-Policy": (),
-}
 
 _BCRYPT_HASH = re.compile(r"\$2[aby]\$(?P<cost>\d\d)\$[./A-Za-z0-9]{53}")
 _BCRYPT_MIN_COST, _BCRYPT_MAX_COST = 4, 31
@@ -178,7 +147,13 @@ class WebConfig:
 
 
 def load_web_config(path: str | Path) -> WebConfig:
-    """Read and validate a web config file, including the certificate and key files it names."""
+    """Read and validate a web config file, including the certificate and key files it names.
+
+    Every error of the file is reported at once, each as ``FILE:LINE: KEY: REASON``, as for the main config:
+    keys written twice (a user listed twice under basic_auth_users would get whichever hash comes last;
+    exporter-toolkit's strict decoding refuses that too), then every schema error. The certificate files
+    are read only once the schema holds, since they are named by it.
+    """
     file = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -188,39 +163,268 @@ def load_web_config(path: str | Path) -> WebConfig:
         document = read_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError(file, f"invalid YAML: {_describe_yaml_error(exc)}") from exc
-    # A key written twice (a user listed twice under basic_auth_users would get whichever hash comes
-    # last, as exporter-toolkit's strict decoding refuses too) is reported with the first error below.
     issues = document.duplicate_issues(file, key_path)
+    config: WebConfig | None = None
     try:
         config = _validate(file, Path(path).parent, document.data)
-    except ConfigError as err:
-        issues += [ConfigIssue(i.file, i.reason, i.key, _line_of(document, i.key)) for i in err.issues]
-    if issues:
+    except ValidationError as err:
+        issues += issues_at(document, file, _schema_errors(err))
+    except ConfigError as err:  # a certificate file that does not load
+        issues += [ConfigIssue(i.file, i.reason, i.key, document.line_of(_loc(i.key))) for i in err.issues]
+    if issues or config is None:
         raise config_error(file, issues)
     return config
 
 
-def _line_of(document: YamlDocument, key: str | None) -> int | None:
-    """The line of a dotted key, or of its nearest enclosing key (a missing key is where its mapping is)."""
-    lines = {key_path(loc): line for loc, line in document.lines.items()}
-    while key:
-        if (line := lines.get(key)) is not None:
-            return line
-        key = key.rpartition(".")[0]
-    return lines.get("")
+def _loc(key: str | None) -> Loc:
+    return tuple(key.split(".")) if key else ()
 
 
 def _validate(file: str, base_dir: Path, document: object) -> WebConfig:
     if document is None:  # an empty file is a valid, empty configuration
         return WebConfig(file=file)
-    root = _expect_mapping(file, "", document)
-    _reject_unknown_keys(file, "", root, _TOP_LEVEL_KEYS)
-    tls = _parse_tls(file, base_dir, root.get("tls_server_config"))
-    headers = _parse_http(file, root.get("http_server_config"))
-    users = _parse_users(file, root.get("basic_auth_users"))
+    schema = _WebConfigFile.model_validate(document)
+    tls = schema.tls_server_config.resolve(base_dir) if schema.tls_server_config is not None else None
+    http = schema.http_server_config
+    headers = http.headers.configured() if http is not None and http.headers is not None else {}
+    users = {user: hashed.encode("ascii") for user, hashed in (schema.basic_auth_users or {}).items()}
     config = WebConfig(file=file, tls=tls, headers=MappingProxyType(headers), basic_auth_users=MappingProxyType(users))
     config.ssl_context()  # loads every certificate now, so a broken file fails at startup/reload
     return config
+
+
+# --- the file's schema -----------------------------------------------------------------------------------
+#
+# pydantic models, unknown keys forbidden, as the main config (exporter.config.schema). Values are checked
+# strictly (YAML already types them: a number where a path belongs is a mistake, not a path), and the
+# reasons are this module's own where pydantic's would lose something: which keys are allowed, that a key is
+# exporter-toolkit's but not implemented here, what YAML type was found. Every error of the file is reported.
+
+
+class _KeyedErrors(ValueError):
+    """The errors of a model validator, each about one of the model's keys (pydantic only knows the model)."""
+
+    def __init__(self, errors: list[tuple[str, str]]) -> None:
+        super().__init__("; ".join(reason for _, reason in errors))
+        self.errors = errors
+
+
+def _yaml_type(value: object) -> str:
+    names = {str: "a string", dict: "a mapping", list: "a list", bool: "a boolean", int: "a number", float: "a number"}
+    if value is None:
+        return "nothing"
+    return names.get(type(value), type(value).__name__)
+
+
+def _string(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string, got {_yaml_type(value)}")
+    return value
+
+
+def _choice(value: object, choices: Iterable[str]) -> str:
+    text = _string(value)
+    if text not in choices:
+        raise ValueError(f"invalid value {text!r} (expected one of: {', '.join(choices)})")
+    return text
+
+
+def _tls_version(value: object) -> ssl.TLSVersion:
+    return _TLS_VERSIONS[_choice(value, _TLS_VERSIONS)]
+
+
+def _client_auth_type(value: object) -> str:
+    if value in _UNSUPPORTED_CLIENT_AUTH_TYPES:
+        raise ValueError(
+            f"{value} is not supported: Python's ssl module cannot require a client certificate without "
+            "verifying it; use RequireAndVerifyClientCert with client_ca_file"
+        )
+    return _choice(value, _CLIENT_AUTH_VERIFY_MODES)
+
+
+def _unset_or(parse: Callable[[object], Any]) -> BeforeValidator:
+    """``parse``, except that null and an empty string are the key's absence (Go's zero value, which
+    exporter-toolkit reads the same way)."""
+    return BeforeValidator(lambda value: None if value is None or value == "" else parse(value))
+
+
+_Path = Annotated[str | None, _unset_or(_string)]
+_ClientAuthType = Annotated[str | None, _unset_or(_client_auth_type)]
+_TLSVersionName = Annotated[ssl.TLSVersion | None, _unset_or(_tls_version)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    # Keys exporter-toolkit understands but this exporter does not implement. They get a specific reason so
+    # an operator copying a working exporter-toolkit file learns why it is refused.
+    toolkit_only_keys: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def unknown_key_reason(cls, key: str) -> str:
+        if key in cls.toolkit_only_keys:
+            return "exporter-toolkit option not supported by bems-exchange-exporter"
+        allowed = sorted(field.alias or name for name, field in cls.model_fields.items())
+        return f"unknown key (expected one of: {', '.join(allowed)})"
+
+
+class _TLSSection(_Section):
+    toolkit_only_keys = frozenset(
+        {"cert", "key", "client_ca", "cipher_suites", "curve_preferences", "prefer_server_cipher_suites"}
+        | {"client_allowed_sans"}
+    )
+
+    cert_file: _Path = None
+    key_file: _Path = None
+    client_auth_type: _ClientAuthType = None
+    client_ca_file: _Path = None
+    min_version: _TLSVersionName = None
+    max_version: _TLSVersionName = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.model_fields_set)  # ``tls_server_config: {}`` leaves TLS off, as in exporter-toolkit
+
+    @model_validator(mode="after")
+    def _consistent(self) -> _TLSSection:
+        if not self.enabled:
+            return self
+        required = {"cert_file": self.cert_file, "key_file": self.key_file}
+        errors = [(key, "required when tls_server_config is set") for key, path in required.items() if path is None]
+        auth_type = self.client_auth_type or "NoClientCert"
+        if auth_type in _VERIFYING_CLIENT_AUTH_TYPES and self.client_ca_file is None:
+            errors.append(("client_ca_file", f"required when client_auth_type is {auth_type}"))
+        if auth_type == "NoClientCert" and self.client_ca_file is not None:
+            # Same refusal as exporter-toolkit: a CA without a policy suggests a forgotten policy.
+            errors.append(
+                (
+                    "client_ca_file",
+                    "set but client_auth_type is NoClientCert; set client_auth_type to "
+                    "VerifyClientCertIfGiven or RequireAndVerifyClientCert",
+                )
+            )
+        min_version = self.min_version or _DEFAULT_MIN_VERSION
+        max_version = self.max_version or _DEFAULT_MAX_VERSION
+        if min_version > max_version:
+            reason = f"{_TLS_VERSION_NAMES[min_version]} is higher than max_version {_TLS_VERSION_NAMES[max_version]}"
+            errors.append(("min_version", reason))
+        if errors:
+            raise _KeyedErrors(errors)
+        return self
+
+    def resolve(self, base_dir: Path) -> TLSServerConfig | None:
+        """The section with its paths resolved against the web config's directory; None when it sets nothing."""
+        if not self.enabled:
+            return None
+        assert self.cert_file is not None and self.key_file is not None  # checked by _consistent
+        return TLSServerConfig(
+            cert_file=base_dir / self.cert_file,
+            key_file=base_dir / self.key_file,
+            client_auth_type=self.client_auth_type or "NoClientCert",
+            client_ca_file=base_dir / self.client_ca_file if self.client_ca_file is not None else None,
+            min_version=self.min_version or _DEFAULT_MIN_VERSION,
+            max_version=self.max_version or _DEFAULT_MAX_VERSION,
+        )
+
+
+def _header_value(value: object) -> str:
+    text = _string(value)
+    if "\r" in text or "\n" in text:
+        raise ValueError("must not contain line breaks")
+    return text
+
+
+_HeaderValue = Annotated[str | None, BeforeValidator(_header_value)]
+_ContentTypeOptions = Annotated[str | None, BeforeValidator(lambda value: _choice(value, ("nosniff",)))]
+_FrameOptions = Annotated[str | None, BeforeValidator(lambda value: _choice(value, ("deny", "sameorigin")))]
+
+
+class _Headers(_Section):
+    """exporter-toolkit only lets these headers be configured (some with a fixed set of values), so that a web
+    config cannot break authentication or content negotiation. Same list, same rule."""
+
+    strict_transport_security: _HeaderValue = Field(None, alias="Strict-Transport-Security")
+    x_content_type_options: _ContentTypeOptions = Field(None, alias="X-Content-Type-Options")
+    x_frame_options: _FrameOptions = Field(None, alias="X-Frame-Options")
+    x_xss_protection: _HeaderValue = Field(None, alias="X-XSS-Protection")
+    content_security_policy: _HeaderValue = Field(None, alias="Content-Security-Policy")
+
+    @classmethod
+    def unknown_key_reason(cls, key: str) -> str:
+        allowed = sorted(field.alias for field in cls.model_fields.values() if field.alias)
+        return f"header cannot be configured (allowed: {', '.join(allowed)})"
+
+    def configured(self) -> dict[str, str]:
+        return self.model_dump(by_alias=True, exclude_none=True)
+
+
+class _HTTPSection(_Section):
+    headers: _Headers | None = None
+    http2: bool | None = None  # accepted for compatibility; aiohttp only speaks HTTP/1.1
+
+
+def _user_name(name: object) -> str:
+    if not isinstance(name, str):
+        raise ValueError(f"user name must be a string, got {_yaml_type(name)}; quote it")
+    if ":" in name:
+        raise ValueError("user name must not contain ':' (HTTP basic auth cannot send it)")
+    return name
+
+
+def _bcrypt_hash(hashed: object) -> str:
+    # The hash is not echoed back: it is a credential too, if a weak one.
+    match = _BCRYPT_HASH.fullmatch(hashed) if isinstance(hashed, str) else None
+    if match is None or not _BCRYPT_MIN_COST <= int(match["cost"]) <= _BCRYPT_MAX_COST:
+        raise ValueError(
+            "not a bcrypt hash (expected $2a$, $2b$ or $2y$, a cost of 04-31 and 53 more characters; "
+            "generate one with `htpasswd -nBC 10 USER`)"
+        )
+    return hashed
+
+
+_UserName = Annotated[str, BeforeValidator(_user_name)]
+_BcryptHash = Annotated[str, BeforeValidator(_bcrypt_hash)]
+
+
+class _WebConfigFile(_Section):
+    toolkit_only_keys = frozenset({"rate_limit"})
+
+    tls_server_config: _TLSSection | None = None
+    http_server_config: _HTTPSection | None = None
+    basic_auth_users: dict[_UserName, _BcryptHash] | None = None
+
+
+# The model that holds each mapping of the file, so an unknown key's reason can name its allowed keys.
+_SECTIONS: dict[Loc, type[_Section]] = {
+    (): _WebConfigFile,
+    ("tls_server_config",): _TLSSection,
+    ("http_server_config",): _HTTPSection,
+    ("http_server_config", "headers"): _Headers,
+}
+
+_TYPE_REASONS = {
+    "model_type": "must be a mapping",
+    "dict_type": "must be a mapping",
+    "bool_type": "must be true or false",
+    "string_type": "must be a string",
+}
+
+
+def _schema_errors(err: ValidationError) -> Iterator[tuple[Loc, str]]:
+    """pydantic's errors as ``(loc, reason)``; the reasons those of exporter-toolkit's users' expectations."""
+    for detail in err.errors(include_url=False):
+        # Every loc part is a mapping key (the file has no lists): 1234 as a user name is the key "1234".
+        loc: Loc = tuple(str(part) for part in detail["loc"] if part != "[key]")
+        ctx_error = (detail.get("ctx") or {}).get("error")
+        if isinstance(ctx_error, _KeyedErrors):
+            for key, reason in ctx_error.errors:
+                yield (*loc, key), reason
+        elif detail["type"] == "extra_forbidden":
+            yield loc, _SECTIONS[loc[:-1]].unknown_key_reason(loc[-1])
+        elif detail["type"] in _TYPE_REASONS:
+            yield loc, f"{_TYPE_REASONS[detail['type']]}, got {_yaml_type(detail['input'])}"
+        else:
+            yield loc, detail["msg"].removeprefix("Value error, ")
 
 
 def _describe_yaml_error(exc: yaml.YAMLError) -> str:
@@ -235,172 +439,6 @@ def _describe_os_error(exc: Exception) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc)
-
-
-def _join(prefix: str, key: object) -> str:
-    return f"{prefix}.{key}" if prefix else str(key)
-
-
-def _expect_mapping(file: str, key: str, value: object) -> dict[Any, Any]:
-    if not isinstance(value, dict):
-        where = key or None
-        raise ConfigError(file, f"must be a mapping, got {_yaml_type(value)}", where)
-    return value
-
-
-def _expect_string(file: str, key: str, value: object) -> str:
-    if not isinstance(value, str):
-        raise ConfigError(file, f"must be a string, got {_yaml_type(value)}", key)
-    return value
-
-
-def _yaml_type(value: object) -> str:
-    names = {str: "a string", dict: "a mapping", list: "a list", bool: "a boolean", int: "a number", float: "a number"}
-    if value is None:
-        return "nothing"
-    return names.get(type(value), type(value).__name__)
-
-
-def _reject_unknown_keys(file: str, prefix: str, mapping: dict[Any, Any], allowed: frozenset[str]) -> None:
-    for key in mapping:
-        if key in allowed:
-            continue
-        if key in _TOOLKIT_ONLY_KEYS[prefix]:
-            reason = "exporter-toolkit option not supported by bems-exchange-exporter"
-        else:
-            reason = f"unknown key (expected one of: {', '.join(sorted(allowed))})"
-        raise ConfigError(file, reason, _join(prefix, key))
-
-
-def _parse_tls(file: str, base_dir: Path, section: object) -> TLSServerConfig | None:
-    prefix = "tls_server_config"
-    if section is None:
-        return None
-    tls = _expect_mapping(file, prefix, section)
-    _reject_unknown_keys(file, prefix, tls, _TLS_KEYS)
-    if not tls:
-        return None
-
-    def path_of(key: str) -> Path | None:
-        value = tls.get(key)
-        if value is None or value == "":
-            return None
-        return base_dir / _expect_string(file, _join(prefix, key), value)
-
-    cert_file = path_of("cert_file")
-    key_file = path_of("key_file")
-    client_ca_file = path_of("client_ca_file")
-    for required_key, value in (("cert_file", cert_file), ("key_file", key_file)):
-        if value is None:
-            raise ConfigError(file, "required when tls_server_config is set", _join(prefix, required_key))
-
-    client_auth_key = _join(prefix, "client_auth_type")
-    configured_client_auth = tls.get("client_auth_type")
-    client_auth_type = (
-        "NoClientCert"
-        if configured_client_auth in (None, "")
-        else _expect_string(file, client_auth_key, configured_client_auth)
-    )
-    if client_auth_type in _UNSUPPORTED_CLIENT_AUTH_TYPES:
-        raise ConfigError(
-            file,
-            f"{client_auth_type} is not supported: Python's ssl module cannot require a client "
-            "certificate without verifying it; use RequireAndVerifyClientCert with client_ca_file",
-            client_auth_key,
-        )
-    if client_auth_type not in _CLIENT_AUTH_VERIFY_MODES:
-        expected = ", ".join(_CLIENT_AUTH_VERIFY_MODES)
-        raise ConfigError(file, f"invalid value {client_auth_type!r} (expected one of: {expected})", client_auth_key)
-    if client_auth_type in _VERIFYING_CLIENT_AUTH_TYPES and client_ca_file is None:
-        raise ConfigError(
-            file, f"required when client_auth_type is {client_auth_type}", _join(prefix, "client_ca_file")
-        )
-    if client_auth_type == "NoClientCert" and client_ca_file is not None:
-        # Same refusal as exporter-toolkit: a CA without a policy suggests a forgotten policy.
-        raise ConfigError(
-            file,
-            "set but client_auth_type is NoClientCert; set client_auth_type to "
-            "VerifyClientCertIfGiven or RequireAndVerifyClientCert",
-            _join(prefix, "client_ca_file"),
-        )
-
-    min_version = _parse_tls_version(file, _join(prefix, "min_version"), tls.get("min_version"), _DEFAULT_MIN_VERSION)
-    max_version = _parse_tls_version(file, _join(prefix, "max_version"), tls.get("max_version"), _DEFAULT_MAX_VERSION)
-    if min_version > max_version:
-        raise ConfigError(
-            file,
-            f"{_TLS_VERSION_NAMES[min_version]} is higher than max_version {_TLS_VERSION_NAMES[max_version]}",
-            _join(prefix, "min_version"),
-        )
-    return TLSServerConfig(
-        cert_file=cert_file,
-        key_file=key_file,
-        client_auth_type=client_auth_type,
-        client_ca_file=client_ca_file,
-        min_version=min_version,
-        max_version=max_version,
-    )
-
-
-def _parse_tls_version(file: str, key: str, value: object, default: ssl.TLSVersion) -> ssl.TLSVersion:
-    if value is None:
-        return default
-    name = _expect_string(file, key, value)
-    if name not in _TLS_VERSIONS:
-        raise ConfigError(file, f"invalid value {name!r} (expected one of: {', '.join(_TLS_VERSIONS)})", key)
-    return _TLS_VERSIONS[name]
-
-
-def _parse_http(file: str, section: object) -> dict[str, str]:
-    prefix = "http_server_config"
-    if section is None:
-        return {}
-    http = _expect_mapping(file, prefix, section)
-    _reject_unknown_keys(file, prefix, http, _HTTP_KEYS)
-    if "http2" in http and not isinstance(http["http2"], bool):
-        raise ConfigError(file, f"must be true or false, got {_yaml_type(http['http2'])}", f"{prefix}.http2")
-    headers_key = f"{prefix}.headers"
-    configured = http.get("headers")
-    if configured is None:
-        return {}
-    headers: dict[str, str] = {}
-    for name, value in _expect_mapping(file, headers_key, configured).items():
-        key = _join(headers_key, name)
-        if name not in _CONFIGURABLE_HEADERS:
-            allowed = ", ".join(sorted(_CONFIGURABLE_HEADERS))
-            raise ConfigError(file, f"header cannot be configured (allowed: {allowed})", key)
-        text = _expect_string(file, key, value)
-        allowed_values = _CONFIGURABLE_HEADERS[name]
-        if allowed_values and text not in allowed_values:
-            raise ConfigError(file, f"invalid value {text!r} (expected one of: {', '.join(allowed_values)})", key)
-        if "\r" in text or "\n" in text:
-            raise ConfigError(file, "must not contain line breaks", key)
-        headers[name] = text
-    return headers
-
-
-def _parse_users(file: str, section: object) -> dict[str, bytes]:
-    prefix = "basic_auth_users"
-    if section is None:
-        return {}
-    users: dict[str, bytes] = {}
-    for user, hashed in _expect_mapping(file, prefix, section).items():
-        key = _join(prefix, user)
-        if not isinstance(user, str):
-            raise ConfigError(file, f"user name must be a string, got {_yaml_type(user)}; quote it", key)
-        if ":" in user:
-            raise ConfigError(file, "user name must not contain ':' (HTTP basic auth cannot send it)", key)
-        # The hash is not echoed back: it is a credential too, if a weak one.
-        match = _BCRYPT_HASH.fullmatch(hashed) if isinstance(hashed, str) else None
-        if match is None or not _BCRYPT_MIN_COST <= int(match["cost"]) <= _BCRYPT_MAX_COST:
-            raise ConfigError(
-                file,
-                "not a bcrypt hash (expected $2a$, $2b$ or $2y$, a cost of 04-31 and 53 more "
-                "characters; generate one with `htpasswd -nBC 10 USER`)",
-                key,
-            )
-        users[user] = hashed.encode("ascii")
-    return users
 
 
 def _build_ssl_context(file: str, tls: TLSServerConfig) -> ssl.SSLContext:
