@@ -227,6 +227,114 @@ async def test_admin_api(simulator: Simulator) -> None:
     assert status == 400
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "body", "error"),
+    [
+        pytest.param(
+            "PUT",
+            "/endpoints/graph/fault",
+            {"fault": "slow", "delay": 2},
+            "delay: unknown key (the body takes: fault, delay_seconds)",
+            id="endpoint-fault-unknown-key",
+        ),
+        pytest.param(
+            "PUT",
+            "/endpoints/graph/fault",
+            {"fault": "slow", "delay_seconds": "2"},
+            "delay_seconds: must be a number, not '2'",
+            id="endpoint-fault-wrong-type",
+        ),
+        pytest.param(
+            "PUT",
+            "/endpoints/graph/fault",
+            {"delay_seconds": 2},
+            "fault: required key is missing",
+            id="endpoint-fault-missing-key",
+        ),
+        pytest.param(
+            "PATCH",
+            "/auth/entra",
+            {"secret_expired": True, "expires": 60},
+            "expires: unknown key",
+            id="entra-unknown-key",
+        ),
+        pytest.param(
+            "PATCH",
+            "/auth/entra",
+            {"throttled": 1},
+            "throttled: must be true or false, not 1",
+            id="entra-wrong-type",
+        ),
+        pytest.param(
+            "PATCH",
+            "/auth/entra",
+            {"expires_in": 0},
+            "expires_in: must be greater than 0, not 0",
+            id="entra-not-positive",
+        ),
+        pytest.param(
+            "PUT",
+            "/ews/onprem-ews/throttling",
+            {"kind": "server_busy_fault", "backoff": 2000},
+            "backoff: unknown key (the body takes: kind, backoff_ms)",
+            id="ews-throttling-unknown-key",
+        ),
+        pytest.param(
+            "PUT",
+            "/ews/onprem-ews/throttling",
+            {"kind": "server_busy_fault", "backoff_ms": 2.5},
+            "backoff_ms: must be a whole number, not 2.5",
+            id="ews-throttling-wrong-type",
+        ),
+        pytest.param(
+            "PUT",
+            "/ews/onprem-ews/throttling",
+            {"backoff_ms": 2000},
+            "kind: required key is missing",
+            id="ews-throttling-missing-key",
+        ),
+        pytest.param(
+            "PUT",
+            "/ews/online-ews/allowed_app_ids",
+            {},
+            "app_ids: required key is missing",
+            id="allowed-app-ids-missing-key",
+        ),
+        pytest.param(
+            "PATCH",
+            "/mailboxes",
+            {"impersonation": "no"},
+            "impersonation: must be true or false, not 'no'",
+            id="rights-wrong-type",
+        ),
+        pytest.param(
+            "PUT",
+            "/push/ews/fault",
+            {"kind": "delayed", "delay_seconds": 1, "seconds": 1},
+            "seconds: unknown key",
+            id="push-fault-unknown-key",
+        ),
+        pytest.param(
+            "PUT",
+            "/bems/fault",
+            ["no_echo"],
+            'the body must be a JSON object like {"fault": "no_echo"}',
+            id="not-an-object",
+        ),
+    ],
+)
+async def test_admin_api_refuses_a_bad_body_naming_the_key_and_why(
+    simulator: Simulator, method: str, path: str, body: Any, error: str
+) -> None:
+    api = simulator.admin_url + "/api/v1"
+    state_url = api + "/" + path.split("/")[1]  # the GET of the resource the body would have changed
+    _, _, before = await request("GET", state_url)
+    status, _, reply = await request(method, api + path, json=body)
+    assert status == 400
+    assert json.loads(reply)["error"].startswith(error)
+    assert (await request("GET", state_url))[2] == before  # nothing changed
+
+
 async def test_401_challenges(simulator: Simulator) -> None:
     context = trusting(simulator)
     urls = {name: endpoint.url for name, endpoint in simulator.endpoints.items()}

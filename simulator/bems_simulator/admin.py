@@ -79,20 +79,23 @@ BEMS's notification URL (the ``bems`` endpoint):
 - ``GET    /api/v1/bems``; ``PUT /api/v1/bems/fault`` ``{"fault": "no_echo" | "wrong_echo" | "none"}``;
 - ``GET    /api/v1/bems/requests``: what reached it.
 
-Bad input is a 400 and an unknown endpoint or mailbox a 404, each with ``{"error": "..."}``.
+Every body is a JSON object checked against a pydantic model below (unknown keys refused, types strict:
+``"2"`` is not a number, ``1`` is not ``true``). Bad input is a 400 naming each wrong key and why, and an
+unknown endpoint or mailbox a 404, each with ``{"error": "..."}``.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, TypeVar
 
 from aiohttp import web
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 from .directory import UnknownMailboxError
 from .endpoint import UnknownEndpointError
+from .entra import DEFAULT_GRAPH_ROLES, EntraSettings
 from .onprem_auth import AuthMethod, ExtendedProtection, parse_choice
 
 if TYPE_CHECKING:
@@ -171,10 +174,10 @@ class _AdminApi:
 
     async def set_fault(self, request: web.Request) -> web.Response:
         try:
-            body = await _json_object(request, 'like {"fault": "slow", "delay_seconds": 2.5}', required="fault")
+            body = await _body(request, _FaultBody)
         except _BadRequestError as error:
             return _error(400, str(error))
-        return await self._change_fault(request.match_info["name"], body["fault"], body.get("delay_seconds"))
+        return await self._change_fault(request.match_info["name"], body.fault, body.delay_seconds)
 
     async def clear_fault(self, request: web.Request) -> web.Response:
         return await self._change_fault(request.match_info["name"], "none", None)
@@ -196,8 +199,8 @@ class _AdminApi:
 
     async def set_account_fault(self, request: web.Request) -> web.Response:
         try:
-            body = await _json_object(request, 'like {"fault": "locked"}', required="fault")
-            self._simulator.set_account_fault(body["fault"])
+            body = await _body(request, _AccountFaultBody)
+            self._simulator.set_account_fault(body.fault)
         except ValueError as error:
             return _error(400, str(error))
         return web.json_response(self._simulator.auth_state()["account"])
@@ -209,17 +212,13 @@ class _AdminApi:
     async def configure_endpoint_auth(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
         try:
-            body = await _json_object(request, 'like {"methods": ["ntlm"], "extended_protection": "require"}')
-            if not body or set(body) - {"methods", "extended_protection"}:
-                raise _BadRequestError('the body takes "methods", "extended_protection" or both')
+            body = await _body(request, _EndpointAuthBody)
             # Everything is parsed before anything changes, so a bad value leaves the endpoint as it was.
-            if "methods" in body and not isinstance(body["methods"], list):
-                raise _BadRequestError('"methods" must be a list like ["ntlm", "negotiate"]')
-            methods = [parse_choice(AuthMethod, method, "auth method") for method in body.get("methods", [])]
-            mode = body.get("extended_protection")
+            methods = [parse_choice(AuthMethod, method, "auth method") for method in body.methods or []]
+            mode = body.extended_protection
             mode = parse_choice(ExtendedProtection, mode, "extended protection mode") if mode is not None else None
             directory = self._simulator.virtual_directory(name)
-            if "methods" in body:
+            if body.methods is not None:
                 self._simulator.set_auth_methods(name, methods)
             if mode is not None:
                 self._simulator.set_extended_protection(name, mode)
@@ -231,18 +230,16 @@ class _AdminApi:
 
     async def configure_entra(self, request: web.Request) -> web.Response:
         try:
-            body = await _json_object(request, 'like {"secret_expired": true}')
-            self._simulator.configure_entra(**body)
+            body = await _body(request, _EntraBody)
+            self._simulator.configure_entra(**body.model_dump(exclude_unset=True))
         except ValueError as error:
             return _error(400, str(error))
         return web.json_response(self._simulator.entra.state())
 
     async def set_app_credential_end(self, request: web.Request) -> web.Response:
         async def change() -> Any:
-            body = await _json_object(request, 'like {"end": "2026-01-31T00:00:00Z"}', required="end", allowed={"end"})
-            credential = self._simulator.set_app_credential_end(
-                request.match_info["kind"], _aware_datetime(body["end"])
-            )
+            body = await _body(request, _CredentialEndBody)
+            credential = self._simulator.set_app_credential_end(request.match_info["kind"], body.end)
             return credential.state()
 
         return await _answer(change)
@@ -254,8 +251,8 @@ class _AdminApi:
 
     async def add_mailbox(self, request: web.Request) -> web.Response:
         async def change() -> Any:
-            body = await _json_object(request, 'like {"exchange": "onprem"}', required="exchange", allowed={"exchange"})
-            self._simulator.add_mailbox(request.match_info["mailbox"], body["exchange"])
+            body = await _body(request, _MailboxBody)
+            self._simulator.add_mailbox(request.match_info["mailbox"], body.exchange)
             return self._simulator.mailbox_state()
 
         return await _answer(change)
@@ -275,10 +272,8 @@ class _AdminApi:
 
     async def _set_rights(self, request: web.Request, mailbox: str | None) -> web.Response:
         async def change() -> Any:
-            body = await _json_object(request, 'like {"impersonation": false}', allowed={"impersonation", "app_access"})
+            body = (await _body(request, _RightsBody)).model_dump(exclude_unset=True)
             rights = {"impersonation": self._simulator.onprem_mailboxes, "app_access": self._simulator.online_mailboxes}
-            if not body or not all(isinstance(granted, bool) for granted in body.values()):
-                raise _BadRequestError('the body takes "impersonation", "app_access" or both, each true or false')
             # Both are checked before either changes, so an unknown mailbox leaves everything as it was.
             if mailbox is not None:
                 for right in body:
@@ -300,11 +295,9 @@ class _AdminApi:
 
     async def set_ews_throttling(self, request: web.Request) -> web.Response:
         async def change() -> Any:
-            body = await _json_object(
-                request, 'like {"kind": "server_busy_fault", "backoff_ms": 2000}', "kind", {"kind", "backoff_ms"}
-            )
+            body = await _body(request, _ThrottlingBody)
             name = request.match_info["name"]
-            return {name: self._simulator.set_ews_throttling(name, body["kind"], body.get("backoff_ms")).state()}
+            return {name: self._simulator.set_ews_throttling(name, body.kind, body.backoff_ms).state()}
 
         return await _answer(change)
 
@@ -320,8 +313,8 @@ class _AdminApi:
             name = request.match_info["name"]
             if name != "online-ews":  # the retirement concerns Exchange Online only
                 raise UnknownEndpointError(name, ["online-ews"])
-            body = await _json_object(request, 'like {"disabled": true}', required="disabled", allowed={"disabled"})
-            return {name: self._simulator.set_ews_disabled(body["disabled"]).state()}
+            body = await _body(request, _DisabledBody)
+            return {name: self._simulator.set_ews_disabled(body.disabled).state()}
 
         return await _answer(change)
 
@@ -330,8 +323,8 @@ class _AdminApi:
             name = request.match_info["name"]
             if name != "online-ews":  # an Exchange Online organisation setting
                 raise UnknownEndpointError(name, ["online-ews"])
-            body = await _json_object(request, 'like {"app_ids": ["..."]}', required="app_ids", allowed={"app_ids"})
-            return {name: self._simulator.set_ews_allowed_app_ids(body["app_ids"]).state()}
+            body = await _body(request, _AllowedAppIdsBody)
+            return {name: self._simulator.set_ews_allowed_app_ids(body.app_ids).state()}
 
         return await _answer(change)
 
@@ -342,10 +335,8 @@ class _AdminApi:
 
     async def set_autodiscover_redirect(self, request: web.Request) -> web.Response:
         async def change() -> Any:
-            body = await _json_object(
-                request, 'like {"kind": "redirect_url", "target": "https://..."}', "kind", {"kind", "target"}
-            )
-            return self._change_redirect(request, body["kind"], body.get("target"))
+            body = await _body(request, _RedirectBody)
+            return self._change_redirect(request, body.kind, body.target)
 
         return await _answer(change)
 
@@ -361,9 +352,9 @@ class _AdminApi:
 
     async def set_autodiscover_ews_url(self, request: web.Request) -> web.Response:
         async def change() -> Any:
-            body = await _json_object(request, 'like {"url": "https://..."}', required="url", allowed={"url"})
+            body = await _body(request, _EwsUrlBody)
             name = request.match_info["name"]
-            return {name: self._simulator.set_autodiscover_ews_url(name, body["url"]).state()}
+            return {name: self._simulator.set_autodiscover_ews_url(name, body.url).state()}
 
         return await _answer(change)
 
@@ -384,25 +375,16 @@ class _AdminApi:
 
     async def configure_graph(self, request: web.Request) -> web.Response:
         async def change() -> Any:
-            body = await _json_object(
-                request,
-                'like {"throttled": true, "retry_after": 3, "mailbox": "carol@contoso.test"}',
-                "throttled",
-                {"throttled", "retry_after", "mailbox"},
-            )
-            return self._simulator.set_graph_throttled(
-                body["throttled"], body.get("retry_after", 1), body.get("mailbox")
-            ).state()
+            body = await _body(request, _GraphThrottlingBody)
+            return self._simulator.set_graph_throttled(body.throttled, body.retry_after, body.mailbox).state()
 
         return await _answer(change)
 
     async def set_graph_mailbox(self, request: web.Request) -> web.Response:
         async def change() -> Any:
-            body = await _json_object(request, 'like {"enabled": false}', required="enabled", allowed={"enabled"})
-            if not isinstance(body["enabled"], bool):
-                raise _BadRequestError('"enabled" must be true or false')
+            body = await _body(request, _GraphMailboxBody)
             return self._simulator.set_graph_mailbox_not_enabled(
-                request.match_info["mailbox"], not body["enabled"]
+                request.match_info["mailbox"], not body.enabled
             ).state()
 
         return await _answer(change)
@@ -418,11 +400,9 @@ class _AdminApi:
 
     async def move_mailbox_item(self, request: web.Request) -> web.Response:
         async def change() -> Any:
-            body = await _json_object(request, 'like {"folder": "deleteditems"}', required="folder", allowed={"folder"})
-            if not isinstance(body["folder"], str) or not body["folder"]:
-                raise _BadRequestError('"folder" must be a folder name like "deleteditems"')
+            body = await _body(request, _MoveBody)
             match = request.match_info
-            return self._simulator.move_item(match["mailbox"], match["item_id"], body["folder"]).state()
+            return self._simulator.move_item(match["mailbox"], match["item_id"], body.folder).state()
 
         return await _answer(change)
 
@@ -438,10 +418,8 @@ class _AdminApi:
 
     async def set_push_fault(self, request: web.Request) -> web.Response:
         async def change() -> Any:
-            body = await _json_object(
-                request, 'like {"kind": "delayed", "delay_seconds": 2}', "kind", {"kind", "delay_seconds"}
-            )
-            self._push_fault_setter(request)(body["kind"], body.get("delay_seconds"))
+            body = await _body(request, _PushFaultBody)
+            self._push_fault_setter(request)(body.kind, body.delay_seconds)
             return self._push_state()
 
         return await _answer(change)
@@ -462,8 +440,8 @@ class _AdminApi:
 
     async def send_lifecycle(self, request: web.Request) -> web.Response:
         async def change() -> Any:
-            body = await _json_object(request, 'like {"event": "missed"}', required="event", allowed={"event"})
-            return self._simulator.send_lifecycle(request.match_info["subscription_id"], body["event"]).state()
+            body = await _body(request, _LifecycleBody)
+            return self._simulator.send_lifecycle(request.match_info["subscription_id"], body.event).state()
 
         return await _answer(change)
 
@@ -479,8 +457,8 @@ class _AdminApi:
 
     async def set_bems_fault(self, request: web.Request) -> web.Response:
         async def change() -> Any:
-            body = await _json_object(request, 'like {"fault": "no_echo"}', required="fault", allowed={"fault"})
-            return self._simulator.set_bems_fault(body["fault"]).state()
+            body = await _body(request, _BemsFaultBody)
+            return self._simulator.set_bems_fault(body.fault).state()
 
         return await _answer(change)
 
@@ -512,22 +490,182 @@ def _aware_datetime(value: Any) -> datetime:
     except ValueError:
         moment = None
     if moment is None or moment.tzinfo is None:
-        raise _BadRequestError(f"expected an ISO 8601 time with a zone, like 2026-01-31T00:00:00Z, not {value!r}")
+        raise ValueError(f"expected an ISO 8601 time with a zone, like 2026-01-31T00:00:00Z, not {value!r}")
     return moment
 
 
-async def _json_object(
-    request: web.Request, example: str, required: str | None = None, allowed: set[str] | None = None
-) -> dict[str, Any]:
+# --- the bodies ------------------------------------------------------------------------------------------
+#
+# One model per body, unknown keys forbidden and types strict, so a typo ("delay": 2) or a string where a
+# number belongs is a 400 naming the key instead of being ignored. The values themselves (which faults
+# exist, which delays make sense) are checked by the simulator's own methods, which the tests call directly
+# too; a model checks the shape.
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    example: ClassVar[str]  # shown when the body is not a JSON object at all
+
+
+class _FaultBody(_Body):
+    example = '{"fault": "slow", "delay_seconds": 2.5}'
+    fault: str
+    delay_seconds: float | None = None
+
+
+class _AccountFaultBody(_Body):
+    example = '{"fault": "locked"}'
+    fault: str
+
+
+class _EndpointAuthBody(_Body):
+    example = '{"methods": ["ntlm", "negotiate"], "extended_protection": "require"}'
+    methods: list[str] | None = None
+    extended_protection: str | None = None
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> _EndpointAuthBody:
+        if not self.model_fields_set:
+            raise ValueError('the body takes "methods", "extended_protection" or both')
+        return self
+
+
+class _EntraBody(_Body):
+    """Any subset of ``EntraSettings`` (the defaults are its own; only the keys sent change)."""
+
+    example = '{"secret_expired": true}'
+    secret_expired: bool = EntraSettings.secret_expired
+    token_endpoint_down: bool = EntraSettings.token_endpoint_down
+    throttled: bool = EntraSettings.throttled
+    throttled_retry_after_seconds: PositiveInt = EntraSettings.throttled_retry_after_seconds
+    roles_granted: bool = EntraSettings.roles_granted
+    graph_roles: list[Annotated[str, Field(min_length=1)]] = list(DEFAULT_GRAPH_ROLES)
+    expires_in: PositiveInt = EntraSettings.expires_in
+
+
+class _CredentialEndBody(_Body):
+    example = '{"end": "2026-01-31T00:00:00Z"}'
+    end: Annotated[datetime, BeforeValidator(_aware_datetime)]
+
+
+class _MailboxBody(_Body):
+    example = '{"exchange": "onprem"}'
+    exchange: str
+
+
+class _RightsBody(_Body):
+    example = '{"impersonation": false}'
+    impersonation: bool = True
+    app_access: bool = True
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> _RightsBody:
+        if not self.model_fields_set:
+            raise ValueError('the body takes "impersonation", "app_access" or both, each true or false')
+        return self
+
+
+class _ThrottlingBody(_Body):
+    example = '{"kind": "server_busy_fault", "backoff_ms": 2000}'
+    kind: str
+    backoff_ms: int | None = None
+
+
+class _DisabledBody(_Body):
+    example = '{"disabled": true}'
+    disabled: bool
+
+
+class _AllowedAppIdsBody(_Body):
+    example = '{"app_ids": ["..."]}'
+    app_ids: list[str] | None  # required; null unsets the list
+
+
+class _RedirectBody(_Body):
+    example = '{"kind": "redirect_url", "target": "https://..."}'
+    kind: str
+    target: str | None = None
+
+
+class _EwsUrlBody(_Body):
+    example = '{"url": "https://..."}'
+    url: str
+
+
+class _GraphThrottlingBody(_Body):
+    example = '{"throttled": true, "retry_after": 3, "mailbox": "carol@contoso.test"}'
+    throttled: bool
+    retry_after: int = 1
+    mailbox: str | None = None
+
+
+class _GraphMailboxBody(_Body):
+    example = '{"enabled": false}'
+    enabled: bool
+
+
+class _MoveBody(_Body):
+    example = '{"folder": "deleteditems"}'
+    folder: Annotated[str, Field(min_length=1)]
+
+
+class _PushFaultBody(_Body):
+    example = '{"kind": "delayed", "delay_seconds": 2}'
+    kind: str
+    delay_seconds: float | None = None
+
+
+class _LifecycleBody(_Body):
+    example = '{"event": "missed"}'
+    event: str
+
+
+class _BemsFaultBody(_Body):
+    example = '{"fault": "no_echo"}'
+    fault: str
+
+
+_BodyT = TypeVar("_BodyT", bound=_Body)
+
+_TYPE_REASONS = {
+    "bool_type": "must be true or false",
+    "string_type": "must be a string",
+    "int_type": "must be a whole number",
+    "float_type": "must be a number",
+    "list_type": "must be a list",
+    "string_too_short": "must not be empty",
+}
+
+
+async def _body(request: web.Request, model: type[_BodyT]) -> _BodyT:
+    """The request's JSON body as ``model``; ``_BadRequestError`` naming every wrong key and why."""
     try:
-        body = await request.json()
-    except json.JSONDecodeError as error:
-        raise _BadRequestError(f"the body is not JSON: {error}") from None
-    if not isinstance(body, dict) or (required is not None and required not in body):
-        raise _BadRequestError(f"the body must be a JSON object {example}")
-    if allowed is not None and set(body) - allowed:
-        raise _BadRequestError(f"unknown keys {sorted(set(body) - allowed)}; the body is a JSON object {example}")
-    return body
+        return model.model_validate_json(await request.read())
+    except ValidationError as err:
+        raise _BadRequestError(_describe(err, model)) from None
+
+
+def _describe(err: ValidationError, model: type[_Body]) -> str:
+    problems = []
+    for detail in err.errors(include_url=False):
+        key = ".".join(str(part) for part in detail["loc"])
+        if detail["type"] == "json_invalid":
+            return f"the body is not JSON: {detail['ctx']['error']}"
+        if detail["type"] == "model_type":
+            return f"the body must be a JSON object like {model.example}"
+        if detail["type"] == "extra_forbidden":
+            reason = f"unknown key (the body takes: {', '.join(model.model_fields)})"
+        elif detail["type"] == "missing":
+            reason = f"required key is missing (the body is like {model.example})"
+        elif detail["type"] == "greater_than":
+            reason = f"must be greater than {detail['ctx']['gt']}, not {detail['input']!r}"
+        elif detail["type"] in _TYPE_REASONS:
+            reason = f"{_TYPE_REASONS[detail['type']]}, not {detail['input']!r}"
+        else:
+            reason = detail["msg"].removeprefix("Value error, ")
+        problems.append(f"{key}: {reason}" if key else reason)
+    return "; ".join(problems)
 
 
 def _error(status: int, message: str) -> web.Response:
