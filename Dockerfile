@@ -30,7 +30,7 @@ COPY requirements.lock pyproject.toml README.md ./
 COPY exporter ./exporter
 # The dependencies from the lock only (--require-hashes: a file whose hash is not listed is refused), then
 # the wheel without resolving anything; pip check proves the lock satisfies the wheel's requirements.
-# tests/test_packaging.py runs these same pip commands outside Docker: keep them in step.
+# tests/deploy/test_packaging.py runs these same pip commands outside Docker: keep them in step.
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install --require-hashes --no-deps -r requirements.lock \
     && pip wheel --no-deps --wheel-dir /tmp/wheels . \

@@ -2,7 +2,7 @@
 
     python scripts/fault_matrix_report.py [--doc docs/security.md] [-- extra pytest args]
 
-Runs ``pytest tests/test_fault_matrix.py tests/test_operators.py -q`` (only the files that exist) with a
+Runs ``pytest tests/system/test_fault_matrix.py tests/system/test_operators.py -q`` (only the files that exist) with a
 JUnit XML report, and replaces the text between ``<!-- fault-matrix:begin -->`` and
 ``<!-- fault-matrix:end -->`` in the document by a markdown table: case, result, duration. Exits with
 pytest's status, so a failing case fails the script after the table is written.
@@ -21,7 +21,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TEST_FILES = ("tests/test_fault_matrix.py", "tests/test_operators.py")
+TEST_FILES = ("tests/system/test_fault_matrix.py", "tests/system/test_operators.py")
 BEGIN, END = "<!-- fault-matrix:begin -->", "<!-- fault-matrix:end -->"
 
 

@@ -7,7 +7,7 @@ Prometheus Operator. Run after changing a rule file:
     python deploy/kubernetes/generate_prometheusrule.py          # rewrite prometheusrule.yaml
     python deploy/kubernetes/generate_prometheusrule.py --check  # exit 1 if it is out of date
 
-tests/test_packaging.py runs the check, so the two never drift apart. Needs only PyYAML.
+tests/deploy/test_packaging.py runs the check, so the two never drift apart. Needs only PyYAML.
 """
 
 from __future__ import annotations

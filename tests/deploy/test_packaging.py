@@ -29,7 +29,7 @@ from loopback import free_port
 
 from exporter.config import load_config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 LOCK = ROOT / "requirements.lock"
 DEPLOY = ROOT / "deploy"

@@ -27,7 +27,7 @@ from bems_simulator.server import Simulator
 from exporter.daemon.app import Exporter
 from exporter.web.http_app import create_app
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "rules"
 ALERTMANAGER_CONFIG = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
 

@@ -199,7 +199,7 @@ async def test_push_metrics_pass_promtool(sim: Simulator, tmp_path: Path, starte
     assert lint.returncode == 0 and not lint.stdout.strip() and not lint.stderr.strip(), lint
 
 
-RULES = Path(__file__).resolve().parent.parent / "deploy" / "prometheus" / "rules"
+RULES = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "rules"
 RULE_METRIC = re.compile(r"(?<![:\w])(bems_[a-z0-9_]+)")
 
 

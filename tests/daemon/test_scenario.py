@@ -409,7 +409,7 @@ async def test_a_broken_delivery_path_makes_the_scenario_not_ready(
     await until(lambda: requirements(exporter) == (1.0, {}), "ready again", timeout=60)
 
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 def test_every_requirement_is_documented() -> None:

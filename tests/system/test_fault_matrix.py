@@ -283,7 +283,7 @@ async def _simulator_process(state: Path) -> AsyncIterator[dict[str, Any]]:
     """The simulator in a process of its own, as in production Exchange is not the exporter's event loop:
     700 healthy endpoints' worth of TLS handshakes a second would otherwise compete with the exporter."""
     # The checkout's simulator, installed or not (pytest's pythonpath reaches this process only).
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "simulator")}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "simulator")}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bems_simulator", "simulate", "--state-dir", str(state),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, start_new_session=True, env=env,
@@ -461,7 +461,7 @@ async def _exporter_with_listener(sim: Simulator, tmp_path: Path) -> AsyncIterat
         resource.setrlimit(resource.RLIMIT_NOFILE, (FLOOD_NOFILE, FLOOD_NOFILE))
 
     stderr = tmp_path / "exporter.stderr"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     with stderr.open("wb") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "exporter", "--config.file", str(config),

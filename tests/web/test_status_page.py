@@ -20,7 +20,7 @@ from exporter.daemon.app import Exporter
 from exporter.web.http_app import create_app
 from exporter.web.status_page import REASON_RUNBOOK, VERDICT_RUNBOOK
 
-RUNBOOKS = Path(__file__).resolve().parent.parent / "docs" / "runbooks.md"
+RUNBOOKS = Path(__file__).resolve().parents[2] / "docs" / "runbooks.md"
 
 
 class Cells(HTMLParser):

@@ -469,7 +469,7 @@ def test_limit_process_raises_nofile_and_disables_cores(tmp_path: Path) -> None:
     )
     out = subprocess.run(
         [sys.executable, "-c", script], preexec_fn=low_limits, capture_output=True, text=True, check=True,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
     ).stdout  # fmt: skip
     assert out.split() == ["(2048,", "2048)", "(0,", f"{core_hard})"]
 

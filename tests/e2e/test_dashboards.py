@@ -31,7 +31,7 @@ from bems_simulator.server import DEMO_GRAPH_ROLES, Simulator
 from exporter.daemon.app import Exporter
 from exporter.web.http_app import create_app
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = ROOT / "grafana"
 DASHBOARD_FILES = sorted((GRAFANA / "dashboards").glob("*.json"))
 RULES = sorted((ROOT / "deploy" / "prometheus" / "rules").glob("*.yml"))

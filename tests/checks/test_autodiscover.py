@@ -34,7 +34,7 @@ from exporter.protocol import autodiscover_wire as autodiscover
 from exporter.protocol.http_client import HttpResponse
 from exporter.results import ProbeFailure, Reason, Recorder
 
-SAMPLES = Path(__file__).parent / "microsoft_samples"
+SAMPLES = Path(__file__).parents[1] / "microsoft_samples"
 POX_NS = "http://schemas.microsoft.com/exchange/autodiscover/responseschema/2006"
 OUTLOOK_NS = "http://schemas.microsoft.com/exchange/autodiscover/outlook/responseschema/2006a"
 SOAP_NS = "http://schemas.xmlsoap.org/soap/envelope/"
