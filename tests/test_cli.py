@@ -692,6 +692,7 @@ async def start_demo(cli: CLI, tmp_path: Path, *flags: str) -> tuple[Proc, str]:
     return proc, base
 
 
+@pytest.mark.timeout(300)  # the demo: a simulator and an exporter process, every check to a verdict
 async def test_demo_probes_its_simulator_and_stops_on_sigint(
     cli: CLI, tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
@@ -716,6 +717,7 @@ async def test_demo_probes_its_simulator_and_stops_on_sigint(
         assert secret not in proc.stdout and secret not in proc.stderr
 
 
+@pytest.mark.timeout(300)  # the demo: a simulator and an exporter process, every check to a verdict
 async def test_the_demo_shows_the_whole_verdict_ready(cli: CLI, tmp_path: Path, http: aiohttp.ClientSession) -> None:
     """`make demo`: push (EWS and Graph) and BEMS' notification URL are checked, and every requirement is met."""
     proc, base = await start_demo(cli, tmp_path)
@@ -743,6 +745,7 @@ REQUEST_LOG_LINE = re.compile(r'(?:GET|POST|PATCH|PUT|DELETE) /\S* HTTP/1\.1\\?"
 
 
 @pytest.mark.parametrize("flags", [(), ("--log.requests",)], ids=["default", "log-requests"])
+@pytest.mark.timeout(300)  # the demo: a simulator and an exporter process, every check to a verdict
 async def test_the_demo_ends_with_its_urls_and_fault_examples_and_logs_requests_only_when_asked(
     cli: CLI, tmp_path: Path, http: aiohttp.ClientSession, flags: tuple[str, ...]
 ) -> None:
@@ -769,6 +772,7 @@ async def test_the_demo_ends_with_its_urls_and_fault_examples_and_logs_requests_
         assert "logger=exporter" in proc.stderr, "the exporter's own log stays"
 
 
+@pytest.mark.timeout(300)  # the demo: a simulator and an exporter process, every check to a verdict
 async def test_demo_stops_on_sigterm(cli: CLI, tmp_path: Path) -> None:
     proc, _ = await start_demo(cli, tmp_path)
     proc.send_signal(signal.SIGTERM)

@@ -257,6 +257,7 @@ def demo_venv(image_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return venv
 
 
+@pytest.mark.timeout(600)  # the first to use it builds the image's venv: pip installs from the lock
 def test_the_production_image_venv_contains_no_simulator(image_venv: Path) -> None:
     """The product ships no XML bombs, XXE payloads or fake Entra ID: no simulator package, script or dependency."""
     (site,) = (image_venv / "lib").glob("python3.*/site-packages")
@@ -468,6 +469,7 @@ def http_status(url: str) -> int | None:
         return None
 
 
+@pytest.mark.timeout(600)  # the first to use it builds the image's venv: pip installs from the lock
 def test_the_image_build_steps_give_a_working_exporter_outside_docker(
     image_venv: Path, demo_venv: Path, processes: list[subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
@@ -786,6 +788,7 @@ def test_systemd_unit_is_hardened() -> None:
     assert "${CREDENTIALS_DIRECTORY}" in comments
 
 
+@pytest.mark.timeout(600)  # the first to use it builds the image's venv: pip installs from the lock
 def test_systemd_analyze_verifies_the_unit_and_rates_it_ok(image_venv: Path, tmp_path: Path) -> None:
     """systemd's own parser accepts every line; ExecStart points at where `pip install` puts the entry point."""
     systemd_analyze = tool("systemd-analyze")

@@ -22,6 +22,8 @@ import pytest
 import yaml
 from loopback import free_port
 
+pytestmark = pytest.mark.timeout(300)  # promtool and Prometheus processes
+
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS = ROOT / "deploy" / "prometheus"
 RULES = sorted((PROMETHEUS / "rules").glob("*.yml"))

@@ -27,6 +27,8 @@ from bems_simulator.server import Simulator
 from exporter.daemon.app import Exporter
 from exporter.web.http_app import create_app
 
+pytestmark = pytest.mark.timeout(300)  # real Prometheus and Alertmanager: evaluation and notification rounds
+
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "rules"
 ALERTMANAGER_CONFIG = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"

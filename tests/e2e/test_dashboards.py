@@ -31,6 +31,8 @@ from bems_simulator.server import DEMO_GRAPH_ROLES, Simulator
 from exporter.daemon.app import Exporter
 from exporter.web.http_app import create_app
 
+pytestmark = pytest.mark.timeout(300)  # real Prometheus scraping a demo until every panel has data
+
 ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = ROOT / "grafana"
 DASHBOARD_FILES = sorted((GRAFANA / "dashboards").glob("*.json"))

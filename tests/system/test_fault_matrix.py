@@ -50,7 +50,8 @@ from exporter.daemon.scheduler import LAG_BUCKETS, Scheduler
 from exporter.daemon.store import ResultStore
 from exporter.results import CheckResult, Reason
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+# The flood and overload rows run a thousand targets or an exporter process under load.
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(300)]
 
 MEMORY_BOUND = 20 * 1024 * 1024  # extra bytes a row may allocate at its peak
 SLACK = 0.5  # seconds a check may end after its budget

@@ -116,6 +116,7 @@ async def headless(url: str, profile: Path, *extra: str) -> str:
     return out.decode()
 
 
+@pytest.mark.timeout(300)  # starts Chromium
 async def test_in_a_real_browser(client: tuple[TestClient, Exporter], simulator: Simulator, tmp_path: Path) -> None:
     http, exporter = client
     await simulator.set_fault("onprem-ews", "expired")
