@@ -35,7 +35,7 @@ ENDPOINT_NAMES = [
 ]
 # The stranger's host is reached by address, not as localhost, and has no landing page.
 EXCHANGE_ENDPOINT_NAMES = ENDPOINT_NAMES[:-1]
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
