@@ -15,3 +15,8 @@ async def run(config: Config, target: Target, check: str) -> CheckResult:
         return await execute(CHECKS[check], config, target, resources)
     finally:
         await resources.close()
+
+
+def configured_target(config: Config, name: str, **changes: object) -> Target:
+    """The configured target ``name``, with ``changes`` applied."""
+    return config.targets_by_name()[name].model_copy(update=changes)

@@ -1,11 +1,9 @@
-"""The reachability and TLS checks against the simulator's real sockets and certificates."""
+"""The TLS check against the simulator's real sockets and certificates; reachability is in test_reachability.py."""
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import functools
-import os
 import ssl
 import time
 from collections.abc import Callable
@@ -15,7 +13,7 @@ from pathlib import Path
 import certifi
 import pytest
 from aiohttp import web
-from checks import run
+from checks import configured_target, run
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -25,15 +23,11 @@ from bems_simulator.tls import INTERMEDIATE_NAME, WRONG_HOSTNAME, CertificateVar
 from exporter.checks import CHECKS
 from exporter.checks import tls as tls_probe
 from exporter.checks.resources import Resources
-from exporter.config import AuthMethod, Config, Target, load_config
+from exporter.config import AuthMethod, Config, load_config
 from exporter.daemon.runner import execute
 from exporter.protocol import tcp_tls as net
 from exporter.protocol.http_client import HttpClients
 from exporter.results import CheckResult, Reason
-
-
-def _target(config: Config, name: str, **changes: object) -> Target:
-    return config.targets_by_name()[name].model_copy(update=changes)
 
 
 def measurements(result: CheckResult) -> dict[str, float]:
@@ -42,7 +36,7 @@ def measurements(result: CheckResult) -> dict[str, float]:
 
 async def test_healthy_endpoint_passes_both_checks(simulator: Simulator, sim_config_file: Path) -> None:
     config = load_config(sim_config_file)
-    target = _target(config, "onprem-ews")
+    target = configured_target(config, "onprem-ews")
     reach = await run(config, target, "reachability")
     tls = await run(config, target, "tls")
     assert reach.success and tls.success, (reach, tls)
@@ -71,13 +65,13 @@ async def test_each_fault_has_its_reason(
 ) -> None:
     config = load_config(sim_config_file)
     await simulator.set_fault("onprem-ews", fault)
-    result = await run(config, _target(config, "onprem-ews"), check)
+    result = await run(config, configured_target(config, "onprem-ews"), check)
     assert not result.success
     assert result.reason == reason
     assert message in result.message
     assert result.hint, "every failure tells the operator what to fix"
     # The healthy neighbour is unaffected by the fault.
-    assert (await run(config, _target(config, "onprem-autodiscover"), check)).success
+    assert (await run(config, configured_target(config, "onprem-autodiscover"), check)).success
 
 
 async def test_hanging_endpoint_passes_reachability_but_times_out_on_time(
@@ -85,9 +79,9 @@ async def test_hanging_endpoint_passes_reachability_but_times_out_on_time(
 ) -> None:
     config = load_config(sim_config_file)
     await simulator.set_fault("onprem-ews", "hang")
-    assert (await run(config, _target(config, "onprem-ews"), "reachability")).success
+    assert (await run(config, configured_target(config, "onprem-ews"), "reachability")).success
     t0 = time.perf_counter()
-    result = await run(config, _target(config, "onprem-ews"), "tls")
+    result = await run(config, configured_target(config, "onprem-ews"), "tls")
     assert result.reason == Reason.TIMEOUT
     assert 0.9 < time.perf_counter() - t0 < 2.0
 
@@ -95,7 +89,7 @@ async def test_hanging_endpoint_passes_reachability_but_times_out_on_time(
 async def test_expired_certificate_still_reports_its_expiry(simulator: Simulator, sim_config_file: Path) -> None:
     config = load_config(sim_config_file)
     await simulator.set_fault("onprem-ews", "expired")
-    result = await run(config, _target(config, "onprem-ews"), "tls")
+    result = await run(config, configured_target(config, "onprem-ews"), "tls")
     assert result.reason == Reason.CERTIFICATE
     assert measurements(result)["bems_tls_cert_expiry_timestamp_seconds"] < time.time()
     assert "renew the certificate" in result.hint
@@ -104,17 +98,8 @@ async def test_expired_certificate_still_reports_its_expiry(simulator: Simulator
 async def test_wrong_host_hint_names_the_certificate_names(simulator: Simulator, sim_config_file: Path) -> None:
     config = load_config(sim_config_file)
     await simulator.set_fault("onprem-ews", "wrong_host")
-    result = await run(config, _target(config, "onprem-ews"), "tls")
+    result = await run(config, configured_target(config, "onprem-ews"), "tls")
     assert "wrong-host.example.test" in result.hint
-
-
-async def test_unresolvable_host_is_a_dns_failure(simulator: Simulator, sim_config_file: Path) -> None:
-    config = load_config(sim_config_file)
-    target = _target(config, "onprem-ews", url="https://no-such-host.invalid/EWS/Exchange.asmx")
-    for check in ("reachability", "tls"):
-        result = await run(config, target, check)
-        assert result.reason == Reason.DNS, result
-        assert "no-such-host.invalid does not resolve" in result.message
 
 
 async def test_system_trust_store_does_not_trust_the_simulator(simulator: Simulator, sim_config_file: Path) -> None:
@@ -126,7 +111,7 @@ async def test_system_trust_store_does_not_trust_the_simulator(simulator: Simula
             )
         }
     )
-    result = await run(without_ca, _target(config, "onprem-ews"), "tls")
+    result = await run(without_ca, configured_target(config, "onprem-ews"), "tls")
     assert result.reason == Reason.CERTIFICATE
 
 
@@ -196,7 +181,7 @@ async def test_each_certificate_fault_has_its_hint_and_expiry(
 ) -> None:
     config = load_config(sim_config_file)
     await simulator.set_fault("onprem-ews", fault)
-    target = _target(config, "onprem-ews")
+    target = configured_target(config, "onprem-ews")
     result = await run(config, target, "tls")
     chain = presented_chain(simulator, fault)
     assert (result.reason, result.message) == (Reason.CERTIFICATE, f"certificate rejected: {message}")
@@ -209,7 +194,9 @@ async def test_an_ip_address_the_certificate_does_not_name(simulator: Simulator,
     config = load_config(sim_config_file)
     await simulator.set_fault("onprem-ews", "wrong_host")
     port = simulator.endpoints["onprem-ews"].port
-    result = await run(config, _target(config, "onprem-ews", url=f"https://127.0.0.1:{port}/EWS/Exchange.asmx"), "tls")
+    result = await run(
+        config, configured_target(config, "onprem-ews", url=f"https://127.0.0.1:{port}/EWS/Exchange.asmx"), "tls"
+    )
     assert (result.reason, result.message) == (
         Reason.CERTIFICATE,
         "certificate rejected: IP address mismatch, certificate is not valid for '127.0.0.1'.",
@@ -223,7 +210,7 @@ async def test_an_ip_address_the_certificate_does_not_name(simulator: Simulator,
 async def test_the_chain_expires_with_its_intermediate(simulator: Simulator, sim_config_file: Path) -> None:
     config = load_config(sim_config_file)
     await simulator.set_fault("onprem-ews", "intermediate_expires_first")
-    result = await run(config, _target(config, "onprem-ews"), "tls")
+    result = await run(config, configured_target(config, "onprem-ews"), "tls")
     leaf, intermediate = presented_chain(simulator, "intermediate_expires_first")
     assert result.success, result
     assert intermediate.not_valid_after_utc < leaf.not_valid_after_utc
@@ -262,7 +249,7 @@ async def test_public_trust_is_measured_beside_the_configured_trust(
     if public_roots == "simulator":
         config = with_tls(config, public_ca_file=str(simulator.ca_file))
     await simulator.set_fault("onprem-ews", fault)
-    result = await run(config, _target(config, "onprem-ews"), "tls")
+    result = await run(config, configured_target(config, "onprem-ews"), "tls")
     assert result.success is success, result
     assert publicly_trusted(result) == trusted
     if success:
@@ -275,7 +262,7 @@ async def test_the_default_public_roots_are_certifis(simulator: Simulator, sim_c
     config = load_config(sim_config_file)
     assert tls_probe.public_roots_file(None) == certifi.where()
     assert tls_probe.public_roots_file(str(simulator.ca_file)) == str(simulator.ca_file)
-    result = await run(with_tls(config, ca_file=None), _target(config, "onprem-ews"), "tls")
+    result = await run(with_tls(config, ca_file=None), configured_target(config, "onprem-ews"), "tls")
     assert (result.reason, publicly_trusted(result)) == (Reason.CERTIFICATE, 0)
 
 
@@ -293,7 +280,7 @@ async def test_public_trust_needs_no_second_handshake_and_is_cached_per_chain(
     monkeypatch.setattr(net, "tls_handshake", counted)
     tls_probe._public_distrust.cache_clear()
     for _ in range(3):
-        assert publicly_trusted(await run(config, _target(config, "onprem-ews"), "tls")) == 1
+        assert publicly_trusted(await run(config, configured_target(config, "onprem-ews"), "tls")) == 1
     assert len(handshakes) == 3
     assert tls_probe._public_distrust.cache_info().misses == 1
 
@@ -310,102 +297,6 @@ def test_a_cached_verdict_lasts_until_a_certificate_of_the_chain_changes_validit
     assert chain.next_validity_change((now + timedelta(days=91)).timestamp()) == float("inf")
 
 
-def _connect_fails(error: int) -> Callable[..., object]:
-    async def open_socket(address: str, port: int) -> object:
-        raise OSError(error, os.strerror(error))
-
-    return open_socket
-
-
-async def _never_connects(address: str, port: int) -> object:
-    await asyncio.Event().wait()
-    raise AssertionError("unreachable")
-
-
-# How a TCP connect ends, and what the reachability and tls checks then report, directly and through a proxy.
-CONNECT_OUTCOMES = [
-    pytest.param(
-        _connect_fails(errno.ECONNREFUSED),
-        Reason.REFUSED,
-        "connection to 127.0.0.1:{port} refused",
-        "nothing accepts connections on 127.0.0.1:{port}",
-        id="refused",
-    ),
-    pytest.param(
-        _connect_fails(errno.ETIMEDOUT),
-        Reason.TIMEOUT,
-        "connection to 127.0.0.1:{port} timed out",
-        "a firewall may be dropping packets to port {port}",
-        id="kernel-timeout",
-    ),
-    pytest.param(
-        _connect_fails(errno.EHOSTUNREACH),
-        Reason.UNREACHABLE,
-        "cannot connect to 127.0.0.1:{port}: No route to host",
-        "check routing and firewalls",
-        id="host-unreachable",
-    ),
-    pytest.param(
-        _connect_fails(errno.ENETUNREACH),
-        Reason.UNREACHABLE,
-        "cannot connect to 127.0.0.1:{port}: Network is unreachable",
-        "check routing and firewalls",
-        id="network-unreachable",
-    ),
-    pytest.param(
-        _never_connects,
-        Reason.TIMEOUT,
-        "TCP connect to 127.0.0.1:{port} did not finish within 1s",
-        "a firewall may be dropping packets to port {port}",
-        id="check-timeout",
-    ),
-]
-
-
-@pytest.mark.parametrize("check", ["reachability", "tls"])
-@pytest.mark.parametrize(("open_socket", "reason", "message", "hint"), CONNECT_OUTCOMES)
-async def test_each_connect_outcome_has_its_reason(
-    simulator: Simulator,
-    sim_config_file: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    check: str,
-    open_socket: Callable[..., object],
-    reason: Reason,
-    message: str,
-    hint: str,
-) -> None:
-    config = load_config(sim_config_file)
-    port = simulator.endpoints["onprem-ews"].port
-    target = _target(config, "onprem-ews", url=f"https://127.0.0.1:{port}/EWS/Exchange.asmx")
-    monkeypatch.setattr(net, "_open_socket", open_socket)
-    result = await run(config, target, check)
-    assert (result.reason, result.message) == (reason, message.format(port=port))
-    assert hint.format(port=port) in result.hint
-
-
-@pytest.mark.parametrize("check", ["reachability", "tls"])
-@pytest.mark.parametrize(("open_socket", "reason", "message", "hint"), CONNECT_OUTCOMES[:-1])
-async def test_a_proxy_that_cannot_be_connected_to_is_a_proxy_failure(
-    simulator: Simulator,
-    sim_config_file: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    check: str,
-    open_socket: Callable[..., object],
-    reason: Reason,
-    message: str,
-    hint: str,
-) -> None:
-    proxy_port = int(simulator.proxy_url.rsplit(":", 1)[1])
-    config = load_config(sim_config_file)
-    config = config.model_copy(
-        update={"defaults": config.defaults.model_copy(update={"proxy_url": f"http://127.0.0.1:{proxy_port}"})}
-    )
-    monkeypatch.setattr(net, "_open_socket", open_socket)
-    result = await run(config, _target(config, "onprem-ews"), check)
-    assert (result.reason, result.message) == (Reason.PROXY, message.format(port=proxy_port))
-    assert result.hint == "check that the proxy is running"
-
-
 async def test_a_ca_rotation_reaches_every_check_at_once(
     simulator: Simulator, sim_config_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -420,7 +311,7 @@ async def test_a_ca_rotation_reaches_every_check_at_once(
 
         async def verdicts() -> dict[tuple[str, str], Reason | None]:
             return {
-                (name, check): (await execute(CHECKS[check], config, _target(config, name), resources)).reason
+                (name, check): (await execute(CHECKS[check], config, configured_target(config, name), resources)).reason
                 for name, check in runs
             }
 
@@ -500,25 +391,9 @@ async def test_signed_in_checks_name_network_and_tls_faults_as_the_tls_check_doe
     simulator: Simulator, sim_config_file: Path, method: str, fault: str, reason: Reason
 ) -> None:
     config = load_config(sim_config_file)
-    target = _target(config, "onprem-ews").model_copy(update={"auth": (AuthMethod(method),)})
+    target = configured_target(config, "onprem-ews").model_copy(update={"auth": (AuthMethod(method),)})
     await simulator.set_fault("onprem-ews", fault)
     tls = await run(config, target, "tls")
     auth = await run(config, target, "auth")
     assert (tls.reason, auth.reason) == (reason, reason), (tls.message, auth.message)
     assert auth.hint
-
-
-@pytest.mark.parametrize(
-    ("os_error", "reason"),
-    [
-        (ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"), Reason.REFUSED),
-        (OSError(errno.ETIMEDOUT, "Connection timed out"), Reason.TIMEOUT),  # SYNs dropped by a firewall
-        (OSError(errno.EHOSTUNREACH, "No route to host"), Reason.UNREACHABLE),
-        (OSError(errno.ENETUNREACH, "Network is unreachable"), Reason.UNREACHABLE),
-    ],
-    ids=["refused", "etimedout", "ehostunreach", "enetunreach"],
-)
-def test_a_failed_connect_is_named_by_its_errno(os_error: OSError, reason: Reason) -> None:
-    failure = net.connect_failure(os_error, "mail.corp.example.com", 443)
-    assert failure.reason == reason
-    assert "mail.corp.example.com:443" in failure.message and failure.hint

@@ -1,0 +1,138 @@
+"""The reachability check: DNS, the TCP connect and a proxy in the way, each outcome with its reason."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from checks import configured_target, run
+
+from bems_simulator.server import Simulator
+from exporter.config import load_config
+from exporter.protocol import tcp_tls as net
+from exporter.results import Reason
+
+
+async def test_unresolvable_host_is_a_dns_failure(simulator: Simulator, sim_config_file: Path) -> None:
+    config = load_config(sim_config_file)
+    target = configured_target(config, "onprem-ews", url="https://no-such-host.invalid/EWS/Exchange.asmx")
+    for check in ("reachability", "tls"):
+        result = await run(config, target, check)
+        assert result.reason == Reason.DNS, result
+        assert "no-such-host.invalid does not resolve" in result.message
+
+
+def _connect_fails(error: int) -> Callable[..., object]:
+    async def open_socket(address: str, port: int) -> object:
+        raise OSError(error, os.strerror(error))
+
+    return open_socket
+
+
+async def _never_connects(address: str, port: int) -> object:
+    await asyncio.Event().wait()
+    raise AssertionError("unreachable")
+
+
+# How a TCP connect ends, and what the reachability and tls checks then report, directly and through a proxy.
+CONNECT_OUTCOMES = [
+    pytest.param(
+        _connect_fails(errno.ECONNREFUSED),
+        Reason.REFUSED,
+        "connection to 127.0.0.1:{port} refused",
+        "nothing accepts connections on 127.0.0.1:{port}",
+        id="refused",
+    ),
+    pytest.param(
+        _connect_fails(errno.ETIMEDOUT),
+        Reason.TIMEOUT,
+        "connection to 127.0.0.1:{port} timed out",
+        "a firewall may be dropping packets to port {port}",
+        id="kernel-timeout",
+    ),
+    pytest.param(
+        _connect_fails(errno.EHOSTUNREACH),
+        Reason.UNREACHABLE,
+        "cannot connect to 127.0.0.1:{port}: No route to host",
+        "check routing and firewalls",
+        id="host-unreachable",
+    ),
+    pytest.param(
+        _connect_fails(errno.ENETUNREACH),
+        Reason.UNREACHABLE,
+        "cannot connect to 127.0.0.1:{port}: Network is unreachable",
+        "check routing and firewalls",
+        id="network-unreachable",
+    ),
+    pytest.param(
+        _never_connects,
+        Reason.TIMEOUT,
+        "TCP connect to 127.0.0.1:{port} did not finish within 1s",
+        "a firewall may be dropping packets to port {port}",
+        id="check-timeout",
+    ),
+]
+
+
+@pytest.mark.parametrize("check", ["reachability", "tls"])
+@pytest.mark.parametrize(("open_socket", "reason", "message", "hint"), CONNECT_OUTCOMES)
+async def test_each_connect_outcome_has_its_reason(
+    simulator: Simulator,
+    sim_config_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    check: str,
+    open_socket: Callable[..., object],
+    reason: Reason,
+    message: str,
+    hint: str,
+) -> None:
+    config = load_config(sim_config_file)
+    port = simulator.endpoints["onprem-ews"].port
+    target = configured_target(config, "onprem-ews", url=f"https://127.0.0.1:{port}/EWS/Exchange.asmx")
+    monkeypatch.setattr(net, "_open_socket", open_socket)
+    result = await run(config, target, check)
+    assert (result.reason, result.message) == (reason, message.format(port=port))
+    assert hint.format(port=port) in result.hint
+
+
+@pytest.mark.parametrize("check", ["reachability", "tls"])
+@pytest.mark.parametrize(("open_socket", "reason", "message", "hint"), CONNECT_OUTCOMES[:-1])
+async def test_a_proxy_that_cannot_be_connected_to_is_a_proxy_failure(
+    simulator: Simulator,
+    sim_config_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    check: str,
+    open_socket: Callable[..., object],
+    reason: Reason,
+    message: str,
+    hint: str,
+) -> None:
+    proxy_port = int(simulator.proxy_url.rsplit(":", 1)[1])
+    config = load_config(sim_config_file)
+    config = config.model_copy(
+        update={"defaults": config.defaults.model_copy(update={"proxy_url": f"http://127.0.0.1:{proxy_port}"})}
+    )
+    monkeypatch.setattr(net, "_open_socket", open_socket)
+    result = await run(config, configured_target(config, "onprem-ews"), check)
+    assert (result.reason, result.message) == (Reason.PROXY, message.format(port=proxy_port))
+    assert result.hint == "check that the proxy is running"
+
+
+@pytest.mark.parametrize(
+    ("os_error", "reason"),
+    [
+        (ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"), Reason.REFUSED),
+        (OSError(errno.ETIMEDOUT, "Connection timed out"), Reason.TIMEOUT),  # SYNs dropped by a firewall
+        (OSError(errno.EHOSTUNREACH, "No route to host"), Reason.UNREACHABLE),
+        (OSError(errno.ENETUNREACH, "Network is unreachable"), Reason.UNREACHABLE),
+    ],
+    ids=["refused", "etimedout", "ehostunreach", "enetunreach"],
+)
+def test_a_failed_connect_is_named_by_its_errno(os_error: OSError, reason: Reason) -> None:
+    failure = net.connect_failure(os_error, "mail.corp.example.com", 443)
+    assert failure.reason == reason
+    assert "mail.corp.example.com:443" in failure.message and failure.hint
