@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from checks import run
+from check_runner import run
 
 from bems_simulator.server import Simulator
 from exporter.config import load_config

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from checks import run
+from check_runner import run
 from samples import parse, value
 
 from bems_simulator.pki import CertificateAuthority

@@ -20,7 +20,7 @@ from xml.etree import ElementTree
 import pytest
 import yaml
 from aiohttp import web
-from checks import run
+from check_runner import run
 
 from bems_simulator.endpoint import bind_loopback_socket
 from bems_simulator.server import NOMINAL_HOSTS, Simulator

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from checks import run
+from check_runner import run
 
 from bems_simulator.server import Simulator
 from exporter import cli

@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from checks import run
+from check_runner import run
 from loopback import free_port
 from samples import parse, value
 

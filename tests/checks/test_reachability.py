@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from checks import configured_target, run
+from check_runner import configured_target, run
 
 from bems_simulator.server import Simulator
 from exporter.config import load_config

@@ -13,7 +13,7 @@ from pathlib import Path
 import certifi
 import pytest
 from aiohttp import web
-from checks import configured_target, run
+from check_runner import configured_target, run
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 

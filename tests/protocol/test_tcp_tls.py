@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
-from checks import run
+from check_runner import run
 
 from bems_simulator import ProxyFault, ProxyRequest, Simulator
 from bems_simulator import proxy as proxy_module

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import requests.adapters
-from checks import run
+from check_runner import run
 from exchangelib import NTLM, Configuration, Credentials
 from exchangelib.autodiscover import AutodiscoverProtocol, Autodiscovery, autodiscover_cache, cache
 from exchangelib.errors import AutoDiscoverCircularRedirect, ErrorNonExistentMailbox

@@ -22,7 +22,7 @@ import msal
 import pytest
 import requests
 import yaml
-from checks import run
+from check_runner import run
 from test_simulator_auth import msal_app
 
 from bems_simulator import Simulator
