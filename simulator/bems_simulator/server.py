@@ -658,18 +658,23 @@ class Simulator:
         path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         return path
 
-    def _add_delivery(self, config: dict[str, Any], directory: Path, interval: str, stall_after: str | None) -> None:
+    def notifications_block(self, directory: Path) -> dict[str, Any]:
+        """An exporter config's ``notifications:`` for a listener this simulator can call back: a free loopback
+        port, and a certificate from ``ca_file``'s CA (with its key) written into ``directory``."""
         cert, key = self.issue_certificate(["localhost"], [self.host])
         cert_file, key_file = directory / "listener.crt", directory / "listener.key"
         cert_file.write_bytes(cert)
         write_private_file(key_file, key)
         with bind_loopback_socket(self.host, 0) as sock:  # a free port, released for the exporter to bind
             port = sock.getsockname()[1]
-        config["notifications"] = {
+        return {
             "listen_address": f"{self.host}:{port}",
             "public_url": f"https://localhost:{port}/bems-monitor",  # Graph calls back over https only
             "tls": {"cert_file": str(cert_file), "key_file": str(key_file)},
         }
+
+    def _add_delivery(self, config: dict[str, Any], directory: Path, interval: str, stall_after: str | None) -> None:
+        config["notifications"] = self.notifications_block(directory)
         push = {
             "onprem-ews": {"mailbox": ONPREM_MAILBOXES[0], "status_frequency": 1},
             "online-graph": {"mailbox": ONLINE_MAILBOXES[0]},

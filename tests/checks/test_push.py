@@ -51,15 +51,7 @@ def push_config(sim: Simulator, tmp_path: Path, interval: str = "1s", **push: di
         tmp_path / "bems.yml", interval=interval, timeout="1s" if interval == "1s" else "10s"
     )
     data = yaml.safe_load(path.read_text())
-    cert, key = sim.issue_certificate(["localhost"], ["127.0.0.1"])
-    (tmp_path / "listener.crt").write_bytes(cert)
-    (tmp_path / "listener.key").write_bytes(key)
-    port = free_port()
-    data["notifications"] = {
-        "listen_address": f"127.0.0.1:{port}",
-        "public_url": f"https://localhost:{port}/monitor",
-        "tls": {"cert_file": str(tmp_path / "listener.crt"), "key_file": str(tmp_path / "listener.key")},
-    }
+    data["notifications"] = sim.notifications_block(tmp_path)
     for target in data["targets"]:
         if target["name"] in push:
             target["push"] = push[target["name"]]

@@ -534,15 +534,7 @@ async def test_sigterm_with_checks_in_flight_and_a_graph_subscription(
     sim = push_simulator
     config = sim.write_exporter_config(tmp_path / "bems.yml", interval="2s", timeout="2s")
     data = yaml.safe_load(config.read_text(encoding="utf-8"))
-    cert, key = sim.issue_certificate(["localhost"], ["127.0.0.1"])
-    (tmp_path / "listener.crt").write_bytes(cert)
-    (tmp_path / "listener.key").write_bytes(key)
-    listen = free_port()
-    data["notifications"] = {
-        "listen_address": f"127.0.0.1:{listen}",
-        "public_url": f"https://localhost:{listen}/monitor",
-        "tls": {"cert_file": str(tmp_path / "listener.crt"), "key_file": str(tmp_path / "listener.key")},
-    }
+    data["notifications"] = sim.notifications_block(tmp_path)
     for target in data["targets"]:
         if target["name"] == "online-graph":
             target["push"] = {"mailbox": "carol@contoso.test", "write_probe": True, "write_interval": "1s",
