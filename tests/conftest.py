@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import time_machine
+from fake_clock import FakeClock
 from test_cli import CLI
 
 from bems_simulator.server import Simulator
@@ -44,6 +48,16 @@ async def simulator(tmp_path: Path) -> AsyncIterator[Simulator]:
 @pytest.fixture
 def sim_config_file(simulator: Simulator, tmp_path: Path) -> Path:
     return simulator.write_exporter_config(tmp_path / "bems.yml", interval="2s", timeout="1s")
+
+
+@pytest.fixture
+async def fake_clock() -> AsyncIterator[FakeClock]:
+    """The loop's clock and the wall clock, moved together by ``await fake_clock.advance(seconds)``.
+
+    The loop keeps the moved clock after the test (it is closed with it: a clock must not go back).
+    """
+    with time_machine.travel(time.time(), tick=True) as traveller:
+        yield FakeClock(asyncio.get_running_loop(), traveller)
 
 
 @pytest.fixture(autouse=True)

@@ -94,7 +94,7 @@ def _stall(target: Target, state: PushTarget) -> str | None:
     """Why the current subscription counts as stalled, if it does."""
     stall = target.push_stall_after.total_seconds()
     probe = state.probe
-    if probe is not None and not probe.delivered and time.monotonic() - probe.written_at > stall:
+    if probe is not None and not probe.delivered and state.monotonic() - probe.written_at > stall:
         return f"the write probe's notification did not arrive within {stall:g} s"
     current = state.current
     if target.kind == Kind.EWS and current is not None and current.active:
@@ -185,12 +185,12 @@ async def _write_probe(ctx: ProbeContext, target: Target, state: PushTarget, wri
     probe = state.probe
     if probe is not None and not probe.delivered:
         return  # still waiting for it (one overdue was a stall, and dropped): one probe at a time
-    due = probe is None or state.probe_now or time.monotonic() - probe.written_at >= push.write_interval.total_seconds()
+    due = probe is None or state.probe_now or state.monotonic() - probe.written_at >= push.write_interval.total_seconds()
     if not due:
         return
     async with ctx.rec.step(f"write probe item in {push.mailbox}'s inbox") as detail:
         item_id = await write(ctx, target)
-        state.register_probe(ProbeItem(item_id, time.monotonic(), time.time()))
+        state.register_probe(ProbeItem(item_id, state.monotonic(), time.time()))
         detail.append("written; its notification is awaited")
 
 

@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -88,7 +88,7 @@ class ProbeItem:
     """A write probe's item: when its create request ended, and whether its notification came."""
 
     item_id: str
-    written_at: float  # time.monotonic()
+    written_at: float  # PushTarget.monotonic()
     written_unix: float
     delivered: bool = False
 
@@ -107,8 +107,9 @@ class PushTarget:
     notifications: Counter[str] = field(default_factory=Counter)
     rejected: Counter[str] = field(default_factory=Counter)
     delays: Histogram = field(default_factory=lambda: Histogram(DELAY_BUCKETS))
-    # Items notified lately, by arrival (time.monotonic()): a notification can beat the create call's answer.
+    # Items notified lately, by arrival (monotonic()): a notification can beat the create call's answer.
     recent_items: dict[str, float] = field(default_factory=dict)
+    monotonic: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)  # a fake clock in tests
 
     def accept(self, kind: str, item_id: str | None) -> None:
         self.notifications[kind] += 1
@@ -117,9 +118,9 @@ class PushTarget:
             return
         probe = self.probe
         if probe is not None and not probe.delivered and item_id == probe.item_id:
-            self._delivered(probe, time.monotonic())
+            self._delivered(probe, self.monotonic())
             return
-        self.recent_items[item_id] = time.monotonic()
+        self.recent_items[item_id] = self.monotonic()
         while len(self.recent_items) > RECENT_ITEMS:
             del self.recent_items[next(iter(self.recent_items))]
 
@@ -186,8 +187,9 @@ def _chain(current: Subscription, notification: ews_soap.Notification) -> str:
 
 
 class PushRegistry:
-    def __init__(self) -> None:
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.targets: dict[str, PushTarget] = {}
+        self._monotonic = monotonic  # a test's fake clock moves it
 
     def configure(self, config: Config) -> None:
         """Keep the state of unchanged push targets; forget removed or changed ones (their EWS
@@ -195,7 +197,7 @@ class PushRegistry:
         wanted = {t.name: t for t in config.targets if t.push is not None}
         self.targets = {
             name: self.targets[name] if name in self.targets and self.targets[name].target == target
-            else PushTarget(target)
+            else PushTarget(target, monotonic=self._monotonic)
             for name, target in wanted.items()
         }  # fmt: skip
 
@@ -203,7 +205,7 @@ class PushRegistry:
         """The target's state; a push check run outside the daemon (``probe``, tests) starts one."""
         state = self.targets.get(target.name)
         if state is None or state.target != target:
-            state = self.targets[target.name] = PushTarget(target)
+            state = self.targets[target.name] = PushTarget(target, monotonic=self._monotonic)
         return state
 
     # -- callbacks (the listener) ---------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -23,13 +24,14 @@ BLOCKING_WORKERS = 16
 
 
 class Resources:
-    def __init__(self) -> None:
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
+        """``monotonic`` is the clock of back-off, suspension and push delivery: tests pass a fake one."""
         self.http = HttpClients()
         self.entra = EntraApps()
         self.ntlm = NtlmSessions()
-        self.backoff = Backoff()
-        self.suspensions = Suspensions()  # Windows credentials not sent after repeated 401s
-        self.push = PushRegistry()
+        self.backoff = Backoff(monotonic)
+        self.suspensions = Suspensions(monotonic)  # Windows credentials not sent after repeated 401s
+        self.push = PushRegistry(monotonic)
         self._executor = ThreadPoolExecutor(max_workers=BLOCKING_WORKERS, thread_name_prefix="bems-blocking")
 
     async def run_blocking(self, fn: Callable[..., T], /, *args: object, **kwargs: object) -> T:

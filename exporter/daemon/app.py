@@ -6,6 +6,7 @@ import asyncio
 import logging
 import subprocess
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import NamedTuple
@@ -52,12 +53,15 @@ class ProbeAnswer(NamedTuple):
 
 
 class Exporter:
-    def __init__(self, config_file: str, shard: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self, config_file: str, shard: tuple[int, int] | None = None, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
+        """``monotonic`` times back-off, suspensions and push delivery (Resources): tests pass a fake clock's."""
         self.config_file = config_file
         self.shard = shard  # --shard overrides the file's shard key
         self.store = ResultStore()
         self.status = ExporterStatus(__version__, revision())
-        self.resources = Resources()
+        self.resources = Resources(monotonic)
         self.listener = Listener(self.resources.push)
         self.scheduler = Scheduler(self.store, self.resources, on_result=self._log_result)
         self.status.extra.append(partial(lag_families, self.scheduler.lag))

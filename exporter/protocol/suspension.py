@@ -19,7 +19,7 @@ not a password guess, and Entra ID answers a wrong client secret at the token en
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -48,13 +48,14 @@ class _Count:
     credential: WindowsCredential  # what the count is about: a changed password or user starts a new one
     retry_seconds: float  # while suspended, one sign-in may try this often
     unauthorized: int = 0  # consecutive sign-ins answered HTTP 401
-    last_trial: float | None = None  # time.monotonic() of the last sign-in let through while suspended
+    last_trial: float | None = None  # Suspensions' monotonic clock at the last sign-in let through while suspended
 
 
 class Suspensions:
     """Consecutive 401 sign-ins per Windows credential, and whether that suspends it. Used on the event loop only."""
 
-    def __init__(self) -> None:
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._monotonic = monotonic  # a test's fake clock moves it
         self.threshold = 3
         self._counts: dict[str, _Count] = {}
 
@@ -85,7 +86,7 @@ class Suspensions:
         count = self._counts.get(name)
         if count is None:
             return False
-        now = time.monotonic() if now is None else now
+        now = self._monotonic() if now is None else now
         if count.last_trial is not None and now - count.last_trial < count.retry_seconds:
             return False
         count.last_trial = now

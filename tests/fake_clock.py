@@ -1,0 +1,89 @@
+"""A clock the test moves: the event loop's clock and the wall clock jump forward together.
+
+In the spirit of query-exporter's ``advance_time`` fixture (tests/conftest.py there), written for a test
+whose exporter talks to a simulator on the same loop, and to worker threads (requests-ntlm, MSAL).
+
+Why time-machine and an offset, not looptime: APScheduler 3 plans runs by the wall clock (``datetime.now``)
+and then arms ``loop.call_later``; a job is run only when both clocks say it is due. looptime moves the loop's
+clock alone, so the scheduler would wake, see a wall clock that has not moved, and sleep again.
+time-machine moves ``time.time`` and ``datetime.now``; the loop's ``time()`` is moved here by the same amount.
+
+Why both clocks still tick in real time between jumps: a fixture's teardown or a worker thread may wait on a
+timer nobody advances to (aiohttp's graceful shutdown, a socket timeout); a frozen loop clock would make such a
+wait last forever. Jumps only add time, so whatever a test proves with them holds a fortiori on a slow machine.
+
+The product reads ``time.monotonic`` where it measures back-off, suspension and push delivery; those parts take
+a ``monotonic`` callable (``Resources(monotonic=...)``, ``Exporter(..., monotonic=...)``): pass
+``fake_clock.monotonic``, which reads the moved loop clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any
+
+import time_machine
+
+QUIET_CYCLES = 3  # loop iterations with nothing ready before in-process I/O counts as settled
+
+
+class FakeClock:
+    def __init__(self, loop: asyncio.AbstractEventLoop, traveller: time_machine.Coordinates) -> None:
+        self._loop = loop
+        self._traveller = traveller
+        self._offset = 0.0
+        self._threads: set[asyncio.Future[Any]] = set()
+        real_run_in_executor = loop.run_in_executor
+
+        def run_in_executor(executor: Executor | None, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+            future = real_run_in_executor(executor, fn, *args)
+            self._threads.add(future)
+            future.add_done_callback(self._threads.discard)
+            return future
+
+        loop.run_in_executor = run_in_executor  # type: ignore[method-assign]
+        loop.time = self.monotonic  # type: ignore[method-assign]
+
+    @property
+    def advanced(self) -> float:
+        """Seconds the test has moved the clocks forward, beyond the real time that went by."""
+        return self._offset
+
+    def monotonic(self) -> float:
+        """The loop's clock: the real monotonic clock plus every jump so far."""
+        return time.monotonic() + self._offset
+
+    async def advance(self, seconds: float) -> None:
+        """Move both clocks ``seconds`` forward, stopping at every timer due on the way to run what it starts."""
+        await self.settle()
+        target = self.monotonic() + seconds
+        while (due := self._next_timer()) is not None and due <= target:
+            self._jump(due - self.monotonic())
+            await self.settle()
+        self._jump(target - self.monotonic())
+        await self.settle()
+
+    async def settle(self) -> None:
+        """Run the loop until nothing is ready: no callback queued, no worker thread busy, no I/O arriving."""
+        quiet = 0
+        while quiet < QUIET_CYCLES:
+            if self._threads:
+                await asyncio.wait(set(self._threads))  # a thread may need the loop (the simulator) to finish
+                quiet = 0
+                continue
+            await asyncio.sleep(0)  # one iteration: polls the sockets, runs what is ready and what is due
+            busy = bool(self._loop._ready)  # type: ignore[attr-defined]
+            due = self._next_timer()
+            quiet = 0 if busy or (due is not None and due <= self.monotonic()) else quiet + 1
+
+    def _next_timer(self) -> float | None:
+        scheduled = [handle for handle in self._loop._scheduled if not handle.cancelled()]  # type: ignore[attr-defined]
+        return min((handle.when() for handle in scheduled), default=None)
+
+    def _jump(self, seconds: float) -> None:
+        if seconds > 0:
+            self._offset += seconds
+            self._traveller.shift(seconds)
