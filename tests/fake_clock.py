@@ -8,13 +8,14 @@ and then arms ``loop.call_later``; a job is run only when both clocks say it is 
 clock alone, so the scheduler would wake, see a wall clock that has not moved, and sleep again.
 time-machine moves ``time.time`` and ``datetime.now``; the loop's ``time()`` is moved here by the same amount.
 
-Why both clocks still tick in real time between jumps: a fixture's teardown or a worker thread may wait on a
-timer nobody advances to (aiohttp's graceful shutdown, a socket timeout); a frozen loop clock would make such a
-wait last forever. Jumps only add time, so whatever a test proves with them holds a fortiori on a slow machine.
+Why the loop and wall clocks still tick in real time between jumps: a fixture's teardown or a worker thread
+may wait on a timer nobody advances to (aiohttp's graceful shutdown, a socket timeout); a frozen loop clock
+would make such a wait last forever.
 
 The product reads ``time.monotonic`` where it measures back-off, suspension and push delivery; those parts take
-a ``monotonic`` callable (``Resources(monotonic=...)``, ``Exporter(..., monotonic=...)``): pass
-``fake_clock.monotonic``, which reads the moved loop clock.
+a ``monotonic`` callable (``Resources(monotonic)``, ``Exporter(..., monotonic=...)``). Pass
+``fake_clock.monotonic``: it moves by the jumps only, never by the real time the machine takes, so "1.3 s into
+a 1.5 s back-off" stays true on a loaded machine.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class FakeClock:
         self._loop = loop
         self._traveller = traveller
         self._offset = 0.0
+        self._start = time.monotonic()
         self._threads: set[asyncio.Future[Any]] = set()
         real_run_in_executor = loop.run_in_executor
 
@@ -45,25 +47,24 @@ class FakeClock:
             return future
 
         loop.run_in_executor = run_in_executor  # type: ignore[method-assign]
-        loop.time = self.monotonic  # type: ignore[method-assign]
-
-    @property
-    def advanced(self) -> float:
-        """Seconds the test has moved the clocks forward, beyond the real time that went by."""
-        return self._offset
+        loop.time = self.loop_time  # type: ignore[method-assign]
 
     def monotonic(self) -> float:
+        """The test's clock for the product: moves by the jumps only (starts at the real monotonic clock)."""
+        return self._start + self._offset
+
+    def loop_time(self) -> float:
         """The loop's clock: the real monotonic clock plus every jump so far."""
         return time.monotonic() + self._offset
 
     async def advance(self, seconds: float) -> None:
         """Move both clocks ``seconds`` forward, stopping at every timer due on the way to run what it starts."""
         await self.settle()
-        target = self.monotonic() + seconds
+        target = self.loop_time() + seconds
         while (due := self._next_timer()) is not None and due <= target:
-            self._jump(due - self.monotonic())
+            self._jump(due - self.loop_time())
             await self.settle()
-        self._jump(target - self.monotonic())
+        self._jump(target - self.loop_time())
         await self.settle()
 
     async def settle(self) -> None:
@@ -77,7 +78,7 @@ class FakeClock:
             await asyncio.sleep(0)  # one iteration: polls the sockets, runs what is ready and what is due
             busy = bool(self._loop._ready)  # type: ignore[attr-defined]
             due = self._next_timer()
-            quiet = 0 if busy or (due is not None and due <= self.monotonic()) else quiet + 1
+            quiet = 0 if busy or (due is not None and due <= self.loop_time()) else quiet + 1
 
     def _next_timer(self) -> float | None:
         scheduled = [handle for handle in self._loop._scheduled if not handle.cancelled()]  # type: ignore[attr-defined]

@@ -185,7 +185,8 @@ async def _write_probe(ctx: ProbeContext, target: Target, state: PushTarget, wri
     probe = state.probe
     if probe is not None and not probe.delivered:
         return  # still waiting for it (one overdue was a stall, and dropped): one probe at a time
-    due = probe is None or state.probe_now or state.monotonic() - probe.written_at >= push.write_interval.total_seconds()
+    interval = push.write_interval.total_seconds()
+    due = probe is None or state.probe_now or state.monotonic() - probe.written_at >= interval
     if not due:
         return
     async with ctx.rec.step(f"write probe item in {push.mailbox}'s inbox") as detail:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp.test_utils import TestClient, TestServer
+from fake_clock import FakeClock
 from samples import Samples, parse, targets_in, value
 
 from bems_simulator.server import Simulator
@@ -108,9 +109,11 @@ async def test_failure_reason_present_only_while_failing(
     assert value(samples, "bems_probe_failures_total", **labels, reason="certificate") >= 1  # counters stay
 
 
-async def test_hanging_endpoint_does_not_delay_healthy_targets(exporter: Exporter, simulator: Simulator) -> None:
+async def test_hanging_endpoint_does_not_delay_healthy_targets(
+    exporter: Exporter, simulator: Simulator, fake_clock: FakeClock
+) -> None:
     await simulator.set_fault("online-ews", "hang")
-    await asyncio.sleep(4.5)
+    await fake_clock.advance(4.5)
     healthy = [exporter.store.runs[(t, "tls")] for t in ("onprem-ews", "onprem-autodiscover", "online-graph")]
     # 1s interval over 4.5s: 4 or 5 runs each, whatever the hanging neighbour does.
     assert all(count >= 4 for count in healthy), healthy
@@ -201,7 +204,9 @@ async def test_landing_page_lists_targets_and_links(client: TestClient, exporter
         assert needle in page
 
 
-async def test_runs_that_cannot_start_in_time_count_as_overruns(simulator: Simulator, config_file: Path) -> None:
+async def test_runs_that_cannot_start_in_time_count_as_overruns(
+    simulator: Simulator, config_file: Path, fake_clock: FakeClock
+) -> None:
     data = yaml.safe_load(config_file.read_text())
     data["limits"] = {"global_concurrency": 1}  # one check at a time, and one of them hangs for its timeout
     config_file.write_text(yaml.safe_dump(data))
@@ -210,7 +215,7 @@ async def test_runs_that_cannot_start_in_time_count_as_overruns(simulator: Simul
     exporter.load()
     await exporter.start()
     try:
-        await asyncio.sleep(3.5)
+        await fake_clock.advance(3.5)
     finally:
         await exporter.stop()
     assert sum(exporter.store.overruns.values()) > 0
