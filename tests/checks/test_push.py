@@ -224,8 +224,9 @@ async def test_every_metric_the_rules_use_is_in_real_output(sim: Simulator, tmp_
 
 
 class FakeClock:
-    """``time.time()`` and ``time.monotonic()`` for the push logic: real at the start, then moved only by
-    ``advance`` (each reading is a microsecond past the last, so that what happens in order stays in order)."""
+    """``time.time()`` for the push logic and the ``monotonic`` clock its Resources take: real at the start, then
+    moved only by ``advance`` (each reading is a microsecond past the last, so that what happens in order stays in
+    order)."""
 
     def __init__(self) -> None:
         self._wall, self._mono, self._moved = time.time(), time.monotonic(), 0.0
@@ -269,12 +270,12 @@ HarnessFactory = Callable[..., Awaitable[Harness]]
 
 
 @pytest.fixture
-async def harness(sim: Simulator, tmp_path: Path) -> AsyncIterator[HarnessFactory]:
+async def harness(sim: Simulator, tmp_path: Path, clock: FakeClock) -> AsyncIterator[HarnessFactory]:
     opened: list[tuple[Listener, Resources]] = []
 
     async def make(**push: dict[str, Any]) -> Harness:
         config = load_config(push_config(sim, tmp_path, interval="60s", **push))
-        resources = Resources()
+        resources = Resources(clock.monotonic)
         resources.push.configure(config)
         listener = Listener(resources.push)
         await listener.apply(config.notifications)

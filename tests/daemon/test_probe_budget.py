@@ -248,16 +248,13 @@ def test_a_reload_that_changes_the_password_lifts_the_suspension(
     assert suspensions.suspended("bemsadmin") is suspended
 
 
-def test_a_suspended_credential_is_tried_once_per_retry_interval_then_not_sent(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_suspended_credential_is_tried_once_per_retry_interval_then_not_sent(tmp_path: Path) -> None:
     config = windows_config(tmp_path)  # interval 60 s (the default), suspended_retry_interval 5 m (the default)
-    resources = Resources()
+    now = [1000.0]
+    resources = Resources(lambda: now[0])
     resources.suspensions.configure(config)
     for _ in range(3):
         resources.suspensions.observe("bemsadmin", unauthorized=True)
-    now = [1000.0]
-    monkeypatch.setattr("exporter.protocol.suspension.time.monotonic", lambda: now[0])
     for offset, sent in [(0, True), (1, False), (299, False), (300, True), (301, False), (600, True)]:
         now[0] = 1000.0 + offset
         ctx = ProbeContext.for_target(config, config.targets[0], "auth", resources)
