@@ -15,6 +15,7 @@ import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from check_runner import run
+from fake_clock import FakeClock
 from samples import parse, value
 
 from bems_simulator.pki import CertificateAuthority
@@ -306,7 +307,7 @@ async def test_redirects_away_keep_credentials_home(
 
 
 async def test_per_credential_concurrency_is_bounded(
-    recorders: tuple[dict[str, Recorder], Path], sim_config_file: Path
+    recorders: tuple[dict[str, Recorder], Path], sim_config_file: Path, fake_clock: FakeClock
 ) -> None:
     servers, bundle = recorders
     home = servers["home"]
@@ -316,7 +317,7 @@ async def test_per_credential_concurrency_is_bounded(
     exporter.load()
     await exporter.start()
     try:
-        await asyncio.sleep(3)
+        await fake_clock.advance(3)
     finally:
         await exporter.stop()
     assert len(home.seen) > 16  # eight targets kept busy...
@@ -327,7 +328,7 @@ async def test_per_credential_concurrency_is_bounded(
 
 
 async def test_secrets_appear_nowhere(
-    simulator: Simulator, sim_config_file: Path, caplog: pytest.LogCaptureFixture
+    simulator: Simulator, sim_config_file: Path, caplog: pytest.LogCaptureFixture, fake_clock: FakeClock
 ) -> None:
     from exporter.logs import setup_logging
 
@@ -340,11 +341,11 @@ async def test_secrets_appear_nowhere(
     outputs: list[str] = []
     try:
         async with TestClient(TestServer(create_app(exporter), host="127.0.0.1")) as client:
-            await asyncio.sleep(1.5)
+            await fake_clock.advance(1.5)
             simulator.set_account_fault("wrong_password")
             simulator.configure_entra(secret_expired=True)
             await simulator.set_fault("online-autodiscover", "expired")
-            await asyncio.sleep(1.5)
+            await fake_clock.advance(1.5)
             for path in ("/metrics", "/config", "/", "/probe?target=onprem-ews", "/probe?target=online-ews"):
                 outputs.append(await (await client.get(path)).text())
             samples = parse(outputs[0])
