@@ -242,8 +242,6 @@ async def serve(
 ) -> None:
     """Serve the exporter on ``listen_address`` until SIGTERM or SIGINT; ``ready`` is set once it listens."""
     host, port = parse_listen_address(listen_address)
-    if web_config is not None:
-        exporter.serve_web_config(web_config)
     await exporter.start()
     context = web_config.ssl_context() if web_config else None
     limits = serving.limits_for("web", serving.WEB_CONNECTIONS)

@@ -6,12 +6,13 @@ import asyncio
 import logging
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
-from prometheus_client import CollectorRegistry
+from prometheus_client.core import Metric
 
 from .. import __version__, logs
 from ..checks import checks_for
@@ -19,8 +20,6 @@ from ..checks.push import end_graph_subscriptions
 from ..checks.resources import Resources
 from ..config import Config, ConfigError, load_config
 from ..results import CheckResult
-from ..web.collector import BemsCollector, ExporterStatus
-from ..web.webconfig import LiveWebConfig
 from .listener import Listener
 from .scheduler import Scheduler, lag_families
 from .store import ResultStore
@@ -46,6 +45,23 @@ def revision() -> str:
     return out.stdout.strip() or "unknown"
 
 
+@dataclass
+class ExporterStatus:
+    """Exporter-level facts the web side's collector reports beside the check results."""
+
+    version: str
+    revision: str
+    config: Config | None = None
+    reload_successful: bool = False
+    reload_success_timestamp: float = 0.0
+    extra: list[Callable[[], Iterator[Metric]]] = field(default_factory=list)  # the scheduler's and resources' families
+
+
+# Something else reloaded with the configuration (the web side's web config): it logs its own error, keeps
+# what it runs on error, and returns the error.
+ReloadHook = Callable[[], Awaitable[ConfigError | None]]
+
+
 class ProbeAnswer(NamedTuple):
     store: ResultStore
     results: list[CheckResult]
@@ -67,16 +83,15 @@ class Exporter:
         self.status.extra.append(partial(lag_families, self.scheduler.lag))
         self.status.extra.append(self.resources.push.families)
         self.status.extra.append(self.resources.suspensions.families)
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(BemsCollector(self.store, self.status))
         self._reload_lock = asyncio.Lock()
         self._ready = False
-        self.web_config: LiveWebConfig | None = None  # --web.config.file, reloaded with the configuration
+        self.reload_hooks: list[ReloadHook] = []  # run by reload() after the configuration, in order
 
-    def serve_web_config(self, web_config: LiveWebConfig) -> None:
-        """Reload ``web_config`` with the configuration, and report its state in the metrics."""
-        self.web_config = web_config
-        self.status.extra.append(web_config.families)
+    def add_reload_hook(self, hook: ReloadHook) -> None:
+        self.reload_hooks.append(hook)
+
+    def remove_reload_hook(self, hook: ReloadHook) -> None:
+        self.reload_hooks.remove(hook)
 
     @property
     def config(self) -> Config:
@@ -106,15 +121,16 @@ class Exporter:
         await self.resources.close()
 
     async def reload(self) -> ConfigError | None:
-        """Load the file, and the web config file, again; on error keep running the last good one of each.
+        """Load the file again, then run the reload hooks; on error each keeps running its last good one.
 
-        Both are tried whatever the other's outcome, and each logs its own error; the configuration
-        file's error is returned first.
+        Each is tried whatever the others' outcome, and logs its own error; the configuration file's error
+        is returned first, then the hooks' in order.
         """
         async with self._reload_lock:
-            error = await self._reload_config()
-            web_error = await self.web_config.reload() if self.web_config is not None else None
-            return error or web_error
+            errors = [await self._reload_config()]
+            for hook in list(self.reload_hooks):
+                errors.append(await hook())
+            return next((error for error in errors if error is not None), None)
 
     async def _reload_config(self) -> ConfigError | None:
         try:

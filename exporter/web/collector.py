@@ -8,21 +8,22 @@ from __future__ import annotations
 
 import platform
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ..checks import CHECKS, push_state
-from ..config import Config, Target
+from ..config import Target
 from ..daemon import scenario as verdict
+from ..daemon.app import ExporterStatus
 from ..daemon.store import ResultStore
 from ..metrics import TARGET_LABELS, MetricSpec
 from ..protocol import suspension
 from ..results import CheckResult
 from .exposition import TextFamily, label_pairs, sample_line
-from .webconfig import WEB_CONFIG_RELOAD_OK
+from .webconfig import WEB_CONFIG_RELOAD_OK, LiveWebConfig
 
 PROBE_METRICS = (
     MetricSpec(
@@ -93,18 +94,6 @@ def all_specs() -> list[MetricSpec]:
     ]  # fmt: skip
 
 
-@dataclass
-class ExporterStatus:
-    """Exporter-level facts the collector reports beside the check results."""
-
-    version: str
-    revision: str
-    config: Config | None = None
-    reload_successful: bool = False
-    reload_success_timestamp: float = 0.0
-    extra: list[Callable[[], Iterator[Metric]]] = field(default_factory=list)
-
-
 @dataclass(frozen=True, slots=True)
 class _TargetLines:
     """A configured target's label string and info line, kept while the target object stays the same."""
@@ -129,9 +118,12 @@ class BemsCollector(Collector):
     result: a scrape formats only what changed since the last one, and the counters.
     """
 
-    def __init__(self, store: ResultStore, status: ExporterStatus | None = None) -> None:
+    def __init__(
+        self, store: ResultStore, status: ExporterStatus | None = None, web_config: LiveWebConfig | None = None
+    ) -> None:
         self.store = store
         self.status = status  # None for /probe answers, which carry only the target's metrics
+        self.web_config = web_config  # --web.config.file, whose last reload the exporter reports
         self._target_lines: dict[str, _TargetLines] = {}
         self._result_lines: dict[Key, _ResultLines] = {}
 
@@ -236,3 +228,5 @@ class BemsCollector(Collector):
         yield when
         for extra in status.extra:
             yield from extra()
+        if self.web_config is not None:
+            yield from self.web_config.families()

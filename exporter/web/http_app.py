@@ -10,7 +10,7 @@ trusted (anyone can send it). The landing page, ``/metrics``, ``/-/healthy`` and
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -25,6 +25,7 @@ from .collector import BemsCollector
 from .webconfig import Handler, LiveWebConfig, Middleware, WebConfig
 
 EXPORTER_KEY = web.AppKey("exporter", Exporter)
+REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)  # /metrics: the collector over the exporter's results
 # On a /probe answer that reuses earlier runs: the age in seconds of the oldest (docs/configuration.md).
 PROBE_CACHED_HEADER = "X-Bems-Probe-Cached"
 
@@ -101,7 +102,7 @@ def _render(registry: CollectorRegistry) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    return _render(request.app[EXPORTER_KEY].registry)
+    return _render(request.app[REGISTRY_KEY])
 
 
 async def probe(request: web.Request) -> web.Response:
@@ -208,9 +209,23 @@ def _origin_host(origin: str) -> str | None:
     return parts.netloc if parts.scheme in ("http", "https") and parts.netloc else None
 
 
+def _reloaded_with_the_configuration(
+    exporter: Exporter, live: LiveWebConfig
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """While the app runs, SIGHUP and ``/-/reload`` (``Exporter.reload``) read its web config file again too."""
+
+    async def hooked(_app: web.Application) -> AsyncIterator[None]:
+        exporter.add_reload_hook(live.reload)
+        yield
+        exporter.remove_reload_hook(live.reload)
+
+    return hooked
+
+
 def create_app(
     exporter: Exporter, web_config: WebConfig | LiveWebConfig | None = None, access: Access | None = None
 ) -> web.Application:
+    """The web port of ``exporter``: its metrics registry, routes and access rules, and its web config."""
     access = access or Access()
     live = LiveWebConfig(web_config) if isinstance(web_config, WebConfig) else web_config
     middlewares = [_host_middleware(access.allowed_hosts)] if access.allowed_hosts else []
@@ -219,6 +234,11 @@ def create_app(
     middlewares.append(_access_middleware(access, live))
     app = web.Application(middlewares=middlewares, client_max_size=64 * 1024)
     app[EXPORTER_KEY] = exporter
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(BemsCollector(exporter.store, exporter.status, live))
+    app[REGISTRY_KEY] = registry
+    if live is not None:
+        app.cleanup_ctx.append(_reloaded_with_the_configuration(exporter, live))
     app.router.add_get("/", landing)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/probe", probe)

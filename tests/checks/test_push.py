@@ -33,6 +33,7 @@ from exporter.daemon.listener import Listener
 from exporter.daemon.runner import execute
 from exporter.results import CheckResult, ProbeFailure, Reason
 from exporter.web import exposition
+from exporter.web.collector import BemsCollector
 
 SCALE = 1.0  # one simulated minute lasts one second: StatusFrequency 1 means a keep-alive a second
 
@@ -98,7 +99,7 @@ async def test_ews_push_keepalives_events_and_stall(sim: Simulator, tmp_path: Pa
     assert first is not None and first.active
     result = exporter.store.latest.get(("onprem-ews", "push"))
     assert result is not None and result.success, result
-    samples = parse(exposition.render(exporter.registry.collect()).decode())
+    samples = parse(exposition.render(BemsCollector(exporter.store, exporter.status).collect()).decode())
     labels = {"target": "onprem-ews", "exchange": "onprem"}
     assert value(samples, "bems_push_subscription_active", **labels, mailbox="alice@corp.example.test") == 1
     assert value(samples, "bems_push_notifications_total", **labels, kind="status") >= 2
@@ -184,7 +185,7 @@ async def test_push_metrics_pass_promtool(sim: Simulator, tmp_path: Path, starte
     exporter = await start(started, push_config(sim, tmp_path, **{"onprem-ews": EWS_PUSH}))
     state = exporter.resources.push.targets["onprem-ews"]
     await until(lambda: sum(state.delays.counts) >= 1)
-    text = exposition.render(exporter.registry.collect())
+    text = exposition.render(BemsCollector(exporter.store, exporter.status).collect())
     lint = await asyncio.to_thread(
         subprocess.run, [promtool, "check", "metrics"], input=text, capture_output=True, timeout=30
     )
@@ -212,10 +213,8 @@ async def test_every_metric_the_rules_use_is_in_real_output(sim: Simulator, tmp_
     exporter = await start(started, push_config(sim, tmp_path, **{"onprem-ews": EWS_PUSH}))
     await until(lambda: exporter.ready(), timeout=15)
     await until(lambda: exporter.store.latest.get(("online-ews", "token")) is not None)
-    exported = {
-        re.sub(r"_(bucket|count|sum|total|created)$", "", name)
-        for (name, _labels) in parse(exposition.render(exporter.registry.collect()).decode())
-    }
+    text = exposition.render(BemsCollector(exporter.store, exporter.status).collect()).decode()
+    exported = {re.sub(r"_(bucket|count|sum|total|created)$", "", name) for (name, _labels) in parse(text)}
     missing = {name for name in used if name not in exported and re.sub(r"_total$", "", name) not in exported}
     assert missing == set()
 

@@ -17,6 +17,7 @@ from samples import Samples, parse, targets_in, value
 from bems_simulator.server import Simulator
 from exporter.checks import planned_checks
 from exporter.daemon.app import Exporter
+from exporter.web.collector import BemsCollector
 from exporter.web.http_app import create_app
 
 
@@ -236,7 +237,7 @@ async def test_fast_exposition_matches_prometheus_client(client: TestClient, exp
 
     await wait_for(ready)
     exporter.scheduler.shutdown()  # one snapshot for both renderings
-    families = list(exporter.registry.collect())
+    families = list(BemsCollector(exporter.store, exporter.status).collect())
     ours = exposition.render(families).decode()
 
     class Families:

@@ -28,6 +28,7 @@ from exporter.daemon.app import Exporter
 from exporter.daemon.store import ResultStore
 from exporter.results import CheckResult, Measurement, Reason
 from exporter.web import exposition
+from exporter.web.collector import BemsCollector
 
 CONFIG = """
 scenario: onprem-bems-hybrid
@@ -369,7 +370,7 @@ async def exporter(sim: Simulator, tmp_path: Path) -> AsyncIterator[Exporter]:
 
 def requirements(exporter: Exporter) -> tuple[float | None, dict[str, str]]:
     """bems_scenario_ready, and side/requirement -> reason of every unmet requirement."""
-    samples = parse(exposition.render(exporter.registry.collect()).decode())
+    samples = parse(exposition.render(BemsCollector(exporter.store, exporter.status).collect()).decode())
     unmet = {
         f"{labels['exchange']}/{labels['requirement']}": labels["reason"]
         for name, pairs in samples
