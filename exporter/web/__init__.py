@@ -2,6 +2,10 @@
 (``webconfig``), the metrics built at scrape time (``collector``) in the text format (``exposition``), and
 the status page (``status_page``).
 
+``http_app.create_app`` assembles the web port over a running exporter: the metrics registry with the
+collector over its results, and, while the app runs, its web config reloaded with the configuration (a
+reload hook of the exporter).
+
 May import everything below it: ``daemon``, ``checks``, ``protocol``, ``config`` and the shared top-level
 modules.
 """

@@ -17,6 +17,7 @@ import bcrypt
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from samples import parse, value
 
 from exporter.daemon.app import Exporter
 from exporter.web.http_app import Access, create_app, is_loopback, parse_allowed_hosts
@@ -286,3 +287,40 @@ def test_allowed_hosts_are_parsed(value: str, hosts: set[str] | None) -> None:
             parse_allowed_hosts(value)
     else:
         assert parse_allowed_hosts(value) == hosts
+
+
+# --- the web config reloads with the configuration while the app runs (issue 16) -----------------------------
+
+
+def web_config_with_frame_options(value: str) -> str:
+    return f"http_server_config:\n  headers: {{X-Frame-Options: {value}}}\n"
+
+
+async def test_a_reload_reads_the_web_config_again_and_a_bad_one_keeps_the_last_good(
+    serve: Serve, exporter: Exporter
+) -> None:
+    client = await serve(web_config_text=web_config_with_frame_options("deny"))
+    web_yml = exporter_dir(exporter) / "web.yml"
+
+    web_yml.write_text(web_config_with_frame_options("sameorigin"), encoding="utf-8")
+    reloaded = await client.post("/-/reload")
+    assert reloaded.status == 200, await reloaded.text()
+    assert (await client.get("/-/healthy")).headers["X-Frame-Options"] == "sameorigin"  # from the next request on
+
+    web_yml.write_text(web_config_with_frame_options("allow"), encoding="utf-8")  # not a value the toolkit takes
+    refused = await client.post("/-/reload")
+    assert refused.status == 500
+    assert "X-Frame-Options" in await refused.text()
+    scrape = await client.get("/metrics")
+    assert scrape.headers["X-Frame-Options"] == "sameorigin"  # the last good web config still rules
+    samples = parse(await scrape.text())
+    assert value(samples, "bems_web_config_last_reload_successful") == 0
+    assert value(samples, "bems_config_last_reload_successful") == 1  # the configuration file itself was fine
+
+
+async def test_a_stopped_app_leaves_the_reload_of_its_web_config(serve: Serve, exporter: Exporter) -> None:
+    client = await serve(web_config_text=web_config_with_frame_options("deny"))
+    assert len(exporter.reload_hooks) == 1
+    await client.close()
+    assert exporter.reload_hooks == []
+    assert await exporter.reload() is None  # the app's web config file is no longer read
