@@ -3,7 +3,8 @@
 A module here is named after the check it implements (``auth``, ``autodiscover``, ``graph``...), or is what
 the checks share: ``base`` (the probe context), ``mailboxes`` (per-mailbox units), ``signin`` (requests as
 the configured account), ``resources`` (sessions, token caches, back-off that outlive a run) and
-``push_state`` (subscriptions and delivery, fed by the daemon's notification listener).
+``push_state`` (subscriptions and delivery, fed by the daemon's notification listener). A check never
+imports another check: what two share lives in one of those, or in ``protocol`` (``make lint`` checks it).
 
 May import ``protocol``, ``config`` and the shared top-level modules; never ``daemon`` or ``web``.
 """

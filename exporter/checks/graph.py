@@ -28,12 +28,12 @@ import base64
 import binascii
 import json
 from functools import partial
-from typing import Any
 from urllib.parse import quote
 
 from ..config import AuthMethod, Config, EntraCredential, Kind, Target
 from ..metrics import MetricSpec
 from ..protocol.entra_tokens import Resource
+from ..protocol.graph_wire import graph_error
 from ..protocol.http_client import HttpResponse
 from ..results import CheckResult, ProbeFailure, Reason
 from . import signin
@@ -51,7 +51,6 @@ PERMISSION = MetricSpec(
     "User.Read.All), or one that includes it; absent when the token cannot be read.",
     labels=("permission",),
 )
-DEFAULT_RETRY_AFTER = 30.0  # seconds, when a 429 does not say
 # What BEMS needs, and the application permissions that include each (Graph permissions reference:
 # learn.microsoft.com/graph/permissions-reference; mailFolder get and user get list the alternatives).
 NEEDED_PERMISSIONS: dict[str, frozenset[str]] = {
@@ -67,67 +66,11 @@ def _applies(config: Config, target: Target) -> bool:
     return target.kind == Kind.GRAPH and bool(target.mailboxes) and isinstance(credential, EntraCredential)
 
 
-def graph_error(response: HttpResponse) -> tuple[str, str]:
-    """Graph's ``{"error": {"code", "message"}}``, or empty strings for a body that is not one."""
-    try:
-        error = json.loads(response.body).get("error") or {}
-        return str(error.get("code", "")), str(error.get("message", ""))[:200]
-    except (ValueError, AttributeError):
-        return "", ""
-
-
-def retry_after(response: HttpResponse) -> float:
-    given = signin.retry_after(response)  # seconds or an HTTP date, as for EWS
-    return DEFAULT_RETRY_AFTER if given is None else given
-
-
 def _judge(ctx: ProbeContext, target: Target, url: str, mailbox: str, response: HttpResponse) -> str:
-    folder = json_answer(ctx, target, url, mailbox, response)
+    folder = signin.graph_answer(ctx, target, url, mailbox, response)
     if "id" not in folder:
         raise ProbeFailure(Reason.BAD_RESPONSE, "HTTP 200 without a mail folder in the body")
     return f"inbox opened ({folder.get('totalItemCount', '?')} items)"
-
-
-def json_answer(ctx: ProbeContext, target: Target, url: str, mailbox: str, response: HttpResponse) -> dict[str, Any]:
-    """The JSON object of a 2xx Graph answer (empty for 204), or the failure a Graph error shows."""
-    code, message = graph_error(response)
-    if 200 <= response.status < 300:
-        if response.status == 204 or not response.body:
-            return {}
-        try:
-            answer = json.loads(response.body)
-        except ValueError:
-            answer = None
-        if not isinstance(answer, dict):
-            raise ProbeFailure(Reason.BAD_RESPONSE, f"HTTP {response.status} without a JSON object")
-        return answer
-    if response.status == 429:
-        seconds = retry_after(response)
-        signin.hold_off(ctx, target, url, seconds)
-        raise ProbeFailure(
-            Reason.THROTTLED, f"Graph throttles the app: {code or 'HTTP 429'}, retry after {seconds:g} s",
-            signin.THROTTLED_HINT,
-        )  # fmt: skip
-    if response.status == 401:
-        raise ProbeFailure(
-            Reason.UNAUTHORIZED, f"Graph rejected the token: {code} {message}".strip(),
-            "grant the Entra app the Microsoft Graph application permissions Mail.Read and User.Read.All "
-            "(with admin consent)",
-        )  # fmt: skip
-    if response.status == 403:
-        client_id = getattr(ctx.config.credentials.get(target.credential or ""), "client_id", "<app id>")
-        raise ProbeFailure(
-            Reason.FORBIDDEN, f"{code or 'HTTP 403'}: {message}",
-            f"the app may not read {mailbox}: New-ManagementRoleAssignment -App {client_id} "
-            '-Role "Application Mail.Read" -CustomResourceScope <scope including the mailbox>, or fix the '
-            "application access policy (Test-ApplicationAccessPolicy)",
-        )  # fmt: skip
-    if response.status == 404:
-        raise ProbeFailure(
-            Reason.MAILBOX_NOT_FOUND, f"{code or 'HTTP 404'}: {message}",
-            f"check the address (Get-Mailbox {mailbox}): Graph reads only mailboxes in Exchange Online",
-        )  # fmt: skip
-    raise ProbeFailure(Reason.BAD_RESPONSE, f"unexpected HTTP {response.status} {code}: {message}".strip(" :"))
 
 
 def _permission_hint(ctx: ProbeContext, target: Target, missing: list[str]) -> str:
@@ -197,7 +140,7 @@ def judge_user(ctx: ProbeContext, target: Target, url: str, mailbox: str, respon
             Reason.FORBIDDEN, f"reading the user object: {code or 'HTTP 403'}: {message}",
             _permission_hint(ctx, target, ["User.Read.All"]),
         )  # fmt: skip
-    user = json_answer(ctx, target, url, mailbox, response)
+    user = signin.graph_answer(ctx, target, url, mailbox, response)
     if "id" not in user:
         raise ProbeFailure(Reason.BAD_RESPONSE, "HTTP 200 without a user object in the body")
     return f"user object read ({user.get('userPrincipalName') or user['id']})"

@@ -40,11 +40,11 @@ from urllib.parse import quote
 from ..config import AuthMethod, Config, Kind, Target
 from ..protocol import ews_soap
 from ..protocol.entra_tokens import Resource
+from ..protocol.graph_wire import graph_error
 from ..protocol.http_client import HttpResponse
 from ..results import CheckResult, ProbeFailure, Reason
 from . import signin
 from .base import Check, ProbeContext
-from .graph import graph_error, json_answer
 from .push_state import ProbeItem, PushTarget, Subscription, callback_url
 from .resources import Resources
 
@@ -214,7 +214,7 @@ async def _graph_call(
 ) -> dict[str, Any]:
     assert target.push is not None
     response = await _graph_send(ctx, target, http_method, path, body)
-    return json_answer(ctx, target, _graph_url(target, path), target.push.mailbox, response)
+    return signin.graph_answer(ctx, target, _graph_url(target, path), target.push.mailbox, response)
 
 
 async def _graph_subscription_call(
@@ -227,7 +227,7 @@ async def _graph_subscription_call(
     response = await _graph_send(ctx, target, http_method, path, body)
     if response.status == 404:
         return None
-    return json_answer(ctx, target, _graph_url(target, path), target.push.mailbox, response)
+    return signin.graph_answer(ctx, target, _graph_url(target, path), target.push.mailbox, response)
 
 
 async def _graph_delete(ctx: ProbeContext, target: Target, item_id: str) -> bool:
@@ -235,9 +235,9 @@ async def _graph_delete(ctx: ProbeContext, target: Target, item_id: str) -> bool
     assert target.push is not None
     path = f"users/{quote(target.push.mailbox)}/messages/{quote(item_id)}"
     response = await _graph_send(ctx, target, "DELETE", path)
-    if response.status == 404 and graph_error(response)[0] == ITEM_NOT_FOUND:
+    if response.status == 404 and graph_error(response).code == ITEM_NOT_FOUND:
         return False
-    json_answer(ctx, target, _graph_url(target, path), target.push.mailbox, response)
+    signin.graph_answer(ctx, target, _graph_url(target, path), target.push.mailbox, response)
     return True
 
 

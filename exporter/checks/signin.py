@@ -22,11 +22,11 @@ import email.utils
 import itertools
 import re
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from ..config import AuthMethod, Config, EntraCredential, Exchange, Kind, Target, WindowsCredential
-from ..protocol import ews_soap
+from ..protocol import ews_soap, graph_wire
 from ..protocol.entra_tokens import Resource, TokenError, scope_of
 from ..protocol.http_client import MAX_REDIRECTS, HttpResponse, redirect_target
 from ..protocol.suspension import SUSPENDED_HINT
@@ -261,6 +261,48 @@ def retry_after(response: HttpResponse) -> float | None:
     if moment.tzinfo is None:
         return None
     return max(0.0, (moment - datetime.now(UTC)).total_seconds())
+
+
+GRAPH_DEFAULT_RETRY_AFTER = 30.0  # seconds, when Graph's 429 does not say
+
+
+def graph_answer(ctx: ProbeContext, target: Target, url: str, mailbox: str, response: HttpResponse) -> dict[str, Any]:
+    """The JSON object of a 2xx Graph answer (empty for 204), or the failure a Graph error shows.
+
+    A 429 starts the back-off for its ``Retry-After`` (seconds or an HTTP date, as for EWS) before it ends the
+    check as ``throttled``.
+    """
+    if 200 <= response.status < 300:
+        return graph_wire.json_object(response)
+    code, message = graph_wire.graph_error(response)
+    if response.status == 429:
+        given = retry_after(response)
+        seconds = GRAPH_DEFAULT_RETRY_AFTER if given is None else given
+        hold_off(ctx, target, url, seconds)
+        raise ProbeFailure(
+            Reason.THROTTLED, f"Graph throttles the app: {code or 'HTTP 429'}, retry after {seconds:g} s",
+            THROTTLED_HINT,
+        )  # fmt: skip
+    if response.status == 401:
+        raise ProbeFailure(
+            Reason.UNAUTHORIZED, f"Graph rejected the token: {code} {message}".strip(),
+            "grant the Entra app the Microsoft Graph application permissions Mail.Read and User.Read.All "
+            "(with admin consent)",
+        )  # fmt: skip
+    if response.status == 403:
+        client_id = getattr(ctx.config.credentials.get(target.credential or ""), "client_id", "<app id>")
+        raise ProbeFailure(
+            Reason.FORBIDDEN, f"{code or 'HTTP 403'}: {message}",
+            f"the app may not read {mailbox}: New-ManagementRoleAssignment -App {client_id} "
+            '-Role "Application Mail.Read" -CustomResourceScope <scope including the mailbox>, or fix the '
+            "application access policy (Test-ApplicationAccessPolicy)",
+        )  # fmt: skip
+    if response.status == 404:
+        raise ProbeFailure(
+            Reason.MAILBOX_NOT_FOUND, f"{code or 'HTTP 404'}: {message}",
+            f"check the address (Get-Mailbox {mailbox}): Graph reads only mailboxes in Exchange Online",
+        )  # fmt: skip
+    raise ProbeFailure(Reason.BAD_RESPONSE, f"unexpected HTTP {response.status} {code}: {message}".strip(" :"))
 
 
 def is_policy_block(target: Target, response: HttpResponse) -> bool:
