@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from exporter.config import (
     Config,
     Defaults,
+    DnsConfig,
     EntraCredential,
     Limits,
     Notifications,
@@ -47,7 +48,7 @@ def test_every_config_key_is_documented() -> None:
     internal = {"password_source", "client_secret_source"}  # filled in by the loader, not keys a user writes
     models: list[type[BaseModel]] = [
         Config, Defaults, Limits, TLSConfig, WindowsCredential, EntraCredential, Target, Push, Notifications,
-        NotificationsTLS,
+        NotificationsTLS, DnsConfig,
     ]  # fmt: skip
     missing = {
         f"{model.__name__}.{key}"

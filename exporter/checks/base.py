@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from ..config import Config, Target
 from ..metrics import MetricSpec
+from ..protocol import tcp_tls
 from ..protocol.tcp_tls import Proxy, client_ssl_context
 from ..results import CheckResult, Recorder
 from .resources import Resources
@@ -33,6 +34,25 @@ class ProbeContext:
 
     def proxy(self, target: Target) -> Proxy | None:
         return Proxy.from_url(*self.config.proxy_of(target))
+
+    async def connect(self, target: Target, rec: Recorder, lookup: tcp_tls.Lookup | None = None) -> tcp_tls.Connection:
+        """A TCP connection to the target, its name looked up at the target's ``dns`` servers when it has some
+        (else the host's resolver), or through its proxy; ``lookup`` replaces that lookup (to watch it)."""
+        return await tcp_tls.connect(
+            target.host, target.port, self.proxy(target), rec, lookup or self.lookup(target), self.lookup_hint(target)
+        )
+
+    def lookup(self, target: Target) -> tcp_tls.Lookup:
+        dns = self.config.dns_of(target)
+        if dns is None:
+            return tcp_tls.resolve
+        return lambda host, _port: self.resources.dns.lookup(dns, host)
+
+    def lookup_hint(self, target: Target) -> str:
+        dns = self.config.dns_of(target)
+        if dns is None:
+            return tcp_tls.SYSTEM_RESOLVER_HINT
+        return f"the DNS servers {', '.join(dns.servers)} do not answer in time: check dns.servers and dns.timeout"
 
 
 ProbeFn = Callable[[Target, ProbeContext], Awaitable[CheckResult]]

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from ..protocol.backoff import Backoff
+from ..protocol.dns_lookup import DnsResolvers
 from ..protocol.entra_tokens import EntraApps
 from ..protocol.http_client import HttpClients
 from ..protocol.ntlm import NtlmSessions
@@ -27,6 +28,7 @@ class Resources:
     def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
         """``monotonic`` is the clock of back-off, suspension and push delivery: tests pass a fake one."""
         self.http = HttpClients()
+        self.dns = DnsResolvers()  # a target's own resolvers (its dns servers)
         self.entra = EntraApps()
         self.ntlm = NtlmSessions()
         self.backoff = Backoff(monotonic)
@@ -39,6 +41,7 @@ class Resources:
 
     async def close(self) -> None:
         await self.http.close()
+        await self.dns.close()
         self.ntlm.close()
         self.entra.close()
         # Threads blocked on a hung server end with their own socket timeouts; do not wait for them.

@@ -190,7 +190,7 @@ def _measure_public_trust(chain: Chain, target: Target, ctx: ProbeContext) -> st
 async def _unverified_chain(target: Target, ctx: ProbeContext) -> Chain | None:
     """After a verification failure, look at what the server presents, for the hint and the expiry."""
     scratch = type(ctx.rec)(target.name, ctx.rec.check)  # its steps are not part of the report
-    conn = await tcp_tls.connect(target.host, target.port, ctx.proxy(target), scratch)
+    conn = await ctx.connect(target, scratch)
     try:
         return _presented_chain(await tcp_tls.tls_handshake(conn, ctx.ssl_context(verify=False), target.host))
     except (ssl.SSLError, OSError):
@@ -201,7 +201,7 @@ async def _unverified_chain(target: Target, ctx: ProbeContext) -> Chain | None:
 
 async def probe(target: Target, ctx: ProbeContext) -> CheckResult:
     where = f"{target.host}:{target.port}"
-    conn = await tcp_tls.connect(target.host, target.port, ctx.proxy(target), ctx.rec)
+    conn = await ctx.connect(target, ctx.rec)
     try:
         async with ctx.rec.step(
             f"TLS handshake with {where}",

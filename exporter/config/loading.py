@@ -20,7 +20,18 @@ import yaml
 from pydantic import ValidationError
 
 from ..errors import ConfigError, ConfigIssue
-from .schema import AuthMethod, Config, EntraCredential, Kind, Target, WindowsCredential, _KeyedError, format_duration
+from .schema import (
+    AuthMethod,
+    Config,
+    EntraCredential,
+    Kind,
+    Route,
+    Scenario,
+    Target,
+    WindowsCredential,
+    _KeyedError,
+    format_duration,
+)
 from .yamlfile import Loc, YamlDocument, read_yaml
 
 
@@ -82,9 +93,30 @@ def cross_field_errors(config: Config) -> Iterator[tuple[Loc, str]]:
                 f"timeout {format_duration(timeout)} exceeds the interval {format_duration(interval)}",
             )
         yield from _proxy_credential_errors(config, target.proxy_credential, (*where, "proxy_credential"))
+        yield from _dns_errors(config, target, where)
+    if config.route != Route.INTERNET and config.scenario != Scenario.CLOUD_BEMS_ONPREM_EXCHANGE:
+        yield (
+            ("route",),
+            f"route is how cloud BEMS reaches on-premises Exchange: {config.scenario.value} has no such route",
+        )
     if config.defaults.timeout > config.defaults.interval:
         yield ("defaults", "timeout"), "timeout exceeds the interval"
     yield from _proxy_credential_errors(config, config.defaults.proxy_credential, ("defaults", "proxy_credential"))
+
+
+def _dns_errors(config: Config, target: Target, where: Loc) -> Iterator[tuple[Loc, str]]:
+    """A target looked up at its own resolvers connects directly: through a proxy, the proxy resolves the name."""
+    if config.dns_of(target) is None:
+        return
+    if target.proxy_url is not None:
+        yield (*where, "proxy_url"), "a target with dns connects directly: the proxy would resolve its name itself"
+    elif config.defaults.proxy_url is not None:
+        key = (*where, "dns") if target.dns is not None else ("defaults", "dns")
+        yield (
+            key,
+            f"{target.name!r} would use defaults.proxy_url, which resolves the name itself: dns needs a direct "
+            "connection",
+        )
 
 
 def _proxy_credential_errors(config: Config, name: str | None, loc: Loc) -> Iterator[tuple[Loc, str]]:

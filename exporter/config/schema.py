@@ -113,6 +113,22 @@ class AuthMethod(StrEnum):
 WINDOWS_METHODS = frozenset({AuthMethod.BASIC, AuthMethod.NTLM})
 
 
+class Route(StrEnum):
+    """How cloud BEMS reaches on-premises Exchange (BEMS 3.9, "Prerequisites: BlackBerry Push Notifications
+    service"): EWS and Autodiscover exposed to the Internet on 443, or through the BlackBerry Connectivity Node."""
+
+    INTERNET = "internet"
+    CONNECTIVITY_NODE = "connectivity_node"
+
+
+class DnsView(StrEnum):
+    """Which view of a split-horizon DNS a target's ``dns.servers`` give: the Internet's (public resolvers,
+    what cloud BEMS sees) or the organisation's own."""
+
+    INTERNET = "internet"
+    INTERNAL = "internal"
+
+
 class AutodiscoverProtocol(StrEnum):
     POX = "pox"  # POST /autodiscover/autodiscover.xml
     SOAP = "soap"  # POST /autodiscover/autodiscover.svc, GetUserSettings
@@ -363,12 +379,60 @@ def _proxy_url(value: Any) -> Any:
 ProxyUrl = Annotated[str | None, BeforeValidator(_proxy_url)]
 
 
+DNS_PORT = 53
+
+
+def _dns_server(value: Any) -> str:
+    """A resolver's address with its port, as c-ares takes it: ``192.0.2.53:53``, ``[2001:db8::53]:5353``."""
+    text = str(value).strip()
+    host, port = text, DNS_PORT
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"{value!r}: expected [IPV6]:PORT")
+        port_text = rest[1:] if rest else str(DNS_PORT)
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:
+        port_text = str(DNS_PORT)
+    if not port_text.isdigit() or not 0 < int(port_text) <= 65535:
+        raise ValueError(f"{value!r}: the port must be a number from 1 to 65535")
+    port = int(port_text)
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is not an IP address (a resolver is named by its address, with an optional port)"
+        ) from None
+    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
+
+
+DnsServer = Annotated[str, BeforeValidator(_dns_server)]
+
+
+class DnsConfig(_Model):
+    """The resolvers a target's host name is looked up at instead of the exporter host's own (c-ares)."""
+
+    servers: tuple[DnsServer, ...] = Field(min_length=1)
+    view: DnsView = DnsView.INTERNAL
+    timeout: Duration = timedelta(seconds=2)  # c-ares: how long each server gets on the first try
+    tries: int = Field(default=2, ge=1, le=10)  # c-ares: rounds through the servers before giving up
+
+    @field_validator("servers")
+    @classmethod
+    def _distinct(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError("a server is listed twice")
+        return value
+
+
 class Defaults(_Model):
     interval: Duration = timedelta(seconds=60)
     timeout: Duration = timedelta(seconds=10)
     tls: TLSConfig = TLSConfig()
     proxy_url: ProxyUrl = None
     proxy_credential: str | None = None
+    dns: DnsConfig | None = None
 
 
 class Limits(_Model):
@@ -456,6 +520,7 @@ class Target(_Model):
     protocols: tuple[AutodiscoverProtocol, ...] | None = Field(default=None, min_length=1)
     allowed_redirect_hosts: tuple[RedirectHost, ...] | None = None
     push: Push | None = None
+    dns: DnsConfig | None = None  # replaces defaults.dns as a whole
 
     @model_validator(mode="before")
     @classmethod
@@ -561,6 +626,7 @@ def shard_of(key: str, count: int) -> int:
 
 class Config(_Model):
     scenario: Scenario
+    route: Route = Route.INTERNET
     defaults: Defaults = Defaults()
     limits: Limits = Limits()
     notifications: Notifications | None = None
@@ -610,6 +676,10 @@ class Config(_Model):
 
     def timeout_of(self, target: Target) -> timedelta:
         return target.timeout or self.defaults.timeout
+
+    def dns_of(self, target: Target) -> DnsConfig | None:
+        """The resolvers the target's host is looked up at; None: the exporter host's own resolver."""
+        return target.dns or self.defaults.dns
 
     def auth_methods_of(self, target: Target) -> tuple[AuthMethod, ...]:
         if target.auth:

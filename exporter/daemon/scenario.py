@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from ..checks import autodiscover, planned_checks, tls
-from ..config import Config, EntraCredential, Exchange, Kind, Scenario, Target, WindowsCredential
+from ..checks import autodiscover, planned_checks, reachability, tls
+from ..config import Config, DnsView, EntraCredential, Exchange, Kind, Route, Scenario, Target, WindowsCredential
 from ..metrics import MetricSpec
 from ..results import CheckResult
 from .store import ResultStore
@@ -31,6 +31,11 @@ PENDING = "pending"
 EWS_URL_MISMATCH = "ews_url_mismatch"
 NOT_PUBLICLY_TRUSTED = "not_publicly_trusted"
 NOT_MEASURED = "not_measured"  # the check's result lacks the measurement the requirement reads
+# internet_exposure: the Internet-view answer holds an RFC 1918 / RFC 4193 address (split-brain DNS leaking
+# an internal record), or only addresses the Internet cannot reach otherwise (loopback, CGNAT, reserved ...).
+PRIVATE_ADDRESS = "private_address"
+NOT_PUBLIC = "not_public"
+LEAKED_SCOPES = frozenset({"private", "unique_local"})
 # The tls check's gauge of whether the presented chain is trusted by the public root store.
 PUBLICLY_TRUSTED = tls.PUBLICLY_TRUSTED.name
 
@@ -141,9 +146,9 @@ def _modern_auth(config: Config, store: ResultStore, side: Exchange) -> Judgemen
     return _judge(config, store, _checks(store, token_targets, "token"))
 
 
-def _reachable(kind: Kind) -> Rule:
+def _reachable(*kinds: Kind) -> Rule:
     return lambda config, store, side: _judge(
-        config, store, _checks(store, _targets(config, side, kind), "reachability", "tls")
+        config, store, _checks(store, _targets(config, side, *kinds), "reachability", "tls")
     )
 
 
@@ -211,6 +216,44 @@ def _publicly_trusted(target: Target, result: CheckResult) -> Judgement | None:
     return None
 
 
+def _internet_view_targets(config: Config, side: Exchange) -> list[Target]:
+    return [
+        t for t in _targets(config, side, Kind.EWS, Kind.AUTODISCOVER)
+        if (dns := config.dns_of(t)) is not None and dns.view == DnsView.INTERNET
+    ]  # fmt: skip
+
+
+def _publicly_answered(target: Target, result: CheckResult) -> Judgement | None:
+    """Whether the Internet view answered public addresses only; None also when the lookup itself failed
+    (the check's own reason, ``dns``, then says so)."""
+    scopes = {m.label("scope") for m in result.measurements if m.metric == reachability.DNS_ANSWER_ADDRESSES.name}
+    if not scopes:
+        if result.success:
+            return Judgement(False, NOT_MEASURED, f"{target.name}: reachability measured no DNS answer")
+        return None
+    if leaked := sorted(scopes & LEAKED_SCOPES):
+        return Judgement(
+            False, PRIVATE_ADDRESS,
+            f"{target.name}: the Internet view resolves {target.host} to {' and '.join(leaked)} addresses "
+            "(bems_dns_answer_addresses shows them)",
+        )  # fmt: skip
+    if others := sorted(scopes - {"public"}):
+        answered = f"{target.name}: the Internet view resolves {target.host} to {', '.join(others)} addresses"
+        return Judgement(False, NOT_PUBLIC, answered)
+    return None
+
+
+def _internet_exposure(config: Config, store: ResultStore, side: Exchange) -> Judgement:
+    """Every on-premises EWS and Autodiscover name the Internet view resolves answers public addresses only,
+    and reachability and tls pass on it (judged from where this exporter runs: run it outside for the proof)."""
+    targets = _internet_view_targets(config, side)
+    for target, check in _checks(store, targets, "reachability"):
+        result = store.latest.get((target, check))
+        if result is not None and (unmet := _publicly_answered(config.targets_by_name()[target], result)):
+            return unmet
+    return _judge(config, store, _checks(store, targets, "reachability", "tls"))
+
+
 def _public_certificate(config: Config, store: ResultStore, side: Exchange) -> Judgement:
     pairs = _checks(store, _targets(config, side, Kind.EWS, Kind.AUTODISCOVER), "tls")
     return _judge(config, store, pairs, _publicly_trusted)
@@ -237,6 +280,12 @@ HINTS = {
     "proxy forwarding /notificationClient to BEMS on port 8443, its certificate and the BEMS push service",
     "autodiscover_ews_url": "BEMS uses the EWS URL Autodiscover returns: make it the configured EWS URL "
     "(Set-WebServicesVirtualDirectory -ExternalUrl on-premises), or point the ews target at what it returns",
+    "internet_exposure": "cloud BEMS reaches EWS and Autodiscover from the Internet: publish their names in public "
+    "DNS with public addresses, open port 443 to them, and point an exporter with dns.view internet (public "
+    "resolvers) at them, run outside the LAN; or set route: connectivity_node if BEMS goes through the BlackBerry "
+    "Connectivity Node",
+    "connectivity_node_reachable": "cloud BEMS reaches Exchange through the BlackBerry Connectivity Node: EWS and "
+    "Autodiscover must answer on port 443 from the Connectivity Node host (run this exporter there)",
     "public_certificate": "cloud BEMS trusts public certificate authorities only: give the Internet-facing EWS "
     "and Autodiscover names a certificate from a public CA (an internal CA passes only defaults.tls.ca_file)",
 }
@@ -256,6 +305,12 @@ def _rules(config: Config, side: Exchange) -> dict[str, Rule]:
         }
         if config.scenario == Scenario.CLOUD_BEMS_ONPREM_EXCHANGE:
             rules["public_certificate"] = _public_certificate  # cloud BEMS is on the Internet, with public CAs
+            # BEMS 3.9, "Prerequisites: BlackBerry Push Notifications service": exposed to the Internet on 443,
+            # or reached through the BlackBerry Connectivity Node, judged from where the exporter runs.
+            if config.route == Route.CONNECTIVITY_NODE:
+                rules["connectivity_node_reachable"] = _reachable(Kind.EWS, Kind.AUTODISCOVER)
+            else:
+                rules["internet_exposure"] = _internet_exposure
         return rules | delivery
     rules = {
         "autodiscover_reachable": _reachable(Kind.AUTODISCOVER),

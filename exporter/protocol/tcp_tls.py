@@ -11,6 +11,7 @@ import os
 import socket
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -114,6 +115,11 @@ def client_ssl_context(ca_file: str | None, verify: bool = True) -> ssl.SSLConte
 
 _hosts_file = HostsFile()
 
+# Resolves (host, port) to addresses in the order to try, and says how long that took: ``resolve`` below,
+# or a target's own resolvers (``dns_lookup``).
+Lookup = Callable[[str, int], Awaitable[tuple[list[str], float]]]
+SYSTEM_RESOLVER_HINT = "the resolver does not answer: check /etc/resolv.conf"
+
 
 async def resolve(host: str, port: int) -> tuple[list[str], float]:
     """Resolve ``host`` to addresses in the resolver's order; the lookup time is measured."""
@@ -203,9 +209,7 @@ def tls_failure(err: OSError, where: str) -> ProbeFailure:
 
 
 async def _proxy_connect(proxy: Proxy, host: str, port: int, rec: Recorder) -> Connection:
-    async with rec.step(
-        f"DNS lookup of proxy {proxy.host}", "the resolver does not answer: check /etc/resolv.conf"
-    ) as detail:
+    async with rec.step(f"DNS lookup of proxy {proxy.host}", SYSTEM_RESOLVER_HINT) as detail:
         try:
             addresses, dns_seconds = await resolve(proxy.host, proxy.port)
         except ProbeFailure as failure:
@@ -276,12 +280,23 @@ async def _connect_request(sock: socket.socket, proxy: Proxy, host: str, port: i
     return status_line, early
 
 
-async def connect(host: str, port: int, proxy: Proxy | None, rec: Recorder) -> Connection:
-    """Open a TCP connection to host:port, recording DNS and connect steps."""
+async def connect(
+    host: str,
+    port: int,
+    proxy: Proxy | None,
+    rec: Recorder,
+    lookup: Lookup = resolve,
+    lookup_hint: str = SYSTEM_RESOLVER_HINT,
+) -> Connection:
+    """Open a TCP connection to host:port, recording DNS and connect steps.
+
+    ``lookup`` resolves ``host`` for a direct connection (through a proxy, the proxy resolves it);
+    ``lookup_hint`` says what to check when it does not finish within the check's timeout.
+    """
     if proxy is not None:
         return await _proxy_connect(proxy, host, port, rec)
-    async with rec.step(f"DNS lookup of {host}", "the resolver does not answer: check /etc/resolv.conf") as detail:
-        addresses, dns_seconds = await resolve(host, port)
+    async with rec.step(f"DNS lookup of {host}", lookup_hint) as detail:
+        addresses, dns_seconds = await lookup(host, port)
         detail.append(", ".join(addresses))
     async with rec.step(
         f"TCP connect to {host}:{port}",

@@ -40,7 +40,13 @@ async def test_healthy_endpoint_passes_both_checks(simulator: Simulator, sim_con
     reach = await run(config, target, "reachability")
     tls = await run(config, target, "tls")
     assert reach.success and tls.success, (reach, tls)
-    assert set(measurements(reach)) == {"bems_dns_lookup_seconds", "bems_tcp_connect_seconds"}
+    assert set(measurements(reach)) == {
+        "bems_dns_lookup_seconds", "bems_tcp_connect_seconds", "bems_dns_answer_addresses", "bems_dns_resolver_info"
+    }  # fmt: skip
+    # The simulator's name is the host resolver's to answer (no dns servers configured): a loopback address.
+    labels = {m.metric: dict(m.labels) for m in reach.measurements}
+    assert labels["bems_dns_resolver_info"] == {"resolver": "system", "view": ""}
+    assert labels["bems_dns_answer_addresses"]["scope"] == "loopback"
     values = measurements(tls)
     # The simulator's leaf is valid for 90 days, its CA for longer: the chain's earliest notAfter is the leaf's.
     assert 89 * 86400 < values["bems_tls_cert_expiry_timestamp_seconds"] - time.time() < 91 * 86400

@@ -21,8 +21,8 @@ from samples import parse, value
 
 from bems_simulator.server import DEMO_GRAPH_ROLES, Simulator
 from exporter import cli
-from exporter.checks import autodiscover, notification_url, planned_checks, push
-from exporter.config import Config, Exchange, Scenario, load_config
+from exporter.checks import autodiscover, notification_url, planned_checks, push, reachability
+from exporter.config import Config, Exchange, Route, Scenario, load_config
 from exporter.daemon import scenario
 from exporter.daemon.app import Exporter
 from exporter.daemon.store import ResultStore
@@ -39,9 +39,10 @@ credentials:
 targets:
   - {name: onprem-ews, kind: ews, exchange: onprem, url: 'https://mail.corp.example.com/EWS/Exchange.asmx',
      credential: bemsadmin, auth: [basic, ntlm], mailboxes: [alice@corp.example.com],
-     push: {mailbox: alice@corp.example.com, write_probe: true}}
+     push: {mailbox: alice@corp.example.com, write_probe: true}, dns: {servers: ['192.0.2.53'], view: internet}}
   - {name: onprem-ad, kind: autodiscover, exchange: onprem, url: 'https://autodiscover.corp.example.com/',
-     credential: bemsadmin, auth: [ntlm], mailboxes: [alice@corp.example.com, bob@corp.example.com]}
+     credential: bemsadmin, auth: [ntlm], mailboxes: [alice@corp.example.com, bob@corp.example.com],
+     dns: {servers: ['192.0.2.53'], view: internet}}
   - {name: online-ews, kind: ews, exchange: online, url: 'https://outlook.office365.com/EWS/Exchange.asmx',
      credential: app, mailboxes: [carol@contoso.com]}
   - {name: online-ad, kind: autodiscover, exchange: online, url: 'https://outlook.office365.com/',
@@ -64,6 +65,10 @@ def config(tmp_path: Path) -> Config:
     return load(tmp_path)
 
 
+def answered(scope: str, family: str = "ipv4", count: float = 1.0) -> Measurement:
+    return Measurement(reachability.DNS_ANSWER_ADDRESSES.name, count, (("family", family), ("scope", scope)))
+
+
 def passed(target: str, check: str, config: Config) -> CheckResult:
     """A passing result with the measurements that check's passing run carries."""
     mailboxes = config.targets_by_name()[target].mailboxes
@@ -71,6 +76,7 @@ def passed(target: str, check: str, config: Config) -> CheckResult:
         "auth": [Measurement("bems_auth_success", 1.0, (("method", "ntlm"),))],
         "autodiscover": [Measurement(autodiscover.URL_MATCH.name, 1.0, (("mailbox", m),)) for m in mailboxes],
         "tls": [Measurement(scenario.PUBLICLY_TRUSTED, 1.0)],
+        "reachability": [answered("public")],
     }.get(check, [])
     return CheckResult(target, check, True, time.time(), 0.1, measurements=tuple(measurements))
 
@@ -96,7 +102,7 @@ ONPREM = {"ews_reachable", "autodiscover_reachable", "basic_or_windows_auth", "i
 ONLINE = {"autodiscover_reachable", "modern_auth", "graph_access", "impersonation", "ews_reachable", "push_delivery",
           "autodiscover_ews_url", "notification_url"}  # fmt: skip
 EXPECTED = {  # scenario -> the (side, requirement) pairs of the fully configured estate
-    Scenario.CLOUD_BEMS_ONPREM_EXCHANGE: {("onprem", r) for r in ONPREM | {"public_certificate"}},
+    Scenario.CLOUD_BEMS_ONPREM_EXCHANGE: {("onprem", r) for r in ONPREM | {"public_certificate", "internet_exposure"}},
     Scenario.ONPREM_BEMS_CLOUD_EXCHANGE: {("online", r) for r in ONLINE},
     Scenario.ONPREM_BEMS_HYBRID: {("onprem", r) for r in ONPREM} | {("online", r) for r in ONLINE},
 }
@@ -109,6 +115,9 @@ REQUIREMENTS = {
     ("onprem", "push_delivery"): ("onprem-ews", "push", Reason.PUSH_STALLED),
     ("onprem", "autodiscover_ews_url"): ("onprem-ad", "autodiscover", Reason.MAILBOX_NOT_FOUND),
     ("onprem", "public_certificate"): ("onprem-ad", "tls", Reason.CERTIFICATE),
+    ("onprem", "internet_exposure"): ("onprem-ews", "reachability", Reason.DNS),
+    # route: connectivity_node only (test_the_connectivity_node_route_replaces_internet_exposure)
+    ("onprem", "connectivity_node_reachable"): ("onprem-ad", "tls", Reason.TIMEOUT),
     ("online", "ews_reachable"): ("online-ews", "reachability", Reason.TIMEOUT),
     ("online", "autodiscover_reachable"): ("online-ad", "tls", Reason.CERTIFICATE),
     ("online", "modern_auth"): ("online-ews", "token", Reason.TOKEN),
@@ -121,7 +130,7 @@ REQUIREMENTS = {
 
 
 def test_the_table_covers_every_requirement() -> None:
-    assert set(REQUIREMENTS) == set().union(*EXPECTED.values())
+    assert set(REQUIREMENTS) == set().union(*EXPECTED.values()) | {("onprem", "connectivity_node_reachable")}
     assert {r for _, r in REQUIREMENTS} == set(scenario.HINTS)
 
 
@@ -206,6 +215,78 @@ def test_a_passing_check_that_measured_short_is_unmet(
     verdict = judged[("onprem", requirement)]
     assert (verdict.reason, verdict.hint) == (reason, scenario.HINTS[requirement])
     assert result.target in verdict.detail
+
+
+@pytest.mark.parametrize(
+    ("answers", "reason"),
+    [
+        pytest.param((answered("public"), answered("public", "ipv6", 2)), None, id="public-only"),
+        pytest.param((answered("public"), answered("private")), scenario.PRIVATE_ADDRESS, id="rfc1918-leaked"),
+        pytest.param((answered("unique_local", "ipv6"),), scenario.PRIVATE_ADDRESS, id="rfc4193-leaked"),
+        pytest.param((answered("public"), answered("cgnat")), scenario.NOT_PUBLIC, id="cgnat"),
+        pytest.param((answered("loopback"),), scenario.NOT_PUBLIC, id="loopback"),
+        pytest.param((answered("link_local"),), scenario.NOT_PUBLIC, id="link-local"),
+        pytest.param((answered("reserved"),), scenario.NOT_PUBLIC, id="documentation-range"),
+        pytest.param((), scenario.NOT_MEASURED, id="no-answer-measured"),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("success", [True, False], ids=["connected", "connect-failed"])
+def test_internet_exposure_needs_public_answers(
+    config: Config, answers: tuple[Measurement, ...], reason: str | None, success: bool
+) -> None:
+    config = config.model_copy(update={"scenario": Scenario.CLOUD_BEMS_ONPREM_EXCHANGE})
+    store = passing_store(config)
+    failure = (None, "") if success else (Reason.TIMEOUT, "connection to mail.corp.example.com:443 timed out")
+    store.record(CheckResult("onprem-ad", "reachability", success, time.time(), 0.1, *failure, measurements=answers))
+    verdict = verdicts(config, store)[("onprem", "internet_exposure")]
+    if success and reason is None:
+        assert verdict.met
+        return
+    # A leaked answer explains a failed connect better than the connect's own reason does.
+    measured_short = reason not in (None, scenario.NOT_MEASURED)
+    expected = reason if success or measured_short else Reason.TIMEOUT.value
+    assert (verdict.met, verdict.reason) == (False, expected)
+    assert "onprem-ad" in verdict.detail
+
+
+def test_internet_exposure_rests_on_internet_view_targets_only(tmp_path: Path) -> None:
+    data = yaml.safe_load(CONFIG) | {"scenario": "cloud-bems-onprem-exchange"}
+    for target in data["targets"]:
+        if target["name"] == "onprem-ad":
+            target["dns"]["view"] = "internal"
+    config = load(tmp_path, yaml.safe_dump(data))
+    store = passing_store(config)
+    # What the internal view answers is no claim about the Internet's: only onprem-ews is judged.
+    store.record(measured("onprem-ad", "reachability", answered("private")))
+    assert verdicts(config, store)[("onprem", "internet_exposure")].met
+    for target in data["targets"]:
+        target.pop("dns", None)
+    config = load(tmp_path, yaml.safe_dump(data))
+    assert "onprem: internet_exposure" in scenario.unconfigured(config)
+    verdict = verdicts(config, passing_store(config))[("onprem", "internet_exposure")]
+    assert (verdict.met, verdict.reason, verdict.hint) == (
+        False,
+        scenario.NOT_CONFIGURED,
+        scenario.HINTS["internet_exposure"],
+    )
+
+
+def test_the_connectivity_node_route_replaces_internet_exposure(config: Config) -> None:
+    config = config.model_copy(
+        update={"scenario": Scenario.CLOUD_BEMS_ONPREM_EXCHANGE, "route": Route.CONNECTIVITY_NODE}
+    )
+    store = passing_store(config)
+    store.record(measured("onprem-ews", "reachability", answered("private")))  # inside the LAN: as it should be
+    judged = verdicts(config, store)
+    assert set(judged) == EXPECTED[Scenario.CLOUD_BEMS_ONPREM_EXCHANGE] - {("onprem", "internet_exposure")} | {
+        ("onprem", "connectivity_node_reachable")
+    }
+    assert all(v.met for v in judged.values())
+    for target, check in [("onprem-ews", "reachability"), ("onprem-ad", "tls")]:
+        store = passing_store(config)
+        fail(store, target, check, Reason.REFUSED)
+        verdict = verdicts(config, store)[("onprem", "connectivity_node_reachable")]
+        assert (verdict.met, verdict.reason) == (False, "refused")
 
 
 def test_public_certificate_holds_in_the_cloud_scenario_only(config: Config) -> None:
@@ -423,5 +504,6 @@ def test_every_requirement_is_documented() -> None:
     }
     assert set(scenario.HINTS) == table
     headings = set((DOCS / "runbooks.md").read_text().splitlines())
-    new = ("push_delivery", "notification_url", "autodiscover_ews_url", "public_certificate")
+    new = ("push_delivery", "notification_url", "autodiscover_ews_url", "public_certificate", "internet_exposure",
+           "connectivity_node_reachable")  # fmt: skip
     assert {f"## Requirement {requirement} unmet" for requirement in new} <= headings
