@@ -413,7 +413,7 @@ DnsServer = Annotated[str, BeforeValidator(_dns_server)]
 class DnsConfig(_Model):
     """The resolvers a target's host name is looked up at instead of the exporter host's own (c-ares)."""
 
-    servers: tuple[DnsServer, ...] = Field(min_length=1)
+    servers: tuple[DnsServer, ...]
     view: DnsView = DnsView.INTERNAL
     timeout: Duration = timedelta(seconds=2)  # c-ares: how long each server gets on the first try
     tries: int = Field(default=2, ge=1, le=10)  # c-ares: rounds through the servers before giving up
@@ -421,6 +421,9 @@ class DnsConfig(_Model):
     @field_validator("servers")
     @classmethod
     def _distinct(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # Here rather than Field(min_length=1), which pydantic also reports when an entry is invalid.
+        if not value:
+            raise ValueError("at least one server is required")
         if len(set(value)) != len(value):
             raise ValueError("a server is listed twice")
         return value

@@ -5,16 +5,20 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from check_runner import configured_target, run
+from dns_servers import running_dnsmasq
 
 from bems_simulator.server import Simulator
-from exporter.config import load_config
+from exporter.checks import planned_checks
+from exporter.config import DnsConfig, DnsView, Scenario, Target, load_config
+from exporter.daemon import scenario
+from exporter.daemon.store import ResultStore
 from exporter.protocol import tcp_tls as net
-from exporter.results import Reason
+from exporter.results import CheckResult, Reason
 
 
 async def test_unresolvable_host_is_a_dns_failure(simulator: Simulator, sim_config_file: Path) -> None:
@@ -136,3 +140,69 @@ def test_a_failed_connect_is_named_by_its_errno(os_error: OSError, reason: Reaso
     failure = net.connect_failure(os_error, "mail.corp.example.com", 443)
     assert failure.reason == reason
     assert "mail.corp.example.com:443" in failure.message and failure.hint
+
+
+@pytest.fixture
+def split_horizon() -> Iterator[tuple[str, str]]:
+    """The same name on two real DNS servers: loopback inside (where the simulator listens), private outside."""
+    with (
+        running_dnsmasq("--address=/mail.contoso.test/127.0.0.1") as internal,
+        running_dnsmasq("--address=/mail.contoso.test/10.20.30.40", "--address=/missing.contoso.test/") as leaking,
+    ):
+        yield internal.server, leaking.server
+
+
+def with_dns(target: Target, server: str, view: str) -> Target:
+    return target.model_copy(update={"dns": DnsConfig(servers=(server,), view=DnsView(view))})
+
+
+def labelled(result: CheckResult, metric: str) -> list[tuple[dict[str, str], float]]:
+    return [(dict(m.labels), m.value) for m in result.measurements if m.metric == metric]
+
+
+async def test_a_target_resolves_at_its_own_servers(
+    simulator: Simulator, sim_config_file: Path, split_horizon: tuple[str, str]
+) -> None:
+    config = load_config(sim_config_file)
+    port = simulator.endpoints["onprem-ews"].port
+    target = configured_target(config, "onprem-ews", url=f"https://mail.contoso.test:{port}/EWS/Exchange.asmx")
+    target = with_dns(target, split_horizon[0], "internal")
+    result = await run(config, target, "reachability")
+    assert result.success, result
+    assert labelled(result, "bems_dns_resolver_info") == [({"resolver": "configured", "view": "internal"}, 1.0)]
+    assert labelled(result, "bems_dns_answer_addresses") == [({"family": "ipv4", "scope": "loopback"}, 1.0)]
+    assert labelled(result, "bems_dns_failure_reason") == []
+
+
+async def test_a_leaked_private_answer_fails_internet_exposure(
+    sim_config_file: Path, split_horizon: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The public view answers 10.20.30.40: the connect is refused here rather than sent to that address.
+    monkeypatch.setattr(net, "_open_socket", _connect_fails(errno.ECONNREFUSED))
+    config = load_config(sim_config_file).model_copy(update={"scenario": Scenario.CLOUD_BEMS_ONPREM_EXCHANGE})
+    target = configured_target(config, "onprem-ews", url="https://mail.contoso.test/EWS/Exchange.asmx")
+    target = with_dns(target, split_horizon[1], "internet")
+    config = config.model_copy(update={"targets": (target,)})
+    result = await run(config, target, "reachability")
+    assert result.reason == Reason.REFUSED
+    assert labelled(result, "bems_dns_answer_addresses") == [({"family": "ipv4", "scope": "private"}, 1.0)]
+    store = ResultStore(targets=config.targets_by_name(), checks=planned_checks(config))
+    store.record(result)
+    verdict = {v.requirement: v for v in scenario.evaluate(config, store)}["internet_exposure"]
+    assert (verdict.met, verdict.reason) == (False, scenario.PRIVATE_ADDRESS)
+
+
+async def test_a_name_the_servers_do_not_know_is_dns_with_its_rcode(
+    sim_config_file: Path, split_horizon: tuple[str, str]
+) -> None:
+    config = load_config(sim_config_file)
+    target = configured_target(config, "onprem-ews", url="https://ews.missing.contoso.test/EWS/Exchange.asmx")
+    target = with_dns(target, split_horizon[1], "internet")
+    for check in ("reachability", "tls"):
+        result = await run(config, target, check)
+        assert result.reason == Reason.DNS, result
+        assert result.message.startswith(f"ews.missing.contoso.test does not resolve at {split_horizon[1]}: nxdomain")
+    assert labelled(result := await run(config, target, "reachability"), "bems_dns_failure_reason") == [
+        ({"rcode": "nxdomain"}, 1.0)
+    ]
+    assert labelled(result, "bems_dns_answer_addresses") == []

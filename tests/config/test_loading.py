@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from exporter.cli import main
-from exporter.config import AuthMethod, ConfigError, load_config, parse_config, parse_duration
+from exporter.config import AuthMethod, ConfigError, DnsView, load_config, parse_config, parse_duration
 from exporter.daemon.app import Exporter
 from exporter.errors import ConfigIssue
 
@@ -99,7 +99,60 @@ def _replace(old: str, new: str) -> str:
     return GOOD.replace(old, new, 1)
 
 
+def _with_dns(dns: str, *more: str) -> str:
+    return _replace("    interval: 30s", "\n".join(("    interval: 30s", f"    dns: {dns}", *more)))
+
+
 BAD = [
+    pytest.param(
+        _with_dns("{servers: [ns1.corp.example.com]}"),
+        24,
+        "targets[0].dns.servers[0]",
+        "'ns1.corp.example.com' is not an IP address (a resolver is named by its address, with an optional port)",
+        id="dns-server-by-name",
+    ),
+    pytest.param(
+        _with_dns("{servers: ['[2001:db8::53]:99999']}"),
+        24,
+        "targets[0].dns.servers[0]",
+        "'[2001:db8::53]:99999': the port must be a number from 1 to 65535",
+        id="dns-server-bad-port",
+    ),
+    pytest.param(
+        _with_dns("{servers: [192.0.2.53, '192.0.2.53:53']}"),
+        24,
+        "targets[0].dns.servers",
+        "a server is listed twice",
+        id="dns-server-twice",
+    ),
+    pytest.param(
+        _with_dns("{servers: [192.0.2.53], view: outside}"),
+        24,
+        "targets[0].dns.view",
+        "Input should be 'internet' or 'internal'",
+        id="dns-unknown-view",
+    ),
+    pytest.param(
+        _with_dns("{servers: []}"),
+        24,
+        "targets[0].dns.servers",
+        "at least one server is required",
+        id="dns-without-servers",
+    ),
+    pytest.param(
+        _with_dns("{servers: [192.0.2.53]}", "    proxy_url: http://proxy.corp.example.com:3128"),
+        25,
+        "targets[0].proxy_url",
+        "a target with dns connects directly: the proxy would resolve its name itself",
+        id="dns-through-a-proxy",
+    ),
+    pytest.param(
+        _replace("scenario: onprem-bems-hybrid", "scenario: onprem-bems-hybrid\nroute: connectivity_node"),
+        3,
+        "route",
+        "route is how cloud BEMS reaches on-premises Exchange: onprem-bems-hybrid has no such route",
+        id="route-outside-the-cloud-scenario",
+    ),
     pytest.param(
         _replace("scenario: onprem-bems-hybrid", "scenario: hybrid"),
         2,
@@ -296,6 +349,18 @@ def test_allowed_redirect_hosts_are_normalised(tmp_path: Path, secret_file: Path
     assert target.allowed_redirect_hosts == (
         "mail.corp.example.com", "xn--mnchen-3ya.example.de", "corp", "10.0.0.5", "2001:db8::1",
     )  # fmt: skip
+
+
+def test_dns_servers_are_kept_with_their_port(tmp_path: Path, secret_file: Path) -> None:
+    text = _with_dns(
+        "{servers: [192.0.2.53, '198.51.100.1:5353', '2001:db8::53', '[2001:db8::54]:5353'], view: internet}"
+    )
+    config = load_config(write(tmp_path, text, secret_file))
+    target = config.targets[0]
+    dns = config.dns_of(target)
+    assert dns is not None and dns.view == DnsView.INTERNET
+    assert dns.servers == ("192.0.2.53:53", "198.51.100.1:5353", "[2001:db8::53]:53", "[2001:db8::54]:5353")
+    assert config.dns_of(config.targets[1]) is None  # no defaults.dns: the host's resolver
 
 
 @pytest.mark.parametrize(("text", "line", "key", "reason"), BAD)
