@@ -40,6 +40,8 @@ ALERTS = {
     "BEMSExchangeCertificateExpired",
     "BEMSExchangeAuthenticationFailing",
     "BEMSExchangeCredentialSuspended",
+    "BEMSExchangeNotExposedToInternet",
+    "BEMSExchangeConnectivityNodeUnreachable",
     "BEMSExchangeTokenAcquisitionFailing",
     "BEMSExchangeEntraCredentialExpiring",
     "BEMSExchangeImpersonationDenied",
