@@ -124,7 +124,12 @@ class HttpClients:
         current = self._sessions.get(ca_file)
         if current is not None and current.ca_file_stamp == stamp and not current.session.closed:
             return current
-        connector = aiohttp.TCPConnector(ssl=new_client_ssl_context(ca_file), limit=0, limit_per_host=8)
+        # The system's resolver (getaddrinfo, as the reachability and tls checks use): aiohttp would otherwise
+        # pick its c-ares resolver whenever aiodns is installed (it is, for targets' own ``dns`` servers), which
+        # skips nsswitch and would let the HTTP checks and the connection checks disagree on an address.
+        connector = aiohttp.TCPConnector(
+            ssl=new_client_ssl_context(ca_file), limit=0, limit_per_host=8, resolver=aiohttp.ThreadedResolver()
+        )
         # trust_env=False: proxies come from the configuration only, never from the environment.
         session = aiohttp.ClientSession(connector=connector, trust_env=False, cookie_jar=aiohttp.DummyCookieJar())
         self._sessions[ca_file] = fresh = _Session(session, stamp)
