@@ -60,6 +60,10 @@ ALERTS = {
     "BEMSExchangeConfigReloadFailed",
     "BEMSExchangeProbesOverrunning",
     "BEMSExchangeErrorBudgetBurn",
+    "BEMSExchangeCheckFailingEverywhere",
+    "BEMSExchangeCheckFailingFromVantagePoint",
+    "BEMSExchangeRequirementUnmetEverywhere",
+    "BEMSExchangeRequirementUnmetFromVantagePoint",
 }
 # Alerts whose series carry no scenario: the exporter is down, so bems_scenario_info is gone too.
 WITHOUT_SCENARIO = {"BEMSExchangeExporterDown"}
@@ -111,7 +115,7 @@ def runbook_anchors() -> set[str]:
 
 
 def test_rule_files_are_the_scenario_files() -> None:
-    assert [p.name for p in RULES] == ["bems.yml", "common.yml", "online.yml", "onprem.yml"]
+    assert [p.name for p in RULES] == ["bems.yml", "common.yml", "online.yml", "onprem.yml", "vantage.yml"]
 
 
 @pytest.mark.parametrize("path", RULES, ids=lambda p: p.name)
@@ -161,8 +165,19 @@ def test_alert_names_are_the_contract() -> None:
     assert {rule["alert"] for _, rule in alerting_rules()} == ALERTS
 
 
+def sources_with_scenario() -> set[str]:
+    """The names whose series carry `scenario`: bems_scenario_info, bems_requirement_met, and recording rules
+    built on them (transitively). The promtool tests pin the labels themselves."""
+    sources = {"bems_scenario_info", "bems_requirement_met"}
+    records = {rule["record"]: rule["expr"] for rule in all_rules() if "record" in rule}
+    while grown := {r for r, expr in records.items() if r not in sources and any(s in expr for s in sources)}:
+        sources |= grown
+    return sources
+
+
 def test_every_alert_is_labelled_annotated_and_delayed() -> None:
     anchors = runbook_anchors()
+    with_scenario = sources_with_scenario()
     for path, rule in alerting_rules():
         name = rule["alert"]
         assert rule["labels"]["severity"] in SEVERITIES, name
@@ -179,7 +194,7 @@ def test_every_alert_is_labelled_annotated_and_delayed() -> None:
         assert dashboard.startswith("/d/") and uids and uids <= DASHBOARD_UIDS, f"{name}: {dashboard}"
 
         if name not in WITHOUT_SCENARIO:  # the scenario label comes from a join, or the metric has it
-            assert "bems_scenario_info" in rule["expr"] or "bems_requirement_met" in rule["expr"], name
+            assert any(source in rule["expr"] for source in with_scenario), name
             if "bems_scenario_info" in rule["expr"]:  # several exporters: join on the scrape target
                 assert "on (instance, job) group_left (scenario) bems_scenario_info" in rule["expr"], name
 
@@ -225,9 +240,9 @@ def test_recording_rules_follow_the_naming_convention() -> None:
 def test_deploy_readme_names_the_files_of_each_scenario() -> None:
     text = (ROOT / "deploy" / "README.md").read_text()
     expected = {
-        "cloud-bems-onprem-exchange": ["common.yml", "onprem.yml", "bems.yml"],
-        "onprem-bems-cloud-exchange": ["common.yml", "online.yml", "bems.yml"],
-        "onprem-bems-hybrid": ["common.yml", "onprem.yml", "online.yml", "bems.yml"],
+        "cloud-bems-onprem-exchange": ["common.yml", "onprem.yml", "bems.yml", "vantage.yml"],
+        "onprem-bems-cloud-exchange": ["common.yml", "online.yml", "bems.yml", "vantage.yml"],
+        "onprem-bems-hybrid": ["common.yml", "onprem.yml", "online.yml", "bems.yml", "vantage.yml"],
     }
     for scenario, files in expected.items():
         (row,) = [line for line in text.splitlines() if line.startswith(f"| `{scenario}`")]
@@ -317,17 +332,38 @@ def alertmanager(tmp_path: Path) -> Iterator[str]:
             process.wait()
 
 
-def test_alertmanager_inhibitions(alertmanager: str) -> None:
+def firing_alert(name: str, severity: str, **labels: str) -> dict[str, Any]:
+    """An alert as Prometheus posts it: started 10 minutes ago, ending in an hour."""
     now = datetime.now(UTC)
+    return {
+        "labels": {"alertname": name, "severity": severity, "job": "bems-exchange-exporter", **labels},
+        "annotations": {"summary": name},
+        "startsAt": (now - timedelta(minutes=10)).isoformat(),
+        "endsAt": (now + timedelta(hours=1)).isoformat(),
+    }
 
-    def alert(name: str, severity: str, **labels: str) -> dict[str, Any]:
-        return {
-            "labels": {"alertname": name, "severity": severity, "job": "bems-exchange-exporter", **labels},
-            "annotations": {"summary": name},
-            "startsAt": (now - timedelta(minutes=10)).isoformat(),
-            "endsAt": (now + timedelta(hours=1)).isoformat(),
-        }
 
+def inhibited_after_posting(alertmanager: str, sent: dict[str, dict[str, Any]], expected: set[str]) -> set[str]:
+    """Post the alerts, then the names of those Alertmanager inhibits, once it has them all and the expected
+    set is reached (or 10 s have passed: then whatever it inhibits)."""
+    api(alertmanager, "/api/v2/alerts", list(sent.values()))
+
+    def key(labels: dict[str, str]) -> tuple[tuple[str, str], ...]:
+        return tuple(sorted((k, v) for k, v in labels.items() if k != "alertname") + [("alertname", labels["alertname"])])
+
+    deadline = time.monotonic() + 10
+    while True:
+        got = {key(a["labels"]): bool(a["status"]["inhibitedBy"]) for a in api(alertmanager, "/api/v2/alerts")}
+        inhibited = {name for name, a in sent.items() if got.get(key(a["labels"]))}
+        if (len(got) == len(sent) and inhibited == expected) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert len(got) == len(sent)
+    return inhibited
+
+
+def test_alertmanager_inhibitions(alertmanager: str) -> None:
+    alert = firing_alert
     one = {"instance": "bems-monitor-1:10442"}
     two = {"instance": "bems-monitor-2:10442"}
     sent = {
@@ -348,18 +384,42 @@ def test_alertmanager_inhibitions(alertmanager: str) -> None:
         "down": alert("BEMSExchangeExporterDown", "critical", instance="bems-monitor-3:10442"),
         "stale": alert("BEMSExchangeResultsStale", "warning", target="x", instance="bems-monitor-3:10442"),
     }
-    api(alertmanager, "/api/v2/alerts", list(sent.values()))
+    expected = {"tls", "auth", "impersonation", "push", "cert-warning", "stale"}
+    assert inhibited_after_posting(alertmanager, sent, expected) == expected
 
-    def key(labels: dict[str, str]) -> tuple[str, ...]:
-        return tuple(labels.get(k, "") for k in ("alertname", "severity", "instance", "target"))
 
-    expected_inhibited = {"tls", "auth", "impersonation", "push", "cert-warning", "stale"}
-    deadline = time.monotonic() + 10
-    while True:
-        got = {key(a["labels"]): bool(a["status"]["inhibitedBy"]) for a in api(alertmanager, "/api/v2/alerts")}
-        inhibited = {name for name, a in sent.items() if got.get(key(a["labels"]))}
-        if (len(got) == len(sent) and inhibited == expected_inhibited) or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    assert len(got) == len(sent)
-    assert inhibited == expected_inhibited
+def test_alertmanager_lets_the_vantage_alerts_decide_how_loud(alertmanager: str) -> None:
+    """Two vantage points (deploy/prometheus/rules/vantage.yml): reachability of onprem-ews fails from both,
+    TLS of online-ews from the outside one only, requirement ews_reachable is unmet from both."""
+    alert = firing_alert
+    inside = {"instance": "inside:10442", "vantage": "bems-host", "vantage_kind": "internal"}
+    outside = {"instance": "outside:10442", "vantage": "aws-eu-west-1", "vantage_kind": "internet"}
+    hybrid = {"scenario": "onprem-bems-hybrid", "exchange": "onprem"}
+    reach = {"target": "onprem-ews", "check": "reachability", **hybrid}
+    tls = {"target": "online-ews", "check": "tls", "scenario": "onprem-bems-hybrid", "exchange": "online"}
+    sent = {
+        "everywhere": alert("BEMSExchangeCheckFailingEverywhere", "critical", **reach),
+        "reach-inside": alert("BEMSExchangeCheckFailingFromVantagePoint", "warning", **reach, **inside),
+        "reach-outside": alert("BEMSExchangeCheckFailingFromVantagePoint", "warning", **reach, **outside),
+        # the vantage points' own per-check alerts: the vantage alerts stand for them
+        "unreachable-inside": alert("BEMSExchangeEndpointUnreachable", "critical", **reach, **inside),
+        "unreachable-outside": alert("BEMSExchangeEndpointUnreachable", "critical", **reach, **outside),
+        # some, not all: the path warning stays, the outside exporter's own TLS page does not
+        "tls-outside": alert("BEMSExchangeCheckFailingFromVantagePoint", "warning", **tls, **outside),
+        "tls-invalid-outside": alert("BEMSExchangeTLSInvalid", "critical", **tls, **outside),
+        # the inside exporter's TLS alert for that target would have no vantage alert behind it
+        "tls-invalid-inside": alert("BEMSExchangeTLSInvalid", "critical", **tls, **inside),
+        # requirements
+        "requirement": alert("BEMSExchangeRequirementUnmetEverywhere", "critical", requirement="ews_reachable", **hybrid),
+        "requirement-inside": alert(
+            "BEMSExchangeRequirementUnmetFromVantagePoint", "warning", requirement="ews_reachable", **hybrid, **inside
+        ),
+        "other-requirement-inside": alert(
+            "BEMSExchangeRequirementUnmetFromVantagePoint", "warning", requirement="impersonation", **hybrid, **inside
+        ),
+        # a plain exporter without vantage labels is untouched
+        "plain": alert("BEMSExchangeEndpointUnreachable", "critical", target="onprem-ews", instance="bems-monitor:10442"),
+    }
+    expected = {"reach-inside", "reach-outside", "unreachable-inside", "unreachable-outside", "tls-invalid-outside",
+                "requirement-inside"}  # fmt: skip
+    assert inhibited_after_posting(alertmanager, sent, expected) == expected
