@@ -46,6 +46,7 @@ CORE_MANIFESTS = [
     "configmap.yaml",
     "secret.example.yaml",
     "networkpolicy.yaml",
+    "vantage/exporter-internet.yaml",
 ]
 UID = 65532
 CONFIG_PATH = "/etc/bems-exchange-exporter/config.yml"
@@ -524,7 +525,9 @@ def test_compose_file_matches_the_compose_spec_schema() -> None:
 
 def test_compose_mounts_the_shipped_files_and_wires_them_unchanged() -> None:
     services = compose()["services"]
-    assert set(services) == {"exporter", "simulator", "exporter-demo", "prometheus", "alertmanager", "grafana"}
+    assert set(services) == {
+        "exporter", "simulator", "exporter-demo", "exporter-outside", "prometheus", "alertmanager", "grafana",
+    }  # fmt: skip
 
     # Every bind mount source exists (except the operator's own config and secrets of profile `site`).
     for name, service in services.items():
@@ -534,6 +537,9 @@ def test_compose_mounts_the_shipped_files_and_wires_them_unchanged() -> None:
                 assert (DEPLOY / source).exists(), f"{name}: {source}"
     prometheus_mounts = services["prometheus"]["volumes"]
     assert "./prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in prometheus_mounts
+    assert "./prometheus/vantage-points.yml:/etc/prometheus/vantage-points.yml:ro" in prometheus_mounts
+    config_flag = "--config.file=/etc/prometheus/${BEMS_PROMETHEUS_CONFIG:-prometheus.yml}"
+    assert config_flag in services["prometheus"]["command"]
     assert "./prometheus/rules:/etc/prometheus/rules:ro" in prometheus_mounts
     assert (
         "./alertmanager/alertmanager.yml:/etc/alertmanager/alertmanager.yml:ro" in services["alertmanager"]["volumes"]
@@ -559,7 +565,8 @@ def test_compose_mounts_the_shipped_files_and_wires_them_unchanged() -> None:
 
     # Profiles: the demo or the real estate, the monitoring stack always.
     assert services["exporter"]["profiles"] == ["site"]
-    assert services["simulator"]["profiles"] == services["exporter-demo"]["profiles"] == ["demo"]
+    assert services["simulator"]["profiles"] == services["exporter-demo"]["profiles"] == ["demo", "vantage"]
+    assert services["exporter-outside"]["profiles"] == ["vantage"]
     for name in ("prometheus", "alertmanager", "grafana"):
         assert "profiles" not in services[name]
 
@@ -577,7 +584,7 @@ def test_compose_mounts_the_shipped_files_and_wires_them_unchanged() -> None:
     assert any(v.startswith(f"{volume}:") and v.endswith(":ro") for v in services["exporter-demo"]["volumes"])
 
     # Every container of the image: read-only root, a tmpfs /tmp, the numeric user, no capabilities.
-    for name in ("exporter", "simulator", "exporter-demo"):
+    for name in ("exporter", "simulator", "exporter-demo", "exporter-outside"):
         service = services[name]
         assert service["read_only"] is True and service["tmpfs"][0].startswith("/tmp:"), name
         assert service["user"] == f"{UID}:{UID}" and service["cap_drop"] == ["ALL"], name
@@ -585,6 +592,30 @@ def test_compose_mounts_the_shipped_files_and_wires_them_unchanged() -> None:
     site_mounts = {v["target"]: v for v in services["exporter"]["volumes"]}
     assert site_mounts[CONFIG_PATH]["read_only"] is True
     assert site_mounts["/run/secrets/bems"]["read_only"] is True
+
+
+def test_compose_vantage_profile_scrapes_an_inside_and_an_outside_exporter_of_one_config() -> None:
+    services = compose()["services"]
+    inside, outside = services["exporter-demo"], services["exporter-outside"]
+    assert outside["command"] == inside["command"], "the same configuration from both vantage points"
+    assert outside["volumes"] == inside["volumes"]
+    assert "network_mode" not in outside, "outside the simulator's network namespace: its Exchange is out of reach"
+    assert outside["depends_on"]["simulator"]["condition"] == "service_healthy"
+
+    prometheus = yaml.safe_load((DEPLOY / "prometheus/vantage-points.yml").read_text())
+    (job,) = prometheus["scrape_configs"]
+    assert job["job_name"] == "bems-exchange-exporter", "BEMSExchangeExporterDown and the joins match it"
+    labels_of = {sc["targets"][0].rsplit(":", 1)[0]: sc["labels"] for sc in job["static_configs"]}
+    inside_host = services["simulator"]["networks"]["default"]["aliases"][0]  # the demo exporter's namespace
+    (outside_host,) = outside["networks"]["default"]["aliases"]
+    assert labels_of == {
+        inside_host: {"vantage": "bems-host", "vantage_kind": "internal"},
+        outside_host: {"vantage": "outside", "vantage_kind": "internet"},
+    }
+    assert prometheus["rule_files"] == ["rules/*.yml"]
+    result = run(tool("promtool"), "check", "config", DEPLOY / "prometheus/vantage-points.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "rules/vantage.yml" in result.stdout
 
 
 # --------------------------------------------------------------------------------------------- Kubernetes
@@ -606,7 +637,12 @@ def workload(name: str, kind: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(
-    ("manifest", "kind"), [("deployment.yaml", "Deployment"), ("statefulset-sharded.yaml", "StatefulSet")]
+    ("manifest", "kind"),
+    [
+        ("deployment.yaml", "Deployment"),
+        ("statefulset-sharded.yaml", "StatefulSet"),
+        ("vantage/exporter-internet.yaml", "Deployment"),
+    ],
 )
 def test_kubernetes_workloads_are_locked_down(manifest: str, kind: str) -> None:
     spec = workload(manifest, kind)["spec"]
@@ -675,6 +711,57 @@ def test_services_select_their_pods_and_the_servicemonitor_selects_the_services(
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint["path"] == "/metrics"
     assert set(endpoint) <= {"port", "path", "scheme", "interval", "scrapeTimeout"}
+
+
+def test_the_internet_vantage_point_is_the_deployment_on_other_nodes_scraped_with_other_labels() -> None:
+    """vantage/: the same exporter, ConfigMap and Secret as deployment.yaml, on nodes with public egress; the
+    differences are the names, the component label and the node selector, nothing that could drift."""
+    base, internet = workload("deployment.yaml", "Deployment"), workload("vantage/exporter-internet.yaml", "Deployment")
+    internet_pod = internet["spec"]["template"]["spec"]
+    assert internet_pod.pop("nodeSelector") == {"bems.example.com/egress": "internet"}
+    renamed = json.loads(
+        json.dumps(base)
+        .replace('"app.kubernetes.io/component": "exporter"', '"app.kubernetes.io/component": "exporter-internet"')
+        .replace('"name": "bems-exchange-exporter"', '"name": "bems-exchange-exporter-internet"')
+    )
+    assert internet == renamed
+
+    inside_service = workload("service.yaml", "Service")
+    internet_service = workload("vantage/exporter-internet.yaml", "Service")
+    assert internet_service["spec"]["selector"].items() <= internet["spec"]["template"]["metadata"]["labels"].items()
+    assert not inside_service["spec"]["selector"].items() <= internet["spec"]["template"]["metadata"]["labels"].items()
+
+    def selects(monitor: dict[str, Any], service: dict[str, Any]) -> bool:
+        labels = service["metadata"]["labels"]
+        selector = monitor["spec"]["selector"]
+        excluded = [e for e in selector.get("matchExpressions", []) if e["operator"] == "NotIn"]
+        return selector["matchLabels"].items() <= labels.items() and all(
+            labels.get(e["key"]) not in e["values"] for e in excluded
+        )
+
+    monitors = yaml_documents(K8S / "vantage/servicemonitors.yaml")
+    shard_service = workload("statefulset-sharded.yaml", "Service")
+    vantage_of: dict[str, dict[str, str]] = {}
+    for monitor in monitors:
+        assert monitor["kind"] == "ServiceMonitor"
+        (endpoint,) = monitor["spec"]["endpoints"]
+        assert endpoint["port"] == internet_service["spec"]["ports"][0]["name"]
+        assert endpoint["port"] == inside_service["spec"]["ports"][0]["name"]
+        # constant target labels, added at scrape time: Prometheus' relabelling with no source labels
+        added = {r["targetLabel"]: r["replacement"] for r in endpoint["relabelings"] if r["action"] == "replace"}
+        assert set(added) == {"vantage", "vantage_kind"} and added["vantage_kind"] in {"internal", "internet"}
+        assert all(not r.get("sourceLabels") for r in endpoint["relabelings"])
+        for service in (inside_service, shard_service, internet_service):
+            if selects(monitor, service):
+                assert service["metadata"]["name"] not in vantage_of, "each Service is scraped once"
+                vantage_of[service["metadata"]["name"]] = added
+        assert monitor["spec"]["jobLabel"] == "app.kubernetes.io/name"
+    assert vantage_of[inside_service["metadata"]["name"]]["vantage_kind"] == "internal"
+    assert vantage_of[shard_service["metadata"]["name"]]["vantage_kind"] == "internal"
+    assert vantage_of[internet_service["metadata"]["name"]]["vantage_kind"] == "internet"
+    # ../servicemonitor.yaml would scrape the internet Service too, unlabelled: the docs say "instead of"
+    assert selects(workload("servicemonitor.yaml", "ServiceMonitor"), internet_service)
+    assert "instead of ../servicemonitor.yaml" in (K8S / "vantage/exporter-internet.yaml").read_text()
 
 
 def test_network_policy_admits_prometheus_and_the_callbacks_and_lets_out_https_and_dns() -> None:
