@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -115,14 +115,15 @@ class CLI:
         self.workdir = workdir
         self.procs: list[Proc] = []
 
-    def start(self, *args: str, program: str = "exporter") -> Proc:
-        """``python -m PROGRAM ARGS``: the exporter, or ``bems_simulator`` for the demo and the simulator."""
+    def start(self, *args: str, program: str = "exporter", environment: Mapping[str, str] | None = None) -> Proc:
+        """``python -m PROGRAM ARGS``: the exporter, or ``bems_simulator`` for the demo and the simulator;
+        ``environment`` adds to (or overrides) the test's own."""
         n = len(self.procs)
         stdout_file, stderr_file = self.workdir / f"proc{n}.stdout", self.workdir / f"proc{n}.stderr"
         # The working tree's code, whether or not the package is installed; output is not unbuffered on
         # purpose: what an operator piping the output to a file would see is what the tests see.
         path = [str(ROOT), str(ROOT / "simulator"), os.environ.get("PYTHONPATH")]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path))}
+        env = {**os.environ, **(environment or {}), "PYTHONPATH": os.pathsep.join(filter(None, path))}
         env.pop("PYTHONUNBUFFERED", None)
         with stdout_file.open("wb") as out, stderr_file.open("wb") as err:
             popen = subprocess.Popen(

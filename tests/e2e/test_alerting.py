@@ -7,13 +7,7 @@ alert travels the whole path in seconds. Everything listens on 127.0.0.1; every 
 
 from __future__ import annotations
 
-import asyncio
-import os
-import shutil
-import signal
-import subprocess
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +16,7 @@ import pytest
 import yaml
 from aiohttp import web
 from loopback import free_port
+from real_prometheus import Processes, eventually, fast_rules, tool
 
 from bems_simulator.server import Simulator
 from exporter.daemon.app import Exporter
@@ -30,32 +25,7 @@ from exporter.web.http_app import create_app
 pytestmark = pytest.mark.timeout(300)  # real Prometheus and Alertmanager: evaluation and notification rounds
 
 ROOT = Path(__file__).resolve().parents[2]
-RULES = ROOT / "deploy" / "prometheus" / "rules"
 ALERTMANAGER_CONFIG = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
-
-
-def tool(*names: str) -> str:
-    for name in names:
-        found = shutil.which(name)
-        if found:
-            return found
-    pytest.fail(f"{' or '.join(names)} is not installed (run `make tools`): the end-to-end test needs it")
-
-
-def fast_rules(target_dir: Path) -> list[Path]:
-    """The shipped rule files with every ``for:`` shortened to 2s."""
-    files = []
-    for source in sorted(RULES.glob("*.yml")):
-        data = yaml.safe_load(source.read_text())
-        for group in data["groups"]:
-            group["interval"] = "1s"
-            for rule in group["rules"]:
-                if "for" in rule:
-                    rule["for"] = "2s"
-        path = target_dir / source.name
-        path.write_text(yaml.safe_dump(data, sort_keys=False))
-        files.append(path)
-    return files
 
 
 def fast_routing(target_dir: Path) -> Path:
@@ -72,38 +42,6 @@ def fast_routing(target_dir: Path) -> Path:
     path = target_dir / "alertmanager.yml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
-
-
-class Processes:
-    def __init__(self) -> None:
-        self.running: list[subprocess.Popen[bytes]] = []
-
-    def start(self, args: list[str], log: Path) -> subprocess.Popen[bytes]:
-        with log.open("wb") as out:
-            proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        self.running.append(proc)
-        return proc
-
-    def stop(self) -> None:
-        for proc in self.running:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.running:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=5)
-
-
-async def eventually(check: Callable[[], Any], what: str, timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        outcome = await check()
-        if outcome:
-            return outcome
-        assert time.monotonic() < deadline, f"not within {timeout:g}s: {what}"
-        await asyncio.sleep(0.5)
 
 
 @pytest.fixture
