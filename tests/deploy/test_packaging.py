@@ -918,6 +918,7 @@ def test_deployment_guide_covers_every_way_to_run_it() -> None:
     text = DEPLOYMENT_DOC.read_text(encoding="utf-8")
     for needle in (
         "docker run", "--read-only", "--tmpfs /tmp", "docker compose --profile demo", "statefulset-sharded.yaml",
+        "--profile vantage", "vantage/servicemonitors.yaml",
         "apps.kubernetes.io/pod-index", "--shard=", "remote_write", "deploy/prometheus/prometheus.yml",
         "LoadCredential=", "sc.exe", "nssm", "New-NetFirewallRule", "10442", "generate_prometheusrule.py",
     ):  # fmt: skip

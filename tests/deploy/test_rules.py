@@ -237,6 +237,26 @@ def test_recording_rules_follow_the_naming_convention() -> None:
     assert all(re.fullmatch(r"[a-z_]+:[a-z_]+:[a-z0-9_]+", r) for r in records), records
 
 
+VANTAGE_KINDS = {"internal", "internet", "connectivity_node"}
+
+
+def test_the_vantage_labels_are_the_documented_contract() -> None:
+    """vantage.yml reads the target labels `vantage` and `vantage_kind` (docs/vantage-points.md); the kinds it
+    names are the documented ones, and each kind-restricted requirement is judged by its kind only."""
+    text = (PROMETHEUS / "rules" / "vantage.yml").read_text()
+    assert set(re.findall(r'vantage_kind="(\w+)"', text)) <= VANTAGE_KINDS
+    judged = {rule["record"]: rule["expr"] for rule in all_rules() if "record" in rule}
+    requirements = judged["vantage_requirement:bems_requirement_met:judged"]
+    assert 'vantage_kind="internet", requirement="internet_exposure"' in requirements
+    assert 'vantage_kind="connectivity_node", requirement="connectivity_node_reachable"' in requirements
+    doc = (ROOT / "docs" / "vantage-points.md").read_text()
+    label_row, kinds_header = re.findall(r"^\| `vantage_kind` \| (.+) \|", doc, re.MULTILINE)
+    assert set(re.findall(r"`(\w+)`", label_row.split("|")[0])) == VANTAGE_KINDS
+    kinds_rows = re.findall(r"^\| `(\w+)` \| ", doc.split(kinds_header, 1)[1], re.MULTILINE)
+    assert set(kinds_rows[:3]) == VANTAGE_KINDS
+    assert "`vantage` and `vantage_kind` are reserved" in METRICS_DOC.read_text()
+
+
 def test_deploy_readme_names_the_files_of_each_scenario() -> None:
     text = (ROOT / "deploy" / "README.md").read_text()
     expected = {
