@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 import time_machine
 from fake_clock import FakeClock
 from test_cli import CLI
@@ -39,10 +40,35 @@ def cli(tmp_path: Path) -> Iterator[CLI]:
 
 
 @pytest.fixture
-async def simulator(tmp_path: Path) -> AsyncIterator[Simulator]:
-    """The Exchange simulator on loopback, with its CA and an exporter config for its ports."""
+def simulator(request: pytest.FixtureRequest) -> Simulator:
+    """The Exchange simulator on loopback, with its CA and an exporter config for its ports, as just started.
+
+    A new one per test; in a module whose tests share the module's event loop
+    (``pytestmark = pytest.mark.asyncio(loop_scope="module")``), one per module, reset before each test
+    (``Simulator.reset``): a reset costs milliseconds, a start a tenth of a second or more (key generation).
+    A simulator must live on the loop of the test that talks to it, hence the choice by loop scope.
+    """
+    marker = request.node.get_closest_marker("asyncio")
+    shares_the_module_loop = marker is not None and marker.kwargs.get("loop_scope") == "module"
+    return request.getfixturevalue("_reset_module_simulator" if shares_the_module_loop else "_new_simulator")
+
+
+@pytest.fixture
+async def _new_simulator(tmp_path: Path) -> AsyncIterator[Simulator]:
     async with Simulator(tmp_path / "sim") as sim:
         yield sim
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def _module_simulator(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Simulator]:
+    async with Simulator(tmp_path_factory.mktemp("module-sim") / "sim") as sim:
+        yield sim
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def _reset_module_simulator(_module_simulator: Simulator) -> Simulator:
+    await _module_simulator.reset()
+    return _module_simulator
 
 
 @pytest.fixture

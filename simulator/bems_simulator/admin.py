@@ -79,6 +79,13 @@ BEMS's notification URL (the ``bems`` endpoint):
 - ``GET    /api/v1/bems``; ``PUT /api/v1/bems/fault`` ``{"fault": "no_echo" | "wrong_echo" | "none"}``;
 - ``GET    /api/v1/bems/requests``: what reached it.
 
+The whole simulator:
+
+- ``POST   /api/v1/reset`` (no body, or ``{}``): every fault, setting, mailbox, item, subscription and record
+  back to how the simulator started, on the same ports and with the same CA file, credentials and admin
+  URL (open connections drop); answered with ``GET /api/v1/endpoints``'s listing. A demo starts over with
+  it, and a test suite shares one simulator between tests.
+
 Every body is a JSON object checked against a pydantic model below (unknown keys refused, types strict:
 ``"2"`` is not a number, ``1`` is not ``true``). Bad input is a 400 naming each wrong key and why, and an
 unknown endpoint or mailbox a 404, each with ``{"error": "..."}``.
@@ -111,6 +118,7 @@ FOREIGN_PATH = "/api/v1/foreign"
 GRAPH_PATH = "/api/v1/graph"
 PUSH_PATH = "/api/v1/push"
 BEMS_PATH = "/api/v1/bems"
+RESET_PATH = "/api/v1/reset"
 
 
 def build_admin_app(simulator: Simulator) -> web.Application:
@@ -158,6 +166,7 @@ def build_admin_app(simulator: Simulator) -> web.Application:
     app.router.add_get(BEMS_PATH, api.bems)
     app.router.add_put(BEMS_PATH + "/fault", api.set_bems_fault)
     app.router.add_get(BEMS_PATH + "/requests", api.bems_requests)
+    app.router.add_post(RESET_PATH, api.reset)
     return app
 
 
@@ -465,6 +474,15 @@ class _AdminApi:
     async def bems_requests(self, request: web.Request) -> web.Response:
         return web.json_response([record.state() for record in self._simulator.bems.requests])
 
+    async def reset(self, request: web.Request) -> web.Response:
+        if await request.read():  # no body at all is the usual call; anything sent must be the empty object
+            try:
+                await _body(request, _ResetBody)
+            except _BadRequestError as error:
+                return _error(400, str(error))
+        await self._simulator.reset()
+        return await self.list_endpoints(request)
+
 
 def _push_protocol(request: web.Request) -> str:
     protocol = request.match_info["protocol"]
@@ -626,6 +644,10 @@ class _BemsFaultBody(_Body):
     fault: str
 
 
+class _ResetBody(_Body):
+    example = "{}"
+
+
 _BodyT = TypeVar("_BodyT", bound=_Body)
 
 _TYPE_REASONS = {
@@ -655,7 +677,8 @@ def _describe(err: ValidationError, model: type[_Body]) -> str:
         if detail["type"] == "model_type":
             return f"the body must be a JSON object like {model.example}"
         if detail["type"] == "extra_forbidden":
-            reason = f"unknown key (the body takes: {', '.join(model.model_fields)})"
+            keys = ", ".join(model.model_fields)
+            reason = f"unknown key (the body takes: {keys})" if keys else "unknown key (the body takes none)"
         elif detail["type"] == "missing":
             reason = f"required key is missing (the body is like {model.example})"
         elif detail["type"] == "greater_than":

@@ -17,7 +17,7 @@ from exporter.daemon import serving
 from exporter.daemon.app import Exporter
 from exporter.logs import setup_logging
 
-from .server import Simulator
+from .server import DEMO_GRAPH_ROLES, Simulator
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -35,7 +35,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 async def _demo(args: argparse.Namespace) -> int:
-    async with Simulator(args.state_dir, admin_port=args.admin_port) as sim:
+    async with Simulator(args.state_dir, admin_port=args.admin_port, graph_roles=DEMO_GRAPH_ROLES) as sim:
         config_file = sim.write_demo_config(args.state_dir / "bems-exchange-exporter.yml")
         exporter = Exporter(str(config_file))
         exporter.load()
@@ -58,6 +58,8 @@ Break something and watch the landing page turn red, for example:
 Faults: refuse, hang, slow, expired, wrong_host, untrusted, plaintext; DELETE the fault to heal.
 Stop push notifications (and heal with {{"kind": "none"}}):
   curl -X PUT -d '{{"kind": "callback_blocked"}}' {sim.admin_url}/api/v1/push/ews/fault
+Heal everything at once (the simulator as it started):
+  curl -X POST {sim.admin_url}/api/v1/reset
 """,
             flush=True,
         )

@@ -32,6 +32,7 @@ import hashlib
 import time
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -118,9 +119,8 @@ class EntraId:
     outcome, so a test can tell a token served from a client's cache from a fresh one.
     """
 
-    def __init__(self, credentials: SimulatorCredentials) -> None:
-        self.settings = EntraSettings()
-        self.token_requests: Counter[tuple[str, str]] = Counter()
+    def __init__(self, credentials: SimulatorCredentials, graph_roles: Sequence[str] = DEFAULT_GRAPH_ROLES) -> None:
+        self._starting_graph_roles = list(graph_roles)
         self.tenant_guid = credentials.tenant_guid
         self.client_id = credentials.client_id
         self.app_certificate_file = credentials.client_certificate_file
@@ -133,13 +133,33 @@ class EntraId:
         self.app_display_name = APP_DISPLAY_NAME
         # Graph's hint is the secret's first three characters.
         self.app_secret_hint = self._client_secret[:3]
-        secret_start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=30)
+        # The secret was created once, so a reset keeps its start date.
+        self._secret_start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=30)
+        # Tokens need not outlive the simulator, so the signing key is new on each start.
+        self._signing_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        public_der = self._signing_key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        self._key_id = _base64url(hashlib.sha1(public_der).digest())
+        # v1 access tokens (what Exchange Online and Graph get) name the tenant in this issuer form.
+        self.access_token_issuer = f"https://sts.windows.net/{self.tenant_guid}/"
+        self.reset()
+
+    def reset(self) -> None:
+        """Settings (``graph_roles`` as given at the start), request counts and the credentials' listed end
+        dates as they were at the start.
+
+        The tenant, the app and the signing key stay (a new RSA key is most of a start's cost), so a
+        token issued before a reset still verifies, as it would at a tenant whose admin undid the faults.
+        """
+        self.settings = EntraSettings(graph_roles=list(self._starting_graph_roles))
+        self.token_requests: Counter[tuple[str, str]] = Counter()
         self.app_credentials = {
             CredentialKind.SECRET: AppCredential(
                 str(uuid.uuid5(uuid.NAMESPACE_URL, f"secret:{self.client_id}")),
                 "exporter",
-                secret_start,
-                secret_start + _SECRET_LIFETIME,
+                self._secret_start,
+                self._secret_start + _SECRET_LIFETIME,
             ),
             # Entra takes a certificate credential's dates from the certificate.
             CredentialKind.CERTIFICATE: AppCredential(
@@ -149,14 +169,6 @@ class EntraId:
                 self._app_certificate.not_valid_after_utc,
             ),
         }
-        # Tokens need not outlive the simulator, so the signing key is new on each start.
-        self._signing_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        public_der = self._signing_key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        self._key_id = _base64url(hashlib.sha1(public_der).digest())
-        # v1 access tokens (what Exchange Online and Graph get) name the tenant in this issuer form.
-        self.access_token_issuer = f"https://sts.windows.net/{self.tenant_guid}/"
 
     @property
     def app_certificate_thumbprint(self) -> str:

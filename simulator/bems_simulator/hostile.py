@@ -149,12 +149,16 @@ class Hostile:
     """The hostile replies of every endpoint of one simulator, and what they saw."""
 
     def __init__(self) -> None:
-        self.requests: list[HostileRequest] = []
-        self.trap_requests: list[HostileRequest] = []
-        self.hangups: list[Hangup] = []
         self.foreign_url = ""  # set by the simulator once its foreign host has a port
         self._trap: web.AppRunner | None = None
         self._trap_url = ""
+        self.clear_records()
+
+    def clear_records(self) -> None:
+        """Forget what every hostile endpoint and the trap saw (the trap keeps listening)."""
+        self.requests: list[HostileRequest] = []
+        self.trap_requests: list[HostileRequest] = []
+        self.hangups: list[Hangup] = []
 
     @property
     def trap_url(self) -> str:

@@ -73,6 +73,13 @@ class ForwardProxy:
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
 
+    async def reset(self) -> None:
+        """As started: no fault, no credentials required, no CONNECT recorded; open tunnels are dropped."""
+        await self._stop_listening()
+        self._expected_authorization = None
+        self.requests = []
+        await self.set_fault(ProxyFault.NONE)
+
     def require_credentials(self, username: str, password: str) -> None:
         """From now on, a CONNECT without this Basic ``Proxy-Authorization`` gets 407."""
         token = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")

@@ -6,6 +6,7 @@ import asyncio
 import ipaddress
 import json
 import signal
+from collections.abc import Sequence
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -23,7 +24,7 @@ from .bems import BemsFault, BemsNotificationUrl
 from .credentials import SimulatorCredentials
 from .directory import MailboxDirectory, UnknownMailboxError
 from .endpoint import Endpoint, Fault, UnknownEndpointError, bind_loopback_socket
-from .entra import AppCredential, CredentialKind, EntraId, EntraSettings
+from .entra import DEFAULT_GRAPH_ROLES, AppCredential, CredentialKind, EntraId, EntraSettings
 from .ews import EwsRequest, EwsService, Throttling, ThrottlingKind
 from .files import write_atomically, write_private_file
 from .foreign import ForeignHost
@@ -120,23 +121,46 @@ class Simulator:
     """
 
     def __init__(
-        self, state_dir: Path, host: str = "127.0.0.1", admin_port: int = 0, minute_seconds: float = 60.0
+        self,
+        state_dir: Path,
+        host: str = "127.0.0.1",
+        admin_port: int = 0,
+        minute_seconds: float = 60.0,
+        graph_roles: Sequence[str] = DEFAULT_GRAPH_ROLES,
     ) -> None:
         address = ipaddress.ip_address(host)
         if not (isinstance(address, ipaddress.IPv4Address) and address.is_loopback):
             raise ValueError(f"the simulator listens on IPv4 loopback only, not on {host}")
+        # What lasts from start() to stop(): the listeners, their ports and certificates, the credentials and
+        # Entra's signing key. Everything a test or an operator can change lives in _fresh_state().
         self.state_dir = Path(state_dir)
         self.host = host
         self.ca_file = self.state_dir / "ca.pem"
         self.endpoints: dict[str, Endpoint] = {}
+        self.timescale = Timescale(minute_seconds)
+        self._graph_roles = list(graph_roles)  # the Entra app's consented Graph roles, at the start and after reset()
         self._admin_port = admin_port
         self._admin_runner: web.AppRunner | None = None
         self._admin_url: str | None = None
         self._credentials: SimulatorCredentials | None = None
         self._proxy: ForwardProxy | None = None
         self._certificates: ServerCertificates | None = None
-        self._account: OnPremAccount | None = None
         self._entra: EntraId | None = None
+        # The CA of the start, which reset() puts back, and the one issuing now (rotate_ca() changes it).
+        self._original_ca: CertificateAuthority | None = None
+        self._trusted_ca: CertificateAuthority | None = None
+        self._callbacks = CallbackClient(self.ca_file)
+        # Hostile endpoint faults (hostile.py): what they saw, and the plain-HTTP trap redirects point at.
+        self.hostile = Hostile()
+        self._fresh_state()
+
+    def _fresh_state(self) -> None:
+        """Build everything that a setter, the admin API or a client's requests can change, as at the start.
+
+        Called by ``__init__`` and by ``reset()``; the endpoints' applications must be rebuilt afterwards
+        (``Endpoint.set_fault`` does), since their routes hold the services built here.
+        """
+        self._account: OnPremAccount | None = None
         self._virtual_directories = {
             name: VirtualDirectoryAuth(realm=NOMINAL_HOSTS[name], extended_protection=mode)
             for name, mode in _DEFAULT_EXTENDED_PROTECTION.items()
@@ -146,9 +170,7 @@ class Simulator:
         self.ews_requests: list[EwsRequest] = []
         self.traffic: dict[str, EndpointTraffic] = {}  # by endpoint name; kept when a fault rebuilds a listener
         self.graph_requests: list[GraphRequest] = []
-        self.timescale = Timescale(minute_seconds)
         self.mail = MailStore()
-        self._callbacks = CallbackClient(self.ca_file)
         self.ews_subscriptions: dict[str, PushSubscription] = {}
         self.ews_push_deliveries: list[PushDelivery] = []
         self.ews_push = EwsPushEngine(
@@ -161,16 +183,39 @@ class Simulator:
                 ("online-ews", self.online_mailboxes, ews.EXCHANGE_ONLINE),
             )
         }
-        self._trusted_ca: CertificateAuthority | None = None
         self.graph_subscriptions: dict[str, GraphSubscription] = {}
         self.graph_push_deliveries: list[GraphDelivery] = []
         self.bems = BemsNotificationUrl()
-        # Autodiscover and Graph need the endpoints' URLs and Entra, which exist once started.
+        self.foreign = ForeignHost(realm=NOMINAL_HOSTS[FOREIGN_ENDPOINT])
+        # The account, Autodiscover and Graph need the credentials, the endpoints' URLs and Entra, which
+        # exist once started.
         self._autodiscover: dict[str, AutodiscoverService] = {}
         self._graph: GraphService | None = None
-        self.foreign = ForeignHost(realm=NOMINAL_HOSTS[FOREIGN_ENDPOINT])
-        # Hostile endpoint faults (hostile.py): what they saw, and the plain-HTTP trap redirects point at.
-        self.hostile = Hostile()
+        if self._credentials is not None:
+            self._fresh_started_state(self._credentials)
+
+    def _fresh_started_state(self, credentials: SimulatorCredentials) -> None:
+        self._account = OnPremAccount(
+            credentials.onprem_username, credentials.onprem_password, self.state_dir / "ntlm-users"
+        )
+        webhooks = GraphWebhooks(
+            self.mail,
+            self._callbacks,
+            self.timescale,
+            credentials.tenant_guid,
+            self.graph_subscriptions,
+            self.graph_push_deliveries,
+        )
+        self._graph = GraphService(self.entra, self.online_mailboxes, self.graph_requests, self.mail, webhooks)
+        for name, ews_endpoint in _EWS_OF_AUTODISCOVER.items():
+            self._autodiscover[name] = AutodiscoverService(
+                own_url=self.endpoints[name].url,
+                directory=self._ews[ews_endpoint].directory,
+                ews_url=self.endpoints[ews_endpoint].url + ews.EWS_PATH,
+                server_version=self._ews[ews_endpoint].server_version,
+                redirects_unknown_json_users=name == "online-autodiscover",
+                microsoft_online=name == "online-autodiscover",
+            )
 
     @property
     def admin_url(self) -> str:
@@ -210,28 +255,16 @@ class Simulator:
 
     async def start(self) -> None:
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._credentials = SimulatorCredentials.load_or_create(self.state_dir)
-        self._account = OnPremAccount(
-            self._credentials.onprem_username, self._credentials.onprem_password, self.state_dir / "ntlm-users"
-        )
-        self._entra = EntraId(self._credentials)
+        credentials = SimulatorCredentials.load_or_create(self.state_dir)
+        self._entra = EntraId(credentials, self._graph_roles)
         trusted = CertificateAuthority.create("BEMS Exchange Simulator Test CA")
         self.ca_file.write_bytes(trusted.cert_pem)
-        self._trusted_ca = trusted
+        self._original_ca = self._trusted_ca = trusted
         # A CA that nobody is told about, for the `untrusted` fault.
         untrusted = CertificateAuthority.create("Untrusted Simulator CA")
         cert_dir = self.state_dir / "certs"
         cert_dir.mkdir(mode=0o700, exist_ok=True)
         self._certificates = ServerCertificates(trusted, untrusted, cert_dir, ip_address=self.host)
-        webhooks = GraphWebhooks(
-            self.mail,
-            self._callbacks,
-            self.timescale,
-            self._credentials.tenant_guid,
-            self.graph_subscriptions,
-            self.graph_push_deliveries,
-        )
-        self._graph = GraphService(self._entra, self.online_mailboxes, self.graph_requests, self.mail, webhooks)
         try:
             for name, nominal_host in NOMINAL_HOSTS.items():
                 sock = bind_loopback_socket(self.host, 0)
@@ -242,15 +275,8 @@ class Simulator:
                 )  # fmt: skip
             self.hostile.foreign_url = self.endpoints[FOREIGN_ENDPOINT].url
             await self.hostile.start(bind_loopback_socket(self.host, 0))
-            for name, ews_endpoint in _EWS_OF_AUTODISCOVER.items():
-                self._autodiscover[name] = AutodiscoverService(
-                    own_url=self.endpoints[name].url,
-                    directory=self._ews[ews_endpoint].directory,
-                    ews_url=self.endpoints[ews_endpoint].url + ews.EWS_PATH,
-                    server_version=self._ews[ews_endpoint].server_version,
-                    redirects_unknown_json_users=name == "online-autodiscover",
-                    microsoft_online=name == "online-autodiscover",
-                )
+            self._credentials = credentials
+            self._fresh_started_state(credentials)
             # Apps are built only once every port is known: autodiscover answers with other endpoints' URLs.
             for endpoint in self.endpoints.values():
                 await endpoint.start()
@@ -261,11 +287,39 @@ class Simulator:
             await self.stop()
             raise
 
+    async def reset(self) -> None:
+        """Back to the state of a fresh start, on the same ports, with the same CA, credentials and admin URL.
+
+        Every endpoint fault, the account's fault and refused logons, Entra's settings, the virtual
+        directories' authentication, both mailbox directories and the mail in them, EWS throttling and
+        retirement, Autodiscover redirects, Graph throttling, push subscriptions (their tasks ended) and
+        push faults, BEMS's fault, every request log and traffic count, the hostile endpoints' and the
+        proxy's records, the proxy's fault and required credentials: as ``start()`` left them. The CA of
+        the start is back in ``ca_file`` (after ``rotate_ca()``, or a test writing the file). Open
+        connections drop, as every listener restarts. Tokens issued before still verify (Entra keeps its
+        signing key: a new one would cost most of a start). Much cheaper than a stop and a start, which
+        is what tests sharing one simulator per module use it for.
+        """
+        if self._certificates is None or self._original_ca is None or self._credentials is None:
+            raise RuntimeError("the simulator is not running")
+        await self._end_push()
+        # Call-backs trust the CA file as it was when their session opened: the next one reads it again.
+        await self._callbacks.close()
+        self.entra.reset()
+        self.hostile.clear_records()
+        await self.proxy.reset()
+        if self._trusted_ca is not self._original_ca:
+            self._trusted_ca = self._original_ca
+            self._certificates.rotate(self._original_ca)
+        if self.ca_file.read_bytes() != self._original_ca.cert_pem:
+            self.ca_file.write_bytes(self._original_ca.cert_pem)
+        self._fresh_state()
+        for endpoint in self.endpoints.values():  # new listeners and applications, on the new state
+            await endpoint.set_fault(Fault.NONE)
+
     async def stop(self) -> None:
         """Close every listener and connection and end every push task; safe to call twice or after a failed start."""
-        await self.ews_push.close()
-        if self._graph is not None:
-            await self._graph.webhooks.close()
+        await self._end_push()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
             self._admin_runner = None
@@ -279,6 +333,11 @@ class Simulator:
         await self.hostile.close()
         # Last: handlers still running until their listener closed may have been calling back.
         await self._callbacks.close()
+
+    async def _end_push(self) -> None:
+        await self.ews_push.close()
+        if self._graph is not None:
+            await self._graph.webhooks.close()
 
     async def rotate_ca(self) -> None:
         """Re-issue every endpoint's certificate from a new CA, written over ``ca_file``: an Exchange admin
@@ -784,7 +843,9 @@ async def serve(
     for stop_signal in stop_signals:
         loop.add_signal_handler(stop_signal, stop_requested.set)
     try:
-        async with Simulator(state_dir, admin_port=admin_port, minute_seconds=minute_seconds) as simulator:
+        async with Simulator(
+            state_dir, admin_port=admin_port, minute_seconds=minute_seconds, graph_roles=DEMO_GRAPH_ROLES
+        ) as simulator:
             simulator.write_demo_config(config_path)
             print(_summary(simulator, config_path), flush=True)
             write_atomically(ready_file, json.dumps(_ready_document(simulator, config_path), indent=2))
