@@ -18,6 +18,14 @@ from test_cli import CLI
 from bems_simulator.server import Simulator
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # A module sharing one simulator marks all its tests with the module's loop (see ``simulator``); its
+    # synchronous tests carry the mark too, harmlessly.
+    config.addinivalue_line(
+        "filterwarnings", "ignore:The test <Function .*> is marked with '@pytest.mark.asyncio' but it is not an async"
+    )
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
     outcome = yield

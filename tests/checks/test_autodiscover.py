@@ -18,6 +18,7 @@ from typing import Any
 from xml.etree import ElementTree
 
 import pytest
+import pytest_asyncio
 import yaml
 from aiohttp import web
 from check_runner import run
@@ -33,6 +34,9 @@ from exporter.config import AuthMethod, AutodiscoverProtocol, Config, Target, lo
 from exporter.protocol import autodiscover_wire as autodiscover
 from exporter.protocol.http_client import HttpResponse
 from exporter.results import ProbeFailure, Reason, Recorder
+
+# One simulator for the module, reset before each test (tests/conftest.py).
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 SAMPLES = Path(__file__).parents[1] / "microsoft_samples"
 POX_NS = "http://schemas.microsoft.com/exchange/autodiscover/responseschema/2006"
@@ -365,7 +369,7 @@ def config(tmp_path: Path) -> Config:
     return load_config(path)
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope="module")
 async def context(config: Config) -> AsyncIterator[ProbeContext]:
     resources = Resources()
     yield ProbeContext(config, Recorder("t", "autodiscover"), 5.0, resources)
@@ -663,7 +667,7 @@ class Redirector:
         return web.Response(status=302, headers={"Location": self.location})
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope="module")
 async def redirector(simulator: Simulator, tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Redirector]:
     trap_port = simulator.endpoints["foreign"].port
     redirector = Redirector(f"https://{TRAP_HOST}:{trap_port}{autodiscover.POX_PATH}", request.param)

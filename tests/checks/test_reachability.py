@@ -20,6 +20,9 @@ from exporter.daemon.store import ResultStore
 from exporter.protocol import tcp_tls as net
 from exporter.results import CheckResult, Reason
 
+# One simulator for the module, reset before each test (tests/conftest.py).
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
 
 async def test_unresolvable_host_is_a_dns_failure(simulator: Simulator, sim_config_file: Path) -> None:
     config = load_config(sim_config_file)

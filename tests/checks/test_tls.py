@@ -29,6 +29,9 @@ from exporter.protocol import tcp_tls as net
 from exporter.protocol.http_client import HttpClients
 from exporter.results import CheckResult, Reason
 
+# One simulator for the module, reset before each test (tests/conftest.py).
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
 
 def measurements(result: CheckResult) -> dict[str, float]:
     return {m.metric: m.value for m in result.measurements}
@@ -303,12 +306,17 @@ def test_a_cached_verdict_lasts_until_a_certificate_of_the_chain_changes_validit
     assert chain.next_validity_change((now + timedelta(days=91)).timestamp()) == float("inf")
 
 
-async def test_a_ca_rotation_reaches_every_check_at_once(
-    simulator: Simulator, sim_config_file: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_ca_rotation_reaches_every_check_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """After the CA file changes, tls and the checks with long-lived HTTP sessions trust the same content."""
     monkeypatch.setattr(net, "CA_FILE_RECHECK_SECONDS", 0.0)  # the next check sees the change, not one a second later
-    config = load_config(sim_config_file)
+    # A simulator of its own: the module's shares its CA file's path with the next test, and the exporter
+    # looks at a CA file once a second, so it would trust this test's last CA for up to a second after a reset.
+    async with Simulator(tmp_path / "sim") as simulator:
+        config_file = simulator.write_exporter_config(tmp_path / "bems.yml", interval="2s", timeout="1s")
+        await check_every_client_follows_the_ca_file(simulator, load_config(config_file))
+
+
+async def check_every_client_follows_the_ca_file(simulator: Simulator, config: Config) -> None:
     runs = [("onprem-ews", check) for check in ("tls", "auth")] + [
         ("online-ews", check) for check in ("tls", "token", "auth")
     ]  # onprem auth: Basic over aiohttp and NTLM over requests; online: MSAL's requests and aiohttp

@@ -24,6 +24,10 @@ PROXY_PASSWORD = "pr0xy-s3cret-Value"  # distinctive, so a leak into a result is
 ENVIRONMENT_PROXY_VARIABLES = ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"]
 
 
+# One simulator for the module, reset before each test (tests/conftest.py).
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
 @pytest.fixture(autouse=True)
 def no_stray_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests start from an environment without proxy variables; those that need one set it."""

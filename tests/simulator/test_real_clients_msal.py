@@ -29,6 +29,9 @@ from bems_simulator import Simulator
 from exporter.config import load_config
 from exporter.results import Reason
 
+# One simulator for the module, reset before each test (tests/conftest.py).
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
 EXO_SCOPE = "https://outlook.office365.com/.default"
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 UNKNOWN_APP = "99999999-0000-0000-0000-000000000000"

@@ -10,7 +10,6 @@ import ssl
 import stat
 import sys
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -38,10 +37,8 @@ EXCHANGE_ENDPOINT_NAMES = ENDPOINT_NAMES[:-1]
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-async def simulator(tmp_path: Path) -> AsyncIterator[Simulator]:
-    async with Simulator(tmp_path / "state") as sim:
-        yield sim
+# One simulator for the module, reset before each test (tests/conftest.py).
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 def trusting(simulator: Simulator) -> ssl.SSLContext:
@@ -511,6 +508,8 @@ def test_issued_certificates_carry_what_strict_verification_needs() -> None:
     assert certificate.not_valid_after_utc - certificate.not_valid_before_utc == timedelta(days=1, hours=1)
 
 
+# A loop of its own: on the module's shared loop the child process never got as far as its ready file.
+@pytest.mark.asyncio(loop_scope="function")
 async def test_command_line_runs_until_sigterm(tmp_path: Path) -> None:
     state_dir = tmp_path / "state"
     process = await asyncio.create_subprocess_exec(

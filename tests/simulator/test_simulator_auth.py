@@ -12,7 +12,7 @@ import http.client
 import os
 import ssl
 import stat
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,9 @@ from spnego.channel_bindings import GssChannelBindings
 
 from bems_simulator import Simulator
 from bems_simulator.pki import create_signing_certificate
+
+# One simulator for the module, reset before each test (tests/conftest.py).
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 EWS_PATH = "/EWS/Exchange.asmx"
 POX_PATH = "/autodiscover/autodiscover.xml"
@@ -71,10 +74,9 @@ def pox_request(address: str) -> bytes:
 
 
 @pytest.fixture
-async def simulator(tmp_path: Path) -> AsyncIterator[Simulator]:
+def simulator(simulator: Simulator) -> Iterator[Simulator]:
     assert "NTLM_USER_FILE" not in os.environ
-    async with Simulator(tmp_path / "state") as sim:
-        yield sim
+    yield simulator
     # The acceptor's credential file is set around each NTLM step only, never left behind.
     assert "NTLM_USER_FILE" not in os.environ
 

@@ -11,16 +11,19 @@ import json
 import ssl
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 from xml.etree import ElementTree
 
 import aiohttp
 import pytest
+import pytest_asyncio
 
 from bems_simulator import Simulator
 from bems_simulator.directory import UnknownMailboxError
+
+# One simulator for the module, reset before each test (tests/conftest.py).
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 EWS_PATH = "/EWS/Exchange.asmx"
 POX_PATH = "/autodiscover/autodiscover.xml"
@@ -105,9 +108,9 @@ class Client:
 _XML = {"Content-Type": "text/xml; charset=utf-8"}
 
 
-@pytest.fixture
-async def client(tmp_path: Path) -> AsyncIterator[Client]:
-    async with Simulator(tmp_path / "state") as simulator, aiohttp.ClientSession() as session:
+@pytest_asyncio.fixture(loop_scope="module")
+async def client(simulator: Simulator) -> AsyncIterator[Client]:
+    async with aiohttp.ClientSession() as session:
         yield Client(simulator, session)
 
 
