@@ -67,6 +67,20 @@ class FakeClock:
         self._jump(target - self.loop_time())
         await self.settle()
 
+    async def advance_until(self, condition: Callable[[], bool], step: float, limit: float) -> float:
+        """Advance ``step`` seconds at a time until ``condition()`` holds; fail once ``limit`` seconds went by.
+
+        Returns the seconds advanced. The limit is on the fake clock, so a loaded machine cannot break it:
+        it says "within so many seconds of the product's time", as the polling loop it replaces meant to.
+        """
+        advanced = 0.0
+        await self.settle()
+        while not condition():
+            assert advanced < limit, f"condition not met within {limit:g} s on the fake clock"
+            await self.advance(step)
+            advanced += step
+        return advanced
+
     async def settle(self) -> None:
         """Run the loop until nothing is ready: no callback queued, no worker thread busy, no I/O arriving."""
         quiet = 0

@@ -41,3 +41,25 @@ async def test_a_timeout_waits_for_a_worker_thread_to_finish(fake_clock: FakeClo
     work = asyncio.create_task(asyncio.wait_for(asyncio.to_thread(time.sleep, 0.1), timeout=5))
     await fake_clock.advance(60)
     assert work.done() and work.exception() is None
+
+
+async def test_advance_until_steps_until_the_condition_holds_and_fails_past_the_limit(fake_clock: FakeClock) -> None:
+    woke: list[float] = []
+
+    async def sleeper() -> None:
+        await asyncio.sleep(2.5)
+        woke.append(fake_clock.monotonic())
+
+    task = asyncio.create_task(sleeper())
+    start = fake_clock.monotonic()
+    # Three steps (two on a machine so slow that half a real second went by): woken at 2.5 s, not at 3.
+    assert await fake_clock.advance_until(lambda: bool(woke), step=1, limit=10) in (2, 3)
+    assert 0 < woke[0] - start <= 2.5  # stopped at the timer on the way (less the real time it took), not at 3
+    await task
+    try:
+        await fake_clock.advance_until(lambda: False, step=1, limit=4)
+    except AssertionError as error:
+        assert "within 4 s on the fake clock" in str(error)
+    else:
+        raise AssertionError("advance_until did not fail past its limit")
+    assert fake_clock.monotonic() - start <= 3 + 4  # the steps' jumps: never more than asked for

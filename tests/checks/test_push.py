@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 import yaml
 from check_runner import run
+from fake_clock import FakeClock
 from loopback import free_port
 from samples import parse, value
 
@@ -63,37 +64,38 @@ def push_config(sim: Simulator, tmp_path: Path, interval: str = "1s", **push: di
 
 
 @pytest.fixture
-async def started() -> AsyncIterator[list[Exporter]]:
+async def started(fake_clock: FakeClock) -> AsyncIterator[list[Exporter]]:
+    """The exporters a test started, stopped after it (and before its fake clock stops)."""
     exporters: list[Exporter] = []
     yield exporters
     for exporter in exporters:
         await exporter.stop()
 
 
-async def start(started: list[Exporter], path: Path) -> Exporter:
-    exporter = Exporter(str(path))
+async def start(started: list[Exporter], path: Path, clock: FakeClock) -> Exporter:
+    exporter = Exporter(str(path), monotonic=clock.monotonic)
     exporter.load()
     await exporter.start()
     started.append(exporter)
     return exporter
 
 
-async def until(condition, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
+STEP = 0.25  # fake seconds between looks at what a test waits for: a quarter of the 1 s check interval
 
 
 EWS_PUSH = {"mailbox": "alice@corp.example.test", "status_frequency": 1, "stall_after": "3s",
             "write_probe": True, "write_interval": "1s"}  # fmt: skip
 
 
-async def test_ews_push_keepalives_events_and_stall(sim: Simulator, tmp_path: Path, started: list[Exporter]) -> None:
-    exporter = await start(started, push_config(sim, tmp_path, **{"onprem-ews": EWS_PUSH}))
+async def test_ews_push_keepalives_events_and_stall(
+    sim: Simulator, tmp_path: Path, started: list[Exporter], fake_clock: FakeClock
+) -> None:
+    exporter = await start(started, push_config(sim, tmp_path, **{"onprem-ews": EWS_PUSH}), fake_clock)
     state = exporter.resources.push.targets["onprem-ews"]
-    await until(lambda: state.notifications["status"] >= 2 and state.notifications["created"] >= 1)
-    await until(lambda: sum(state.delays.counts) >= 1)
+    await fake_clock.advance_until(
+        lambda: state.notifications["status"] >= 2 and state.notifications["created"] >= 1, STEP, limit=10
+    )
+    await fake_clock.advance_until(lambda: sum(state.delays.counts) >= 1, STEP, limit=10)
     assert 0 <= state.delays.total / sum(state.delays.counts) < 1.0  # loopback: well under a second
     first = state.current
     assert first is not None and first.active
@@ -113,56 +115,77 @@ async def test_ews_push_keepalives_events_and_stall(sim: Simulator, tmp_path: Pa
         latest = exporter.store.latest.get(("onprem-ews", "push"))
         return latest is not None and latest.reason == Reason.PUSH_STALLED
 
-    await until(stalled, timeout=8)
+    await fake_clock.advance_until(stalled, STEP, limit=8)
     sim.set_push_fault("none")
     assert state.current is not None and state.current.id != first.id  # subscribed again
-    await until(lambda: exporter.store.latest[("onprem-ews", "push")].success, timeout=8)
+    await fake_clock.advance_until(lambda: exporter.store.latest[("onprem-ews", "push")].success, STEP, limit=8)
 
 
-async def test_write_probe_measures_an_injected_delay(sim: Simulator, tmp_path: Path,
-                                                      started: list[Exporter]) -> None:  # fmt: skip
+async def test_write_probe_measures_an_injected_delay(
+    sim: Simulator, tmp_path: Path, started: list[Exporter], fake_clock: FakeClock
+) -> None:
     sim.set_push_fault("delayed", delay_seconds=1.5)
     push = EWS_PUSH | {"stall_after": "6s"}
-    exporter = await start(started, push_config(sim, tmp_path, **{"onprem-ews": push}))
+    exporter = await start(started, push_config(sim, tmp_path, **{"onprem-ews": push}), fake_clock)
     state = exporter.resources.push.targets["onprem-ews"]
-    await until(lambda: sum(state.delays.counts) >= 1, timeout=10)
+    real_start = time.monotonic()  # time-machine leaves it alone: the real time the test takes
+    await fake_clock.advance_until(lambda: sum(state.delays.counts) >= 1, STEP, limit=10)
+    real_taken = time.monotonic() - real_start
     observed = state.delays.total / sum(state.delays.counts)
-    assert 1.3 < observed < 2.5, observed
+    # The delivery came 1.5 s of loop time after the write; the product's clock moves by the jumps only, so it
+    # measures 1.5 s less the real time the machine spent on the way (never more): bounds no load can break.
+    assert 1.5 - real_taken <= observed <= 1.5, (observed, real_taken)
 
 
-async def test_a_restarted_exporter_ends_the_old_subscription(sim: Simulator, tmp_path: Path,
-                                                              started: list[Exporter]) -> None:  # fmt: skip
+async def test_a_restarted_exporter_ends_the_old_subscription(
+    sim: Simulator, tmp_path: Path, started: list[Exporter], fake_clock: FakeClock
+) -> None:
     path = push_config(sim, tmp_path, **{"onprem-ews": EWS_PUSH | {"write_probe": False}})
-    first = await start(started, path)
-    await until(lambda: first.resources.push.targets["onprem-ews"].current is not None)
+    first = await start(started, path, fake_clock)
+    await fake_clock.advance_until(
+        lambda: first.resources.push.targets["onprem-ews"].current is not None, STEP, limit=10
+    )
     old_id = first.resources.push.targets["onprem-ews"].current.id  # type: ignore[union-attr]
     await first.stop()
     started.remove(first)
-    second = await start(started, path)  # the same listener address: the old subscription calls it
-    await until(lambda: not sim.ews_subscriptions[old_id].alive, timeout=8)
+    second = await start(started, path, fake_clock)  # the same listener address: the old subscription calls it
+    await fake_clock.advance_until(lambda: not sim.ews_subscriptions[old_id].alive, STEP, limit=8)
     assert second.resources.push.targets["onprem-ews"].rejected["unknown_subscription"] >= 1
 
 
 GRAPH_PUSH = {"mailbox": "carol@contoso.test", "write_probe": True, "write_interval": "1s", "stall_after": "4s"}
 
 
-async def test_graph_push_validation_delivery_and_cleanup(sim: Simulator, tmp_path: Path,
-                                                          started: list[Exporter]) -> None:  # fmt: skip
-    exporter = await start(started, push_config(sim, tmp_path, **{"online-graph": GRAPH_PUSH}))
+async def test_graph_push_validation_delivery_and_cleanup(
+    sim: Simulator, tmp_path: Path, started: list[Exporter], fake_clock: FakeClock
+) -> None:
+    exporter = await start(started, push_config(sim, tmp_path, **{"online-graph": GRAPH_PUSH}), fake_clock)
     state = exporter.resources.push.targets["online-graph"]
-    await until(lambda: state.current is not None and state.notifications["created"] >= 1)
-    await until(lambda: sum(state.delays.counts) >= 1)
+    await fake_clock.advance_until(
+        lambda: state.current is not None and state.notifications["created"] >= 1, STEP, limit=10
+    )
+    await fake_clock.advance_until(lambda: sum(state.delays.counts) >= 1, STEP, limit=10)
     subscription = sim.graph_subscriptions[state.current.id]  # type: ignore[union-attr]
     assert subscription.alive
-    await until(lambda: exporter.store.latest.get(("online-graph", "push")) is not None
-                and exporter.store.latest[("online-graph", "push")].success)  # fmt: skip
+    latest = exporter.store.latest
+    await fake_clock.advance_until(
+        lambda: latest.get(("online-graph", "push")) is not None and latest[("online-graph", "push")].success,
+        STEP,
+        limit=10,
+    )
 
     expiration = subscription.expiration
     sim.send_lifecycle(subscription.id, "reauthorizationRequired")  # answered by renewing it
-    await until(lambda: subscription.expiration > expiration and not state.current.reauthorize, timeout=8)  # type: ignore[union-attr]
+    await fake_clock.advance_until(
+        lambda: subscription.expiration > expiration and not state.current.reauthorize,  # type: ignore[union-attr]
+        STEP,
+        limit=8,
+    )
 
     sim.send_lifecycle(subscription.id, "subscriptionRemoved")
-    await until(lambda: state.current is not None and state.current.id != subscription.id, timeout=8)
+    await fake_clock.advance_until(
+        lambda: state.current is not None and state.current.id != subscription.id, STEP, limit=8
+    )
 
     current = state.current.id  # type: ignore[union-attr]
     await exporter.stop()
@@ -178,13 +201,15 @@ async def test_graph_validation_failure_is_a_subscribe_failure(sim: Simulator, t
     assert "validation" in result.message.lower()
 
 
-async def test_push_metrics_pass_promtool(sim: Simulator, tmp_path: Path, started: list[Exporter]) -> None:
+async def test_push_metrics_pass_promtool(
+    sim: Simulator, tmp_path: Path, started: list[Exporter], fake_clock: FakeClock
+) -> None:
     promtool = shutil.which("promtool")
     if promtool is None:  # `make test` installs it: a missing tool is a failure, never a skip
         pytest.fail("promtool is not installed (run `make tools`)")
-    exporter = await start(started, push_config(sim, tmp_path, **{"onprem-ews": EWS_PUSH}))
+    exporter = await start(started, push_config(sim, tmp_path, **{"onprem-ews": EWS_PUSH}), fake_clock)
     state = exporter.resources.push.targets["onprem-ews"]
-    await until(lambda: sum(state.delays.counts) >= 1)
+    await fake_clock.advance_until(lambda: sum(state.delays.counts) >= 1, STEP, limit=10)
     text = exposition.render(BemsCollector(exporter.store, exporter.status).collect())
     lint = await asyncio.to_thread(
         subprocess.run, [promtool, "check", "metrics"], input=text, capture_output=True, timeout=30
@@ -196,8 +221,9 @@ RULES = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "rules"
 RULE_METRIC = re.compile(r"(?<![:\w])(bems_[a-z0-9_]+)")
 
 
-async def test_every_metric_the_rules_use_is_in_real_output(sim: Simulator, tmp_path: Path,
-                                                            started: list[Exporter]) -> None:  # fmt: skip
+async def test_every_metric_the_rules_use_is_in_real_output(
+    sim: Simulator, tmp_path: Path, started: list[Exporter], fake_clock: FakeClock
+) -> None:
     used = {
         re.sub(r"_(bucket|count|sum)$", "", name)
         for path in RULES.glob("*.yml")
@@ -210,9 +236,11 @@ async def test_every_metric_the_rules_use_is_in_real_output(sim: Simulator, tmp_
     # registration, and one failing mailbox for the failure series.
     sim.configure_entra(graph_roles=[*DEMO_GRAPH_ROLES, "Application.Read.All"])
     sim.revoke_impersonation("bob@corp.example.test")
-    exporter = await start(started, push_config(sim, tmp_path, **{"onprem-ews": EWS_PUSH}))
-    await until(lambda: exporter.ready(), timeout=15)
-    await until(lambda: exporter.store.latest.get(("online-ews", "token")) is not None)
+    exporter = await start(started, push_config(sim, tmp_path, **{"onprem-ews": EWS_PUSH}), fake_clock)
+    await fake_clock.advance_until(lambda: exporter.ready(), STEP, limit=15)
+    await fake_clock.advance_until(
+        lambda: exporter.store.latest.get(("online-ews", "token")) is not None, STEP, limit=10
+    )
     text = exposition.render(BemsCollector(exporter.store, exporter.status).collect()).decode()
     exported = {re.sub(r"_(bucket|count|sum|total|created)$", "", name) for (name, _labels) in parse(text)}
     missing = {name for name in used if name not in exported and re.sub(r"_total$", "", name) not in exported}
@@ -220,34 +248,6 @@ async def test_every_metric_the_rules_use_is_in_real_output(sim: Simulator, tmp_
 
 
 # --- the push check run by hand, on a fake clock -----------------------------------------------------------
-
-
-class FakeClock:
-    """``time.time()`` for the push logic and the ``monotonic`` clock its Resources take: real at the start, then
-    moved only by ``advance`` (each reading is a microsecond past the last, so that what happens in order stays in
-    order)."""
-
-    def __init__(self) -> None:
-        self._wall, self._mono, self._moved = time.time(), time.monotonic(), 0.0
-
-    def time(self) -> float:
-        self._moved += 1e-6
-        return self._wall + self._moved
-
-    def monotonic(self) -> float:
-        self._moved += 1e-6
-        return self._mono + self._moved
-
-    def advance(self, seconds: float) -> None:
-        self._moved += seconds
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    fake = FakeClock()
-    for module in (push_check, push_state):
-        monkeypatch.setattr(module, "time", fake)
-    return fake
 
 
 @dataclass
@@ -269,12 +269,12 @@ HarnessFactory = Callable[..., Awaitable[Harness]]
 
 
 @pytest.fixture
-async def harness(sim: Simulator, tmp_path: Path, clock: FakeClock) -> AsyncIterator[HarnessFactory]:
+async def harness(sim: Simulator, tmp_path: Path, fake_clock: FakeClock) -> AsyncIterator[HarnessFactory]:
     opened: list[tuple[Listener, Resources]] = []
 
     async def make(**push: dict[str, Any]) -> Harness:
         config = load_config(push_config(sim, tmp_path, interval="60s", **push))
-        resources = Resources(clock.monotonic)
+        resources = Resources(fake_clock.monotonic)
         resources.push.configure(config)
         listener = Listener(resources.push)
         await listener.apply(config.notifications)
@@ -295,14 +295,15 @@ PUSH_OF = {"ews": EWS_PUSH | SLOW, "graph": GRAPH_PUSH | SLOW}
 MAILBOX_OF = {"ews": EWS_MAILBOX, "graph": GRAPH_MAILBOX}
 
 
-async def delivered(state: PushTarget) -> None:
-    await until(lambda: state.probe is not None and state.probe.delivered)
+async def delivered(clock: FakeClock, state: PushTarget) -> None:
+    """Until the write probe's notification came: a keep-alive's or a retry's time at most, on the fake clock."""
+    await clock.advance_until(lambda: state.probe is not None and state.probe.delivered, STEP, limit=5)
 
 
 @pytest.mark.parametrize("protocol", ["ews", "graph"])
 @pytest.mark.parametrize("taken", ["moved", "deleted_by_an_admin"])
 async def test_a_probe_item_gone_before_its_delete_is_forgotten_and_delivery_still_measured(
-    harness: HarnessFactory, clock: FakeClock, caplog: pytest.LogCaptureFixture, protocol: str, taken: str
+    harness: HarnessFactory, fake_clock: FakeClock, caplog: pytest.LogCaptureFixture, protocol: str, taken: str
 ) -> None:
     # Item 1 of issue 14: DeleteItem answering ErrorItemNotFound (EWS, HTTP 200) or Graph's 404 used to end
     # every later run with a pass and no step, for ever.
@@ -310,7 +311,7 @@ async def test_a_probe_item_gone_before_its_delete_is_forgotten_and_delivery_sti
     name, mailbox = TARGET[protocol], MAILBOX_OF[protocol]
     state = h.state(name)
     assert (await h.check(name)).success
-    await delivered(state)
+    await delivered(fake_clock, state)
     first = state.probe.item_id  # type: ignore[union-attr]
     if taken == "moved":
         h.sim.move_item(mailbox, first, "deleteditems")  # a moved item gets a new id
@@ -318,11 +319,11 @@ async def test_a_probe_item_gone_before_its_delete_is_forgotten_and_delivery_sti
         h.sim.delete_item(mailbox, first)
     caplog.set_level(logging.INFO, logger="exporter.checks.push")
     for _ in range(3):
-        clock.advance(61)
+        await fake_clock.advance(61)
         result = await h.check(name)
         assert result.success, result
         assert any(step.name.startswith("write probe item") for step in result.steps), result.steps
-        await delivered(state)
+        await delivered(fake_clock, state)
     assert first not in state.to_delete
     gone = [r for r in caplog.records if "already gone" in r.getMessage()]
     assert len(gone) == 1 and gone[0].fields["item_id"] == first  # type: ignore[attr-defined]
@@ -331,12 +332,12 @@ async def test_a_probe_item_gone_before_its_delete_is_forgotten_and_delivery_sti
 
 
 async def test_a_delete_that_fails_is_retried_and_does_not_end_the_check(
-    harness: HarnessFactory, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+    harness: HarnessFactory, fake_clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     h = await harness(**{"onprem-ews": PUSH_OF["ews"]})
     state = h.state("onprem-ews")
     assert (await h.check("onprem-ews")).success
-    await delivered(state)
+    await delivered(fake_clock, state)
     first = state.probe.item_id  # type: ignore[union-attr]
     real_delete = push_check._ews_delete
 
@@ -344,7 +345,7 @@ async def test_a_delete_that_fails_is_retried_and_does_not_end_the_check(
         raise ProbeFailure(Reason.SOAP_FAULT, "ErrorInternalServerError: the store is busy")
 
     monkeypatch.setattr(push_check, "_ews_delete", failing_delete)
-    clock.advance(61)
+    await fake_clock.advance(61)
     result = await h.check("onprem-ews")
     # Not a delivery failure: the check still judges delivery (a new probe is written and measured).
     assert result.success, result
@@ -352,16 +353,16 @@ async def test_a_delete_that_fails_is_retried_and_does_not_end_the_check(
     assert not deleting.ok and "store is busy" in deleting.detail
     assert any(step.name.startswith("write probe item") for step in result.steps)
     assert state.to_delete == [first]
-    await delivered(state)
+    await delivered(fake_clock, state)
     monkeypatch.setattr(push_check, "_ews_delete", real_delete)
-    clock.advance(61)
+    await fake_clock.advance(61)
     assert (await h.check("onprem-ews")).success
     assert first not in [item.id for item in h.sim.mailbox_items(EWS_MAILBOX)]
 
 
 @pytest.mark.parametrize("write_probe", [False, True], ids=["keepalives", "write_probe"])
 async def test_a_dead_listener_keeps_push_failing_until_delivery_returns(
-    harness: HarnessFactory, clock: FakeClock, write_probe: bool
+    harness: HarnessFactory, fake_clock: FakeClock, write_probe: bool
 ) -> None:
     # Item 2 of issue 14: each re-subscription used to count as healthy until stall_after passed again,
     # so push flapped PASS, PASS, FAIL. Exchange's callbacks fail from the start (the listener unreachable).
@@ -372,20 +373,22 @@ async def test_a_dead_listener_keeps_push_failing_until_delivery_returns(
     for _ in range(9):
         result = await h.check("onprem-ews")
         verdicts.append(result.reason or "pass")
-        clock.advance(60)
+        await fake_clock.advance(60)
     first_failure = verdicts.index(Reason.PUSH_STALLED)
     assert verdicts[:first_failure] == ["pass"] * first_failure and first_failure <= 3, verdicts
     assert set(verdicts[first_failure:]) == {Reason.PUSH_STALLED}, verdicts  # no pass after the first failure
     assert len(h.sim.ews_subscriptions) >= 3  # it kept subscribing again
 
     h.sim.set_push_fault("none")
-    clock.advance(121)
+    await fake_clock.advance(121)
     assert (await h.check("onprem-ews")).reason == Reason.PUSH_STALLED  # stalled again: a new subscription
     if write_probe:
-        await delivered(state)
+        await delivered(fake_clock, state)
     else:
-        await until(lambda: state.last_notification is not None)  # its first keep-alive
-    clock.advance(1)
+        await fake_clock.advance_until(
+            lambda: state.last_notification is not None, STEP, limit=10
+        )  # its first keep-alive
+    await fake_clock.advance(1)
     assert (await h.check("onprem-ews")).success
 
 
@@ -408,7 +411,7 @@ def forged_status(subscription_id: str, previous: str) -> bytes:
     [("no_secret", "url_secret"), ("wrong_secret", "url_secret"), ("wrong_watermark", "watermark")],
 )
 async def test_forged_status_events_do_not_keep_a_dead_push_path_green(
-    harness: HarnessFactory, clock: FakeClock, forgery: str, reason: str
+    harness: HarnessFactory, fake_clock: FakeClock, forgery: str, reason: str
 ) -> None:
     # Item 5 of issue 15: with Exchange's callbacks blocked, one forged StatusEvent a check, naming the
     # subscription's id, kept push passing. The forger knows the id and the listener's public URL; for
@@ -432,75 +435,77 @@ async def test_forged_status_events_do_not_keep_a_dead_push_path_green(
             stale = "AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=="
             async with session.post(url, data=forged_status(current.id, stale), ssl=client) as response:
                 assert response.status in (400, 403)
-            clock.advance(60)
+            await fake_clock.advance(60)
     assert Reason.PUSH_STALLED in verdicts and verdicts[-1] == Reason.PUSH_STALLED, verdicts
     assert not state.notifications and state.last_notification is None  # nothing forged was counted
     assert state.rejected[reason] == 6
 
 
-async def test_a_graph_subscription_dropped_silently_is_replaced(harness: HarnessFactory, clock: FakeClock) -> None:
+async def test_a_graph_subscription_dropped_silently_is_replaced(
+    harness: HarnessFactory, fake_clock: FakeClock
+) -> None:
     # Item 3 of issue 14: Graph sends nothing when it loses a subscription; the overdue write probe is the
     # stall, and a Graph stall subscribes again (it used to keep the dead subscription for ever).
     h = await harness(**{"online-graph": PUSH_OF["graph"]})
     state = h.state("online-graph")
     assert (await h.check("online-graph")).success
-    await delivered(state)
+    await delivered(fake_clock, state)
     old = state.current.id  # type: ignore[union-attr]
     h.sim.set_graph_push_fault("drop_subscriptions")
-    clock.advance(61)
+    await fake_clock.advance(61)
     assert (await h.check("online-graph")).success  # a new probe, awaited
     lost = state.probe.item_id  # type: ignore[union-attr]
-    clock.advance(121)
+    await fake_clock.advance(121)
     result = await h.check("online-graph")
     assert result.reason == Reason.PUSH_STALLED and "subscribed again" in result.message, result
     assert state.current is not None and state.current.id != old and h.sim.graph_subscriptions[state.current.id].alive
-    await delivered(state)  # the probe written under the new subscription
-    clock.advance(1)
+    await delivered(fake_clock, state)  # the probe written under the new subscription
+    await fake_clock.advance(1)
     assert (await h.check("online-graph")).success
     assert lost not in [item.id for item in h.sim.mailbox_items(GRAPH_MAILBOX)]  # the lost probe's item deleted
 
 
 @pytest.mark.parametrize("why", ["renewal_due", "reauthorization_asked"])
 async def test_a_graph_subscription_gone_at_renewal_is_replaced(
-    harness: HarnessFactory, clock: FakeClock, why: str
+    harness: HarnessFactory, fake_clock: FakeClock, why: str
 ) -> None:
     # Item 3 of issue 14: a 404 on renewal means the subscription is gone (expired or lost, without any
     # lifecycle notification); it used to be reported as mailbox_not_found on every run, for ever.
     h = await harness(**{"online-graph": PUSH_OF["graph"]})
     state = h.state("online-graph")
     assert (await h.check("online-graph")).success
-    await delivered(state)
+    await delivered(fake_clock, state)
     old = state.current
     assert old is not None
     h.sim.set_graph_push_fault("drop_subscriptions")
     if why == "renewal_due":
-        clock.advance(push_check.GRAPH_LIFETIME.total_seconds() / 2 + 60)
+        await fake_clock.advance(push_check.GRAPH_LIFETIME.total_seconds() / 2 + 60)
     else:
         old.reauthorize = True  # as a reauthorizationRequired lifecycle notification sets it
-        clock.advance(61)
+        await fake_clock.advance(61)
     result = await h.check("online-graph")
     assert result.success, result
     (renewal,) = [step for step in result.steps if step.name == "renew the Graph subscription"]
     assert renewal.ok and "gone" in renewal.detail
     assert state.current is not None and state.current.id != old.id
     assert h.sim.graph_subscriptions[state.current.id].alive
-    await delivered(state)
+    await delivered(fake_clock, state)
 
 
 async def test_graph_push_without_write_probe_shows_only_that_the_subscription_is_held(
-    harness: HarnessFactory, clock: FakeClock
+    harness: HarnessFactory, fake_clock: FakeClock
 ) -> None:
     # Item 4 of issue 14: Graph sends no keep-alives, so without a write probe the check cannot claim delivery.
     h = await harness(**{"online-graph": PUSH_OF["graph"] | {"write_probe": False}})
     state = h.state("online-graph")
     result = await h.check("online-graph")
     assert result.success and "delivery is not verified" in result.steps[-1].detail, result
-    clock.advance(61)
+    await fake_clock.advance(61)
     result = await h.check("online-graph")
     assert result.success and result.steps[-1].detail == "held; delivery is not verified (write_probe: false)"
     old = state.current.id  # type: ignore[union-attr]
     h.sim.set_graph_push_fault("drop_subscriptions")
-    clock.advance(61)
+    await fake_clock.advance(61)
     result = await h.check("online-graph")
     assert result.success and "gone" in result.steps[0].detail, result
     assert state.current is not None and state.current.id != old and h.sim.graph_subscriptions[state.current.id].alive
@@ -508,20 +513,20 @@ async def test_graph_push_without_write_probe_shows_only_that_the_subscription_i
 
 
 async def test_a_missed_lifecycle_event_makes_the_next_check_measure_at_once(
-    harness: HarnessFactory, clock: FakeClock
+    harness: HarnessFactory, fake_clock: FakeClock
 ) -> None:
     # Item 8 of issue 14: "missed" means Graph dropped notifications: the client must resync, so the next
     # check writes a probe without waiting for write_interval.
     h = await harness(**{"online-graph": PUSH_OF["graph"]})
     state = h.state("online-graph")
     assert (await h.check("online-graph")).success
-    await delivered(state)
+    await delivered(fake_clock, state)
     first = state.probe.item_id  # type: ignore[union-attr]
-    clock.advance(5)
+    await fake_clock.advance(5)
     assert not any(s.name.startswith("write probe") for s in (await h.check("online-graph")).steps)
     h.sim.send_lifecycle(state.current.id, "missed")  # type: ignore[union-attr]
-    await until(lambda: state.notifications["missed"] == 1)
-    clock.advance(5)
+    await fake_clock.advance_until(lambda: state.notifications["missed"] == 1, STEP, limit=10)
+    await fake_clock.advance(5)
     result = await h.check("online-graph")
     assert any(step.name.startswith("write probe") for step in result.steps), result.steps
     assert state.probe is not None and state.probe.item_id != first
