@@ -20,7 +20,6 @@ import contextlib
 import hashlib
 import logging
 import secrets
-import time
 from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any, NamedTuple
@@ -95,7 +94,7 @@ class PushSubscription:
     event_types: frozenset[str]
     url: str
     status_frequency: int  # minutes
-    created: float  # time.monotonic()
+    created: float  # the loop's clock (time.monotonic() but in a test that moves the loop's clock)
     alive: bool = True
     ended: str | None = None  # unsubscribed, expired, dropped or stopped
     delivered: int = 0  # notifications the client answered with OK or Unsubscribe
@@ -136,7 +135,7 @@ class PushDelivery(NamedTuple):
     item_ids: tuple[str, ...]
     attempt: int  # 0 for the first try, then the retry's number
     result: str  # OK, Unsubscribe, or why the delivery failed
-    time: float  # time.monotonic() when the answer (or failure) came
+    time: float  # the loop's clock, the one deliveries are timed by, when the answer (or failure) came
 
     def state(self) -> dict[str, Any]:
         return self._asdict()
@@ -212,7 +211,7 @@ class EwsPushEngine:
             event_types=event_types,
             url=url,
             status_frequency=status_frequency,
-            created=time.monotonic(),
+            created=asyncio.get_running_loop().time(),
             watermark=encode_watermark(mailbox, start),
         )
         self.subscriptions[subscription.id] = subscription
@@ -276,7 +275,7 @@ class EwsPushEngine:
         attempt = 0
         while True:
             result = await self._post(subscription.url, body)
-            self.deliveries.append(PushDelivery(subscription.id, names, item_ids, attempt, result, time.monotonic()))
+            self.deliveries.append(PushDelivery(subscription.id, names, item_ids, attempt, result, loop.time()))
             subscription.last_result = result
             if result in ("OK", "Unsubscribe"):
                 subscription.delivered += 1

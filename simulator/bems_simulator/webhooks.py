@@ -21,7 +21,6 @@ import asyncio
 import json
 import logging
 import re
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -157,7 +156,7 @@ class GraphDelivery(NamedTuple):
     status: int | None  # None when no answer came
     answer: str  # the response body, or why there was none
     accepted: bool
-    time: float  # time.monotonic() when the answer (or failure) came
+    time: float  # the loop's clock, the one deliveries are timed by, when the answer (or failure) came
 
     def state(self) -> dict[str, Any]:
         return self._asdict()
@@ -353,7 +352,7 @@ class GraphWebhooks:
             status,
             answer,
             status is not None and 200 <= status < 300,
-            time.monotonic(),
+            asyncio.get_running_loop().time(),
         )
         self.deliveries.append(delivery)
         return delivery
@@ -375,7 +374,9 @@ class GraphWebhooks:
             answer = f"unreachable: {error}"
         accepted = status == 200 and content_type == "text/plain" and answer == token
         self.deliveries.append(
-            GraphDelivery(subscription_id, "validation", url, token, status, answer, accepted, time.monotonic())
+            GraphDelivery(
+                subscription_id, "validation", url, token, status, answer, accepted, asyncio.get_running_loop().time()
+            )
         )
         if not accepted:
             message = _WRONG_VALIDATION_ANSWER if status == 200 else _NO_VALIDATION_ANSWER
