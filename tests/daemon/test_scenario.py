@@ -7,7 +7,6 @@ under a running exporter and watch ``bems_scenario_ready``.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import io
 import time
@@ -17,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from fake_clock import FakeClock
 from samples import parse, value
 
 from bems_simulator.server import DEMO_GRAPH_ROLES, Simulator
@@ -437,10 +437,10 @@ async def sim(tmp_path: Path) -> AsyncIterator[Simulator]:
 
 
 @pytest.fixture
-async def exporter(sim: Simulator, tmp_path: Path) -> AsyncIterator[Exporter]:
+async def exporter(sim: Simulator, tmp_path: Path, fake_clock: FakeClock) -> AsyncIterator[Exporter]:
     path = sim.write_exporter_config(tmp_path / "bems.yml", interval="1s", timeout="1s", delivery=True,
                                      stall_after="3s")  # fmt: skip
-    running = Exporter(str(path))
+    running = Exporter(str(path), monotonic=fake_clock.monotonic)
     running.load()
     await running.start()
     try:
@@ -461,11 +461,7 @@ def requirements(exporter: Exporter) -> tuple[float | None, dict[str, str]]:
     return value(samples, "bems_scenario_ready", scenario="onprem-bems-hybrid"), unmet
 
 
-async def until(condition, what: str, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what}: not in {timeout:g} s"
-        await asyncio.sleep(0.1)
+STEP = 0.25  # fake seconds between looks at the verdict: a quarter of the 1 s check interval
 
 
 @pytest.mark.parametrize(
@@ -482,13 +478,14 @@ async def until(condition, what: str, timeout: float = 30.0) -> None:  # type: i
     ],
 )  # fmt: skip
 async def test_a_broken_delivery_path_makes_the_scenario_not_ready(
-    sim: Simulator, exporter: Exporter, breaks: Any, heals: Any, requirement: str, reason: str
+    sim: Simulator, exporter: Exporter, fake_clock: FakeClock, breaks: Any, heals: Any, requirement: str, reason: str
 ) -> None:
-    await until(lambda: requirements(exporter) == (1.0, {}), "the whole verdict ready", timeout=60)
+    # Limits in seconds of the fake clock (checks every 1 s, a stall after 3 s), whatever the machine's load.
+    await fake_clock.advance_until(lambda: requirements(exporter) == (1.0, {}), STEP, limit=60)  # all ready
     breaks(sim)
-    await until(lambda: requirements(exporter) == (0.0, {requirement: reason}), f"{requirement} unmet", timeout=30)
+    await fake_clock.advance_until(lambda: requirements(exporter) == (0.0, {requirement: reason}), STEP, limit=30)
     heals(sim)
-    await until(lambda: requirements(exporter) == (1.0, {}), "ready again", timeout=60)
+    await fake_clock.advance_until(lambda: requirements(exporter) == (1.0, {}), STEP, limit=60)  # ready again
 
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
