@@ -21,6 +21,7 @@ a 1.5 s back-off" stays true on a loaded machine.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -37,6 +38,7 @@ class FakeClock:
         self._traveller = traveller
         self._offset = 0.0
         self._start = time.monotonic()
+        self._frozen_at: float | None = None  # the real monotonic clock when freeze() stopped the ticking
         self._threads: set[asyncio.Future[Any]] = set()
         real_run_in_executor = loop.run_in_executor
 
@@ -54,8 +56,17 @@ class FakeClock:
         return self._start + self._offset
 
     def loop_time(self) -> float:
-        """The loop's clock: the real monotonic clock plus every jump so far."""
-        return time.monotonic() + self._offset
+        """The loop's clock: the real monotonic clock (until ``freeze``) plus every jump so far."""
+        return (time.monotonic() if self._frozen_at is None else self._frozen_at) + self._offset
+
+    def freeze(self) -> None:
+        """Stop the real time between jumps, on the loop's and the wall clock: ``advance(60)`` then makes every
+        reading exactly 60 s later. Only for a test with nothing on the loop that waits on a timer it does not
+        advance to (no server, no worker thread, no graceful shutdown): such a wait would last for ever."""
+        self._frozen_at = time.monotonic()
+        # On a whole second (forward: a clock must not go back), so that "started + 60 s" minus "started" is 60
+        # exactly, not 60 less a float's rounding: a test of a boundary must see the boundary.
+        self._traveller.move_to(math.ceil(time.time()), tick=False)
 
     async def advance(self, seconds: float) -> None:
         """Move both clocks ``seconds`` forward, stopping at every timer due on the way to run what it starts."""

@@ -6,6 +6,7 @@ import asyncio
 import time
 from datetime import UTC, datetime
 
+import pytest
 from fake_clock import FakeClock
 
 
@@ -63,3 +64,14 @@ async def test_advance_until_steps_until_the_condition_holds_and_fails_past_the_
     else:
         raise AssertionError("advance_until did not fail past its limit")
     assert fake_clock.monotonic() - start <= 3 + 4  # the steps' jumps: never more than asked for
+
+
+async def test_a_frozen_clock_moves_by_the_jumps_exactly(fake_clock: FakeClock) -> None:
+    fake_clock.freeze()
+    loop = asyncio.get_running_loop()
+    wall, mono, product = time.time(), loop.time(), fake_clock.monotonic()
+    time.sleep(0.01)  # real time: nothing moves
+    assert (time.time(), loop.time(), fake_clock.monotonic()) == (wall, mono, product)
+    await fake_clock.advance(59.9)
+    moved = [time.time() - wall, loop.time() - mono, fake_clock.monotonic() - product]
+    assert moved == pytest.approx([59.9] * 3, abs=1e-6)  # exact, but for the floats' rounding

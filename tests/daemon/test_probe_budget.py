@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 import requests
 import yaml
 from aiohttp.test_utils import TestClient, TestServer
+from fake_clock import FakeClock
 from samples import parse, value
 
 from bems_simulator.server import Simulator
@@ -26,7 +26,6 @@ from exporter.checks import CHECKS, Check, ProbeContext, checks_for
 from exporter.checks.resources import Resources
 from exporter.checks.signin import check_suspension
 from exporter.config import Config, Target, load_config
-from exporter.daemon import scheduler as scheduler_module
 from exporter.daemon.app import Exporter
 from exporter.daemon.scheduler import JobSpec, Scheduler
 from exporter.daemon.store import ResultStore
@@ -36,7 +35,8 @@ from exporter.web.http_app import PROBE_CACHED_HEADER, create_app
 
 INTERVAL = 3.0
 CLIENTS = 16
-FLOOD_SECONDS = 8.0
+FLOOD_SECONDS = 8.0  # on the fake clock
+STEP = 0.25  # fake seconds between the clients' rounds of /probe, and between looks at what a test waits for
 
 
 def signing_in_jobs(config: Config, credential: str) -> int:
@@ -48,13 +48,6 @@ def signing_in_jobs(config: Config, credential: str) -> int:
         for check in checks_for(config, target)
         if check.uses_credential
     )
-
-
-async def wait_for(condition: Callable[[], Awaitable[bool]], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.1)
 
 
 # --- the simulator counts failed logons ------------------------------------------------------------------
@@ -114,32 +107,35 @@ async def test_simulator_does_not_count_another_users_basic_logon(simulator: Sim
 
 
 async def test_probe_flood_after_a_password_change_costs_a_bounded_number_of_failed_logons(
-    simulator: Simulator, tmp_path: Path
+    simulator: Simulator, tmp_path: Path, fake_clock: FakeClock
 ) -> None:
     config_file = simulator.write_exporter_config(tmp_path / "bems.yml", interval=f"{INTERVAL:g}s", timeout="3s")
     data = yaml.safe_load(config_file.read_text())
     data["limits"] = {"suspended_retry_interval": f"{INTERVAL:g}s"}  # as short as the checks' interval
     config_file.write_text(yaml.safe_dump(data))
     simulator.set_account_fault("wrong_password")  # changed in AD; the exporter still has the old password
-    exporter = Exporter(str(config_file))
+    exporter = Exporter(str(config_file), monotonic=fake_clock.monotonic)
     exporter.load()
     config = exporter.config
     await exporter.start()
     cached: list[str | None] = []
     try:
         async with TestClient(TestServer(create_app(exporter), host="127.0.0.1")) as client:
-            started = time.monotonic()
+            started = fake_clock.monotonic()
 
-            async def loop_on_probe() -> None:
-                while time.monotonic() - started < FLOOD_SECONDS:
-                    for target in ("onprem-ews", "onprem-autodiscover"):
-                        response = await client.get("/probe", params={"target": target})
-                        assert response.status == 200
-                        await response.read()
-                        cached.append(response.headers.get(PROBE_CACHED_HEADER))
+            async def probe_both_targets() -> None:
+                for target in ("onprem-ews", "onprem-autodiscover"):
+                    response = await client.get("/probe", params={"target": target})
+                    assert response.status == 200
+                    await response.read()
+                    cached.append(response.headers.get(PROBE_CACHED_HEADER))
 
-            await asyncio.gather(*(loop_on_probe() for _ in range(CLIENTS)))
-            elapsed = time.monotonic() - started
+            # Every client probes, all at once, every STEP seconds of the product's clock: the elapsed time
+            # the bound allows for is the fake clock's, not what a loaded machine takes.
+            while fake_clock.monotonic() - started < FLOOD_SECONDS:
+                await asyncio.gather(*(probe_both_targets() for _ in range(CLIENTS)))
+                await fake_clock.advance(STEP)
+            elapsed = fake_clock.monotonic() - started
             failed = len(simulator.failed_logons())
             samples = parse(await (await client.get("/metrics")).text())
             auth = exporter.store.latest.get(("onprem-ews", "auth"))
@@ -160,29 +156,27 @@ async def test_probe_flood_after_a_password_change_costs_a_bounded_number_of_fai
     assert auth is not None and auth.reason == Reason.UNAUTHORIZED
 
 
-async def test_a_fixed_password_is_noticed_at_the_next_scheduled_run(simulator: Simulator, tmp_path: Path) -> None:
+async def test_a_fixed_password_is_noticed_at_the_next_scheduled_run(
+    simulator: Simulator, tmp_path: Path, fake_clock: FakeClock
+) -> None:
     config_file = simulator.write_exporter_config(tmp_path / "bems.yml", interval="1s", timeout="1s")
     data = yaml.safe_load(config_file.read_text())
     data["limits"] = {"suspended_retry_interval": "1s"}
     config_file.write_text(yaml.safe_dump(data))
     simulator.set_account_fault("wrong_password")
-    exporter = Exporter(str(config_file))
+    exporter = Exporter(str(config_file), monotonic=fake_clock.monotonic)
     exporter.load()
     await exporter.start()
     try:
         suspensions = exporter.resources.suspensions
-
-        async def suspended() -> bool:
-            return suspensions.suspended("bemsadmin")
-
-        await wait_for(suspended, timeout=30)
+        await fake_clock.advance_until(lambda: suspensions.suspended("bemsadmin"), STEP, limit=30)
         simulator.set_account_fault("none")  # the password is set back in AD; nobody touches the exporter
 
-        async def recovered() -> bool:
+        def recovered() -> bool:
             auth = exporter.store.latest.get(("onprem-ews", "auth"))
             return not suspensions.suspended("bemsadmin") and auth is not None and auth.success
 
-        await wait_for(recovered, timeout=30)
+        await fake_clock.advance_until(recovered, STEP, limit=30)
     finally:
         await exporter.stop()
 
@@ -321,21 +315,11 @@ class CountingCheck:
         return ctx.rec.passed()
 
 
-class FakeClock:
-    """The scheduler's wall clock; results keep the real start time, and tests set ``now`` relative to it."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def time(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    fake = FakeClock()
-    monkeypatch.setattr(scheduler_module.time, "time", fake.time)
-    return fake
+def clock(fake_clock: FakeClock) -> FakeClock:
+    """The shared fake clock, frozen: nothing runs on the loop here, and ages are compared exactly."""
+    fake_clock.freeze()
+    return fake_clock
 
 
 def scheduler_for(config: Config) -> Scheduler:
@@ -371,7 +355,7 @@ async def test_a_probe_within_the_interval_reuses_the_last_run(
     counting.release.set()
     target = config.targets[0]
     first, _ = await scheduler.on_demand(target, counting.check)
-    clock.now = first.started + later
+    await clock.advance(later)
     again, cached_age = await scheduler.on_demand(target, counting.check)
     assert counting.runs == runs
     assert cached_age == (pytest.approx(age) if age is not None else None)
@@ -383,7 +367,7 @@ async def test_a_probe_reuses_the_scheduled_result(tmp_path: Path, clock: FakeCl
     config = windows_config(tmp_path)
     scheduler, counting = scheduler_for(config), CountingCheck()
     target = config.targets[0]
-    scheduled = CheckResult(target.name, "auth", True, started=clock.now - 10, duration=0.1)
+    scheduled = CheckResult(target.name, "auth", True, started=time.time() - 10, duration=0.1)
     scheduler.store.record(scheduled)
     result, age = await scheduler.on_demand(target, counting.check)
     assert (result, age, counting.runs) == (scheduled, 10.0, 0)
@@ -404,7 +388,7 @@ async def test_a_scheduled_run_adopts_a_recent_probe_run(
     monkeypatch.setitem(CHECKS, "auth", counting.check)
     target = config.targets[0]
     probed, _ = await scheduler.on_demand(target, counting.check)
-    clock.now = probed.started + since_probe
+    await clock.advance(since_probe)
     result = await scheduler._scheduled_result(JobSpec(target, "auth", config.interval_of(target)))
     assert counting.runs == 1 + runs
     assert (result is probed) is adopted
