@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
-import time_machine
-from fake_clock import FakeClock
+from fake_clock import FakeClock, travelling
 from test_cli import CLI
 
 from bems_simulator.server import Simulator
@@ -86,12 +83,9 @@ def sim_config_file(simulator: Simulator, tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def fake_clock() -> AsyncIterator[FakeClock]:
-    """The loop's clock and the wall clock, moved together by ``await fake_clock.advance(seconds)``.
-
-    The loop keeps the moved clock after the test (it is closed with it: a clock must not go back).
-    """
-    with time_machine.travel(time.time(), tick=True) as traveller:
-        yield FakeClock(asyncio.get_running_loop(), traveller)
+    """The loop's clock and the wall clock, moved together by ``await fake_clock.advance(seconds)``."""
+    with travelling() as clock:
+        yield clock
 
 
 @pytest.fixture(autouse=True)

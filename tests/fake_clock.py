@@ -21,9 +21,10 @@ a 1.5 s back-off" stays true on a loaded machine.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from typing import Any
 
@@ -36,7 +37,9 @@ class FakeClock:
     def __init__(self, loop: asyncio.AbstractEventLoop, traveller: time_machine.Coordinates) -> None:
         self._loop = loop
         self._traveller = traveller
-        self._offset = 0.0
+        # A loop a module's tests share may have been moved by an earlier fake clock: go on from there (its
+        # timers are on that clock, and a clock must not go back); a fresh loop's clock is the real one.
+        self._offset = loop.time() - time.monotonic()
         self._start = time.monotonic()
         self._frozen_at: float | None = None  # the real monotonic clock when freeze() stopped the ticking
         self._threads: set[asyncio.Future[Any]] = set()
@@ -113,3 +116,13 @@ class FakeClock:
         if seconds > 0:
             self._offset += seconds
             self._traveller.shift(seconds)
+
+
+@contextlib.contextmanager
+def travelling() -> Iterator[FakeClock]:
+    """A fake clock on the running loop while the ``with`` lasts; the wall clock is the real one again after it.
+
+    The loop keeps the moved clock (it is closed with it, or a later fake clock goes on from it).
+    """
+    with time_machine.travel(time.time(), tick=True) as traveller:
+        yield FakeClock(asyncio.get_running_loop(), traveller)

@@ -29,8 +29,8 @@ its SOAP fault.
 
 from __future__ import annotations
 
+import asyncio
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -206,7 +206,7 @@ class EwsRequest(NamedTuple):
     caller: str  # DOMAIN\user on-prem, the app id for an OAuth token
     operation: str | None  # the SOAP body's first element, None when there is none
     impersonated: str | None  # the address the ExchangeImpersonation header names
-    time: float  # time.monotonic() at arrival
+    time: float  # the loop's clock at arrival (time.monotonic() but in a test that moves the loop's clock)
 
     def state(self) -> dict[str, Any]:
         return self._asdict()
@@ -274,7 +274,9 @@ class EwsService:
         operation = _operation(envelope)
         operation_name = _local_name(operation.tag) if operation is not None else None
         impersonated = _impersonated_mailbox(envelope) if envelope is not None else None
-        self._requests.append(EwsRequest(self.endpoint, caller.name, operation_name, impersonated, time.monotonic()))
+        self._requests.append(
+            EwsRequest(self.endpoint, caller.name, operation_name, impersonated, asyncio.get_running_loop().time())
+        )
         if self._blocked_for(caller):
             return with_iis_headers(web.Response(status=403))
         if parse_error is not None:

@@ -37,6 +37,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 import yaml
+from fake_clock import FakeClock, travelling
 from loopback import free_port
 from samples import parse, value
 
@@ -66,6 +67,13 @@ LEAKS = ("root:", "lollollol")
 async def sim(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Simulator]:
     async with Simulator(tmp_path_factory.mktemp("fault-matrix") / "sim") as simulator:
         yield simulator
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def fake_clock() -> AsyncIterator[FakeClock]:
+    """The shared fake clock, on this module's loop: the one the simulator and these tests run on."""
+    with travelling() as clock:
+        yield clock
 
 
 @pytest.fixture(scope="module")
@@ -358,7 +366,7 @@ async def test_overload_hung_targets_do_not_delay_healthy_ones(
     assert peak < 512 * 2**20, f"{peak / 2**20:.0f} MiB"
 
 
-async def test_throttled_account_backs_off_alone(sim: Simulator, tmp_path: Path) -> None:
+async def test_throttled_account_backs_off_alone(sim: Simulator, tmp_path: Path, fake_clock: FakeClock) -> None:
     backoff_ms, seconds = 3000, 8.0
     onprem_targets = [
         {"name": "throttled-ews", "kind": "ews", "exchange": "onprem",
@@ -385,13 +393,13 @@ async def test_throttled_account_backs_off_alone(sim: Simulator, tmp_path: Path)
             await asyncio.sleep(0.005)
 
     results: list[CheckResult] = []
-    resources = Resources()
+    resources = Resources(fake_clock.monotonic)
     scheduler = Scheduler(ResultStore(), resources, on_result=lambda _previous, new: results.append(new))
     watcher = asyncio.create_task(watch([scheduler]))
     try:
         scheduler.apply(config)
         scheduler.start()
-        await asyncio.sleep(seconds)
+        await fake_clock.advance(seconds)  # the simulator stamps requests with the loop's clock: gaps are fake too
     finally:
         scheduler.shutdown()
         watcher.cancel()
