@@ -300,6 +300,15 @@ async def delivered(clock: FakeClock, state: PushTarget) -> None:
     await clock.advance_until(lambda: state.probe is not None and state.probe.delivered, STEP, limit=5)
 
 
+async def measuring(harness: HarnessFactory, clock: FakeClock, protocol: str) -> tuple[Harness, PushTarget]:
+    """A ``protocol`` push target on the slow timings whose first check passed and whose first probe came."""
+    h = await harness(**{TARGET[protocol]: PUSH_OF[protocol]})
+    state = h.state(TARGET[protocol])
+    assert (await h.check(TARGET[protocol])).success
+    await delivered(clock, state)
+    return h, state
+
+
 @pytest.mark.parametrize("protocol", ["ews", "graph"])
 @pytest.mark.parametrize("taken", ["moved", "deleted_by_an_admin"])
 async def test_a_probe_item_gone_before_its_delete_is_forgotten_and_delivery_still_measured(
@@ -307,11 +316,8 @@ async def test_a_probe_item_gone_before_its_delete_is_forgotten_and_delivery_sti
 ) -> None:
     # Item 1 of issue 14: DeleteItem answering ErrorItemNotFound (EWS, HTTP 200) or Graph's 404 used to end
     # every later run with a pass and no step, for ever.
-    h = await harness(**{TARGET[protocol]: PUSH_OF[protocol]})
+    h, state = await measuring(harness, fake_clock, protocol)
     name, mailbox = TARGET[protocol], MAILBOX_OF[protocol]
-    state = h.state(name)
-    assert (await h.check(name)).success
-    await delivered(fake_clock, state)
     first = state.probe.item_id  # type: ignore[union-attr]
     if taken == "moved":
         h.sim.move_item(mailbox, first, "deleteditems")  # a moved item gets a new id
@@ -334,10 +340,7 @@ async def test_a_probe_item_gone_before_its_delete_is_forgotten_and_delivery_sti
 async def test_a_delete_that_fails_is_retried_and_does_not_end_the_check(
     harness: HarnessFactory, fake_clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    h = await harness(**{"onprem-ews": PUSH_OF["ews"]})
-    state = h.state("onprem-ews")
-    assert (await h.check("onprem-ews")).success
-    await delivered(fake_clock, state)
+    h, state = await measuring(harness, fake_clock, "ews")
     first = state.probe.item_id  # type: ignore[union-attr]
     real_delete = push_check._ews_delete
 
@@ -446,10 +449,7 @@ async def test_a_graph_subscription_dropped_silently_is_replaced(
 ) -> None:
     # Item 3 of issue 14: Graph sends nothing when it loses a subscription; the overdue write probe is the
     # stall, and a Graph stall subscribes again (it used to keep the dead subscription for ever).
-    h = await harness(**{"online-graph": PUSH_OF["graph"]})
-    state = h.state("online-graph")
-    assert (await h.check("online-graph")).success
-    await delivered(fake_clock, state)
+    h, state = await measuring(harness, fake_clock, "graph")
     old = state.current.id  # type: ignore[union-attr]
     h.sim.set_graph_push_fault("drop_subscriptions")
     await fake_clock.advance(61)
@@ -471,10 +471,7 @@ async def test_a_graph_subscription_gone_at_renewal_is_replaced(
 ) -> None:
     # Item 3 of issue 14: a 404 on renewal means the subscription is gone (expired or lost, without any
     # lifecycle notification); it used to be reported as mailbox_not_found on every run, for ever.
-    h = await harness(**{"online-graph": PUSH_OF["graph"]})
-    state = h.state("online-graph")
-    assert (await h.check("online-graph")).success
-    await delivered(fake_clock, state)
+    h, state = await measuring(harness, fake_clock, "graph")
     old = state.current
     assert old is not None
     h.sim.set_graph_push_fault("drop_subscriptions")
@@ -517,10 +514,7 @@ async def test_a_missed_lifecycle_event_makes_the_next_check_measure_at_once(
 ) -> None:
     # Item 8 of issue 14: "missed" means Graph dropped notifications: the client must resync, so the next
     # check writes a probe without waiting for write_interval.
-    h = await harness(**{"online-graph": PUSH_OF["graph"]})
-    state = h.state("online-graph")
-    assert (await h.check("online-graph")).success
-    await delivered(fake_clock, state)
+    h, state = await measuring(harness, fake_clock, "graph")
     first = state.probe.item_id  # type: ignore[union-attr]
     await fake_clock.advance(5)
     assert not any(s.name.startswith("write probe") for s in (await h.check("online-graph")).steps)
