@@ -79,9 +79,7 @@ async def test_removed_mailbox_and_online_denial(simulator: Simulator, config_fi
     assert graph.reason == Reason.FORBIDDEN and "RAOP" in graph.message
 
 
-async def test_server_busy_back_off_is_honoured(
-    simulator: Simulator, config_file: Path, fake_clock: FakeClock
-) -> None:
+async def test_server_busy_back_off_is_honoured(simulator: Simulator, config_file: Path, fake_clock: FakeClock) -> None:
     config = load_config(config_file)
     target = config.targets_by_name()["onprem-ews"]
     simulator.set_ews_throttling("onprem-ews", "server_busy_fault", backoff_ms=1500)
