@@ -136,6 +136,7 @@ class PushDelivery(NamedTuple):
     attempt: int  # 0 for the first try, then the retry's number
     result: str  # OK, Unsubscribe, or why the delivery failed
     time: float  # the loop's clock, the one deliveries are timed by, when the answer (or failure) came
+    sent: float = 0.0  # the loop's clock when the attempt started: retries are due from the first one's
 
     def state(self) -> dict[str, Any]:
         return self._asdict()
@@ -274,8 +275,9 @@ class EwsPushEngine:
         first_attempt = loop.time()
         attempt = 0
         while True:
+            sent = loop.time()
             result = await self._post(subscription.url, body)
-            self.deliveries.append(PushDelivery(subscription.id, names, item_ids, attempt, result, loop.time()))
+            self.deliveries.append(PushDelivery(subscription.id, names, item_ids, attempt, result, loop.time(), sent))
             subscription.last_result = result
             if result in ("OK", "Unsubscribe"):
                 subscription.delivered += 1
