@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 import yaml
 from check_runner import run
+from dns_servers import silent_server
 from fake_clock import FakeClock
 from loopback import free_port
 from samples import parse, value
@@ -233,14 +234,23 @@ async def test_every_metric_the_rules_use_is_in_real_output(
     }
     assert "bems_impersonation_success" in used
     # An estate that exercises every family: push, the BEMS URL, a certificate credential that may read its own
-    # registration, and one failing mailbox for the failure series.
+    # registration, one failing mailbox for the failure series, and a name its own resolver never answers.
     sim.configure_entra(graph_roles=[*DEMO_GRAPH_ROLES, "Application.Read.All"])
     sim.revoke_impersonation("bob@corp.example.test")
-    exporter = await start(started, push_config(sim, tmp_path, **{"onprem-ews": EWS_PUSH}), fake_clock)
-    await fake_clock.advance_until(lambda: exporter.ready(), STEP, limit=15)
-    await fake_clock.advance_until(
-        lambda: exporter.store.latest.get(("online-ews", "token")) is not None, STEP, limit=10
-    )
+    path = push_config(sim, tmp_path, **{"onprem-ews": EWS_PUSH})
+    with silent_server() as dns_server:
+        data = yaml.safe_load(path.read_text())
+        data["targets"].append({"name": "unresolved", "kind": "autodiscover", "exchange": "onprem",
+                                "url": "https://autodiscover.corp.example.test/autodiscover/autodiscover.xml",
+                                "dns": {"servers": [dns_server], "timeout": "300ms", "tries": 1}})  # fmt: skip
+        path.write_text(yaml.safe_dump(data))
+        exporter = await start(started, path, fake_clock)
+        await fake_clock.advance_until(lambda: exporter.ready(), STEP, limit=15)
+        await fake_clock.advance_until(
+            lambda: exporter.store.latest.get(("online-ews", "token")) is not None
+            and exporter.store.latest.get(("unresolved", "reachability")) is not None,
+            STEP, limit=10,
+        )  # fmt: skip
     text = exposition.render(BemsCollector(exporter.store, exporter.status).collect()).decode()
     exported = {re.sub(r"_(bucket|count|sum|total|created)$", "", name) for (name, _labels) in parse(text)}
     missing = {name for name in used if name not in exported and re.sub(r"_total$", "", name) not in exported}
