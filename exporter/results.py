@@ -32,6 +32,7 @@ class Reason(StrEnum):
     MAILBOX_NOT_FOUND = "mailbox_not_found"  # no such mailbox (or not in Exchange Online)
     EWS_DISABLED = "ews_disabled"  # Exchange Online answers EWS with its policy block (403, empty body)
     SOAP_FAULT = "soap_fault"  # another EWS SOAP fault
+    ADMIN_API_NOT_PERMITTED = "admin_api_not_permitted"  # the Exchange admin API refuses the app (401/403)
     PUSH_STALLED = "push_stalled"  # no notification within stall_after, or the write probe's never came
     INTERNAL = "internal"  # a bug in the exporter: see the log
 

@@ -12,7 +12,18 @@ May import ``protocol``, ``config`` and the shared top-level modules; never ``da
 from __future__ import annotations
 
 from ..config import Config, Target
-from . import auth, autodiscover, graph, impersonation, notification_url, push, reachability, tls, token
+from . import (
+    auth,
+    autodiscover,
+    ews_settings,
+    graph,
+    impersonation,
+    notification_url,
+    push,
+    reachability,
+    tls,
+    token,
+)
 from .base import Check, ProbeContext, ProbeFn
 
 CHECKS: dict[str, Check] = {
@@ -24,6 +35,7 @@ CHECKS: dict[str, Check] = {
         token.CHECK,
         impersonation.CHECK,
         autodiscover.CHECK,
+        ews_settings.CHECK,
         graph.CHECK,
         push.CHECK,
         notification_url.CHECK,

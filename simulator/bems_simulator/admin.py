@@ -18,7 +18,8 @@ Authentication faults:
 - ``PUT    /api/v1/auth/endpoints/{name}`` ``{"methods": ["ntlm", "negotiate"], "extended_protection": "require"}``
   (either key may be left out);
 - ``PATCH  /api/v1/auth/entra`` ``{"secret_expired": true, "token_endpoint_down": false, "throttled": false,
-  "throttled_retry_after_seconds": 5, "roles_granted": true, "expires_in": 3599}`` (any subset).
+  "throttled_retry_after_seconds": 5, "roles_granted": true, "exchange_roles": ["full_access_as_app"],
+  "expires_in": 3599}`` (any subset; ``exchange_roles`` without ``Exchange.ManageAsApp``: the admin API's 403).
 
 Mailboxes and rights (``impersonation`` on-prem, ``app_access`` online; both default to granted):
 
@@ -102,7 +103,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt,
 
 from .directory import UnknownMailboxError
 from .endpoint import UnknownEndpointError
-from .entra import DEFAULT_GRAPH_ROLES, EntraSettings
+from .entra import DEFAULT_GRAPH_ROLES, EXCHANGE_ONLINE_ROLES, EntraSettings
 from .onprem_auth import AuthMethod, ExtendedProtection, parse_choice
 
 if TYPE_CHECKING:
@@ -559,6 +560,7 @@ class _EntraBody(_Body):
     throttled_retry_after_seconds: PositiveInt = EntraSettings.throttled_retry_after_seconds
     roles_granted: bool = EntraSettings.roles_granted
     graph_roles: list[Annotated[str, Field(min_length=1)]] = list(DEFAULT_GRAPH_ROLES)
+    exchange_roles: list[Annotated[str, Field(min_length=1)]] = list(EXCHANGE_ONLINE_ROLES)
     expires_in: PositiveInt = EntraSettings.expires_in
 
 

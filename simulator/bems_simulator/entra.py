@@ -17,7 +17,8 @@ Faults, in ``EntraId.settings`` (``Simulator.configure_entra``, admin ``PATCH /a
 ``secret_expired`` (401 AADSTS7000222 for the right secret; certificates still work),
 ``token_endpoint_down`` (503), ``throttled`` (429 with ``Retry-After``), ``roles_granted`` false
 (tokens without ``roles``: the app was never consented), ``graph_roles`` (the Graph application
-permissions consented, ``Application.Read.All`` for instance) and ``expires_in`` (token lifetime).
+permissions consented, ``Application.Read.All`` for instance), ``exchange_roles`` (Exchange Online's:
+``full_access_as_app`` and ``Exchange.ManageAsApp``) and ``expires_in`` (token lifetime).
 
 The app registration's credentials, as Graph lists them (``AppCredential``): the client secret and the
 certificate, each with an end date that ``set_credential_end`` moves. Only the listing changes; the
@@ -50,7 +51,8 @@ from .credentials import APP_DISPLAY_NAME, SimulatorCredentials
 
 EXCHANGE_ONLINE_RESOURCE = "https://outlook.office365.com"
 GRAPH_RESOURCE = "https://graph.microsoft.com"
-EXCHANGE_ONLINE_ROLES = ["full_access_as_app"]
+# EWS for every mailbox, and the admin API the exporter reads the EWS settings through (exchange_admin.py).
+EXCHANGE_ONLINE_ROLES = ["full_access_as_app", "Exchange.ManageAsApp"]
 # BEMS's Graph permissions (bems-context.md); a setting, since reading the app's own credentials needs more.
 DEFAULT_GRAPH_ROLES = ["Mail.Read", "User.Read.All"]
 # A client secret's lifetime as the Entra portal recommends it.
@@ -72,6 +74,7 @@ class EntraSettings:
     throttled_retry_after_seconds: int = 5
     roles_granted: bool = True
     graph_roles: list[str] = field(default_factory=lambda: list(DEFAULT_GRAPH_ROLES))
+    exchange_roles: list[str] = field(default_factory=lambda: list(EXCHANGE_ONLINE_ROLES))
     expires_in: int = DEFAULT_EXPIRES_IN
 
     def update(self, **changes: Any) -> None:
@@ -440,7 +443,7 @@ class EntraId:
 
     def _granted_roles(self, resource: str) -> list[str]:
         """The application permissions admin consent granted the app on ``resource``."""
-        return list(EXCHANGE_ONLINE_ROLES if resource == EXCHANGE_ONLINE_RESOURCE else self.settings.graph_roles)
+        return list(self.settings.exchange_roles if resource == EXCHANGE_ONLINE_RESOURCE else self.settings.graph_roles)
 
 
 def iso_utc(moment: datetime) -> str:

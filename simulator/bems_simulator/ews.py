@@ -230,6 +230,8 @@ class EwsService:
         # which admits only the listed app ids when set. Either blocks every request with a bare 403.
         self.disabled = False
         self.allowed_app_ids: frozenset[str] | None = None
+        # Get-CASMailbox EwsEnabled by casefolded address (absent: $null): False blocks the app acting as it.
+        self.mailbox_ews_enabled: dict[str, bool | None] = {}
         self.directory = directory
         self.server_version = server_version
         self._requests = requests
@@ -245,11 +247,18 @@ class EwsService:
 
     def state(self) -> dict[str, Any]:
         allowed = sorted(self.allowed_app_ids) if self.allowed_app_ids is not None else None
-        return {"throttling": self.throttling.state(), "disabled": self.disabled, "allowed_app_ids": allowed}
+        return {
+            "throttling": self.throttling.state(), "disabled": self.disabled, "allowed_app_ids": allowed,
+            "mailbox_ews_enabled": dict(sorted(self.mailbox_ews_enabled.items())),
+        }  # fmt: skip
 
-    def _blocked_for(self, caller: Caller) -> bool:
-        return self.disabled or (
-            caller.app_only and self.allowed_app_ids is not None and caller.name not in self.allowed_app_ids
+    def _blocked_for(self, caller: Caller, impersonated: str | None) -> bool:
+        # Both the organisation's and the mailbox's EwsEnabled must allow EWS (MC1015893), with the same 403.
+        mailbox_off = impersonated is not None and self.mailbox_ews_enabled.get(impersonated.casefold()) is False
+        return (
+            self.disabled
+            or mailbox_off
+            or (caller.app_only and self.allowed_app_ids is not None and caller.name not in self.allowed_app_ids)
         )
 
     def add_routes(self, app: web.Application, authenticator: Authenticator) -> None:
@@ -277,7 +286,7 @@ class EwsService:
         self._requests.append(
             EwsRequest(self.endpoint, caller.name, operation_name, impersonated, asyncio.get_running_loop().time())
         )
-        if self._blocked_for(caller):
+        if self._blocked_for(caller, impersonated):
             return with_iis_headers(web.Response(status=403))
         if parse_error is not None:
             line, column = parse_error.position

@@ -26,6 +26,7 @@ from .directory import MailboxDirectory, UnknownMailboxError
 from .endpoint import Endpoint, Fault, UnknownEndpointError, bind_loopback_socket
 from .entra import DEFAULT_GRAPH_ROLES, AppCredential, CredentialKind, EntraId, EntraSettings
 from .ews import EwsRequest, EwsService, Throttling, ThrottlingKind
+from .exchange_admin import AdminApi, AdminFault, AdminRequest
 from .files import write_atomically, write_private_file
 from .foreign import ForeignHost
 from .graph import GraphRequest, GraphService
@@ -99,7 +100,9 @@ class Simulator:
     rights to them (impersonation on-prem, the app's access online), changed with ``add_mailbox``,
     ``remove_mailbox``, ``grant_impersonation``, ``revoke_impersonation``, ``allow_app_access`` and
     ``deny_app_access``. EWS can be throttled (``set_ews_throttling``) or, online, switched off
-    (``set_ews_disabled``); Autodiscover can redirect (``set_autodiscover_redirect``) or report
+    (``set_ews_disabled``, ``set_ews_allowed_app_ids``, per mailbox ``set_mailbox_ews_enabled``), settings that
+    Exchange Online's admin API (``exchange_admin``, ``InvokeCommand``) reports and ``set_exchange_admin_fault``
+    breaks; Autodiscover can redirect (``set_autodiscover_redirect``) or report
     another EWS URL (``set_autodiscover_ews_url``); Graph can be throttled (``set_graph_throttled``) or
     refuse a mailbox (``set_graph_mailbox_not_enabled``). ``sim.ews_requests``, ``sim.graph_requests``
     and ``sim.foreign.requests`` record what arrived, with ``time.monotonic()`` times. The ``foreign``
@@ -191,6 +194,7 @@ class Simulator:
         # exist once started.
         self._autodiscover: dict[str, AutodiscoverService] = {}
         self._graph: GraphService | None = None
+        self._exchange_admin: AdminApi | None = None
         if self._credentials is not None:
             self._fresh_started_state(self._credentials)
 
@@ -207,6 +211,8 @@ class Simulator:
             self.graph_push_deliveries,
         )
         self._graph = GraphService(self.entra, self.online_mailboxes, self.graph_requests, self.mail, webhooks)
+        tenants = {credentials.tenant_id, credentials.tenant_guid}
+        self._exchange_admin = AdminApi(self.entra, self._ews[_RETIRING_EWS], self.online_mailboxes, tenants)
         for name, ews_endpoint in _EWS_OF_AUTODISCOVER.items():
             self._autodiscover[name] = AutodiscoverService(
                 own_url=self.endpoints[name].url,
@@ -531,6 +537,36 @@ class Simulator:
         service.allowed_app_ids = frozenset(app_ids) if app_ids is not None else None
         return service
 
+    def set_mailbox_ews_enabled(self, mailbox: str, enabled: bool | None) -> EwsService:
+        """Get-CASMailbox EwsEnabled of an online mailbox (None: $null); False blocks the app's EWS as that mailbox.
+
+        UnknownMailboxError for a mailbox Exchange Online does not hold, ValueError for a bad value.
+        """
+        if enabled is not None and not isinstance(enabled, bool):
+            raise ValueError(f"enabled must be true, false or null, not {enabled!r}")
+        if mailbox not in self.online_mailboxes:
+            raise UnknownMailboxError(mailbox, list(self.online_mailboxes))
+        service = self._ews[_RETIRING_EWS]
+        service.mailbox_ews_enabled[mailbox.casefold()] = enabled
+        return service
+
+    @property
+    def exchange_admin(self) -> AdminApi:
+        """Exchange Online's admin REST API (``InvokeCommand``): ``requests``, ``set_fault``."""
+        if self._exchange_admin is None:
+            raise RuntimeError("the simulator is not running")
+        return self._exchange_admin
+
+    @property
+    def exchange_admin_requests(self) -> list[AdminRequest]:
+        return self.exchange_admin.requests
+
+    def set_exchange_admin_fault(self, fault: AdminFault | str, retry_after: int = 5) -> AdminApi:
+        """``role_missing`` (401: no Exchange role holds the cmdlet), ``throttled`` (429), ``none``; an app without
+        Exchange.ManageAsApp is ``configure_entra(exchange_roles=["full_access_as_app"])``."""
+        self.exchange_admin.set_fault(fault, retry_after)
+        return self.exchange_admin
+
     def set_push_fault(self, kind: PushFaultKind | str, delay_seconds: float | None = None) -> EwsPushEngine:
         """Break EWS push notifications: ``callback_blocked``, ``delayed`` (``delay_seconds``), ``drop_subscriptions``.
 
@@ -777,8 +813,11 @@ class Simulator:
             return app
         app.router.add_get("/", partial(_landing_page, endpoint=self.endpoints[name]))
         match name:
-            case "onprem-ews" | "online-ews":
+            case "onprem-ews":
                 self._ews[name].add_routes(app, self._authenticator(name))
+            case "online-ews":
+                self._ews[name].add_routes(app, self._authenticator(name))
+                self.exchange_admin.add_routes(app)
             case "onprem-autodiscover" | "online-autodiscover":
                 self._autodiscover[name].add_routes(app, self._authenticator(name))
             case "graph":

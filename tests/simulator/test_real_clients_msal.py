@@ -61,7 +61,12 @@ def signing_keys(simulator: Simulator, tenant: str) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("scope", "audience", "roles"),
     [
-        pytest.param(EXO_SCOPE, "https://outlook.office365.com", ["full_access_as_app"], id="exchange-online"),
+        pytest.param(
+            EXO_SCOPE,
+            "https://outlook.office365.com",
+            ["full_access_as_app", "Exchange.ManageAsApp"],
+            id="exchange-online",
+        ),
         pytest.param(GRAPH_SCOPE, "https://graph.microsoft.com", ["Mail.Read", "User.Read.All"], id="graph"),
     ],
 )

@@ -343,7 +343,7 @@ async def test_client_secret_token_works_on_exchange_online(simulator: Simulator
     assert (result["token_type"], result["token_source"]) == ("Bearer", "cache")
     claims = jwt.decode(result["access_token"], options={"verify_signature": False})
     assert claims["aud"] == "https://outlook.office365.com"
-    assert claims["roles"] == ["full_access_as_app"]
+    assert claims["roles"] == ["full_access_as_app", "Exchange.ManageAsApp"]
     assert claims["tid"] == simulator.credentials.tenant_guid
     assert claims["appid"] == simulator.credentials.client_id
     assert claims["exp"] - claims["iat"] == 3599
