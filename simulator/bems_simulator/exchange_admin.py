@@ -17,8 +17,8 @@ an app whose token lacks ``Exchange.ManageAsApp`` gets 403 [UNVERIFIED: status a
 
 from __future__ import annotations
 
+import asyncio
 import json
-import time
 import uuid
 from enum import StrEnum
 from typing import Any, NamedTuple
@@ -44,7 +44,7 @@ class AdminRequest(NamedTuple):
     cmdlet: str | None
     anchor: str | None  # X-AnchorMailbox as sent
     app_id: str | None
-    time: float  # time.monotonic()
+    time: float  # the loop's clock at arrival, as EwsRequest's
 
     def state(self) -> dict[str, Any]:
         return self._asdict()
@@ -81,7 +81,8 @@ class AdminApi:
             cmdlet, parameters = str(cmdlet_input["CmdletName"]), dict(cmdlet_input.get("Parameters") or {})
         except (ValueError, KeyError, TypeError, AttributeError):
             cmdlet, parameters = None, {}
-        self.requests.append(AdminRequest(cmdlet, request.headers.get("X-AnchorMailbox"), app_id, time.monotonic()))
+        anchor = request.headers.get("X-AnchorMailbox")
+        self.requests.append(AdminRequest(cmdlet, anchor, app_id, asyncio.get_running_loop().time()))
         if claims is None:
             return _error(401, "Unauthorized", "The access token is missing, expired or not for this resource.")
         if request.match_info["tenant"].casefold() not in self._tenants:
