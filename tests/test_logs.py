@@ -326,9 +326,11 @@ LEAKS = [
 
 @pytest.mark.parametrize("protocol_debug", [False, True], ids=["default", "protocol-debug"])
 async def test_debug_logs_of_real_ntlm_and_oauth_sign_ins_carry_no_token(
-    simulator: Simulator, sim_config_file: Path, capsys: pytest.CaptureFixture[str], protocol_debug: bool
+    simulator: Simulator, tmp_path: Path, capsys: pytest.CaptureFixture[str], protocol_debug: bool
 ) -> None:
-    config = load_config(sim_config_file)
+    # A timeout that a loaded machine cannot reach: the sign-ins here must succeed (debug logging of every
+    # protocol step, MSAL and NTLM in threads), and what is judged is what they log.
+    config = load_config(simulator.write_exporter_config(tmp_path / "bems.yml", interval="30s", timeout="30s"))
     replace_secrets(config.secrets())  # as the daemon does at every load
     setup_logging("debug", "logfmt", protocol_debug=protocol_debug)
     targets = config.targets_by_name()

@@ -9,7 +9,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -19,7 +18,6 @@ from exporter.checks.graph import _judge as judge_graph
 from exporter.checks.resources import Resources
 from exporter.config import AuthMethod, Config, load_config
 from exporter.protocol import autodiscover_wire as autodiscover
-from exporter.protocol import backoff
 from exporter.protocol import ews_soap as ews
 from exporter.protocol.http_client import HttpResponse
 from exporter.results import ProbeFailure, Reason, Recorder
@@ -277,9 +275,11 @@ async def test_online_impersonation_denial_follows_rbac_for_applications(ctx: Pr
 
 
 @pytest.fixture
-def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The back-off's clock stands still, so the time it holds is exact (no timed assertion)."""
-    monkeypatch.setattr(backoff, "time", SimpleNamespace(monotonic=lambda: 1000.0))
+async def frozen_ctx(config: Config):  # type: ignore[no-untyped-def]
+    """A context whose back-off clock stands still, so the time it holds is exact (no timed assertion)."""
+    resources = Resources(monotonic=lambda: 1000.0)
+    yield ProbeContext(config, Recorder("onprem-ews", "impersonation"), 5.0, resources)
+    await resources.close()
 
 
 @pytest.mark.parametrize(
@@ -311,9 +311,9 @@ def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     ],
 )
 async def test_throttling_holds_the_accounts_back_off(
-    ctx: ProbeContext, config: Config, frozen_clock: None, status: int, body: bytes, headers: dict[str, str],
-    seconds: float,
-) -> None:  # fmt: skip
+    frozen_ctx: ProbeContext, config: Config, status: int, body: bytes, headers: dict[str, str], seconds: float
+) -> None:
+    ctx = frozen_ctx
     target = config.targets_by_name()["onprem-ews"]
     with pytest.raises(ProbeFailure) as caught:
         impersonation.judge(ctx, target, "a@b", AuthMethod.NTLM, answer(status, body, **headers))

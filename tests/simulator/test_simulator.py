@@ -525,9 +525,10 @@ async def test_command_line_runs_until_sigterm(tmp_path: Path) -> None:
     )
     ready_file = state_dir / "simulator.json"
     try:
-        for _ in range(100):
-            if ready_file.exists():
-                break
+        # No deadline of its own: a loaded machine may take many seconds to start Python and generate the keys;
+        # the test's timeout bounds it, and a child that dies is reported at once.
+        while not ready_file.exists():
+            assert process.returncode is None, f"the simulator exited with {process.returncode} before it was ready"
             await asyncio.sleep(0.05)
         ready = json.loads(ready_file.read_text())
         assert sorted(ready["endpoints"]) == sorted(ENDPOINT_NAMES)
