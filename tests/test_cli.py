@@ -760,9 +760,10 @@ async def test_the_demo_ends_with_its_urls_and_fault_examples_and_logs_requests_
     proc.send_signal(signal.SIGINT)
     assert await proc.wait(EXIT_TIMEOUT) == 0, proc.stderr[-3000:]
     lines = [line.strip() for line in proc.stdout.splitlines() if line.strip()]
-    assert lines[-1].startswith('curl -X PUT -d \'{"kind": "callback_blocked"}\' http://127.0.0.1:'), lines
-    assert lines[-4].startswith('curl -X PUT -d \'{"fault": "expired"}\''), lines
-    assert lines[-10].startswith("BEMS Exchange Exporter demo is running") and lines[-9].startswith("Landing page:")
+    assert re.fullmatch(r"curl -X POST http://127\.0\.0\.1:\d+/api/v1/reset", lines[-1]), lines
+    assert lines[-3].startswith('curl -X PUT -d \'{"kind": "callback_blocked"}\' http://127.0.0.1:'), lines
+    assert lines[-6].startswith('curl -X PUT -d \'{"fault": "expired"}\''), lines
+    assert lines[-12].startswith("BEMS Exchange Exporter demo is running") and lines[-11].startswith("Landing page:")
     assert not REQUEST_LOG_LINE.search(proc.stdout), proc.stdout
     if flags:
         assert REQUEST_LOG_LINE.search(proc.stderr), "--log.requests logs the simulator's requests"
