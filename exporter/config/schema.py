@@ -16,16 +16,19 @@ import ipaddress
 import os
 import re
 import stat
+import zoneinfo
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import unquote, urlsplit
 
+from apscheduler.triggers.cron import CronTrigger
 from publicsuffixlist import PublicSuffixList
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -627,6 +630,73 @@ def shard_of(key: str, count: int) -> int:
     return max(range(count), key=lambda shard: hashlib.blake2b(f"{key}\x1f{shard}".encode(), digest_size=8).digest())
 
 
+def _time_zone(value: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"{value!r} is not an IANA time zone such as UTC or Europe/Berlin") from None
+    return value
+
+
+class MaintenanceWindow(_Model):
+    """Planned downtime (docs/audit.md): alerts are quiet inside it (the exporter exports
+    ``bems_maintenance_window_active``; Alertmanager inhibits on it) and the audit report counts the unmet
+    time inside it as planned.
+
+    One-off: ``start`` and ``end`` or ``duration``. Recurring: ``cron`` (five fields, minute hour day month
+    weekday, as crontab) in ``timezone``, each occurrence lasting ``duration``; ``start``/``end`` then bound
+    the recurrence (optional).
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_length=64)  # the metric's window label
+    start: AwareDatetime | None = None
+    end: AwareDatetime | None = None
+    duration: Duration | None = None
+    cron: str | None = None
+    timezone: Annotated[str, AfterValidator(_time_zone)] = "UTC"
+
+    @model_validator(mode="after")
+    def _one_off_or_recurring(self) -> MaintenanceWindow:
+        if self.cron is None:
+            if self.start is None:
+                raise _KeyedError("start", "a one-off window needs start (or cron for a recurring one)")
+            if (self.end is None) == (self.duration is None):
+                raise _KeyedError("end", "a one-off window needs exactly one of end and duration")
+            if self.end is not None and self.end <= self.start:
+                raise _KeyedError("end", "end must be after start")
+            return self
+        if self.duration is None:
+            raise _KeyedError("duration", "a recurring window needs duration (how long each occurrence lasts)")
+        try:
+            trigger = self.trigger()
+        except ValueError as err:
+            raise _KeyedError("cron", f"{self.cron!r} is not a crontab schedule: {err}") from None
+        first = trigger.get_next_fire_time(None, self.start or datetime.now(UTC))
+        if first is None and self.end is None:
+            raise _KeyedError("cron", f"{self.cron!r} never occurs")
+        return self
+
+    def trigger(self) -> CronTrigger:
+        return CronTrigger.from_crontab(self.cron or "", timezone=zoneinfo.ZoneInfo(self.timezone))
+
+    def active_at(self, when: datetime) -> bool:
+        """Whether ``when`` (aware) falls inside an occurrence: start <= when < start + duration."""
+        if self.cron is None:
+            assert self.start is not None
+            return self.start <= when < (self.end or self.start + (self.duration or timedelta()))
+        assert self.duration is not None
+        if (self.start is not None and when < self.start) or (self.end is not None and when >= self.end):
+            return False
+        trigger = self.trigger()
+        # The earliest occurrence that may still be running, then the later ones up to `when`.
+        occurrence = trigger.get_next_fire_time(None, when - self.duration)
+        while occurrence is not None and occurrence <= when:
+            if when < occurrence + self.duration:
+                return True
+            occurrence = trigger.get_next_fire_time(occurrence, occurrence + timedelta(seconds=1))
+        return False
+
+
 class Config(_Model):
     scenario: Scenario
     route: Route = Route.INTERNET
@@ -636,6 +706,18 @@ class Config(_Model):
     credentials: dict[str, Credential] = {}
     targets: tuple[Target, ...] = Field(min_length=1)
     shard: Annotated[tuple[int, int] | None, BeforeValidator(parse_shard)] = None  # (index, count)
+    maintenance_windows: tuple[MaintenanceWindow, ...] = ()
+
+    @field_validator("maintenance_windows")
+    @classmethod
+    def _unique_window_names(cls, windows: tuple[MaintenanceWindow, ...]) -> tuple[MaintenanceWindow, ...]:
+        names = [window.name for window in windows]
+        for index, name in enumerate(names):
+            if name in names[:index]:
+                duplicate = _KeyedError("name", f"window name {name!r} is used twice")
+                duplicate.loc = (index, *duplicate.loc)  # an int: rendered [index], as pydantic's own
+                raise duplicate
+        return windows
 
     @model_validator(mode="before")
     @classmethod
@@ -768,5 +850,5 @@ class _KeyedError(ValueError):
 
     def __init__(self, key: str, reason: str) -> None:
         super().__init__(reason)
-        self.loc: tuple[str, ...] = tuple(key.split("."))
+        self.loc: tuple[str | int, ...] = tuple(key.split("."))
         self.reason = reason

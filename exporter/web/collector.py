@@ -10,6 +10,7 @@ import platform
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -61,6 +62,12 @@ TARGET_INFO = MetricSpec("bems_target_info", "Configured targets.", "info", ("ki
 SCENARIO_INFO = MetricSpec("bems_scenario_info", "The configured BEMS deployment scenario.", "info")
 BUILD_INFO = MetricSpec("bems_exporter_build_info", "The exporter's version and build.", "info")
 RELOAD_OK = MetricSpec("bems_config_last_reload_successful", "1 if the last configuration load succeeded.")
+MAINTENANCE_ACTIVE = MetricSpec(
+    "bems_maintenance_window_active",
+    "1 while the configured maintenance window is in progress, else 0 (alerts are inhibited, downtime is planned).",
+    labels=("window",),
+    per_target=False,
+)
 RELOAD_TIME = MetricSpec(
     "bems_config_last_reload_success_timestamp_seconds",
     "When the configuration was last loaded successfully (Unix time).",
@@ -88,6 +95,7 @@ def all_specs() -> list[MetricSpec]:
     owned = [spec for check in CHECKS.values() for spec in check.metrics]
     return [
         *PROBE_METRICS, *owned, TARGET_INFO, SCENARIO_INFO, BUILD_INFO, RELOAD_OK, RELOAD_TIME, WEB_CONFIG_RELOAD_OK,
+        MAINTENANCE_ACTIVE,
         verdict.REQUIREMENT_MET, verdict.REQUIREMENT_REASON, verdict.SCENARIO_READY,
         push_state.ACTIVE, push_state.LAST_NOTIFICATION, push_state.DELAY, push_state.NOTIFICATIONS,
         push_state.REJECTED, suspension.SUSPENDED,
@@ -226,6 +234,12 @@ class BemsCollector(Collector):
         when = _family(RELOAD_TIME, [])
         when.add_metric([], status.reload_success_timestamp)
         yield when
+        if status.config is not None and status.config.maintenance_windows:
+            windows = _family(MAINTENANCE_ACTIVE, MAINTENANCE_ACTIVE.label_names)
+            now = datetime.now(UTC)
+            for window in status.config.maintenance_windows:
+                windows.add_metric([window.name], 1.0 if window.active_at(now) else 0.0)
+            yield windows
         for extra in status.extra:
             yield from extra()
         if self.web_config is not None:

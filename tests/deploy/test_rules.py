@@ -67,6 +67,7 @@ ALERTS = {
     "BEMSExchangeCheckFailingFromVantagePoint",
     "BEMSExchangeRequirementUnmetEverywhere",
     "BEMSExchangeRequirementUnmetFromVantagePoint",
+    "BEMSExchangeMaintenanceWindow",
 }
 # Alerts whose series carry no scenario: the exporter is down, so bems_scenario_info is gone too.
 WITHOUT_SCENARIO = {"BEMSExchangeExporterDown"}
@@ -408,6 +409,25 @@ def test_alertmanager_inhibitions(alertmanager: str) -> None:
         "stale": alert("BEMSExchangeResultsStale", "warning", target="x", instance="bems-monitor-3:10442"),
     }
     expected = {"tls", "auth", "impersonation", "push", "cert-warning", "stale"}
+    assert inhibited_after_posting(alertmanager, sent, expected) == expected
+
+
+def test_alertmanager_quiets_an_exporter_in_its_maintenance_window(alertmanager: str) -> None:
+    alert = firing_alert
+    one = {"instance": "bems-monitor-1:10442"}
+    two = {"instance": "bems-monitor-2:10442"}
+    sent = {
+        "window": alert("BEMSExchangeMaintenanceWindow", "info", window="patch", **one),
+        "unreachable": alert("BEMSExchangeEndpointUnreachable", "critical", target="onprem-ews", **one),
+        "cert": alert("BEMSExchangeCertificateExpiring", "warning", target="onprem-ews", **one),
+        "scenario": alert("BEMSExchangeScenarioNotReady", "critical", scenario="onprem-bems-hybrid", **one),
+        # the exporter's own health still reaches someone during the window
+        "stale": alert("BEMSExchangeResultsStale", "warning", target="onprem-ews", **one),
+        "reload": alert("BEMSExchangeConfigReloadFailed", "warning", **one),
+        # another exporter, outside any window, is not quiet
+        "other-exporter": alert("BEMSExchangeEndpointUnreachable", "critical", target="onprem-ews", **two),
+    }
+    expected = {"unreachable", "cert", "scenario"}
     assert inhibited_after_posting(alertmanager, sent, expected) == expected
 
 
