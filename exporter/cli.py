@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 
@@ -26,6 +27,7 @@ from .config import (
     ConfigError,
     format_duration,
     load_config,
+    parse_duration,
     parse_listen_address,
     parse_shard,
 )
@@ -151,6 +153,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     probe.add_argument("--check", choices=sorted(CHECKS), help="run only this check")
 
+    audit = sub.add_parser("report", help="write the audit report of a calendar month from Prometheus (docs/audit.md)")
+    add_log_flags(audit, suppress=True)
+    audit.add_argument(
+        "--prometheus",
+        required=True,
+        metavar="URL",
+        help="the query API's base URL: Prometheus, VictoriaMetrics, Thanos Query, Mimir "
+        "(https://user:password@host/ for basic authentication; never printed)",
+    )
+    audit.add_argument(
+        "--prometheus.bearer-token-file",
+        dest="bearer_token_file",
+        metavar="FILE",
+        help="send the token in this file as Authorization: Bearer",
+    )
+    audit.add_argument("--alertmanager", metavar="URL", help="list this Alertmanager's silences of the month")
+    audit.add_argument("--month", required=True, metavar="YYYY-MM", help="the calendar month (UTC)")
+    audit.add_argument("--scenario", help="only this scenario's requirements (default: every one found)")
+    audit.add_argument(
+        "--format",
+        default="html,pdf,csv,json",
+        metavar="LIST",
+        help="comma-separated: html, pdf, csv, json (default all four)",
+    )
+    audit.add_argument("--output", default=".", metavar="DIR", help="directory to write into (default .)")
+    audit.add_argument(
+        "--merge-gap",
+        default="5m",
+        metavar="DURATION",
+        help="merge unmet intervals less than this apart into one incident (default 5m)",
+    )
+    audit.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar on stderr")
+
     for name, instead in MOVED_COMMANDS.items():
         sub.add_parser(name, help=f"moved: run {instead}", add_help=False)
     return parser
@@ -221,6 +256,51 @@ async def _run_probe(config: Config, target_name: str | None, check_name: str | 
     return 0 if all(r.success for r in store.latest.values()) else 1
 
 
+def _run_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .audit import build, document, ledger, store
+
+    try:
+        month = ledger.Month.parse(args.month)
+        formats = [f.strip() for f in args.format.split(",") if f.strip()]
+        if unknown_formats := sorted(set(formats) - set(document.FORMATS)):
+            raise ValueError(f"--format: unknown {', '.join(unknown_formats)} (known: {', '.join(document.FORMATS)})")
+        merge_gap = int(parse_duration(args.merge_gap).total_seconds())
+        token = Path(args.bearer_token_file).read_text().strip() if args.bearer_token_file else None
+        source = store.Store(args.prometheus, bearer_token=token)
+        silences = []
+        if args.alertmanager:
+            alertmanager = store.Store(args.alertmanager)
+            silences = ledger.silences_in(alertmanager.get_json("/api/v2/silences"), month)
+        report = build.build(
+            source, month, scenario=args.scenario, merge_gap=merge_gap, silences=silences,
+            progress=_progress_bar if args.progress else build.no_progress,
+        )  # fmt: skip
+        written = document.write(report, formats, Path(args.output))
+    except (ValueError, OSError, store.StoreError, RuntimeError, subprocess.CalledProcessError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    for path in written:
+        print(path)
+    return 0
+
+
+def _progress_bar(total: int) -> Callable[[], None]:
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc="querying", unit="query", file=sys.stderr, leave=False)
+
+    def tick() -> None:
+        bar.update()
+        if bar.n >= total:
+            bar.close()
+
+    return tick
+
+
 def _on_signals(loop: asyncio.AbstractEventLoop, reload: Callable[[], None], stop: Callable[[], None]) -> None:
     """SIGHUP reloads, SIGTERM/SIGINT stop. Windows (the BEMS host) has no SIGHUP and its event loop takes
     no signal handlers: there a reload is ``POST /-/reload`` and a stop comes through ``signal.signal``."""
@@ -283,6 +363,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level, args.log_format, args.protocol_debug)
     serving.limit_process()
     try:
+        if args.command == "report":
+            return _run_report(args)
         if args.command == "probe":
             return asyncio.run(_run_probe(load_config(args.config_file), args.target, args.check))
         if args.config_check:

@@ -109,6 +109,9 @@ class Availability:
     known: int
     up: int
     planned_down: int
+    # The first and last sample times: how much of the month the data covers (the coverage warning).
+    first: int | None = field(default=None, compare=False)
+    last: int | None = field(default=None, compare=False)
 
     @property
     def down(self) -> int:
@@ -136,7 +139,8 @@ def availability(minutes: Mapping[int, bool], planned: Iterable[int], month: Mon
     planned = set(planned)
     up = sum(minutes.values())
     planned_down = sum(1 for t, met in minutes.items() if not met and t in planned)
-    return Availability(month.minutes, len(minutes), up, planned_down)
+    first, last = min(minutes, default=None), max(minutes, default=None)
+    return Availability(month.minutes, len(minutes), up, planned_down, first, last)
 
 
 def daily(minutes: Mapping[int, bool], month: Month) -> list[float | None]:

@@ -356,8 +356,9 @@ def test_the_exporter_and_the_simulator_cap_their_shared_dependencies_alike() ->
 
 # Where each tree's imports must be declared. tests/, bench/, grafana/ and scripts/ run in the test venv;
 # scripts/panel_png.py also needs the docs extra. The simulator's demo imports the exporter (its `demo` extra).
+# The exporter imports the report extra's packages only inside the `report` command (exporter/audit/, docs/audit.md).
 IMPORT_SCOPES = {
-    "exporter": ("runtime",),
+    "exporter": ("runtime", "report"),
     "simulator": ("simulator",),
     "tests": ("runtime", "test"),
     "bench": ("runtime", "test"),
