@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -31,7 +32,7 @@ from .config import (
     parse_listen_address,
     parse_shard,
 )
-from .daemon import scenario, serving
+from .daemon import activation, scenario, serving
 from .daemon.app import Exporter
 from .daemon.listener import Listener
 from .daemon.runner import execute
@@ -41,6 +42,7 @@ from .web.http_app import ALLOWED_HOSTS_FLAG, LIFECYCLE_FLAG, REMOTE_PROBE_FLAG,
 from .web.webconfig import LiveWebConfig, load_web_config
 
 DEFAULT_LISTEN_ADDRESS = ":10442"
+SYSTEMD_SOCKET_FLAG = "--web.systemd-socket"  # exporter-toolkit's name for it
 # The subcommands that left with the simulator, and what to run instead.
 MOVED_COMMANDS = {
     "simulate": "bems-simulator simulate",
@@ -110,6 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ADDR",
         default=DEFAULT_LISTEN_ADDRESS,
         help=f"address to serve on (default {DEFAULT_LISTEN_ADDRESS})",
+    )
+    parser.add_argument(
+        SYSTEMD_SOCKET_FLAG,
+        dest="systemd_socket",
+        action="store_true",
+        help="use systemd socket activation listeners instead of port listeners (Linux only): the socket named "
+        f"{activation.WEB} (or the first) for the web port, the one named {activation.NOTIFICATIONS} (if any) for "
+        "the notification listener",
     )
     parser.add_argument(
         "--web.config.file",
@@ -315,20 +325,22 @@ def _on_signals(loop: asyncio.AbstractEventLoop, reload: Callable[[], None], sto
 
 async def serve(
     exporter: Exporter,
-    listen_address: str,
+    listen: str | socket.socket,
     web_config: LiveWebConfig | None,
     ready: asyncio.Event | None = None,
     access: Access | None = None,
 ) -> None:
-    """Serve the exporter on ``listen_address`` until SIGTERM or SIGINT; ``ready`` is set once it listens."""
-    host, port = parse_listen_address(listen_address)
+    """Serve the exporter until SIGTERM or SIGINT on ``listen``: an address to bind, or a listening socket
+    (systemd's, a test's); ``ready`` is set once it listens."""
+    bind = listen if isinstance(listen, socket.socket) else parse_listen_address(listen)
+    address = serving.address_of(listen) if isinstance(listen, socket.socket) else listen
     await exporter.start()
     context = web_config.ssl_context() if web_config else None
     limits = serving.limits_for("web", serving.WEB_CONNECTIONS)
     runner: web.AppRunner | None = None
     try:
-        runner = await serving.start_server(create_app(exporter, web_config, access), host, port, context, limits)
-        log.info("listening", extra={"fields": {"address": listen_address, "tls": context is not None}})
+        runner = await serving.start_server(create_app(exporter, web_config, access), bind, context, limits)
+        log.info("listening", extra={"fields": {"address": address, "tls": context is not None}})
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         reloads: set[asyncio.Task[object]] = set()
@@ -383,11 +395,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             remote_probe=args.enable_remote_probe,
             allowed_hosts=args.allowed_hosts or frozenset(),
         )
+        listen: str | socket.socket = args.listen_address
         try:
             parse_listen_address(args.listen_address)
         except ValueError as err:
             raise ValueError(f"--web.listen-address {err}") from None
+        sockets = _activated_sockets() if args.systemd_socket else None
         exporter = Exporter(args.config_file, shard=args.shard)
+        if sockets is not None:
+            listen = sockets.web
+            if sockets.notifications is not None:
+                exporter.listener.take_socket(sockets.notifications)
         exporter.load()
     except ConfigError as err:
         for issue in err.issues:  # every problem of the file at once, one line each
@@ -397,11 +415,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     try:
-        asyncio.run(serve(exporter, args.listen_address, web_config, access=access))
+        asyncio.run(serve(exporter, listen, web_config, access=access))
     except OSError as err:  # typically the address is in use
-        print(f"error: cannot listen on {args.listen_address}: {err.strerror or err}", file=sys.stderr)
+        address = serving.address_of(listen) if isinstance(listen, socket.socket) else listen
+        print(f"error: cannot listen on {address}: {err.strerror or err}", file=sys.stderr)
         return 1
     return 0
+
+
+def _activated_sockets() -> activation.ActivatedSockets:
+    if not sys.platform.startswith("linux"):
+        raise ValueError(f"{SYSTEMD_SOCKET_FLAG}: socket activation is Linux only")
+    try:
+        return activation.activated_sockets()
+    except activation.ActivationError as err:
+        raise ValueError(f"{SYSTEMD_SOCKET_FLAG}: {err}") from None
 
 
 if __name__ == "__main__":

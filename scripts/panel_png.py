@@ -11,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import socket
-import subprocess
+import sys
 import tempfile
 import time
 from datetime import datetime
@@ -32,15 +31,12 @@ from exporter.daemon.app import Exporter
 from exporter.web.http_app import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))  # the servers' sockets as the tests get them
+from loopback import bound_socket, port_of, start_retrying_taken_ports  # noqa: E402
+
 DASHBOARD, PANEL = ROOT / "grafana" / "dashboards" / "bems-target.json", "Check duration"
 OUTPUT = ROOT / "docs" / "images" / "panel-check-duration.png"
 RUN_SECONDS, FAULT_AT = 70, 35
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def panel_query() -> str:
@@ -60,18 +56,18 @@ async def main() -> None:
             await exporter.start()
             runner = web.AppRunner(create_app(exporter), access_log=None)
             await runner.setup()
-            exporter_port, prometheus_port = free_port(), free_port()
-            await web.TCPSite(runner, "127.0.0.1", exporter_port).start()
+            exporter_socket = bound_socket()  # the site's server closes it
+            exporter_port = port_of(exporter_socket)
+            await web.SockSite(runner, exporter_socket).start()
             (state / "prometheus.yml").write_text(yaml.safe_dump({
                 "global": {"scrape_interval": "1s"},
                 "scrape_configs": [{"job_name": "bems-exchange-exporter",
                                     "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}]}],
             }))  # fmt: skip
-            prometheus = subprocess.Popen(
-                ["prometheus", f"--config.file={state / 'prometheus.yml'}", f"--storage.tsdb.path={state / 'tsdb'}",
-                 f"--web.listen-address=127.0.0.1:{prometheus_port}"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
+            prometheus, prometheus_port = start_retrying_taken_ports(lambda port: [
+                "prometheus", f"--config.file={state / 'prometheus.yml'}", f"--storage.tsdb.path={state / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ], state / "prometheus.log")  # fmt: skip
             try:
                 start = time.time()
                 await asyncio.sleep(FAULT_AT)

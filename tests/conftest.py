@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 from fake_clock import FakeClock, travelling
+from loopback import bound_socket
 from test_cli import CLI
 
 from bems_simulator.server import Simulator
@@ -42,6 +44,14 @@ def cli(tmp_path: Path) -> Iterator[CLI]:
         yield runner
     finally:
         runner.kill_all()
+
+
+@pytest.fixture
+def listener_socket() -> Iterator[socket.socket]:
+    """A listening loopback socket for a notification listener under test, in-process
+    (``Listener.take_socket``) or a subprocess's (``CLI.start(sockets=...)``); closed at the test's end."""
+    with bound_socket() as sock:
+        yield sock
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """A real Prometheus (and Alertmanager) for the end-to-end tests: the shipped rules with short `for:`,
 processes started in their own session and stopped with it, polling until a condition holds.
 
-Used by tests/e2e/test_alerting.py and tests/e2e/test_vantage_points.py. Ports come from loopback.py.
+Used by tests/e2e/test_alerting.py and tests/e2e/test_vantage_points.py. Sockets and ports come from loopback.py.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import asyncio
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
@@ -19,6 +20,7 @@ from typing import Any, TypeVar
 import aiohttp
 import pytest
 import yaml
+from loopback import spawn_with_sockets, start_retrying_taken_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "deploy" / "prometheus" / "rules"
@@ -54,14 +56,23 @@ def fast_rules(target_dir: Path) -> list[Path]:
 
 
 class Processes:
+    """Prometheus and Alertmanager, output to their logs, each in its own session, stopped with it."""
+
     def __init__(self) -> None:
         self.running: list[subprocess.Popen[bytes]] = []
 
-    def start(self, args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    def start(self, args: list[str], log: Path, web: socket.socket) -> subprocess.Popen[bytes]:
+        """``args`` socket-activated on ``web`` (``--web.systemd-socket``: Alertmanager 0.25 has it)."""
         with log.open("wb") as out:
-            proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = spawn_with_sockets(args, {"web": web}, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         self.running.append(proc)
         return proc
+
+    def start_retrying_taken_ports(self, command: Callable[[int], list[str]], log: Path) -> int:
+        """``command(port)`` on a port of its own (Prometheus 2.42 takes no socket: see loopback.py); the port."""
+        proc, port = start_retrying_taken_ports(command, log)
+        self.running.append(proc)
+        return port
 
     def stop(self) -> None:
         for proc in self.running:

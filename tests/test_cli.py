@@ -31,7 +31,7 @@ import aiohttp
 import bcrypt
 import pytest
 import yaml
-from loopback import free_port
+from loopback import bound_socket, port_of, spawn_with_sockets
 from samples import Samples, parse, value
 
 from bems_simulator.pki import CertificateAuthority
@@ -115,9 +115,13 @@ class CLI:
         self.workdir = workdir
         self.procs: list[Proc] = []
 
-    def start(self, *args: str, program: str = "exporter", environment: Mapping[str, str] | None = None) -> Proc:
+    def start(
+        self, *args: str, program: str = "exporter", environment: Mapping[str, str] | None = None,
+        sockets: Mapping[str, socket.socket] | None = None,
+    ) -> Proc:  # fmt: skip
         """``python -m PROGRAM ARGS``: the exporter, or ``bems_simulator`` for the demo and the simulator;
-        ``environment`` adds to (or overrides) the test's own."""
+        ``environment`` adds to (or overrides) the test's own; with ``sockets``, the program is
+        socket-activated (``--web.systemd-socket``) on them, by name."""
         n = len(self.procs)
         stdout_file, stderr_file = self.workdir / f"proc{n}.stdout", self.workdir / f"proc{n}.stderr"
         # The working tree's code, whether or not the package is installed; output is not unbuffered on
@@ -126,15 +130,13 @@ class CLI:
         env = {**os.environ, **(environment or {}), "PYTHONPATH": os.pathsep.join(filter(None, path))}
         env.pop("PYTHONUNBUFFERED", None)
         with stdout_file.open("wb") as out, stderr_file.open("wb") as err:
-            popen = subprocess.Popen(
-                [sys.executable, "-m", program, *args],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                cwd=self.workdir,
-                env=env,
-                start_new_session=True,
-            )
+            streams: dict[str, Any] = {"stdin": subprocess.DEVNULL, "stdout": out, "stderr": err}
+            where: dict[str, Any] = {"cwd": self.workdir, "env": env, "start_new_session": True}
+            if sockets is None:
+                popen = subprocess.Popen([sys.executable, "-m", program, *args], **streams, **where)
+            else:
+                argv = [sys.executable, "-m", program, *args, "--web.systemd-socket"]
+                popen = spawn_with_sockets(argv, sockets, **streams, **where)
         proc = Proc(popen, stdout_file, stderr_file)
         self.procs.append(proc)
         return proc
@@ -207,9 +209,15 @@ async def scrape(session: aiohttp.ClientSession, base: str, **kwargs: Any) -> Sa
     return parse(outcome[1])
 
 
+def start_activated(cli: CLI, *args: str, program: str = "exporter", **sockets: socket.socket) -> tuple[Proc, int]:
+    """``cli.start(ARGS)`` socket-activated on a fresh ``web`` socket (and ``sockets``); the web port. The test
+    keeps no copy of the sockets: once the process exits, nothing listens there."""
+    with bound_socket() as web:
+        return cli.start(*args, program=program, sockets={"web": web, **sockets}), port_of(web)
+
+
 async def start_daemon(cli: CLI, http: aiohttp.ClientSession, config: Path, *args: str) -> tuple[Proc, str]:
-    port = free_port()
-    proc = cli.start("--web.listen-address", f"127.0.0.1:{port}", "--config.file", str(config), *args)
+    proc, port = start_activated(cli, "--config.file", str(config), *args)
     base = f"http://127.0.0.1:{port}"
 
     async def healthy() -> bool:
@@ -430,6 +438,29 @@ async def test_daemon_serves_reloads_on_sighup_and_stops_on_sigterm(
     assert_no_secrets(simulator, logs, proc.stdout)
 
 
+@pytest.mark.parametrize(
+    ("sockets", "reason"),
+    [
+        (None, "no sockets were handed over (LISTEN_PID and LISTEN_FDS are not set)"),
+        ({"web": "unbound"}, "fd 3: a TCP socket that does not listen"),
+        ({"notifications": "listening"}, "no socket for the web port: only one named notifications"),
+    ],
+    ids=["none", "not-listening", "no-web-socket"],
+)
+async def test_bad_activation_sockets_are_a_one_line_error(
+    cli: CLI, sim_config_file: Path, sockets: dict[str, str] | None, reason: str
+) -> None:
+    with bound_socket() as listening, socket.socket() as unbound:
+        if sockets is None:
+            proc = await cli.run("--config.file", str(sim_config_file), "--web.systemd-socket")
+        else:
+            handed = {name: listening if kind == "listening" else unbound for name, kind in sockets.items()}
+            proc = cli.start("--config.file", str(sim_config_file), sockets=handed)
+            await proc.wait(15)
+    assert proc.returncode == 1
+    assert proc.stderr == f"error: --web.systemd-socket: {reason}\n", proc.stderr
+
+
 @pytest.mark.parametrize("command", ["daemon", "demo"])
 async def test_a_busy_port_is_a_one_line_error(cli: CLI, sim_config_file: Path, tmp_path: Path, command: str) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
@@ -513,14 +544,8 @@ async def test_web_config_serves_https_with_basic_auth(
         ),
         encoding="utf-8",
     )
-    port = free_port()
-    proc = cli.start(
-        "--web.listen-address",
-        f"127.0.0.1:{port}",
-        "--config.file",
-        str(daemon_config(simulator, tmp_path)),
-        "--web.config.file",
-        str(web_config),
+    proc, port = start_activated(
+        cli, "--config.file", str(daemon_config(simulator, tmp_path)), "--web.config.file", str(web_config)
     )
     https = f"https://127.0.0.1:{port}"
     tls = ssl.create_default_context(cafile=str(web_dir / "ca.pem"))
@@ -580,10 +605,8 @@ async def test_the_daemon_reloads_its_web_config_and_certificate_without_a_resta
 
     first_cert = renew_certificate()
     write_web_config(b"old")
-    port = free_port()
     config = daemon_config(simulator, tmp_path)
-    proc = cli.start("--web.listen-address", f"127.0.0.1:{port}", "--config.file", str(config),
-                     "--web.config.file", str(web_dir / "web.yml"))  # fmt: skip
+    proc, port = start_activated(cli, "--config.file", str(config), "--web.config.file", str(web_dir / "web.yml"))
     https = f"https://127.0.0.1:{port}"
     tls = ssl.create_default_context(cafile=str(web_dir / "ca.pem"))
 
@@ -662,14 +685,8 @@ async def test_bad_web_config_is_fatal(
 ) -> None:
     web_config = tmp_path / "web.yml"
     web_config.write_text(yaml.safe_dump(document), encoding="utf-8")
-    proc = await cli.run(
-        "--web.listen-address",
-        f"127.0.0.1:{free_port()}",
-        "--config.file",
-        str(sim_config_file),
-        "--web.config.file",
-        str(web_config),
-    )
+    proc, _port = start_activated(cli, "--config.file", str(sim_config_file), "--web.config.file", str(web_config))
+    await proc.wait(15)
     assert proc.returncode == 1
     assert proc.stdout == ""
     assert proc.stderr.startswith(f"error: {web_config}:{line}: {key}: {reason}"), proc.stderr
@@ -681,11 +698,7 @@ async def test_bad_web_config_is_fatal(
 
 
 async def start_demo(cli: CLI, tmp_path: Path, *flags: str) -> tuple[Proc, str]:
-    port = free_port()
-    address = f"127.0.0.1:{port}"
-    proc = cli.start(
-        "demo", "--state-dir", str(tmp_path / "demo"), "--web.listen-address", address, *flags, program="bems_simulator"
-    )
+    proc, port = start_activated(cli, "demo", "--state-dir", str(tmp_path / "demo"), *flags, program="bems_simulator")
     base = f"http://127.0.0.1:{port}"
     await eventually(lambda: "Metrics:" in proc.stdout, "the demo's URLs on stdout", START_TIMEOUT, proc)
     assert re.search(rf"^\s*Landing page:\s+{re.escape(base)}/$", proc.stdout, re.MULTILINE), proc.stdout

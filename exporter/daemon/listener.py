@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from functools import partial
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -51,6 +52,12 @@ class Listener:
         self.registry = registry
         self.settings: Notifications | None = None
         self._runner: web.AppRunner | None = None
+        self._socket: socket.socket | None = None
+
+    def take_socket(self, sock: socket.socket) -> None:
+        """From the next start on, serve on ``sock`` (bound and listening: systemd's ``notifications`` socket,
+        or a test's) instead of binding ``listen_address``. It stays open across restarts and stops."""
+        self._socket = serving.check_listening(sock)
 
     def _app(self, prefix: str) -> web.Application:
         app = web.Application(client_max_size=MAX_CALLBACK_BYTES * 2)
@@ -87,7 +94,7 @@ class Listener:
         self.settings = settings
         if settings is None:
             return
-        host, port = parse_listen_address(settings.listen_address)
+        bind = self._socket or parse_listen_address(settings.listen_address)
         tls = None
         if settings.tls is not None:  # re-read when the files change: a renewal needs no restart
             cert, key = settings.tls.cert_file, settings.tls.key_file
@@ -97,17 +104,16 @@ class Listener:
             ).context
         app = self._app(urlsplit(settings.public_url).path.rstrip("/"))
         limits = serving.limits_for("listener", serving.LISTENER_CONNECTIONS, **serving.LISTENER_HEADS)
-        self._runner = await serving.start_server(app, host, port, tls, limits)
+        self._runner = await serving.start_server(app, bind, tls, limits)
         if settings.public_url.startswith("http://"):
             log.warning(
                 "notifications.public_url is http://: callbacks, and the secrets in their URLs, cross the network "
                 "in clear; give an https:// URL (the listener's tls, or a proxy that terminates TLS)",
                 extra={"fields": {"public_url": settings.public_url}},
             )
-        log.info(
-            "notification listener started",
-            extra={"fields": {"address": settings.listen_address, "public_url": settings.public_url}},
-        )
+        address = settings.listen_address if self._socket is None else serving.address_of(self._socket)
+        fields = {"address": address, "public_url": settings.public_url}
+        log.info("notification listener started", extra={"fields": fields})
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -18,6 +18,10 @@ listener"):
 - TLS 1.2 with AEAD suites only, or TLS 1.3; no ``Server`` header naming Python's and aiohttp's versions;
 - accept errors (``EMFILE`` and kin) and aiohttp's line per malformed request logged at most once per
   ``ACCEPT_LOG_SECONDS``, with how many were held back.
+
+A server binds its address itself, or takes a socket already bound and listening (systemd's socket
+activation, ``--web.systemd-socket``; a test's): the same defences apply to it, and it stays open when the
+server stops, so that the notification listener restarted by a reload serves on it again.
 """
 
 from __future__ import annotations
@@ -243,15 +247,35 @@ def _bind(host: str | None, port: int) -> list[socket.socket]:
     return sockets
 
 
+def check_listening(sock: socket.socket) -> socket.socket:
+    """``sock`` itself, non-blocking, if it is a TCP socket that listens; else ValueError saying what it is."""
+    if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM:
+        raise ValueError(f"not a TCP socket ({sock.family.name}, {sock.type.name})")
+    if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        raise ValueError("a TCP socket that does not listen")
+    sock.setblocking(False)
+    return sock
+
+
+def address_of(sock: socket.socket) -> str:
+    """``HOST:PORT`` (``[V6]:PORT``) a socket is bound to, as --web.listen-address spells it."""
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{host}:{port}"
+
+
+Bind = tuple[str | None, int] | socket.socket  # (host, port) to bind, or a socket bound and listening already
+
+
 class _Acceptor:
     """The accept loops of one server's sockets, sharing its connection cap; quacks as the
-    ``asyncio.Server`` aiohttp's sites keep (``sockets``, ``close``)."""
+    ``asyncio.Server`` aiohttp's sites keep (``sockets``, ``close``). It closes the sockets it ``owns``
+    (those it bound), not a handed-over one."""
 
     def __init__(
         self, sockets: list[socket.socket], protocol: Callable[[], asyncio.Protocol], tls: TLSSource | None,
-        limits: ServerLimits,
+        limits: ServerLimits, owns: bool = True,
     ) -> None:  # fmt: skip
-        self.sockets = sockets
+        self.sockets, self._owns = sockets, owns
         self._protocol, self._tls, self._limits = protocol, tls, limits
         self._slots = asyncio.Semaphore(limits.max_connections)
         self._log = server_logger(limits.name)
@@ -301,7 +325,7 @@ class _Acceptor:
     def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
-        for sock in self.sockets:
+        for sock in self.sockets if self._owns else ():
             sock.close()
 
     async def wait_closed(self) -> None:
@@ -312,28 +336,36 @@ class _Acceptor:
 class LimitedSite(web.BaseSite):
     """A TCP site whose connections go through ``_Acceptor``."""
 
-    __slots__ = ("_host", "_limits", "_port", "_tls")
+    __slots__ = ("_bind", "_limits", "_tls")
 
-    def __init__(
-        self, runner: web.BaseRunner, host: str | None, port: int, tls: TLSSource | None, limits: ServerLimits
-    ) -> None:
+    def __init__(self, runner: web.BaseRunner, bind: Bind, tls: TLSSource | None, limits: ServerLimits) -> None:
         super().__init__(runner)
-        self._host, self._port, self._tls, self._limits = host, port, tls, limits
+        self._bind, self._tls, self._limits = bind, tls, limits
 
     @property
     def name(self) -> str:
-        return f"{'https' if self._tls else 'http'}://{self._host or '0.0.0.0'}:{self.port}"
+        if isinstance(self._bind, socket.socket):
+            where = address_of(self._bind)
+        else:
+            where = f"{self._bind[0] or '0.0.0.0'}:{self.port}"
+        return f"{'https' if self._tls else 'http'}://{where}"
 
     @property
     def port(self) -> int:
         acceptor = self._server
-        return int(acceptor.sockets[0].getsockname()[1]) if acceptor is not None else self._port  # type: ignore[union-attr]
+        if acceptor is not None:
+            return int(acceptor.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        return int(self._bind.getsockname()[1]) if isinstance(self._bind, socket.socket) else self._bind[1]
 
     async def start(self) -> None:
         await super().start()
         server = self._runner.server
         assert server is not None
-        self._server = _Acceptor(_bind(self._host, self._port), server, self._tls, self._limits)  # type: ignore[assignment]
+        if isinstance(self._bind, socket.socket):
+            acceptor = _Acceptor([check_listening(self._bind)], server, self._tls, self._limits, owns=False)
+        else:
+            acceptor = _Acceptor(_bind(*self._bind), server, self._tls, self._limits)
+        self._server = acceptor  # type: ignore[assignment]
 
     async def stop(self) -> None:
         acceptor = self._server
@@ -342,12 +374,11 @@ class LimitedSite(web.BaseSite):
             await acceptor.wait_closed()  # type: ignore[attr-defined]
 
 
-async def start_server(
-    app: web.Application, host: str | None, port: int, tls: TLSSource | None, limits: ServerLimits
-) -> web.AppRunner:
-    """Serve ``app`` on ``host:port`` within ``limits``; ``tls`` a context (hardened here; a
-    ``CertificateReloader``'s follows its files), or a callable giving each new connection its
-    context. The caller cleans the runner up."""
+async def start_server(app: web.Application, bind: Bind, tls: TLSSource | None, limits: ServerLimits) -> web.AppRunner:
+    """Serve ``app`` within ``limits`` on ``bind``: ``(host, port)`` to bind, or a listening socket handed over
+    (left open when the runner is cleaned up: its owner closes it); ``tls`` a context (hardened here; a
+    ``CertificateReloader``'s follows its files), or a callable giving each new connection its context. The
+    caller cleans the runner up."""
     if isinstance(tls, ssl.SSLContext):
         harden(tls)
     # aiohttp has no setting for its Server header, and its answers to malformed requests (400, 431) pass no
@@ -360,7 +391,7 @@ async def start_server(
     )  # fmt: skip
     await runner.setup()
     try:
-        await LimitedSite(runner, host, port, tls, limits).start()
+        await LimitedSite(runner, bind, tls, limits).start()
     except BaseException:
         await runner.cleanup()
         raise

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .server import serve
+from .server import EXPORTER_LISTENER_PORT, serve
 
 DEMO_LISTEN_ADDRESS = "127.0.0.1:10442"
 
@@ -34,6 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", type=Path, help="where to write the exporter config (default: STATE_DIR/exporter.yml)"
     )
     simulate.add_argument(
+        "--exporter-listener-port",
+        dest="listener_port",
+        type=int,
+        default=EXPORTER_LISTENER_PORT,
+        help="the port the exporter's notification listener is configured on, on loopback "
+        f"(default {EXPORTER_LISTENER_PORT}, the exporter's own)",
+    )
+    simulate.add_argument(
         "--minute-seconds",
         type=float,
         default=60.0,
@@ -45,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ADDR",
         default=DEMO_LISTEN_ADDRESS,
         help=f"exporter address (default {DEMO_LISTEN_ADDRESS})",
+    )
+    demo.add_argument(
+        "--web.systemd-socket",
+        dest="systemd_socket",
+        action="store_true",
+        help="serve the exporter on the socket systemd hands over (sd_listen_fds(3); Linux only), not on an address",
     )
     demo.add_argument(
         "--log.requests",
@@ -72,7 +86,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         return run_demo(args)
     asyncio.run(
-        serve(args.state_dir, admin_port=args.admin_port, config_path=args.config, minute_seconds=args.minute_seconds)
+        serve(
+            args.state_dir,
+            admin_port=args.admin_port,
+            config_path=args.config,
+            minute_seconds=args.minute_seconds,
+            listener_port=args.listener_port,
+        )
     )
     return 0
 

@@ -9,14 +9,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import socket
 import sys
 
 from exporter.cli import serve
 from exporter.config import parse_listen_address
-from exporter.daemon import serving
+from exporter.daemon import activation, serving
 from exporter.daemon.app import Exporter
 from exporter.logs import setup_logging
 
+from .endpoint import bind_loopback_socket
 from .server import DEMO_GRAPH_ROLES, Simulator
 
 
@@ -28,26 +30,42 @@ def run_demo(args: argparse.Namespace) -> int:
         logging.getLogger("bems_simulator").setLevel(logging.WARNING)
     serving.limit_process()
     try:
-        return asyncio.run(_demo(args))
+        web = activation.activated_sockets().web if args.systemd_socket else None
+    except activation.ActivationError as err:
+        print(f"error: --web.systemd-socket: {err}", file=sys.stderr)
+        return 1
+    try:
+        return asyncio.run(_demo(args, web))
     except OSError as err:  # typically the address is in use
         print(f"error: cannot start the demo on {args.listen_address}: {err}", file=sys.stderr)
         return 1
 
 
-async def _demo(args: argparse.Namespace) -> int:
+async def _demo(args: argparse.Namespace, web: socket.socket | None) -> int:
     async with Simulator(args.state_dir, admin_port=args.admin_port, graph_roles=DEMO_GRAPH_ROLES) as sim:
-        config_file = sim.write_demo_config(args.state_dir / "bems-exchange-exporter.yml")
-        exporter = Exporter(str(config_file))
-        exporter.load()
+        # The listener's socket is bound here and handed over: its port goes into the config first.
+        with bind_loopback_socket(sim.host, 0) as listener:
+            listener.listen(serving.BACKLOG)
+            return await _run(args, sim, web, listener)
+
+
+async def _run(args: argparse.Namespace, sim: Simulator, web: socket.socket | None, listener: socket.socket) -> int:
+    config_file = sim.write_demo_config(args.state_dir / "bems-exchange-exporter.yml", listener.getsockname()[1])
+    exporter = Exporter(str(config_file))
+    exporter.listener.take_socket(listener)
+    exporter.load()
+    if web is None:
         host, port = parse_listen_address(args.listen_address)
         base = f"http://{host or 'localhost'}:{port}"
-        ready = asyncio.Event()
-        server = asyncio.create_task(serve(exporter, args.listen_address, None, ready))
-        await asyncio.wait([server, asyncio.create_task(ready.wait())], return_when=asyncio.FIRST_COMPLETED)
-        if server.done():
-            await server  # raises the bind error
-        print(
-            f"""
+    else:
+        base = f"http://{serving.address_of(web)}"
+    ready = asyncio.Event()
+    server = asyncio.create_task(serve(exporter, web or args.listen_address, None, ready))
+    await asyncio.wait([server, asyncio.create_task(ready.wait())], return_when=asyncio.FIRST_COMPLETED)
+    if server.done():
+        await server  # raises the bind error
+    print(
+        f"""
 BEMS Exchange Exporter demo is running (Ctrl-C stops it; --log.requests logs the simulator's requests).
   Landing page:  {base}/
   Metrics:       {base}/metrics
@@ -61,7 +79,7 @@ Stop push notifications (and heal with {{"kind": "none"}}):
 Heal everything at once (the simulator as it started):
   curl -X POST {sim.admin_url}/api/v1/reset
 """,
-            flush=True,
-        )
-        await server
+        flush=True,
+    )
+    await server
     return 0

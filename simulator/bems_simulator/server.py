@@ -71,6 +71,9 @@ ONPREM_MAILBOXES = ["alice@corp.example.test", "bob@corp.example.test"]
 ONLINE_MAILBOXES = ["carol@contoso.test"]
 # BEMS's Graph application permissions, and Mail.ReadWrite for the push check's write probe.
 DEMO_GRAPH_ROLES = ("Mail.Read", "Mail.ReadWrite", "User.Read.All")
+# Where ``simulate`` tells the exporter, another process, to listen for callbacks: the exporter's own default
+# notification port (its ``notifications.listen_address``), on the simulator's host.
+EXPORTER_LISTENER_PORT = 10443
 # Each side's EWS endpoint, and the Autodiscover endpoint that reports it.
 _EWS_OF_AUTODISCOVER = {"onprem-autodiscover": "onprem-ews", "online-autodiscover": "online-ews"}
 # The retirement of EWS concerns Exchange Online only (facts file 9).
@@ -662,12 +665,12 @@ class Simulator:
         """The ``endDateTime`` Graph lists for the app's ``secret`` or ``certificate`` (an aware datetime)."""
         return self.entra.set_credential_end(kind, end)
 
-    def write_demo_config(self, path: Path) -> Path:
+    def write_demo_config(self, path: Path, listener_port: int) -> Path:
         """The demo's exporter config (``demo`` and ``simulate``, so the compose demo too): every endpoint
-        and the whole verdict, delivery included. The Entra app gets BEMS's Graph roles and the one the
-        Graph write probe needs (``Mail.ReadWrite``)."""
+        and the whole verdict, delivery included, the exporter's listener on ``listener_port``. The Entra app
+        gets BEMS's Graph roles and the one the Graph write probe needs (``Mail.ReadWrite``)."""
         self.configure_entra(graph_roles=list(DEMO_GRAPH_ROLES))
-        return self.write_exporter_config(path, interval="15s", timeout="5s", delivery=True)
+        return self.write_exporter_config(path, interval="15s", timeout="5s", listener_port=listener_port)
 
     def write_exporter_config(
         self,
@@ -675,7 +678,7 @@ class Simulator:
         interval: str = "15s",
         timeout: str = "5s",
         entra_app_auth: str = "secret",
-        delivery: bool = False,
+        listener_port: int | None = None,
         stall_after: str | None = None,
     ) -> Path:
         """Write an exporter config that probes every endpoint of this running simulator.
@@ -683,11 +686,12 @@ class Simulator:
         The Exchange Online targets use the ``entra-app`` credential (client secret), or with
         ``entra_app_auth="certificate"`` the ``entra-app-cert`` credential (certificate and key files).
 
-        With ``delivery``, the config also checks what the scenario verdict's delivery requirements rest
+        With ``listener_port``, the config also checks what the scenario verdict's delivery requirements rest
         on: push on ``onprem-ews`` (EWS) and ``online-graph`` (Graph), each with a write probe every
         ``interval`` and ``stall_after`` (default: the exporter's), and BEMS's notification URL (target
-        ``bems-url``). The exporter's listener gets a free loopback port and a certificate from
-        ``ca_file``'s CA, written beside ``path``, which the simulated Exchange and Graph trust. The Graph
+        ``bems-url``), with the exporter's listener on ``listener_port`` (see ``notifications_block``) and a
+        certificate from ``ca_file``'s CA, written beside ``path``, which the simulated
+        Exchange and Graph trust. The Graph
         write probe needs ``Mail.ReadWrite`` among the app's Graph roles (``configure_entra(graph_roles=...)``),
         as it would in Entra ID.
         """
@@ -748,28 +752,30 @@ class Simulator:
         }
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        if delivery:
-            self._add_delivery(config, path.parent, interval, stall_after)
+        if listener_port is not None:
+            self._add_delivery(config, path.parent, listener_port, interval, stall_after)
         path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         return path
 
-    def notifications_block(self, directory: Path) -> dict[str, Any]:
-        """An exporter config's ``notifications:`` for a listener this simulator can call back: a free loopback
-        port, and a certificate from ``ca_file``'s CA (with its key) written into ``directory``."""
+    def notifications_block(self, directory: Path, port: int) -> dict[str, Any]:
+        """An exporter config's ``notifications:`` for a listener this simulator can call back on ``port`` of its
+        host, with a certificate from ``ca_file``'s CA (and its key) written into ``directory``. A test holds
+        a socket bound to that port and hands it to the exporter (``Listener.take_socket``, or systemd's
+        ``notifications`` socket): a port found free and released could be taken by another process first."""
         cert, key = self.issue_certificate(["localhost"], [self.host])
         cert_file, key_file = directory / "listener.crt", directory / "listener.key"
         cert_file.write_bytes(cert)
         write_private_file(key_file, key)
-        with bind_loopback_socket(self.host, 0) as sock:  # a free port, released for the exporter to bind
-            port = sock.getsockname()[1]
         return {
             "listen_address": f"{self.host}:{port}",
             "public_url": f"https://localhost:{port}/bems-monitor",  # Graph calls back over https only
             "tls": {"cert_file": str(cert_file), "key_file": str(key_file)},
         }
 
-    def _add_delivery(self, config: dict[str, Any], directory: Path, interval: str, stall_after: str | None) -> None:
-        config["notifications"] = self.notifications_block(directory)
+    def _add_delivery(
+        self, config: dict[str, Any], directory: Path, listener_port: int, interval: str, stall_after: str | None
+    ) -> None:
+        config["notifications"] = self.notifications_block(directory, listener_port)
         push = {
             "onprem-ews": {"mailbox": ONPREM_MAILBOXES[0], "status_frequency": 1},
             "online-graph": {"mailbox": ONLINE_MAILBOXES[0]},
@@ -865,12 +871,13 @@ async def serve(
     config_path: Path | None = None,
     ready_file: Path | None = None,
     minute_seconds: float = 60.0,
+    listener_port: int = EXPORTER_LISTENER_PORT,
 ) -> None:
     """Run the simulator until SIGINT or SIGTERM.
 
-    Writes the exporter config (default ``state_dir/exporter.yml``) and, once every endpoint listens,
-    ``ready_file`` (default ``state_dir/simulator.json``) with the ports and paths; it is removed
-    again on a clean stop, so its presence means "running".
+    Writes the exporter config (default ``state_dir/exporter.yml``, its listener on ``listener_port``) and,
+    once every endpoint listens, ``ready_file`` (default ``state_dir/simulator.json``) with the ports and
+    paths; it is removed again on a clean stop, so its presence means "running".
     """
     state_dir = Path(state_dir)
     config_path = Path(config_path) if config_path else state_dir / "exporter.yml"
@@ -885,7 +892,7 @@ async def serve(
         async with Simulator(
             state_dir, admin_port=admin_port, minute_seconds=minute_seconds, graph_roles=DEMO_GRAPH_ROLES
         ) as simulator:
-            simulator.write_demo_config(config_path)
+            simulator.write_demo_config(config_path, listener_port)
             print(_summary(simulator, config_path), flush=True)
             write_atomically(ready_file, json.dumps(_ready_document(simulator, config_path), indent=2))
             try:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import shutil
+import socket
 import ssl
 import subprocess
 import time
@@ -20,7 +22,7 @@ import yaml
 from check_runner import run
 from dns_servers import silent_server
 from fake_clock import FakeClock
-from loopback import free_port
+from loopback import bound_socket, port_of
 from samples import parse, value
 
 from bems_simulator.server import DEMO_GRAPH_ROLES, Simulator
@@ -48,13 +50,16 @@ async def sim(tmp_path: Path) -> AsyncIterator[Simulator]:
         yield simulator
 
 
-def push_config(sim: Simulator, tmp_path: Path, interval: str = "1s", **push: dict[str, Any]) -> Path:
-    """The simulator's config plus a TLS listener (certificate from the simulator's CA) and push blocks."""
+def push_config(
+    sim: Simulator, tmp_path: Path, listener: socket.socket, interval: str = "1s", **push: dict[str, Any]
+) -> Path:
+    """The simulator's config plus a TLS listener on ``listener``'s port (certificate from the simulator's CA)
+    and push blocks."""
     path = sim.write_exporter_config(
         tmp_path / "bems.yml", interval=interval, timeout="1s" if interval == "1s" else "10s"
     )
     data = yaml.safe_load(path.read_text())
-    data["notifications"] = sim.notifications_block(tmp_path)
+    data["notifications"] = sim.notifications_block(tmp_path, port_of(listener))
     for target in data["targets"]:
         if target["name"] in push:
             target["push"] = push[target["name"]]
@@ -64,17 +69,26 @@ def push_config(sim: Simulator, tmp_path: Path, interval: str = "1s", **push: di
     return path
 
 
+class Started(list[Exporter]):
+    """The exporters a test started, stopped after it (and before its fake clock stops); their listeners serve
+    on ``listener``, one at a time."""
+
+    def __init__(self, listener: socket.socket) -> None:
+        super().__init__()
+        self.listener = listener
+
+
 @pytest.fixture
-async def started(fake_clock: FakeClock) -> AsyncIterator[list[Exporter]]:
-    """The exporters a test started, stopped after it (and before its fake clock stops)."""
-    exporters: list[Exporter] = []
+async def started(fake_clock: FakeClock, listener_socket: socket.socket) -> AsyncIterator[Started]:
+    exporters = Started(listener_socket)
     yield exporters
     for exporter in exporters:
         await exporter.stop()
 
 
-async def start(started: list[Exporter], path: Path, clock: FakeClock) -> Exporter:
+async def start(started: Started, path: Path, clock: FakeClock) -> Exporter:
     exporter = Exporter(str(path), monotonic=clock.monotonic)
+    exporter.listener.take_socket(started.listener)
     exporter.load()
     await exporter.start()
     started.append(exporter)
@@ -89,9 +103,11 @@ EWS_PUSH = {"mailbox": "alice@corp.example.test", "status_frequency": 1, "stall_
 
 
 async def test_ews_push_keepalives_events_and_stall(
-    sim: Simulator, tmp_path: Path, started: list[Exporter], fake_clock: FakeClock
+    sim: Simulator, tmp_path: Path, started: Started, fake_clock: FakeClock
 ) -> None:
-    exporter = await start(started, push_config(sim, tmp_path, **{"onprem-ews": EWS_PUSH}), fake_clock)
+    exporter = await start(
+        started, push_config(sim, tmp_path, started.listener, **{"onprem-ews": EWS_PUSH}), fake_clock
+    )
     state = exporter.resources.push.targets["onprem-ews"]
     await fake_clock.advance_until(
         lambda: state.notifications["status"] >= 2 and state.notifications["created"] >= 1, STEP, limit=10
@@ -123,11 +139,11 @@ async def test_ews_push_keepalives_events_and_stall(
 
 
 async def test_write_probe_measures_an_injected_delay(
-    sim: Simulator, tmp_path: Path, started: list[Exporter], fake_clock: FakeClock
+    sim: Simulator, tmp_path: Path, started: Started, fake_clock: FakeClock
 ) -> None:
     sim.set_push_fault("delayed", delay_seconds=1.5)
     push = EWS_PUSH | {"stall_after": "6s"}
-    exporter = await start(started, push_config(sim, tmp_path, **{"onprem-ews": push}), fake_clock)
+    exporter = await start(started, push_config(sim, tmp_path, started.listener, **{"onprem-ews": push}), fake_clock)
     state = exporter.resources.push.targets["onprem-ews"]
     real_start = time.monotonic()  # time-machine leaves it alone: the real time the test takes
     await fake_clock.advance_until(lambda: sum(state.delays.counts) >= 1, STEP, limit=10)
@@ -139,9 +155,9 @@ async def test_write_probe_measures_an_injected_delay(
 
 
 async def test_a_restarted_exporter_ends_the_old_subscription(
-    sim: Simulator, tmp_path: Path, started: list[Exporter], fake_clock: FakeClock
+    sim: Simulator, tmp_path: Path, started: Started, fake_clock: FakeClock
 ) -> None:
-    path = push_config(sim, tmp_path, **{"onprem-ews": EWS_PUSH | {"write_probe": False}})
+    path = push_config(sim, tmp_path, started.listener, **{"onprem-ews": EWS_PUSH | {"write_probe": False}})
     first = await start(started, path, fake_clock)
     await fake_clock.advance_until(
         lambda: first.resources.push.targets["onprem-ews"].current is not None, STEP, limit=10
@@ -158,9 +174,11 @@ GRAPH_PUSH = {"mailbox": "carol@contoso.test", "write_probe": True, "write_inter
 
 
 async def test_graph_push_validation_delivery_and_cleanup(
-    sim: Simulator, tmp_path: Path, started: list[Exporter], fake_clock: FakeClock
+    sim: Simulator, tmp_path: Path, started: Started, fake_clock: FakeClock
 ) -> None:
-    exporter = await start(started, push_config(sim, tmp_path, **{"online-graph": GRAPH_PUSH}), fake_clock)
+    exporter = await start(
+        started, push_config(sim, tmp_path, started.listener, **{"online-graph": GRAPH_PUSH}), fake_clock
+    )
     state = exporter.resources.push.targets["online-graph"]
     await fake_clock.advance_until(
         lambda: state.current is not None and state.notifications["created"] >= 1, STEP, limit=10
@@ -195,20 +213,24 @@ async def test_graph_push_validation_delivery_and_cleanup(
 
 
 async def test_graph_validation_failure_is_a_subscribe_failure(sim: Simulator, tmp_path: Path) -> None:
-    path = push_config(sim, tmp_path, **{"online-graph": GRAPH_PUSH})
-    config = load_config(path)  # no exporter running: nothing answers Graph's validation request
-    result = await run(config, config.targets_by_name()["online-graph"], "push")
+    with socket.socket() as refusing:  # bound, not listening: the kernel refuses Graph's validation request
+        refusing.bind(("127.0.0.1", 0))
+        path = push_config(sim, tmp_path, refusing, **{"online-graph": GRAPH_PUSH})
+        config = load_config(path)  # no exporter running: nothing answers Graph's validation request
+        result = await run(config, config.targets_by_name()["online-graph"], "push")
     assert not result.success and result.reason == Reason.BAD_RESPONSE, result
     assert "validation" in result.message.lower()
 
 
 async def test_push_metrics_pass_promtool(
-    sim: Simulator, tmp_path: Path, started: list[Exporter], fake_clock: FakeClock
+    sim: Simulator, tmp_path: Path, started: Started, fake_clock: FakeClock
 ) -> None:
     promtool = shutil.which("promtool")
     if promtool is None:  # `make test` installs it: a missing tool is a failure, never a skip
         pytest.fail("promtool is not installed (run `make tools`)")
-    exporter = await start(started, push_config(sim, tmp_path, **{"onprem-ews": EWS_PUSH}), fake_clock)
+    exporter = await start(
+        started, push_config(sim, tmp_path, started.listener, **{"onprem-ews": EWS_PUSH}), fake_clock
+    )
     state = exporter.resources.push.targets["onprem-ews"]
     await fake_clock.advance_until(lambda: sum(state.delays.counts) >= 1, STEP, limit=10)
     text = exposition.render(BemsCollector(exporter.store, exporter.status).collect())
@@ -223,7 +245,7 @@ RULE_METRIC = re.compile(r"(?<![:\w])(bems_[a-z0-9_]+)")
 
 
 async def test_every_metric_the_rules_use_is_in_real_output(
-    sim: Simulator, tmp_path: Path, started: list[Exporter], fake_clock: FakeClock
+    sim: Simulator, tmp_path: Path, started: Started, fake_clock: FakeClock
 ) -> None:
     used = {
         re.sub(r"_(bucket|count|sum)$", "", name)
@@ -237,7 +259,7 @@ async def test_every_metric_the_rules_use_is_in_real_output(
     # registration, one failing mailbox for the failure series, and a name its own resolver never answers.
     sim.configure_entra(graph_roles=[*DEMO_GRAPH_ROLES, "Application.Read.All"])
     sim.revoke_impersonation("bob@corp.example.test")
-    path = push_config(sim, tmp_path, **{"onprem-ews": EWS_PUSH})
+    path = push_config(sim, tmp_path, started.listener, **{"onprem-ews": EWS_PUSH})
     with silent_server() as dns_server:
         data = yaml.safe_load(path.read_text())
         data["targets"].append({"name": "unresolved", "kind": "autodiscover", "exchange": "onprem",
@@ -281,20 +303,24 @@ HarnessFactory = Callable[..., Awaitable[Harness]]
 @pytest.fixture
 async def harness(sim: Simulator, tmp_path: Path, fake_clock: FakeClock) -> AsyncIterator[HarnessFactory]:
     opened: list[tuple[Listener, Resources]] = []
+    sockets = contextlib.ExitStack()
 
     async def make(**push: dict[str, Any]) -> Harness:
-        config = load_config(push_config(sim, tmp_path, interval="60s", **push))
+        sock = sockets.enter_context(bound_socket())
+        config = load_config(push_config(sim, tmp_path, sock, interval="60s", **push))
         resources = Resources(fake_clock.monotonic)
         resources.push.configure(config)
         listener = Listener(resources.push)
+        listener.take_socket(sock)
         await listener.apply(config.notifications)
         opened.append((listener, resources))
         return Harness(sim, config, resources)
 
-    yield make
-    for listener, resources in opened:
-        await listener.stop()
-        await resources.close()
+    with sockets:
+        yield make
+        for listener, resources in opened:
+            await listener.stop()
+            await resources.close()
 
 
 EWS_MAILBOX, GRAPH_MAILBOX = EWS_PUSH["mailbox"], GRAPH_PUSH["mailbox"]
@@ -548,13 +574,19 @@ async def test_a_missed_lifecycle_event_makes_the_next_check_measure_at_once(
     ids=["graph-default", "graph-on", "graph-off", "ews-default", "ews-on"],
 )
 async def test_write_probe_defaults_by_kind_and_a_graph_target_without_it_is_warned_about(
-    sim: Simulator, tmp_path: Path, target: str, write_probe: bool | None, effective: bool, warned: bool
+    sim: Simulator,
+    tmp_path: Path,
+    listener_socket: socket.socket,
+    target: str,
+    write_probe: bool | None,
+    effective: bool,
+    warned: bool,
 ) -> None:
     # Item 4 of issue 14.
     push = {"mailbox": MAILBOX_OF["graph" if "graph" in target else "ews"]}
     if write_probe is not None:
         push["write_probe"] = write_probe
-    config = load_config(push_config(sim, tmp_path, **{target: push}))
+    config = load_config(push_config(sim, tmp_path, listener_socket, **{target: push}))
     assert config.targets_by_name()[target].push_write_probe is effective
     expected = [f"graph push target {target} has write_probe: false: delivery is not verified"] if warned else []
     assert [warning.split(" (")[0] for warning in push_check.config_warnings(config)] == expected
@@ -621,9 +653,9 @@ async def _bems_like(sim: Simulator, tmp_path: Path, status: int, content_type: 
     app.router.add_post("/notificationClient", echo)
     runner = web.AppRunner(app)
     await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=context).start()
-    return f"https://localhost:{port}/notificationClient", runner
+    sock = bound_socket()  # the site's server closes it
+    await web.SockSite(runner, sock, ssl_context=context).start()
+    return f"https://localhost:{port_of(sock)}/notificationClient", runner
 
 
 @pytest.mark.parametrize(
@@ -639,12 +671,14 @@ async def _bems_like(sim: Simulator, tmp_path: Path, status: int, content_type: 
     ids=["echoed", "no_echo", "wrong_echo", "http_503", "echo_as_html", "nothing_listens"],
 )
 async def test_notification_url_reasons(
-    sim: Simulator, tmp_path: Path, case: str, reason: Reason | None, said: str
+    sim: Simulator, tmp_path: Path, listener_socket: socket.socket, case: str, reason: Reason | None, said: str
 ) -> None:
-    config: Config = load_config(push_config(sim, tmp_path))
+    config: Config = load_config(push_config(sim, tmp_path, listener_socket))
     target = config.targets_by_name()["bems-url"]
     assert target.exchange_label == ""
     runner = None
+    refusing = socket.socket()  # bound, not listening: the kernel refuses a connection to its port
+    refusing.bind(("127.0.0.1", 0))
     if case in ("no_echo", "wrong_echo"):
         sim.set_bems_fault(case)
     elif case in ("http_503", "echo_as_html"):
@@ -652,10 +686,11 @@ async def test_notification_url_reasons(
                                        "text/plain" if case == "http_503" else "text/html")  # fmt: skip
         target = target.model_copy(update={"url": url})
     elif case == "nothing_listens":
-        target = target.model_copy(update={"url": f"https://127.0.0.1:{free_port()}/notificationClient"})
+        target = target.model_copy(update={"url": f"https://127.0.0.1:{port_of(refusing)}/notificationClient"})
     try:
         result = await run(config, target, "notification_url")
     finally:
+        refusing.close()
         if runner is not None:
             await runner.cleanup()
     assert result.reason == reason and said in result.message, result

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import os
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable
@@ -16,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from loopback import free_port, push_listener_config
+from loopback import port_of, push_listener_config
 from samples import parse, value
 
 from bems_simulator.pki import CertificateAuthority
@@ -63,15 +64,18 @@ def created(item: str, watermark: str = "AQ==") -> str:
 
 
 @pytest.fixture
-def config(tmp_path: Path) -> Config:
-    return push_listener_config(tmp_path)
+def config(tmp_path: Path, listener_socket: socket.socket) -> Config:
+    return push_listener_config(tmp_path, listener_socket)
 
 
 @pytest.fixture
-async def listening(config: Config) -> AsyncIterator[tuple[PushRegistry, aiohttp.ClientSession]]:
+async def listening(
+    config: Config, listener_socket: socket.socket
+) -> AsyncIterator[tuple[PushRegistry, aiohttp.ClientSession]]:
     registry = PushRegistry()
     registry.configure(config)
     listener = Listener(registry)
+    listener.take_socket(listener_socket)
     await listener.apply(config.notifications)
     try:
         async with aiohttp.ClientSession() as session:
@@ -344,12 +348,13 @@ def small_limits(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
 
 
 async def test_a_full_listener_leaves_the_web_port_answering_and_takes_connections_as_slots_free(
-    config: Config, small_limits: Callable[..., None]
+    config: Config, listener_socket: socket.socket, small_limits: Callable[..., None]
 ) -> None:
     small_limits(max_connections=4, head_seconds=30.0)
     registry = PushRegistry()
     registry.configure(config)
     listener = Listener(registry)
+    listener.take_socket(listener_socket)
     await listener.apply(config.notifications)
     metrics = web.Application()
 
@@ -358,7 +363,7 @@ async def test_a_full_listener_leaves_the_web_port_answering_and_takes_connectio
 
     metrics.router.add_get("/metrics", up)
     web_runner = await serving.start_server(
-        metrics, "127.0.0.1", 0, None, serving.limits_for("web", serving.WEB_CONNECTIONS)
+        metrics, ("127.0.0.1", 0), None, serving.limits_for("web", serving.WEB_CONNECTIONS)
     )
     port = int(config.notifications.listen_address.rsplit(":", 1)[1])  # type: ignore[union-attr]
     idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(4)]
@@ -387,12 +392,13 @@ async def test_a_full_listener_leaves_the_web_port_answering_and_takes_connectio
     ids=["nothing", "an-unfinished-head"],
 )
 async def test_the_request_head_must_come_within_the_deadline(
-    config: Config, small_limits: Callable[..., None], sent: bytes
+    config: Config, listener_socket: socket.socket, small_limits: Callable[..., None], sent: bytes
 ) -> None:
     small_limits(head_seconds=0.5)  # aiohttp's own keep-alive default holds such a connection for an hour
     registry = PushRegistry()
     registry.configure(config)
     listener = Listener(registry)
+    listener.take_socket(listener_socket)
     await listener.apply(config.notifications)
     port = int(config.notifications.listen_address.rsplit(":", 1)[1])  # type: ignore[union-attr]
     try:
@@ -491,19 +497,20 @@ async def _peer_certificate(port: int, context: ssl.SSLContext) -> bytes:
 
 
 @pytest.fixture
-def tls_listener(tmp_path: Path) -> tuple[Notifications, CertificateAuthority]:
+def tls_listener(tmp_path: Path, listener_socket: socket.socket) -> tuple[Notifications, CertificateAuthority]:
     ca = CertificateAuthority.create("listener test CA")
     cert, key = _tls_files(tmp_path, ca)
-    port = free_port()
+    port = port_of(listener_socket)
     tls = NotificationsTLS(cert_file=str(cert), key_file=str(key))
     return Notifications(listen_address=f"127.0.0.1:{port}", public_url=f"https://localhost:{port}", tls=tls), ca
 
 
 async def test_a_renewed_listener_certificate_is_served_without_a_restart(
-    tls_listener: tuple[Notifications, CertificateAuthority], tmp_path: Path
+    tls_listener: tuple[Notifications, CertificateAuthority], listener_socket: socket.socket, tmp_path: Path
 ) -> None:
     notifications, ca = tls_listener
     listener = Listener(PushRegistry())
+    listener.take_socket(listener_socket)
     await listener.apply(notifications)
     port = int(notifications.listen_address.rsplit(":", 1)[1])
     client = ssl.create_default_context(cadata=ca.cert_pem.decode())
@@ -534,12 +541,14 @@ async def test_a_renewed_listener_certificate_is_served_without_a_restart(
 )
 async def test_the_listener_offers_aead_suites_only(
     tls_listener: tuple[Notifications, CertificateAuthority],
+    listener_socket: socket.socket,
     version: ssl.TLSVersion,
     ciphers: str | None,
     accepted: bool,
 ) -> None:
     notifications, ca = tls_listener
     listener = Listener(PushRegistry())
+    listener.take_socket(listener_socket)
     await listener.apply(notifications)
     port = int(notifications.listen_address.rsplit(":", 1)[1])
     client = ssl.create_default_context(cadata=ca.cert_pem.decode())
@@ -554,3 +563,31 @@ async def test_the_listener_offers_aead_suites_only(
                 await _peer_certificate(port, client)
     finally:
         await listener.stop()
+
+
+async def test_a_handed_over_socket_outlives_a_restart_and_a_stop(
+    config: Config, listener_socket: socket.socket
+) -> None:
+    # systemd's socket is the only one the listener has: a reload that restarts it must serve on it again, and a
+    # stop must not close it (it is systemd's, and the next start takes it again).
+    notifications = config.notifications
+    assert notifications is not None
+    listener = Listener(PushRegistry())
+    listener.take_socket(listener_socket)
+    port = port_of(listener_socket)
+    try:
+        await listener.apply(notifications)
+        assert (await _get(port, "/monitor/push/ews/ews")).split(b" ", 2)[1] == b"405"
+        await listener.apply(notifications.model_copy(update={"public_url": f"https://127.0.0.1:{port}/moved"}))
+        assert (await _get(port, "/moved/push/ews/ews")).split(b" ", 2)[1] == b"405"
+        await listener.stop()
+        assert listener_socket.fileno() != -1
+        await listener.apply(notifications)
+        assert (await _get(port, "/monitor/push/ews/ews")).split(b" ", 2)[1] == b"405"
+    finally:
+        await listener.stop()
+
+
+def test_a_socket_that_does_not_listen_is_refused() -> None:
+    with socket.socket() as unbound, pytest.raises(ValueError, match="does not listen"):
+        Listener(PushRegistry()).take_socket(unbound)

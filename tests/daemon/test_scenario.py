@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 from fake_clock import FakeClock
+from loopback import port_of
 from samples import parse, value
 
 from bems_simulator.server import DEMO_GRAPH_ROLES, Simulator
@@ -437,10 +439,13 @@ async def sim(tmp_path: Path) -> AsyncIterator[Simulator]:
 
 
 @pytest.fixture
-async def exporter(sim: Simulator, tmp_path: Path, fake_clock: FakeClock) -> AsyncIterator[Exporter]:
-    path = sim.write_exporter_config(tmp_path / "bems.yml", interval="1s", timeout="1s", delivery=True,
-                                     stall_after="3s")  # fmt: skip
+async def exporter(
+    sim: Simulator, tmp_path: Path, fake_clock: FakeClock, listener_socket: socket.socket
+) -> AsyncIterator[Exporter]:
+    path = sim.write_exporter_config(tmp_path / "bems.yml", interval="1s", timeout="1s",
+                                     listener_port=port_of(listener_socket), stall_after="3s")  # fmt: skip
     running = Exporter(str(path), monotonic=fake_clock.monotonic)
+    running.listener.take_socket(listener_socket)
     running.load()
     await running.start()
     try:

@@ -25,9 +25,10 @@ from typing import Any, NoReturn
 
 import pytest
 import yaml
-from loopback import free_port
+from loopback import bound_socket, port_of, spawn_with_sockets
 
 from exporter.config import load_config
+from exporter.daemon.activation import NOTIFICATIONS, WEB
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -365,7 +366,8 @@ IMPORT_SCOPES = {
     "grafana": ("runtime", "test"),
     "scripts": ("runtime", "test", "docs"),
 }
-FIRST_PARTY = {"exporter", "bems_simulator"}
+# tests/loopback.py too: scripts/panel_png.py gets its servers' sockets from it, as the tests do.
+FIRST_PARTY = {"exporter", "bems_simulator", "loopback"}
 
 
 def third_party_imports(tree: Path) -> dict[str, set[str]]:
@@ -482,22 +484,23 @@ def test_the_image_build_steps_give_a_working_exporter_outside_docker(
     env["TMPDIR"] = str(tmp_path)
     state = tmp_path / "demo"
     # What the compose demo runs: the demo image's entry point with `simulate`.
+    web, listener = bound_socket(), bound_socket()  # the exporter's, handed over as systemd would
     simulator = subprocess.Popen(
-        [str(demo_venv / "bin" / "bems-simulator"), "simulate", f"--state-dir={state}"],
+        [str(demo_venv / "bin" / "bems-simulator"), "simulate", f"--state-dir={state}",
+         f"--exporter-listener-port={port_of(listener)}"],
         cwd=tmp_path, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     processes.append(simulator)
     wait_for("simulator.json", (state / "simulator.json").exists, simulator)
 
-    port = free_port()
-    exporter = subprocess.Popen(
-        [
-            str(image_venv / "bin" / "bems-exchange-exporter"),
-            f"--config.file={state / 'exporter.yml'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        cwd=tmp_path, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+    port = port_of(web)
+    with web, listener:
+        exporter = spawn_with_sockets(
+            [str(image_venv / "bin" / "bems-exchange-exporter"), f"--config.file={state / 'exporter.yml'}",
+             "--web.systemd-socket"],
+            {"web": web, "notifications": listener},
+            cwd=tmp_path, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
     processes.append(exporter)
     wait_for("/-/healthy", lambda: http_status(f"http://127.0.0.1:{port}/-/healthy") == 200, exporter)
     # The exporter imported from the fresh venv, not from this checkout.
@@ -890,6 +893,23 @@ def test_systemd_analyze_verifies_the_unit_and_rates_it_ok(image_venv: Path, tmp
     # The offline security review: exposure 2.5 or lower ("OK") out of 10.
     security = run(systemd_analyze, "security", "--offline=yes", "--threshold=25", unit)
     assert security.returncode == 0, security.stdout[-2000:] + security.stderr
+
+
+@pytest.mark.parametrize(
+    ("unit", "name", "port"),
+    [
+        ("bems-exchange-exporter.socket", WEB, 10442),
+        ("bems-exchange-exporter-notifications.socket", NOTIFICATIONS, 10443),
+    ],
+)
+def test_socket_units_hand_over_the_sockets_the_exporter_takes(unit: str, name: str, port: int, tmp_path: Path) -> None:
+    path = DEPLOY / "systemd" / unit
+    text = path.read_text(encoding="utf-8")
+    assert f"\nFileDescriptorName={name}\n" in text and f"\nListenStream={port}\n" in text
+    assert "\nService=bems-exchange-exporter.service\n" in text
+    assert "--web.systemd-socket" in (DEPLOY / "systemd" / "bems-exchange-exporter.socket").read_text(encoding="utf-8")
+    verified = run(tool("systemd-analyze"), "verify", path, cwd=tmp_path)
+    assert verified.returncode == 0 and not (verified.stdout + verified.stderr).strip(), verified.stderr
 
 
 # --------------------------------------------------------------------------------------------- Windows

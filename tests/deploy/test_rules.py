@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
-from loopback import free_port
+from loopback import bound_socket, port_of, spawn_with_sockets
 
 pytestmark = pytest.mark.timeout(300)  # promtool and Prometheus processes
 
@@ -326,14 +326,15 @@ def api(base: str, path: str, payload: Any = None) -> Any:
 def alertmanager(tmp_path: Path) -> Iterator[str]:
     """A real Alertmanager with deploy/alertmanager/alertmanager.yml on loopback (nothing is delivered:
     the receivers' webhooks point at a closed loopback port)."""
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            tool("alertmanager", "prometheus-alertmanager"), f"--config.file={ALERTMANAGER_CONFIG}",
-            f"--storage.path={tmp_path}", f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=",
-        ],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    with bound_socket() as web:  # Alertmanager 0.25 takes a socket (exporter-toolkit's --web.systemd-socket)
+        process = spawn_with_sockets(
+            [
+                tool("alertmanager", "prometheus-alertmanager"), f"--config.file={ALERTMANAGER_CONFIG}",
+                f"--storage.path={tmp_path}", "--web.systemd-socket", "--cluster.listen-address=",
+            ],
+            {"web": web}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        port = port_of(web)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 20

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 import yaml
 from aiohttp import web
-from loopback import free_port
+from loopback import bound_socket, port_of
 from real_prometheus import Processes, eventually, fast_rules, tool
 
 from bems_simulator.server import Simulator
@@ -53,8 +53,9 @@ async def stack(simulator: Simulator, tmp_path: Path) -> AsyncIterator[dict[str,
     await exporter.start()
     runner = web.AppRunner(create_app(exporter), access_log=None)
     await runner.setup()
-    exporter_port, prometheus_port, am_port = free_port(), free_port(), free_port()
-    await web.TCPSite(runner, "127.0.0.1", exporter_port).start()
+    exporter_socket, am_socket = bound_socket(), bound_socket()  # the site's server closes the exporter's
+    exporter_port, am_port = port_of(exporter_socket), port_of(am_socket)
+    await web.SockSite(runner, exporter_socket).start()
 
     rules = fast_rules(tmp_path)
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
@@ -66,13 +67,14 @@ async def stack(simulator: Simulator, tmp_path: Path) -> AsyncIterator[dict[str,
     }))  # fmt: skip
     processes = Processes()
     try:
-        processes.start([
-            alertmanager, f"--config.file={fast_routing(tmp_path)}", f"--storage.path={tmp_path / 'am'}",
-            f"--web.listen-address=127.0.0.1:{am_port}", "--cluster.listen-address=",
-        ], tmp_path / "alertmanager.log")  # fmt: skip
-        processes.start([
+        with am_socket:
+            processes.start([
+                alertmanager, f"--config.file={fast_routing(tmp_path)}", f"--storage.path={tmp_path / 'am'}",
+                "--web.systemd-socket", "--cluster.listen-address=",
+            ], tmp_path / "alertmanager.log", am_socket)  # fmt: skip
+        processes.start_retrying_taken_ports(lambda port: [
             prometheus, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{prometheus_port}",
+            f"--web.listen-address=127.0.0.1:{port}",
         ], tmp_path / "prometheus.log")  # fmt: skip
         async with aiohttp.ClientSession() as http:
             yield {"http": http, "am": f"http://127.0.0.1:{am_port}", "sim": simulator, "logs": tmp_path}

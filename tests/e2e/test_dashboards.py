@@ -25,7 +25,7 @@ import aiohttp
 import pytest
 import yaml
 from aiohttp import web
-from loopback import free_port
+from loopback import bound_socket, port_of, start_retrying_taken_ports
 
 from bems_simulator.server import DEMO_GRAPH_ROLES, Simulator
 from exporter.daemon.app import Exporter
@@ -264,14 +264,18 @@ async def prometheus(simulator: Simulator, tmp_path: Path) -> AsyncIterator[str]
         pytest.fail("prometheus is not installed (run `make tools`): the dashboard test needs it")
     # As the demo: delivery checked too (push with write probes, which need Mail.ReadWrite for Graph).
     simulator.configure_entra(graph_roles=list(DEMO_GRAPH_ROLES))
-    path = simulator.write_exporter_config(tmp_path / "bems.yml", interval="1s", timeout="1s", delivery=True)
+    listener, exporter_socket = bound_socket(), bound_socket()  # the site's server closes the exporter's
+    path = simulator.write_exporter_config(
+        tmp_path / "bems.yml", interval="1s", timeout="1s", listener_port=port_of(listener)
+    )
     exporter = Exporter(str(path))
+    exporter.listener.take_socket(listener)
     exporter.load()
     await exporter.start()
     runner = web.AppRunner(create_app(exporter), access_log=None)
     await runner.setup()
-    exporter_port, prometheus_port = free_port(), free_port()
-    await web.TCPSite(runner, "127.0.0.1", exporter_port).start()
+    exporter_port = port_of(exporter_socket)
+    await web.SockSite(runner, exporter_socket).start()
 
     rule_files = []
     for source in RULES:  # as shipped, evaluated every second
@@ -286,11 +290,10 @@ async def prometheus(simulator: Simulator, tmp_path: Path) -> AsyncIterator[str]
         "scrape_configs": [{"job_name": "bems-exchange-exporter",
                             "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}]}],
     }))  # fmt: skip
-    with (tmp_path / "prometheus.log").open("wb") as log:
-        process = subprocess.Popen([
-            binary, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{prometheus_port}",
-        ], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    process, prometheus_port = start_retrying_taken_ports(lambda port: [
+        binary, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ], tmp_path / "prometheus.log")  # fmt: skip
     try:
         yield f"http://127.0.0.1:{prometheus_port}"
     finally:
@@ -302,6 +305,7 @@ async def prometheus(simulator: Simulator, tmp_path: Path) -> AsyncIterator[str]
             process.wait(timeout=5)
         await runner.cleanup()
         await exporter.stop()
+        listener.close()
 
 
 async def run_queries(http: aiohttp.ClientSession, url: str) -> dict[tuple[str, str, str], Json]:

@@ -11,6 +11,7 @@ simulated Exchange refuses connections to EWS, so that it fails from both. Every
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from loopback import free_port
+from loopback import bound_socket, port_of
 from real_prometheus import Processes, eventually, fast_rules, instant_query, tool
 from test_cli import CLI
 
@@ -38,13 +39,15 @@ async def vantage_points(simulator: Simulator, cli: CLI, tmp_path: Path) -> Asyn
     document["defaults"]["proxy_url"] = "from_environment"
     config.write_text(yaml.safe_dump(document, sort_keys=False))
 
-    inside_port, outside_port, prometheus_port = free_port(), free_port(), free_port()
-    blackholed_proxy = f"http://127.0.0.1:{free_port()}"
-    for port, environment in (
-        (inside_port, NO_PROXY),
-        (outside_port, {"HTTPS_PROXY": blackholed_proxy, "https_proxy": blackholed_proxy}),
-    ):
-        cli.start(f"--config.file={config}", f"--web.listen-address=127.0.0.1:{port}", environment=environment)
+    refusing = socket.socket()  # bound, not listening: the kernel refuses every connection to the proxy
+    refusing.bind(("127.0.0.1", 0))
+    blackholed_proxy = f"http://127.0.0.1:{port_of(refusing)}"
+    ports = []
+    for environment in (NO_PROXY, {"HTTPS_PROXY": blackholed_proxy, "https_proxy": blackholed_proxy}):
+        with bound_socket() as web:
+            cli.start(f"--config.file={config}", environment=environment, sockets={"web": web})
+            ports.append(port_of(web))
+    inside_port, outside_port = ports
 
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
@@ -56,14 +59,15 @@ async def vantage_points(simulator: Simulator, cli: CLI, tmp_path: Path) -> Asyn
     }))  # fmt: skip
     processes = Processes()
     try:
-        processes.start([
+        prometheus_port = processes.start_retrying_taken_ports(lambda port: [
             tool("prometheus"), f"--config.file={tmp_path / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{prometheus_port}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}",
         ], tmp_path / "prometheus.log")  # fmt: skip
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
             yield {"http": http, "prometheus": f"http://127.0.0.1:{prometheus_port}", "sim": simulator}
     finally:
         processes.stop()
+        refusing.close()
 
 
 async def query(stack: dict[str, Any], expr: str) -> list[dict[str, Any]]:

@@ -533,6 +533,9 @@ async def test_command_line_runs_until_sigterm(tmp_path: Path) -> None:
         ready = json.loads(ready_file.read_text())
         assert sorted(ready["endpoints"]) == sorted(ENDPOINT_NAMES)
         assert Path(ready["config_file"]) == state_dir / "exporter.yml"
+        # The exporter is another process: its listener is written on the exporter's own default port.
+        notifications = yaml.safe_load(Path(ready["config_file"]).read_text())["notifications"]
+        assert notifications["listen_address"] == "127.0.0.1:10443", notifications
         status, _, _ = await request("GET", ready["admin_url"] + "/api/v1/endpoints")
         assert status == 200
     finally:

@@ -38,7 +38,7 @@ import pytest
 import pytest_asyncio
 import yaml
 from fake_clock import FakeClock, travelling
-from loopback import free_port
+from loopback import bound_socket, port_of, spawn_with_sockets
 from samples import parse, value
 
 from bems_simulator.hostile import HostileKind
@@ -459,7 +459,8 @@ async def _exporter_with_listener(sim: Simulator, tmp_path: Path) -> AsyncIterat
     target (the simulator's on-premises EWS, checked every second)."""
     document = yaml.safe_load(sim.write_exporter_config(tmp_path / "base.yml", interval="1s", timeout="1s").read_text())
     document["targets"] = [t for t in document["targets"] if t["name"] == EWS]
-    web_port, listener_port = free_port(), free_port()
+    web, listener = bound_socket(), bound_socket()
+    web_port, listener_port = port_of(web), port_of(listener)
     document["notifications"] = {
         "listen_address": f"127.0.0.1:{listener_port}", "public_url": f"https://127.0.0.1:{listener_port}/monitor",
     }  # fmt: skip
@@ -471,10 +472,10 @@ async def _exporter_with_listener(sim: Simulator, tmp_path: Path) -> AsyncIterat
 
     stderr = tmp_path / "exporter.stderr"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    with stderr.open("wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "exporter", "--config.file", str(config),
-             "--web.listen-address", f"127.0.0.1:{web_port}"],
+    with stderr.open("wb") as err, web, listener:  # the exporter's alone once it runs
+        proc = spawn_with_sockets(
+            [sys.executable, "-m", "exporter", "--config.file", str(config), "--web.systemd-socket"],
+            {"web": web, "notifications": listener},
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env,
             preexec_fn=low_nofile, start_new_session=True,
         )  # fmt: skip

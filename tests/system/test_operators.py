@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -25,9 +26,9 @@ import bcrypt
 import pytest
 import yaml
 from aiohttp.test_utils import TestClient, TestServer
-from loopback import free_port, push_listener_config
+from loopback import port_of, push_listener_config
 from samples import parse, value
-from test_cli import CLI, EXIT_TIMEOUT, START_TIMEOUT, Proc, basic_auth, eventually, fetch, scrape
+from test_cli import CLI, EXIT_TIMEOUT, START_TIMEOUT, Proc, basic_auth, eventually, fetch, scrape, start_activated
 
 from bems_simulator.pki import CertificateAuthority
 from bems_simulator.server import DEMO_GRAPH_ROLES, Simulator
@@ -56,13 +57,13 @@ def write_atomically(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
-async def start(cli: CLI, http: aiohttp.ClientSession, config: Path, *args: str, env: dict[str, str] | None = None
-                ) -> tuple[Proc, str]:  # fmt: skip
-    port = free_port()
+async def start(cli: CLI, http: aiohttp.ClientSession, config: Path, *args: str, env: dict[str, str] | None = None,
+                **sockets: socket.socket) -> tuple[Proc, str]:  # fmt: skip
+    """The exporter on a fresh web socket, and on ``sockets`` (``notifications=``) too, by socket activation."""
     if env:
         os.environ.update(env)  # CLI.start copies os.environ; the variables are removed again below
     try:
-        proc = cli.start("--web.listen-address", f"127.0.0.1:{port}", "--config.file", str(config), *args)
+        proc, port = start_activated(cli, "--config.file", str(config), *args, **sockets)
     finally:
         for name in env or {}:
             os.environ.pop(name, None)
@@ -141,8 +142,8 @@ async def test_a_reload_storm_keeps_the_last_good_config_without_duplicate_jobs(
 
 
 @pytest.fixture
-def push_only_config(tmp_path: Path) -> Config:
-    return push_listener_config(tmp_path)
+def push_only_config(tmp_path: Path, listener_socket: socket.socket) -> Config:
+    return push_listener_config(tmp_path, listener_socket)
 
 
 def graph_batch(subscription: str, client_state: str) -> str:
@@ -165,7 +166,7 @@ async def raw_exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
 
 
 async def test_the_listener_rejects_and_counts_junk_and_keeps_answering(
-    push_only_config: Config, caplog: pytest.LogCaptureFixture
+    push_only_config: Config, listener_socket: socket.socket, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING)
     config = push_only_config
@@ -177,6 +178,7 @@ async def test_the_listener_rejects_and_counts_junk_and_keeps_answering(
     registry.targets["ews"].replace(Subscription("ews-sub", time.time(), url_secret="the-secret"))
     registry.targets["graph"].replace(Subscription("graph-sub", time.time(), client_state="the-state"))
     listener = Listener(registry)
+    listener.take_socket(listener_socket)
     await listener.apply(notifications)
     ews_url = callback_url(notifications, config.targets_by_name()["ews"]).replace("https://", "http://")
     graph_url = callback_url(notifications, config.targets_by_name()["graph"]).replace("https://", "http://")
@@ -448,9 +450,7 @@ async def test_web_config_guards_every_endpoint_and_honours_tls(
     cli: CLI, simulator: Simulator, sim_config_file: Path, tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
     web_config, ca_file = web_config_file(tmp_path / "web", min_version="TLS13")
-    port = free_port()
-    proc = cli.start("--web.listen-address", f"127.0.0.1:{port}", "--config.file", str(sim_config_file),
-                     "--web.config.file", str(web_config))  # fmt: skip
+    proc, port = start_activated(cli, "--config.file", str(sim_config_file), "--web.config.file", str(web_config))
     https = f"https://127.0.0.1:{port}"
     tls = ssl.create_default_context(cafile=str(ca_file))
     good = basic_auth("prometheus", "pw")
@@ -529,19 +529,22 @@ async def push_simulator(tmp_path: Path) -> AsyncIterator[Simulator]:
 
 
 async def test_sigterm_with_checks_in_flight_and_a_graph_subscription(
-    cli: CLI, push_simulator: Simulator, tmp_path: Path, http: aiohttp.ClientSession
+    cli: CLI, push_simulator: Simulator, tmp_path: Path, http: aiohttp.ClientSession, listener_socket: socket.socket
 ) -> None:
     sim = push_simulator
     config = sim.write_exporter_config(tmp_path / "bems.yml", interval="2s", timeout="2s")
     data = yaml.safe_load(config.read_text(encoding="utf-8"))
-    data["notifications"] = sim.notifications_block(tmp_path)
+    data["notifications"] = sim.notifications_block(tmp_path, port_of(listener_socket))
     for target in data["targets"]:
         if target["name"] == "online-graph":
             target["push"] = {"mailbox": "carol@contoso.test", "write_probe": True, "write_interval": "1s",
                               "stall_after": "4s"}  # fmt: skip
     config.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     await sim.set_fault("onprem-ews", "hang")  # accepts connections, never answers
-    proc, _ = await start(cli, http, config, "--log.level", "debug", "--log.format", "json")
+    proc, _ = await start(
+        cli, http, config, "--log.level", "debug", "--log.format", "json", notifications=listener_socket
+    )
+    listener_socket.close()  # the exporter's alone: its exit closes the listener
 
     def alive() -> list[str]:
         return [sid for sid, subscription in sim.graph_subscriptions.items() if subscription.alive]
