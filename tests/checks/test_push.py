@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 import yaml
 from check_runner import run
-from dns_servers import silent_server
+from dns_servers import running_dnsmasq
 from fake_clock import FakeClock
 from loopback import bound_socket, port_of
 from samples import parse, value
@@ -256,21 +256,24 @@ async def test_every_metric_the_rules_use_is_in_real_output(
     }
     assert "bems_impersonation_success" in used
     # An estate that exercises every family: push, the BEMS URL, a certificate credential that may read its own
-    # registration, one failing mailbox for the failure series, and a name its own resolver never answers.
+    # registration, one failing mailbox for the failure series, a name its own resolver does not know, and a maintenance
+    # window.
     sim.configure_entra(graph_roles=[*DEMO_GRAPH_ROLES, "Application.Read.All"])
     sim.revoke_impersonation("bob@corp.example.test")
     path = push_config(sim, tmp_path, started.listener, **{"onprem-ews": EWS_PUSH})
-    with silent_server() as dns_server:
+    # NXDOMAIN at once from a real DNS server: an answer, not a timeout that the fake clock could outrun.
+    with running_dnsmasq("--address=/missing.corp.example.test/") as dns:
         data = yaml.safe_load(path.read_text())
+        data["maintenance_windows"] = [{"name": "patch-tuesday", "cron": "0 22 * * tue", "duration": "4h"}]
         data["targets"].append({"name": "unresolved", "kind": "autodiscover", "exchange": "onprem",
-                                "url": "https://autodiscover.corp.example.test/autodiscover/autodiscover.xml",
-                                "dns": {"servers": [dns_server], "timeout": "300ms", "tries": 1}})  # fmt: skip
+                                "url": "https://missing.corp.example.test/autodiscover/autodiscover.xml",
+                                "dns": {"servers": [dns.server]}})  # fmt: skip
         path.write_text(yaml.safe_dump(data))
         exporter = await start(started, path, fake_clock)
         await fake_clock.advance_until(lambda: exporter.ready(), STEP, limit=15)
         await fake_clock.advance_until(
             lambda: exporter.store.latest.get(("online-ews", "token")) is not None
-            and exporter.store.latest.get(("unresolved", "reachability")) is not None,
+            and getattr(exporter.store.latest.get(("unresolved", "reachability")), "reason", None) == Reason.DNS,
             STEP, limit=10,
         )  # fmt: skip
     text = exposition.render(BemsCollector(exporter.store, exporter.status).collect()).decode()
