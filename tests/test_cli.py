@@ -51,7 +51,7 @@ AUTH = {
 CHECKS = {
     "onprem-ews": "reachability, tls, auth, impersonation",
     "onprem-autodiscover": "reachability, tls, auth, autodiscover",
-    "online-ews": "reachability, tls, auth, token, impersonation",
+    "online-ews": "reachability, tls, auth, token, impersonation, ews_settings",
     "online-autodiscover": "reachability, tls, autodiscover",
     "online-graph": "reachability, tls, graph",
 }
