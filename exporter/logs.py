@@ -111,29 +111,26 @@ def _token_pattern(form: str) -> str:
 
 def register_secret(value: str) -> None:
     """Redact ``value`` and its derived forms from every log line from now on (ignored below 4 characters)."""
-    global _secrets_pattern
-    if len(value) < MIN_SECRET_LENGTH:
-        return
-    with _secrets_lock:
-        _secrets.update(derived_forms(value))
-        # Longest first, so a secret that contains another one is redacted as a whole.
-        ordered = sorted(_secrets, key=len, reverse=True)
-        _secrets_pattern = re.compile("|".join(map(_token_pattern, ordered)))
+    if len(value) >= MIN_SECRET_LENGTH:
+        with _secrets_lock:
+            _swap_in(_secrets | derived_forms(value))
 
 
 def replace_secrets(values: Iterable[str]) -> None:
-    """Forget every registered secret and register ``values`` (a configuration load or reload)."""
-    clear_secrets()
-    for value in values:
-        register_secret(value)
-
-
-def clear_secrets() -> None:
-    """Forget every registered secret (on a configuration reload, before registering the new ones)."""
-    global _secrets_pattern
+    """Forget every registered secret and register ``values`` (a configuration load or reload): in one swap, so
+    that no line logged meanwhile goes out unredacted, and with one regex compiled for all of them."""
+    forms = {form for value in values if len(value) >= MIN_SECRET_LENGTH for form in derived_forms(value)}
     with _secrets_lock:
-        _secrets.clear()
-        _secrets_pattern = None
+        _swap_in(forms)
+
+
+def _swap_in(secrets: set[str]) -> None:
+    """Make ``secrets`` the registered ones (the caller holds ``_secrets_lock``)."""
+    global _secrets, _secrets_pattern
+    _secrets = secrets
+    # Longest first, so a secret that contains another one is redacted as a whole.
+    ordered = sorted(secrets, key=len, reverse=True)
+    _secrets_pattern = re.compile("|".join(map(_token_pattern, ordered))) if ordered else None
 
 
 def redact(text: str) -> str:

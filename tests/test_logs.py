@@ -15,7 +15,7 @@ from check_runner import run
 
 from bems_simulator.server import Simulator
 from exporter.config import load_config
-from exporter.logs import PROTOCOL_LOGGERS, clear_secrets, redact, register_secret, replace_secrets, setup_logging
+from exporter.logs import PROTOCOL_LOGGERS, redact, register_secret, replace_secrets, setup_logging
 
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
@@ -35,7 +35,7 @@ def isolated_logging() -> Iterator[None]:
     root.setLevel(level)
     for name in PROTOCOL_LOGGERS:
         logging.getLogger(name).setLevel(logging.NOTSET)
-    clear_secrets()
+    replace_secrets([])
 
 
 def _lines(capsys: pytest.CaptureFixture[str]) -> list[str]:
@@ -179,18 +179,41 @@ def test_redact_helper_and_its_limits() -> None:
     register_secret("hunter2")
     register_secret("hunter2hunter2")
     assert redact("abc hunter2hunter2 and hunter2") == "abc <redacted> and <redacted>"
-    clear_secrets()
+    replace_secrets([])
     assert redact("hunter2") == "hunter2"
 
 
 def test_register_secret_is_safe_from_many_threads() -> None:
-    secrets = [f"secret-{n:04d}" for n in range(200)]
-    threads = [threading.Thread(target=register_secret, args=(secret,)) for secret in secrets]
+    """Threads released together by a barrier: without the lock, two would build on the same set and the last
+    swap in would lose the other's secret. Few enough that each registration's regex stays cheap."""
+    secrets = [f"secret-{n:04d}" for n in range(32)]
+    start = threading.Barrier(len(secrets))
+
+    def register(secret: str) -> None:
+        start.wait(timeout=30)
+        register_secret(secret)
+
+    threads = [threading.Thread(target=register, args=(secret,)) for secret in secrets]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     assert redact(" ".join(secrets)) == " ".join(["<redacted>"] * len(secrets))
+
+
+def test_a_reload_redacts_the_secrets_both_configs_share_all_along() -> None:
+    """replace_secrets swaps the new set in whole: a line logged during a reload never sees no secrets at all."""
+    shared = [f"shared-{n:03d}" for n in range(100)]
+    replace_secrets([*shared, "old-secret"])
+    reloading = threading.Thread(target=lambda: [replace_secrets([*shared, f"new-{n}"]) for n in range(20)])
+    leaked: list[str] = []
+    reloading.start()
+    while reloading.is_alive():
+        if (line := redact(shared[0])) != "<redacted>":
+            leaked.append(line)
+    reloading.join()
+    assert not leaked
+    assert redact("old-secret new-19") == "old-secret <redacted>"
 
 
 @pytest.mark.parametrize(("level", "visible"), [("debug", ["debug", "info"]), ("info", ["info"])])
