@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,25 +174,28 @@ async def test_ntlm_signs_in_once_per_kept_alive_connection(simulator: Simulator
 
 
 async def test_ntlm_does_not_block_the_event_loop(simulator: Simulator, sim_config_file: Path) -> None:
-    await simulator.set_fault("onprem-ews", "slow", delay_seconds=1.5)
+    """requests-ntlm blocks: the check runs it in a worker thread. The simulator answering it runs on this loop,
+    each answer after an asyncio.sleep: were the loop blocked while the check waits, nothing would answer and the
+    check would time out. Counted, not timed: a loaded machine slows the loop down, it never blocks it."""
+    delay = 0.3
+    await simulator.set_fault("onprem-ews", "slow", delay_seconds=delay)
     config = load_config(simulator.write_exporter_config(sim_config_file, timeout="10s"))
-    gaps: list[float] = []
+    ticks = 0
 
     async def tick() -> None:
-        last = time.perf_counter()
+        nonlocal ticks
         while True:
             await asyncio.sleep(0.01)
-            now = time.perf_counter()
-            gaps.append(now - last)
-            last = now
+            ticks += 1
 
     ticker = asyncio.create_task(tick())
     try:
         result = await check(config, "onprem-ews", "auth")
     finally:
         ticker.cancel()
-    assert result.duration > 1.5  # the slow answers were waited for...
-    assert max(gaps) < 0.25  # ...without stalling the loop
+    assert result.success, result  # the slow answers, served by this loop, were waited for...
+    assert result.duration >= delay
+    assert ticks > 0  # ...while the loop ran other tasks too (its 10 ms timers come due before the 300 ms ones)
 
 
 # --- credentials stay home -------------------------------------------------------------------------------
