@@ -706,10 +706,26 @@ async def start_demo(cli: CLI, tmp_path: Path, *flags: str) -> tuple[Proc, str]:
     return proc, base
 
 
+# A line of the simulator's request log (aiohttp's access log format, its quotes escaped by logfmt):
+# "POST /EWS/Exchange.asmx HTTP/1.1" 200
+REQUEST_LOG_LINE = re.compile(r'(?:GET|POST|PATCH|PUT|DELETE) /\S* HTTP/1\.1\\?" \d{3}')
+
+
+def assert_demo_stdout_ends_with_its_urls_and_fault_examples(stdout: str) -> None:
+    lines = [line.strip() for line in stdout.splitlines() if line.strip()]
+    assert lines[-1].startswith('curl -X PUT -d \'{"kind": "callback_blocked"}\' http://127.0.0.1:'), lines
+    assert lines[-4].startswith('curl -X PUT -d \'{"fault": "expired"}\''), lines
+    assert lines[-10].startswith("BEMS Exchange Exporter demo is running") and lines[-9].startswith("Landing page:")
+    assert not REQUEST_LOG_LINE.search(stdout), stdout
+
+
 @pytest.mark.timeout(300)  # the demo: a simulator and an exporter process, every check to a verdict
-async def test_demo_probes_its_simulator_and_stops_on_sigint(
+async def test_make_demo_probes_its_simulator_to_the_whole_verdict_ready_and_stops_on_sigint(
     cli: CLI, tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
+    """`make demo`, one run for what its default output shows (a demo costs a simulator and an exporter process):
+    push (EWS and Graph) and BEMS' notification URL are checked and every requirement is met; the simulator logs
+    nothing below a warning; Ctrl-C stops it all, secrets unprinted."""
     proc, base = await start_demo(cli, tmp_path)
     landing = await fetch(http, f"{base}/")
     assert landing is not None and landing[0] == 200
@@ -722,19 +738,6 @@ async def test_demo_probes_its_simulator_and_stops_on_sigint(
     # The demo probes every 15 s; a check's first run comes within its first interval.
     await eventually(onprem_tls_passes, "onprem-ews tls to pass", 20, proc)
 
-    proc.send_signal(signal.SIGINT)
-    assert await proc.wait(EXIT_TIMEOUT) == 0, proc.stderr[-3000:]
-    assert proc.group_is_empty(), "the demo left processes behind"
-    state = tmp_path / "demo"
-    for secret_file in ("bemsadmin.password", "entra-app.secret"):
-        secret = (state / secret_file).read_text(encoding="utf-8")
-        assert secret not in proc.stdout and secret not in proc.stderr
-
-
-@pytest.mark.timeout(300)  # the demo: a simulator and an exporter process, every check to a verdict
-async def test_the_demo_shows_the_whole_verdict_ready(cli: CLI, tmp_path: Path, http: aiohttp.ClientSession) -> None:
-    """`make demo`: push (EWS and Graph) and BEMS' notification URL are checked, and every requirement is met."""
-    proc, base = await start_demo(cli, tmp_path)
     delivery = {("onprem", "push_delivery"), ("online", "push_delivery"), ("online", "notification_url")}
     seen: dict[tuple[str, str], float] = {}
 
@@ -749,21 +752,25 @@ async def test_the_demo_shows_the_whole_verdict_ready(cli: CLI, tmp_path: Path, 
     # loaded machine; the wait ends as soon as the verdict is ready.
     await eventually(ready, "bems_scenario_ready 1 with the delivery requirements", 180, proc)
     assert set(seen.values()) == {1.0}, seen
+
     proc.send_signal(signal.SIGINT)
     assert await proc.wait(EXIT_TIMEOUT) == 0, proc.stderr[-3000:]
+    assert proc.group_is_empty(), "the demo left processes behind"
+    assert_demo_stdout_ends_with_its_urls_and_fault_examples(proc.stdout)
+    assert not REQUEST_LOG_LINE.search(proc.stderr), proc.stderr[-3000:]
+    assert "logger=bems_simulator" not in proc.stderr, "nothing of the simulator's below a warning"
+    assert "logger=exporter" in proc.stderr, "the exporter's own log stays"
+    state = tmp_path / "demo"
+    for secret_file in ("bemsadmin.password", "entra-app.secret"):
+        secret = (state / secret_file).read_text(encoding="utf-8")
+        assert secret not in proc.stdout and secret not in proc.stderr
 
 
-# A line of the simulator's request log (aiohttp's access log format, its quotes escaped by logfmt):
-# "POST /EWS/Exchange.asmx HTTP/1.1" 200
-REQUEST_LOG_LINE = re.compile(r'(?:GET|POST|PATCH|PUT|DELETE) /\S* HTTP/1\.1\\?" \d{3}')
-
-
-@pytest.mark.parametrize("flags", [(), ("--log.requests",)], ids=["default", "log-requests"])
 @pytest.mark.timeout(300)  # the demo: a simulator and an exporter process, every check to a verdict
-async def test_the_demo_ends_with_its_urls_and_fault_examples_and_logs_requests_only_when_asked(
-    cli: CLI, tmp_path: Path, http: aiohttp.ClientSession, flags: tuple[str, ...]
+async def test_the_demo_logs_the_simulators_requests_with_log_requests(
+    cli: CLI, tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
-    proc, base = await start_demo(cli, tmp_path, *flags)
+    proc, base = await start_demo(cli, tmp_path, "--log.requests")
 
     async def autodiscover_ran() -> bool:  # HTTP requests to the simulator, not only TLS handshakes
         samples = await scrape(http, base)
@@ -772,19 +779,9 @@ async def test_the_demo_ends_with_its_urls_and_fault_examples_and_logs_requests_
     await eventually(autodiscover_ran, "onprem-ews auth to run", 30, proc)
     proc.send_signal(signal.SIGINT)
     assert await proc.wait(EXIT_TIMEOUT) == 0, proc.stderr[-3000:]
-    lines = [line.strip() for line in proc.stdout.splitlines() if line.strip()]
-    assert re.fullmatch(r"curl -X POST http://127\.0\.0\.1:\d+/api/v1/reset", lines[-1]), lines
-    assert lines[-3].startswith('curl -X PUT -d \'{"kind": "callback_blocked"}\' http://127.0.0.1:'), lines
-    assert lines[-6].startswith('curl -X PUT -d \'{"fault": "expired"}\''), lines
-    assert lines[-12].startswith("BEMS Exchange Exporter demo is running") and lines[-11].startswith("Landing page:")
-    assert not REQUEST_LOG_LINE.search(proc.stdout), proc.stdout
-    if flags:
-        assert REQUEST_LOG_LINE.search(proc.stderr), "--log.requests logs the simulator's requests"
-        assert "logger=bems_simulator.requests" in proc.stderr
-    else:
-        assert not REQUEST_LOG_LINE.search(proc.stderr), proc.stderr[-3000:]
-        assert "logger=bems_simulator" not in proc.stderr, "nothing of the simulator's below a warning"
-        assert "logger=exporter" in proc.stderr, "the exporter's own log stays"
+    assert_demo_stdout_ends_with_its_urls_and_fault_examples(proc.stdout)
+    assert REQUEST_LOG_LINE.search(proc.stderr), "--log.requests logs the simulator's requests"
+    assert "logger=bems_simulator.requests" in proc.stderr
 
 
 @pytest.mark.timeout(300)  # the demo: a simulator and an exporter process, every check to a verdict
