@@ -206,6 +206,11 @@ def image_build_env() -> dict[str, str]:
     return env | {"PIP_DISABLE_PIP_VERSION_CHECK": "1", "PYTHONDONTWRITEBYTECODE": "1"}
 
 
+# The tests that use the image's venv (a minute or two of pip installs) run on one xdist worker, which builds it
+# once: pyproject's addopts distribute with --dist loadgroup.
+uses_image_venv = pytest.mark.xdist_group("image-venv")
+
+
 @pytest.fixture(scope="module")
 def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The Dockerfile's build stage without Docker: `pip wheel --no-deps`, then pip install the wheel in a venv."""
@@ -259,6 +264,7 @@ def demo_venv(image_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return venv
 
 
+@uses_image_venv
 @pytest.mark.timeout(600)  # the first to use it builds the image's venv: pip installs from the lock
 def test_the_production_image_venv_contains_no_simulator(image_venv: Path) -> None:
     """The product ships no XML bombs, XXE payloads or fake Entra ID: no simulator package, script or dependency."""
@@ -473,6 +479,7 @@ def http_status(url: str) -> int | None:
         return None
 
 
+@uses_image_venv
 @pytest.mark.timeout(600)  # the first to use it builds the image's venv: pip installs from the lock
 def test_the_image_build_steps_give_a_working_exporter_outside_docker(
     image_venv: Path, demo_venv: Path, processes: list[subprocess.Popen[bytes]], tmp_path: Path
@@ -879,6 +886,7 @@ def test_systemd_unit_is_hardened() -> None:
     assert "${CREDENTIALS_DIRECTORY}" in comments
 
 
+@uses_image_venv
 @pytest.mark.timeout(600)  # the first to use it builds the image's venv: pip installs from the lock
 def test_systemd_analyze_verifies_the_unit_and_rates_it_ok(image_venv: Path, tmp_path: Path) -> None:
     """systemd's own parser accepts every line; ExecStart points at where `pip install` puts the entry point."""
