@@ -78,7 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         junit = Path(tmp) / "report.xml"
-        command = [sys.executable, "-m", "pytest", *files, "-q", "-p", "no:cacheprovider", f"--junitxml={junit}"]
+        # -n 0: one row at a time and in order (pyproject's addopts run the suite on xdist workers), so that the
+        # durations and memory peaks the document shows are each row's own.
+        options = ["-q", "-n", "0", "-p", "no:cacheprovider", f"--junitxml={junit}"]
+        command = [sys.executable, "-m", "pytest", *files, *options]
         # Its own session, so that a run past the deadline is killed with every process it started.
         run = subprocess.Popen([*command, *args.pytest_args], cwd=ROOT, start_new_session=True)
         try:
