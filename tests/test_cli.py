@@ -713,9 +713,10 @@ REQUEST_LOG_LINE = re.compile(r'(?:GET|POST|PATCH|PUT|DELETE) /\S* HTTP/1\.1\\?"
 
 def assert_demo_stdout_ends_with_its_urls_and_fault_examples(stdout: str) -> None:
     lines = [line.strip() for line in stdout.splitlines() if line.strip()]
-    assert lines[-1].startswith('curl -X PUT -d \'{"kind": "callback_blocked"}\' http://127.0.0.1:'), lines
-    assert lines[-4].startswith('curl -X PUT -d \'{"fault": "expired"}\''), lines
-    assert lines[-10].startswith("BEMS Exchange Exporter demo is running") and lines[-9].startswith("Landing page:")
+    assert re.fullmatch(r"curl -X POST http://127\.0\.0\.1:\d+/api/v1/reset", lines[-1]), lines
+    assert lines[-3].startswith('curl -X PUT -d \'{"kind": "callback_blocked"}\' http://127.0.0.1:'), lines
+    assert lines[-6].startswith('curl -X PUT -d \'{"fault": "expired"}\''), lines
+    assert lines[-12].startswith("BEMS Exchange Exporter demo is running") and lines[-11].startswith("Landing page:")
     assert not REQUEST_LOG_LINE.search(stdout), stdout
 
 
