@@ -269,12 +269,12 @@ def _config_with(sim: Simulator, path: Path, targets: list[dict[str, Any]], **se
     return load_config(path)
 
 
-def _p99(counts: list[int]) -> float:
-    """The upper bound of the bucket holding the 99th percentile of a Histogram's counts."""
+def _bucket_bound(counts: list[int], share: float) -> float:
+    """The upper bound of the bucket holding the ``share`` quantile of a Histogram's counts (1.0: the largest)."""
     total, cumulative = sum(counts), 0
     for bound, count in zip((*LAG_BUCKETS, float("inf")), counts, strict=True):
         cumulative += count
-        if cumulative >= 0.99 * total:
+        if cumulative >= share * total:
             return bound
     return float("inf")
 
@@ -350,7 +350,7 @@ async def test_overload_hung_targets_do_not_delay_healthy_ones(
         await alone_resources.close()
         await resources.close()
 
-    p99 = _p99(scheduler.lag.counts)
+    p99, most = _bucket_bound(scheduler.lag.counts, 0.99), _bucket_bound(scheduler.lag.counts, 1.0)
     record_property("peak_mib", f"{peak / 2**20:.1f}")
     record_property("lag_p99_s", f"<= {p99:g}")
     print(f"\noverload: {len(mixed)} results, lag p99 <= {p99}s, peak {peak / 2**20:.1f} MiB")
@@ -374,7 +374,9 @@ async def test_overload_hung_targets_do_not_delay_healthy_ones(
     # The hung targets: TCP is accepted (reachability passes), TLS never answers and times out on time.
     tls_hung = [r for r in mixed if r.target.startswith("hung-") and r.check == "tls"]
     assert tls_hung and all(r.reason == Reason.TIMEOUT for r in tls_hung), Counter(r.reason for r in tls_hung)
-    assert max(r.duration for r in tls_hung) <= TIMEOUT + SLACK
+    # On time: within the timeout, the slack, and whatever the loop's own lag (the scheduler measured it: a loaded
+    # machine delays the timeout's timer as much as a job's start).
+    assert max(r.duration for r in tls_hung) <= TIMEOUT + SLACK + most, f"scheduling lag up to {most:g}s"
     # The targets (and the simulator serving them): bounded as a whole, not per row.
     assert peak < OVERLOAD_PEAK_RSS, f"{peak / 2**20:.0f} MiB"
 
