@@ -9,6 +9,7 @@ fails the test; the Python tools come from the `test` extras, systemd-analyze fr
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -19,7 +20,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -206,15 +207,32 @@ def image_build_env() -> dict[str, str]:
     return env | {"PIP_DISABLE_PIP_VERSION_CHECK": "1", "PYTHONDONTWRITEBYTECODE": "1"}
 
 
-# The tests that use the image's venv (a minute or two of pip installs) run on one xdist worker, which builds it
-# once: pyproject's addopts distribute with --dist loadgroup.
-uses_image_venv = pytest.mark.xdist_group("image-venv")
+def built_once(name: str, build: Callable[[Path], None], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``build(work)`` once per test run: xdist's workers share the parent of their base temp directories; the
+    first to take the lock builds (a minute or two of pip installs), the others wait for it and reuse its work.
+    pytest-xdist's documented recipe ("Making session-scoped fixtures execute only once"), with fcntl for the lock
+    (Linux, as these tests are); --dist loadgroup cannot do it under pytest 9.2 (pytest-xdist issue 1386)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    work, done = root / name, root / f"{name}.built"
+    with (root / f"{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this worker dies
+        if not done.exists():
+            shutil.rmtree(work, ignore_errors=True)  # what a failed build left
+            work.mkdir()
+            build(work)
+            done.touch()
+    return work
 
 
 @pytest.fixture(scope="module")
 def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The Dockerfile's build stage without Docker: `pip wheel --no-deps`, then pip install the wheel in a venv."""
-    work = tmp_path_factory.mktemp("image")
+    return built_once("image", build_image_venv, tmp_path_factory) / "venv"
+
+
+def build_image_venv(work: Path) -> None:
     wheels, venv, context = work / "wheels", work / "venv", work / "context"
     # The build context .dockerignore lets through, copied as the Dockerfile's COPY lines do: proves it suffices.
     context.mkdir()
@@ -235,14 +253,16 @@ def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for step in ([pip, "install", "--quiet", "--no-deps", str(wheel)], [pip, "check"]):
         result = run(*step, timeout=300, env=env)
         assert result.returncode == 0, f"{shlex.join(step)}\n{result.stdout}{result.stderr}"
-    return venv
 
 
 @pytest.fixture(scope="module")
 def demo_venv(image_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The Dockerfile's demo-builder stage without Docker: the image's venv (a copy) plus the simulator's wheel,
     its dependencies from simulator/requirements.lock only."""
-    work = tmp_path_factory.mktemp("demo-image")
+    return built_once("demo-image", lambda work: build_demo_venv(image_venv, work), tmp_path_factory) / "venv"
+
+
+def build_demo_venv(image_venv: Path, work: Path) -> None:
     wheels, venv, context = work / "wheels", work / "venv", work / "context"
     shutil.copytree(image_venv, venv, symlinks=True)  # bin/python keeps pointing at the base interpreter
     ignored = shutil.ignore_patterns("__pycache__", "*.py[cod]", "*.egg-info")
@@ -261,10 +281,8 @@ def demo_venv(image_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     for step in ([*pip, "install", "--quiet", "--no-deps", str(wheel)], [*pip, "check"]):
         result = run(*step, timeout=300, env=env)
         assert result.returncode == 0, f"{shlex.join(step)}\n{result.stdout}{result.stderr}"
-    return venv
 
 
-@uses_image_venv
 @pytest.mark.timeout(600)  # the first to use it builds the image's venv: pip installs from the lock
 def test_the_production_image_venv_contains_no_simulator(image_venv: Path) -> None:
     """The product ships no XML bombs, XXE payloads or fake Entra ID: no simulator package, script or dependency."""
@@ -479,7 +497,6 @@ def http_status(url: str) -> int | None:
         return None
 
 
-@uses_image_venv
 @pytest.mark.timeout(600)  # the first to use it builds the image's venv: pip installs from the lock
 def test_the_image_build_steps_give_a_working_exporter_outside_docker(
     image_venv: Path, demo_venv: Path, processes: list[subprocess.Popen[bytes]], tmp_path: Path
@@ -886,7 +903,6 @@ def test_systemd_unit_is_hardened() -> None:
     assert "${CREDENTIALS_DIRECTORY}" in comments
 
 
-@uses_image_venv
 @pytest.mark.timeout(600)  # the first to use it builds the image's venv: pip installs from the lock
 def test_systemd_analyze_verifies_the_unit_and_rates_it_ok(image_venv: Path, tmp_path: Path) -> None:
     """systemd's own parser accepts every line; ExecStart points at where `pip install` puts the entry point."""
