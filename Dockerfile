@@ -24,6 +24,12 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
+# python-gssapi and krb5 (the kerberos method) build from source against MIT Kerberos: its headers and a C
+# compiler, in this stage only. Debian's versions are the base image's release's, updated with it.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev libkrb5-dev \
+    && rm -rf /var/lib/apt/lists/*
 # Only what the wheel needs (see .dockerignore): the package, its metadata, the README (long description)
 # and the lock of the runtime dependencies, every file pinned by its SHA-256 (requirements.lock).
 COPY requirements.lock pyproject.toml README.md ./
@@ -68,10 +74,15 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     TMPDIR=/tmp
 
+# MIT Kerberos' run-time libraries, which python-gssapi and krb5 link to (not the builder's headers).
 # The configuration directory exists (mount point) but holds nothing: mount config.yml there, read-only.
 # /var/lib/bems-exchange-exporter belongs to the runtime user so that a named volume mounted there (the
 # compose demo's simulator state) starts writable; the exporter itself never writes to disk.
-RUN install -d -m 0755 /etc/bems-exchange-exporter \
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libgssapi-krb5-2 libkrb5-3 \
+    && rm -rf /var/lib/apt/lists/* \
+    && install -d -m 0755 /etc/bems-exchange-exporter \
     && install -d -o 65532 -g 65532 -m 0750 /var/lib/bems-exchange-exporter
 
 # A numeric user and group that exist in no passwd file: Kubernetes runAsNonRoot can verify it.

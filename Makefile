@@ -9,8 +9,9 @@ STAMP  := $(VENV)/.installed
 # The test environment exactly as locked (requirements-test.lock, every file pinned by its SHA-256: what CI
 # installs on a fresh machine is what was tested), then the exporter and the simulator (its own distribution,
 # simulator/pyproject.toml) editable, without resolving anything past the lock; pip check proves the lock
-# satisfies both.
+# satisfies both. python-gssapi and krb5 build against MIT Kerberos: its headers first (tools build).
 $(STAMP): pyproject.toml simulator/pyproject.toml requirements-test.lock
+	scripts/install-tools.sh build
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --require-hashes -r requirements-test.lock
 	$(BIN)/pip install --quiet --no-deps --editable . --editable ./simulator
@@ -21,7 +22,8 @@ $(STAMP): pyproject.toml simulator/pyproject.toml requirements-test.lock
 demo: $(STAMP)
 	$(BIN)/bems-simulator demo
 
-## tools: the external programs the tests use (promtool, Prometheus, Alertmanager and amtool, from Debian)
+## tools: the external programs the tests use (promtool, Prometheus, Alertmanager and amtool, chromium, an MIT
+## Kerberos KDC and faketime, from Debian)
 tools:
 	scripts/install-tools.sh
 

@@ -24,6 +24,14 @@ class Reason(StrEnum):
     REDIRECT_BLOCKED = "redirect_blocked"  # a redirect away from the configured origin, or to http://
     UNAUTHORIZED = "unauthorized"  # the method is offered but the server rejected the credentials (401)
     METHOD_NOT_OFFERED = "method_not_offered"  # the server's 401 does not advertise the method
+    CHANNEL_BINDING_MISMATCH = "channel_binding_mismatch"  # Windows sign-in works only without channel binding
+    KERBEROS_UNKNOWN_SPN = "kerberos_unknown_spn"  # the KDC knows no such service principal
+    KERBEROS_CLOCK_SKEW = "kerberos_clock_skew"  # clocks differ by more than the realm allows
+    KERBEROS_KDC_UNREACHABLE = "kerberos_kdc_unreachable"  # no KDC of the realm answered
+    KERBEROS_WRONG_PASSWORD = "kerberos_wrong_password"  # pre-authentication failed: password or keytab key
+    KERBEROS_ACCOUNT_REVOKED = "kerberos_account_revoked"  # the account is locked out, disabled or expired
+    KERBEROS_ENCRYPTION_TYPE = "kerberos_encryption_type"  # no encryption type the KDC and the keys share
+    KERBEROS = "kerberos"  # another Kerberos failure
     FORBIDDEN = "forbidden"  # signed in, but access denied (ErrorAccessDenied, HTTP 403)
     TOKEN = "token"  # Entra ID issued no token (AADSTS error, unreachable, bad configuration)
     BAD_RESPONSE = "bad_response"  # not the HTTP/SOAP/XML answer the protocol calls for

@@ -1,20 +1,31 @@
 #!/usr/bin/env bash
-# Installs the external programs the test suite runs for real: promtool (Debian package prometheus) and
-# amtool and alertmanager (Debian package prometheus-alertmanager), chromium for the status page, and dnsmasq
-# (a real DNS server on loopback for a target's dns.servers).
+# Installs the external programs the test suite runs for real: promtool (Debian package prometheus),
+# amtool and alertmanager (package prometheus-alertmanager, whose binary Debian calls
+# prometheus-alertmanager), chromium for the status page, dnsmasq (a real DNS server on loopback for a
+# target's dns.servers), and MIT Kerberos for the Kerberos tests: a KDC (krb5kdc, kdb5_util: krb5-kdc;
+# kadmin.local: krb5-admin-server), kinit and klist (krb5-user) and faketime (a KDC whose clock is off).
+# With `build`, only what building the Python venv needs: python-gssapi and krb5 compile against MIT
+# Kerberos (libkrb5-dev, krb5-config) with a C compiler (`make` runs this before it creates .venv).
 # In CI (CI=true) a missing tool is a failure, so this must succeed there; elsewhere it explains.
 set -euo pipefail
 
 packages=()
-command -v promtool >/dev/null 2>&1 || packages+=(prometheus)
-# Debian calls the alertmanager binary prometheus-alertmanager.
-{ command -v amtool && { command -v alertmanager || command -v prometheus-alertmanager; }; } >/dev/null 2>&1 \
-  || packages+=(prometheus-alertmanager)
-# The status page is tested in a real headless browser.
-command -v chromium >/dev/null 2>&1 || packages+=(chromium)
-# Debian installs dnsmasq in /usr/sbin, which a non-root PATH may lack (tests/dns_servers.py looks there too).
-# dnsmasq-base: the binary without the dnsmasq package's system service, which would take port 53.
-PATH="$PATH:/usr/sbin:/sbin" command -v dnsmasq >/dev/null 2>&1 || packages+=(dnsmasq-base)
+command -v krb5-config >/dev/null 2>&1 || packages+=(libkrb5-dev)
+command -v cc >/dev/null 2>&1 || packages+=(gcc libc6-dev)
+if [ "${1:-}" != build ]; then
+  command -v promtool >/dev/null 2>&1 || packages+=(prometheus)
+  { command -v amtool && { command -v alertmanager || command -v prometheus-alertmanager; }; } >/dev/null 2>&1 \
+    || packages+=(prometheus-alertmanager)
+  # The status page is tested in a real headless browser.
+  command -v chromium >/dev/null 2>&1 || packages+=(chromium)
+  # Debian installs dnsmasq and the KDC's programs in /usr/sbin, which a non-root PATH may lack (the tests
+  # look there too). dnsmasq-base: the binary without the dnsmasq package's system service (port 53).
+  PATH="$PATH:/usr/sbin:/sbin" command -v dnsmasq >/dev/null 2>&1 || packages+=(dnsmasq-base)
+  PATH="$PATH:/usr/sbin:/sbin" command -v krb5kdc >/dev/null 2>&1 || packages+=(krb5-kdc)
+  PATH="$PATH:/usr/sbin:/sbin" command -v kadmin.local >/dev/null 2>&1 || packages+=(krb5-admin-server)
+  command -v kinit >/dev/null 2>&1 || packages+=(krb5-user)
+  command -v faketime >/dev/null 2>&1 || packages+=(faketime)
+fi
 [ ${#packages[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then

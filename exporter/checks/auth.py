@@ -5,6 +5,9 @@ and credentials are never sent before the server asked for them. Then, per metho
 
 - ``basic``: the same request with ``Authorization: Basic``;
 - ``ntlm``: the NTLM handshake through requests-ntlm, with channel binding, in a worker thread;
+- ``kerberos``: a Kerberos ticket for the target's service principal inside Negotiate, with channel
+  binding, through pyspnego and MIT krb5 in a worker thread; what the KDC refuses is a reason of its own
+  (``kerberos_unknown_spn``, ``kerberos_clock_skew``, ...: ``protocol/kerberos.py``);
 - ``oauth``: an app-only token from MSAL, sent as ``Bearer`` with ``X-AnchorMailbox`` and the
   ``ExchangeImpersonation`` header for the first mailbox, as Exchange Online requires.
 
@@ -14,6 +17,11 @@ A 200 (or a SOAP fault that is not about access) proves the sign-in; a 401 is ``
 mailbox the request acted as, unless the same request without ``ExchangeImpersonation`` gets it too:
 then EWS is blocked for the whole organisation (``ews_disabled``, ``bems_ews_disabled`` 1; see
 ``signin.OrganisationEvidence``). The check passes only when every method worked.
+
+Extended Protection: when NTLM or Kerberos is answered 401, the same sign-in is tried once more without
+channel bindings, only to diagnose and once per failure episode (until the method signs in again); if
+that one is let in, the bindings do not match the certificate Exchange sees, because something in front of
+Exchange terminates TLS (``channel_binding_mismatch``). Its answer is never used as a sign-in.
 """
 
 from __future__ import annotations
@@ -47,6 +55,11 @@ EWS_DISABLED = MetricSpec(
     "1 when Exchange Online blocked EWS for the whole organisation in the last auth check (HTTP 403, empty body, "
     "also without ExchangeImpersonation).",
 )
+NTLM_ONLY = MetricSpec(
+    "bems_auth_ntlm_only",
+    "On-premises targets that test ntlm: 1 when NTLM signed in during the last auth check and Kerberos did not "
+    "(failed or not configured), so sign-in breaks when the domain disables NTLM; else 0.",
+)
 ADVERTISED = ("basic", "ntlm", "negotiate", "bearer")
 
 _HINTS = {
@@ -55,6 +68,20 @@ _HINTS = {
     "nor expired (Get-ADUser BEMSAdmin -Properties LockedOut,PasswordExpired)",
     (AuthMethod.NTLM, Reason.UNAUTHORIZED): "check the password and the account; with Extended Protection, a "
     "TLS-terminating device between BEMS and Exchange breaks Windows authentication",
+    (AuthMethod.KERBEROS, Reason.UNAUTHORIZED): "Exchange refused a ticket the KDC issued: the service principal "
+    "is registered on another account than the one whose key Exchange holds (setspn -X finds duplicates; a "
+    "load-balanced namespace needs the alternate service account on every server: "
+    "RollAlternateServiceAccountPassword.ps1); or Extended Protection (Require) behind a device that terminates "
+    "TLS in front of Exchange",
+    **{
+        (method, Reason.CHANNEL_BINDING_MISMATCH): "Extended Protection is on and the channel binding does not "
+        "match: TLS is terminated in front of Exchange (a load balancer or reverse proxy that offloads or "
+        "re-encrypts SSL). Microsoft's Extended Protection guidance: SSL offloading is not supported; use SSL "
+        "bridging with the same certificate on the device and on Exchange, or pass TLS through "
+        "(learn.microsoft.com/exchange/plan-and-deploy/post-installation-tasks/security-best-practices/"
+        "exchange-extended-protection)"
+        for method in (AuthMethod.NTLM, AuthMethod.KERBEROS)
+    },
     (AuthMethod.OAUTH, Reason.UNAUTHORIZED): "give the Entra app EWS access: an RBAC for Applications role "
     'assignment (New-ManagementRoleAssignment -App <app id> -Role "Application EWS.AccessAsApp" '
     "-CustomResourceScope <scope>), or for every mailbox the Office 365 Exchange Online application permission "
@@ -63,6 +90,22 @@ _HINTS = {
     (AuthMethod.OAUTH, Reason.TOKEN): "check the app's client secret or certificate (expired?), the tenant id "
     "and the client id in Entra ID",
 }
+
+
+# On-premises, a refused token is hybrid modern authentication's set-up, not an RBAC for Applications scope.
+_ONPREM_HINTS = {
+    (AuthMethod.OAUTH, Reason.UNAUTHORIZED): "hybrid modern authentication: add the on-premises URL (the "
+    "target's origin) to the servicePrincipalNames of Office 365 Exchange Online (00000002-0000-0ff1-ce00-"
+    "000000000000) in Entra ID, enable OAuth on the virtual directory (Set-WebServicesVirtualDirectory "
+    "-OAuthAuthentication $true), check the EvoSTS auth server (Get-AuthServer) and "
+    "Get-OrganizationConfig | fl OAuth2ClientProfileEnabled; x-ms-diagnostics in the message names the cause",
+}
+
+
+def _hint(target: Target, method: AuthMethod, reason: Reason) -> str:
+    if target.exchange == Exchange.ONPREM and (method, reason) in _ONPREM_HINTS:
+        return _ONPREM_HINTS[(method, reason)]
+    return _HINTS.get((method, reason), "")
 
 
 def _applies(config: Config, target: Target) -> bool:
@@ -121,6 +164,38 @@ async def _send(
     )
 
 
+_BINDING_METHODS = (AuthMethod.NTLM, AuthMethod.KERBEROS)
+
+
+async def _binding_diagnosis(
+    ctx: ProbeContext, target: Target, url: str, body: bytes, headers: dict[str, str], method: AuthMethod
+) -> ProbeFailure | None:
+    """After a 401 with channel bindings: whether the same sign-in without them is let in (see the module doc).
+
+    Asked once per failure episode of (target, method); the verdict is kept until the method signs in.
+    """
+    episodes = ctx.resources.binding_diagnoses
+    key = (target.name, method)
+    if key not in episodes:
+        episodes[key] = False
+        assert target.credential is not None
+        try:
+            signin.check_suspension(ctx, target.credential)
+            unbound = await signin.windows_post(ctx, target, url, method, body, headers, bind_channel=False)
+        except ProbeFailure:
+            return None  # suspended, or failing for another reason: nothing learnt about the bindings
+        if method == AuthMethod.NTLM:  # a password presented to the domain controller, as any NTLM sign-in
+            ctx.resources.suspensions.observe(target.credential, unauthorized=unbound.status == 401)
+        episodes[key] = unbound.status != 401
+    if not episodes[key]:
+        return None
+    return ProbeFailure(
+        Reason.CHANNEL_BINDING_MISMATCH,
+        f"{method.value} is refused with channel binding (HTTP 401) and let in without it: Extended Protection "
+        "is on and the binding does not match the certificate Exchange sees",
+    )
+
+
 def _require_offered(method: AuthMethod, offered: set[str]) -> None:
     if offers(method, offered):
         return
@@ -140,6 +215,7 @@ async def probe(target: Target, ctx: ProbeContext) -> CheckResult:
     for scheme in ADVERTISED:
         ctx.rec.measure(OFFERED, 1.0 if scheme in offered else 0.0, method=scheme)
     failures: list[ProbeFailure] = []
+    signed_in: set[AuthMethod] = set()
     evidence = signin.OrganisationEvidence(ctx, target)
     for method in methods:
         t0 = time.perf_counter()
@@ -153,14 +229,21 @@ async def probe(target: Target, ctx: ProbeContext) -> CheckResult:
                     except signin.PolicyBlock as block:
                         raise await evidence.failure(block) from None
                 except ProbeFailure as failure:
-                    failure.hint = failure.hint or _HINTS.get((method, failure.reason), "")
-                    raise
+                    if failure.reason == Reason.UNAUTHORIZED and method in _BINDING_METHODS:
+                        failure = await _binding_diagnosis(ctx, target, url, body, headers, method) or failure
+                    failure.hint = failure.hint or _hint(target, method, failure.reason)
+                    raise failure from None
             ok = True
+            signed_in.add(method)
+            ctx.resources.binding_diagnoses.pop((target.name, method), None)
         except ProbeFailure as failure:
             failures.append(failure)
             ok = False
         ctx.rec.measure(SUCCESS, 1.0 if ok else 0.0, method=method.value)
         ctx.rec.measure(DURATION, time.perf_counter() - t0, method=method.value)
+    if target.exchange == Exchange.ONPREM and AuthMethod.NTLM in methods:
+        ntlm_only = AuthMethod.NTLM in signed_in and AuthMethod.KERBEROS not in signed_in
+        ctx.rec.measure(NTLM_ONLY, 1.0 if ntlm_only else 0.0)
     if target.kind == Kind.EWS and target.exchange == Exchange.ONLINE:
         disabled = any(f.reason == Reason.EWS_DISABLED for f in failures)
         ctx.rec.measure(EWS_DISABLED, 1.0 if disabled else 0.0)
@@ -170,4 +253,4 @@ async def probe(target: Target, ctx: ProbeContext) -> CheckResult:
     return ctx.rec.passed()
 
 
-CHECK = Check("auth", probe, _applies, (SUCCESS, DURATION, OFFERED, EWS_DISABLED), uses_credential=True)
+CHECK = Check("auth", probe, _applies, (SUCCESS, DURATION, OFFERED, NTLM_ONLY, EWS_DISABLED), uses_credential=True)

@@ -1,7 +1,7 @@
 """Requests to Exchange and Graph as the configured account, shared by every check that signs in.
 
-- Credentials per method: Basic (aiohttp), NTLM (requests-ntlm in a worker thread), OAuth bearer
-  tokens from MSAL's cache.
+- Credentials per method: Basic (aiohttp), NTLM (requests-ntlm in a worker thread), Kerberos (pyspnego
+  and krb5 in a worker thread, ``protocol/kerberos.py``), OAuth bearer tokens from MSAL's cache.
 - Back-off: when Exchange answers ``ErrorServerBusy`` with ``BackOffMilliseconds`` (or Graph a 429
   with ``Retry-After``), nothing more is sent where the back-off applies until the time has passed; a
   check due meanwhile fails with ``throttled`` without sending anything. Exchange budgets per account,
@@ -10,8 +10,9 @@
   limits"), so a 429 for ``/users/{mailbox}/...`` holds that app and mailbox only, and a 429 elsewhere
   the app on the host. The account is shared with production BEMS, whose own budget the exporter must
   not eat.
-- Suspension: after repeated HTTP 401s to Basic or NTLM the credential is not sent (``suspension.py``),
-  so a changed password cannot lock the account out; one sign-in per retry interval still tries it.
+- Suspension: after repeated HTTP 401s to Basic or NTLM, or pre-authentication failures at the KDC for
+  Kerberos, the credential is not sent (``suspension.py``), so a changed password cannot lock the account
+  out; one sign-in per retry interval still tries it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,16 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from ..config import AuthMethod, Config, EntraCredential, Exchange, Kind, Target, WindowsCredential
+from ..config import (
+    WINDOWS_METHODS,
+    AuthMethod,
+    Config,
+    EntraCredential,
+    Exchange,
+    Kind,
+    Target,
+    WindowsCredential,
+)
 from ..protocol import ews_soap, graph_wire
 from ..protocol.entra_tokens import Resource, TokenError, scope_of
 from ..protocol.http_client import MAX_REDIRECTS, HttpResponse, redirect_target
@@ -63,7 +73,12 @@ def _backoff_scopes(target: Target, url: str) -> tuple[str, str | None]:
 
 
 # What each method's 401 challenge looks like (WWW-Authenticate schemes), and what to do when it is missing.
-_WANTED = {AuthMethod.BASIC: {"basic"}, AuthMethod.NTLM: {"ntlm", "negotiate"}, AuthMethod.OAUTH: {"bearer"}}
+_WANTED = {
+    AuthMethod.BASIC: {"basic"},
+    AuthMethod.NTLM: {"ntlm", "negotiate"},
+    AuthMethod.KERBEROS: {"negotiate"},
+    AuthMethod.OAUTH: {"bearer"},
+}
 _PARAMETER = re.compile(r'[A-Za-z_]+\s*=\s*("[^"]*"|[^,\s]*)')
 _SCHEME = re.compile(r"(?:^|,)\s*([A-Za-z][A-Za-z0-9-]*)(?=\s|,|$)")
 NOT_OFFERED_HINTS = {
@@ -72,6 +87,9 @@ NOT_OFFERED_HINTS = {
     "Exchange Online has no Basic authentication for EWS",
     AuthMethod.NTLM: "enable Windows authentication on the virtual directory (-WindowsAuthentication $true), or "
     "drop ntlm from the target's auth list",
+    AuthMethod.KERBEROS: "enable Windows authentication with the Negotiate provider on the virtual directory "
+    "(-WindowsAuthentication $true; IIS's providers Negotiate or Negotiate:Kerberos), or drop kerberos from the "
+    "target's auth list",
 }
 
 
@@ -119,13 +137,29 @@ def hold_off(ctx: ProbeContext, target: Target, url: str, seconds: float) -> Non
         ctx.resources.backoff.hold(target.credential, mailbox_scope or host, seconds)
 
 
+def token_scope(credential: EntraCredential, target: Target, resource: Resource) -> str:
+    """The ``.default`` scope a target's token is for: ``resource`` in the credential's cloud, except Exchange
+    on-premises with hybrid modern authentication, whose resource is the origin of its own URL.
+
+    Hybrid modern authentication registers the on-premises URLs (``https://mail.contoso.com``) as service
+    principal names of Office 365 Exchange Online in Entra ID, and the on-premises server accepts tokens
+    issued for them (learn.microsoft.com/microsoft-365/enterprise/configure-exchange-server-for-hybrid-modern-
+    authentication, "Add on-premises web service URLs as SPNs"; the EWS OAuth samples ask for
+    ``https://<on-premises host>/...`` scopes).
+    """
+    if target.exchange == Exchange.ONPREM and resource == Resource.EXCHANGE:
+        parts = urlsplit(target.url)
+        return f"{parts.scheme}://{parts.netloc.lower()}/.default"
+    return scope_of(credential, resource)
+
+
 async def token(ctx: ProbeContext, target: Target, scope: Resource) -> str:
-    """An access token for ``scope`` in the cloud of the target's Entra credential."""
+    """An access token for ``scope`` in the cloud of the target's Entra credential (see ``token_scope``)."""
     credential = ctx.config.credentials.get(target.credential or "")
     assert isinstance(credential, EntraCredential)
     try:
         issued = await ctx.resources.run_blocking(
-            ctx.resources.entra.acquire, target.credential, credential, scope_of(credential, scope),
+            ctx.resources.entra.acquire, target.credential, credential, token_scope(credential, target, scope),
             ca_file=ctx.ca_file, proxy=ctx.proxy(target), timeout=ctx.timeout,
         )  # fmt: skip
     except TokenError as err:
@@ -184,12 +218,21 @@ async def _send_once(
     if method is not None:
         check_backoff(ctx, target, url)
     credential = ctx.config.credentials.get(target.credential or "")
-    if method not in (AuthMethod.BASIC, AuthMethod.NTLM) or target.credential is None:
+    if method not in WINDOWS_METHODS or target.credential is None:
         return await _send_as(ctx, target, url, method, credential, body, headers, scope, http_method)
-    # Basic and NTLM present the password to the domain controller: every 401 is a bad password there.
     check_suspension(ctx, target.credential)
-    response = await _send_as(ctx, target, url, method, credential, body, headers, scope, http_method)
-    ctx.resources.suspensions.observe(target.credential, unauthorized=response.status == 401)
+    try:
+        response = await _send_as(ctx, target, url, method, credential, body, headers, scope, http_method)
+    except ProbeFailure as failure:
+        # Kerberos presents the password (or the keytab's key) to the KDC, not to Exchange.
+        if failure.reason == Reason.KERBEROS_WRONG_PASSWORD:
+            ctx.resources.suspensions.observe(target.credential, unauthorized=True)
+        raise
+    # Basic and NTLM present the password to the domain controller: every 401 is a bad password there. A 401
+    # to a Kerberos ticket is Exchange's refusal (a binding, a key), and the KDC took the password.
+    ctx.resources.suspensions.observe(
+        target.credential, unauthorized=response.status == 401 and method != AuthMethod.KERBEROS
+    )
     return response
 
 
@@ -199,19 +242,29 @@ async def _send_as(
     body: bytes | None, headers: dict[str, str], scope: Resource, http_method: str,
 ) -> HttpResponse:  # fmt: skip
     proxy, resources = ctx.proxy(target), ctx.resources
-    if method == AuthMethod.NTLM:
-        assert isinstance(credential, WindowsCredential)
-        return await resources.run_blocking(
-            resources.ntlm.post, target, credential, url, body or b"", headers,
-            ca_file=ctx.ca_file, proxy=proxy, timeout=ctx.timeout,
-        )  # fmt: skip
+    if method in (AuthMethod.NTLM, AuthMethod.KERBEROS):
+        return await windows_post(ctx, target, url, method, body or b"", headers)
     if method == AuthMethod.BASIC:
-        assert isinstance(credential, WindowsCredential)
+        assert isinstance(credential, WindowsCredential) and credential.password is not None
         pair = f"{credential.username}:{credential.password.get_secret_value()}".encode()
         headers["Authorization"] = f"Basic {base64.b64encode(pair).decode()}"
     elif method == AuthMethod.OAUTH:
         headers["Authorization"] = f"Bearer {await token(ctx, target, scope)}"
     return await resources.http.request(http_method, url, ca_file=ctx.ca_file, proxy=proxy, headers=headers, body=body)
+
+
+async def windows_post(
+    ctx: ProbeContext, target: Target, url: str, method: AuthMethod, body: bytes, headers: dict[str, str],
+    *, bind_channel: bool = True,
+) -> HttpResponse:  # fmt: skip
+    """POST with NTLM or Kerberos in a worker thread; ``bind_channel`` False only to diagnose Extended Protection."""
+    credential = ctx.config.credentials.get(target.credential or "")
+    assert isinstance(credential, WindowsCredential)
+    sessions = ctx.resources.kerberos if method == AuthMethod.KERBEROS else ctx.resources.ntlm
+    return await ctx.resources.run_blocking(
+        sessions.post, target, credential, url, body, headers,
+        ca_file=ctx.ca_file, proxy=ctx.proxy(target), timeout=ctx.timeout, bind_channel=bind_channel,
+    )  # fmt: skip
 
 
 def ews_answer(ctx: ProbeContext, target: Target, url: str, response: HttpResponse) -> ews_soap.Answer:

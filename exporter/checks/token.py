@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 from ..config import AuthMethod, Config, EntraCredential, Kind, Target
 from ..metrics import MetricSpec
-from ..protocol.entra_tokens import Resource, TokenError, certificate_expiry, scope_of
+from ..protocol.entra_tokens import Resource, TokenError, certificate_expiry
 from ..results import CheckResult, ProbeFailure, Reason
 from . import signin
 from .base import Check, ProbeContext
@@ -59,7 +59,9 @@ async def probe(target: Target, ctx: ProbeContext) -> CheckResult:
     name = target.credential or ""
     credential = ctx.config.credentials[name]
     assert isinstance(credential, EntraCredential)
-    scopes = sorted({scope_of(credential, _resource(t)) for t in ctx.config.targets if t.credential == name})
+    scopes = sorted({
+        signin.token_scope(credential, t, _resource(t)) for t in ctx.config.targets if t.credential == name
+    })  # fmt: skip
     t0, expiries, ok = time.perf_counter(), [], False
     try:
         for scope in scopes:

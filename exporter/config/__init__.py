@@ -9,6 +9,7 @@ from .loading import load_config, parse_config
 from .schema import (
     DEFAULT_CONFIG_FILE,
     PROXY_FROM_ENVIRONMENT,
+    WINDOWS_METHODS,
     AuthMethod,
     AutodiscoverProtocol,
     Config,
@@ -39,6 +40,7 @@ from .schema import (
 __all__ = [
     "DEFAULT_CONFIG_FILE",
     "PROXY_FROM_ENVIRONMENT",
+    "WINDOWS_METHODS",
     "AuthMethod",
     "AutodiscoverProtocol",
     "Config",

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from ..errors import ConfigError, ConfigIssue
 from .schema import (
+    PASSWORD_METHODS,
     AuthMethod,
     Config,
     EntraCredential,
@@ -120,12 +121,15 @@ def _dns_errors(config: Config, target: Target, where: Loc) -> Iterator[tuple[Lo
 
 
 def _proxy_credential_errors(config: Config, name: str | None, loc: Loc) -> Iterator[tuple[Loc, str]]:
-    if name is not None and not isinstance(config.credentials.get(name), WindowsCredential):
+    credential = config.credentials.get(name) if name is not None else None
+    if name is not None and not (isinstance(credential, WindowsCredential) and credential.password is not None):
         yield loc, f"no username/password credential named {name!r}"
 
 
 def _target_auth_errors(config: Config, target: Target, where: Loc) -> Iterator[tuple[Loc, str]]:
     auth: Loc = (*where, "auth")
+    if target.spn is not None and AuthMethod.KERBEROS not in (target.auth or ()):
+        yield (*where, "spn"), "only the kerberos method uses a service principal: add kerberos to auth"
     if target.credential is None:
         if target.auth:
             yield auth, "auth methods need a credential"
@@ -142,7 +146,9 @@ def _target_auth_errors(config: Config, target: Target, where: Loc) -> Iterator[
     elif AuthMethod.OAUTH in methods:
         yield auth, f"{target.credential!r} is a Windows account: oauth needs an Entra credential"
     elif not methods:
-        yield auth, "list the methods to test: basic, ntlm or both"
+        yield auth, "list the methods to test: basic, ntlm, kerberos, or several"
+    elif credential.password is None and (needing := sorted(methods & PASSWORD_METHODS)):
+        yield auth, f"{target.credential!r} has a keytab, no password: {' and '.join(needing)} need a password"
 
 
 def read_yaml_file(text: str, file: str) -> YamlDocument:

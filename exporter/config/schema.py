@@ -110,10 +110,13 @@ class Exchange(StrEnum):
 class AuthMethod(StrEnum):
     BASIC = "basic"
     NTLM = "ntlm"
+    KERBEROS = "kerberos"  # Kerberos inside Negotiate (SPNEGO, RFC 4559), with channel binding
     OAUTH = "oauth"
 
 
-WINDOWS_METHODS = frozenset({AuthMethod.BASIC, AuthMethod.NTLM})
+WINDOWS_METHODS = frozenset({AuthMethod.BASIC, AuthMethod.NTLM, AuthMethod.KERBEROS})
+# The methods that present the account's password itself to the server (a keytab serves Kerberos only).
+PASSWORD_METHODS = frozenset({AuthMethod.BASIC, AuthMethod.NTLM})
 
 
 class Route(StrEnum):
@@ -260,12 +263,28 @@ def _resolve_secret(data: dict[str, Any], field: str) -> None:
         raise ValueError(f"{source} gives an empty secret")
 
 
+def _readable(value: str | None) -> str | None:
+    if value is not None and not os.access(value, os.R_OK):
+        raise ValueError(f"cannot read {value}")
+    return value
+
+
+ReadableFile = Annotated[str | None, AfterValidator(_readable)]
+
+
 class WindowsCredential(_Model):
-    """An Active Directory account such as BEMSAdmin, used for Basic and NTLM/Negotiate."""
+    """An Active Directory account such as BEMSAdmin, used for Basic, NTLM and Kerberos (inside Negotiate).
+
+    Kerberos signs in as ``principal`` (default: derived from ``username``, see ``kerberos_principal``),
+    with the password, or with the keys of a ``keytab`` file instead of a password (Kerberos only). The
+    realm and its KDCs come from krb5.conf (``KRB5_CONFIG``), as for every MIT Kerberos program.
+    """
 
     username: str = Field(min_length=1)
-    password: SecretStr
+    password: SecretStr | None = None
     password_source: str = "inline"
+    keytab: ReadableFile = None
+    principal: str | None = Field(default=None, min_length=1, pattern=r"^[^\s@/]+(@[^\s@/]+)?$")
     max_concurrency: int | None = Field(default=None, ge=1, le=64)
 
     @model_validator(mode="before")
@@ -274,9 +293,22 @@ class WindowsCredential(_Model):
         if isinstance(data, dict):
             data = dict(data)
             _resolve_secret(data, "password")
-            if "password" not in data:
-                raise ValueError("one of password_file, password_env or password is required")
+            if ("password" in data) == (data.get("keytab") is not None):
+                raise ValueError("set exactly one of password_file, password_env, password or keytab")
         return data
+
+    @property
+    def kerberos_principal(self) -> str:
+        """The Kerberos client principal: ``principal``, else ``user`` of ``DOMAIN\\user`` (in krb5.conf's
+        default realm), else a ``user@dns.domain`` name with the domain upper-cased, as Active Directory
+        names its realm after the DNS domain."""
+        if self.principal:
+            return self.principal
+        _, backslash, user = self.username.partition("\\")
+        if backslash:
+            return user
+        user, at, domain = self.username.partition("@")
+        return f"{user}@{domain.upper()}" if at else self.username
 
     @property
     def kind(self) -> str:
@@ -290,8 +322,8 @@ class EntraCredential(_Model):
     client_id: str = Field(min_length=1)
     client_secret: SecretStr | None = None
     client_secret_source: str | None = None
-    certificate_file: str | None = None
-    private_key_file: str | None = None
+    certificate_file: ReadableFile = None
+    private_key_file: ReadableFile = None
     cloud: Cloud = Cloud.GLOBAL
     authority: HttpsUrl = DEFAULT_AUTHORITY  # default: the cloud's sign-in host
     max_concurrency: int | None = Field(default=None, ge=1, le=64)
@@ -313,13 +345,6 @@ class EntraCredential(_Model):
             if data.get("private_key_file") is not None and not has_cert:
                 raise ValueError("private_key_file goes with certificate_file")
         return data
-
-    @field_validator("certificate_file", "private_key_file")
-    @classmethod
-    def _readable(cls, value: str | None) -> str | None:
-        if value is not None and not os.access(value, os.R_OK):
-            raise ValueError(f"cannot read {value}")
-        return value
 
     @property
     def kind(self) -> str:
@@ -511,6 +536,15 @@ class Notifications(_Model):
     tls: NotificationsTLS | None = None
 
 
+_SERVICE_PRINCIPAL = re.compile(r"[A-Za-z][A-Za-z0-9-]*/[^\s/@]+")
+
+
+def _service_principal(value: str | None) -> str | None:
+    if value is not None and not _SERVICE_PRINCIPAL.fullmatch(value):
+        raise ValueError(f"{value!r} is not a service principal SERVICE/host, such as HTTP/mail.contoso.com")
+    return value
+
+
 class Target(_Model):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     kind: Kind
@@ -523,6 +557,9 @@ class Target(_Model):
     timeout: Duration | None = None
     proxy_url: ProxyUrl = None
     proxy_credential: str | None = None
+    # Kerberos' service principal for the url's host, default HTTP/<host> (an alternate service account
+    # behind a load-balanced namespace has its own, registered with setspn).
+    spn: Annotated[str | None, AfterValidator(_service_principal)] = None
     protocols: tuple[AutodiscoverProtocol, ...] | None = Field(default=None, min_length=1)
     allowed_redirect_hosts: tuple[RedirectHost, ...] | None = None
     push: Push | None = None
@@ -790,6 +827,8 @@ class Config(_Model):
         header's content), client secrets, and the password of an environment proxy URL that is used."""
         for credential in self.credentials.values():
             if isinstance(credential, WindowsCredential):
+                if credential.password is None:
+                    continue
                 password = credential.password.get_secret_value()
                 yield password
                 yield f"{credential.username}:{password}"
@@ -806,7 +845,7 @@ class Config(_Model):
         for name, credential in self.credentials.items():
             where = f"credentials.{name}"
             if isinstance(credential, WindowsCredential):
-                files = {"password_file": _file_source(credential.password_source)}
+                files = {"password_file": _file_source(credential.password_source), "keytab": credential.keytab}
                 secret: SecretStr | None = credential.password
                 secret_key = "password"
             else:

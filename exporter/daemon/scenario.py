@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from ..checks import autodiscover, planned_checks, reachability, tls
-from ..config import Config, DnsView, EntraCredential, Exchange, Kind, Route, Scenario, Target, WindowsCredential
+from ..config import Config, DnsView, EntraCredential, Exchange, Kind, Route, Scenario, Target
 from ..metrics import MetricSpec
 from ..results import CheckResult
 from .store import ResultStore
@@ -116,12 +116,14 @@ def _judge(config: Config, store: ResultStore, pairs: Pairs, assess: Assess | No
     return MET
 
 
-def _windows_auth(config: Config, store: ResultStore, side: Exchange) -> Judgement:
-    """At least one of Basic and Windows authentication signs in, on every on-premises target that signs in."""
-    targets = [
-        t for t in _targets(config, side, Kind.EWS, Kind.AUTODISCOVER)
-        if isinstance(config.credentials.get(t.credential or ""), WindowsCredential)
-    ]  # fmt: skip
+# What BEMS accepts on-premises (BEMS 3.9 prerequisites): Basic, Windows (NTLM or Kerberos) and, where a target
+# is configured with an Entra credential, modern authentication (hybrid modern authentication).
+ONPREM_SIGN_IN_METHODS = ("basic", "ntlm", "kerberos", "oauth")
+
+
+def _onprem_sign_in(config: Config, store: ResultStore, side: Exchange) -> Judgement:
+    """At least one configured method signs in, on every on-premises target that signs in."""
+    targets = [t for t in _targets(config, side, Kind.EWS, Kind.AUTODISCOVER) if config.auth_methods_of(t)]
     pairs = _checks(store, targets, "auth")
     if not pairs:
         return _judge(config, store, pairs)
@@ -130,7 +132,7 @@ def _windows_auth(config: Config, store: ResultStore, side: Exchange) -> Judgeme
         if result is None:
             return Judgement(False, PENDING, f"{target}: auth has not run yet")
         methods = {m.label("method"): m.value for m in result.measurements if m.metric == "bems_auth_success"}
-        if not any(methods.get(m) == 1.0 for m in ("basic", "ntlm")):
+        if not any(methods.get(m) == 1.0 for m in ONPREM_SIGN_IN_METHODS):
             return _failed(target, result)
     return MET
 
@@ -262,8 +264,8 @@ def _public_certificate(config: Config, store: ResultStore, side: Exchange) -> J
 HINTS = {
     "ews_reachable": "EWS must answer on port 443 with a valid certificate: see the reachability and tls checks",
     "autodiscover_reachable": "Autodiscover must answer on port 443 with a valid certificate",
-    "basic_or_windows_auth": "enable Basic or Windows authentication on the EWS and Autodiscover virtual "
-    "directories for the BEMS service account",
+    "basic_or_windows_auth": "enable Basic or Windows authentication (NTLM or Kerberos) on the EWS and Autodiscover "
+    "virtual directories for the BEMS service account, or hybrid modern authentication where BEMS uses it",
     "impersonation": "New-ManagementRoleAssignment -Name:BlackBerryAppImpersonation -Role:ApplicationImpersonation "
     "-User:BEMSAdmin (on-premises); in Exchange Online scope the Entra app with RBAC for Applications: "
     "New-ServicePrincipal -AppId <app id> -ObjectId <enterprise app object id>, then New-ManagementRoleAssignment "
@@ -300,7 +302,7 @@ def _rules(config: Config, side: Exchange) -> dict[str, Rule]:
         rules: dict[str, Rule] = {
             "ews_reachable": _reachable(Kind.EWS),
             "autodiscover_reachable": _reachable(Kind.AUTODISCOVER),
-            "basic_or_windows_auth": _windows_auth,
+            "basic_or_windows_auth": _onprem_sign_in,
             "impersonation": _passes(Kind.EWS, "impersonation"),
         }
         if config.scenario == Scenario.CLOUD_BEMS_ONPREM_EXCHANGE:

@@ -1,10 +1,11 @@
-"""Windows authentication (NTLM, and NTLM inside Negotiate) through requests-ntlm.
+"""Windows authentication over requests: NTLM (and NTLM inside Negotiate) through requests-ntlm, and
+Kerberos inside Negotiate through ``kerberos.NegotiateAuth``.
 
-NTLM authenticates a *connection*: the three-leg handshake must stay on one kept-alive TCP/TLS
-connection, and later requests on it stay signed in. Each target keeps its own requests session, so a
-check reuses the connection (no new handshake per check) for as long as the server keeps it open.
-requests-ntlm sends channel bindings (Extended Protection, on by default since Exchange 2019 CU14)
-taken from the server certificate of that very connection.
+Both authenticate a *connection*: NTLM's three-leg handshake must stay on one kept-alive TCP/TLS
+connection, and later requests on it (IIS's default for NTLM and Kerberos alike) stay signed in. Each
+target keeps its own requests session per method, so a check reuses the connection (no new handshake per
+check) for as long as the server keeps it open. Both send channel bindings (Extended Protection, on by
+default since Exchange 2019 CU14) taken from the server certificate of that very connection.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from __future__ import annotations
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from typing import TypeVar
 
 import requests
+from requests.auth import AuthBase
 from requests_ntlm import HttpNtlmAuth
 
 from ..config import Target, WindowsCredential
@@ -25,22 +28,33 @@ from .tcp_tls import CERTIFICATE_HINT, Proxy, ca_file_stamp, connect_failure, tl
 E = TypeVar("E", bound=BaseException)
 
 
-class NtlmSessions:
-    """One requests session per target and origin, rebuilt when its credential, proxy, CA file or the CA
-    file's content changes (so a CA rotation reaches NTLM when it reaches the ``tls`` check).
+# How a session signs in: the target, the URL's host's credential and whether to send channel bindings.
+AuthFactory = Callable[[Target, str, WindowsCredential, bool], AuthBase]
+
+
+def ntlm_auth(_target: Target, _url: str, credential: WindowsCredential, bind_channel: bool) -> AuthBase:
+    assert credential.password is not None  # the configuration allows ntlm only with a password
+    return HttpNtlmAuth(credential.username, credential.password.get_secret_value(), send_cbt=bind_channel)
+
+
+class WindowsSessions:
+    """One requests session per target and origin, rebuilt when its credential, service principal, proxy,
+    CA file or the CA file's content changes (so a CA rotation reaches NTLM when it reaches the ``tls`` check).
 
     Autodiscover may send a target's requests to another allowed host: that host gets its own session
     (and its own handshake), and every session sends only to its own origin.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, auth: AuthFactory = ntlm_auth) -> None:
+        self._auth = auth
         self._sessions: dict[tuple[str, tuple[str, str, int]], tuple[object, requests.Session, threading.Lock]] = {}
         self._lock = threading.Lock()
 
     def _session(
         self, target: Target, url: str, credential: WindowsCredential, ca_file: str | None, proxy: Proxy | None
     ) -> tuple[requests.Session, threading.Lock]:
-        key, identity = (target.name, origin(url)), (credential, ca_file, ca_file_stamp(ca_file), proxy)
+        key = (target.name, origin(url))
+        identity = (credential, target.spn, ca_file, ca_file_stamp(ca_file), proxy)
         with self._lock:
             known = self._sessions.get(key)
             if known is not None and known[0] == identity:
@@ -48,7 +62,7 @@ class NtlmSessions:
             if known is not None:
                 known[1].close()
             session = requests_session(url, ca_file, proxy)
-            session.auth = HttpNtlmAuth(credential.username, credential.password.get_secret_value())
+            session.auth = self._auth(target, url, credential, True)
             entry = (identity, session, threading.Lock())
             self._sessions[key] = entry
             return session, entry[2]
@@ -64,10 +78,25 @@ class NtlmSessions:
         ca_file: str | None,
         proxy: Proxy | None,
         timeout: float,
+        bind_channel: bool = True,
     ) -> HttpResponse:
-        """POST with NTLM (blocking; call from a worker thread). Redirects are returned, not followed."""
-        deadline = time.monotonic() + timeout
+        """POST signed in (blocking; call from a worker thread). Redirects are returned, not followed.
+
+        ``bind_channel`` False signs in without channel bindings, on a session of its own that is closed
+        afterwards: only the Extended Protection diagnosis does that, never to sign in for a check.
+        """
+        if not bind_channel:
+            with requests_session(url, ca_file, proxy) as session:
+                session.auth = self._auth(target, url, credential, False)
+                return self._post(session, threading.Lock(), target, url, body, headers, timeout)
         session, lock = self._session(target, url, credential, ca_file, proxy)
+        return self._post(session, lock, target, url, body, headers, timeout)
+
+    def _post(
+        self, session: requests.Session, lock: threading.Lock, target: Target, url: str, body: bytes,
+        headers: dict[str, str], timeout: float,
+    ) -> HttpResponse:  # fmt: skip
+        deadline = time.monotonic() + timeout
         with lock:  # a session's connection carries one handshake at a time
             try:
                 response = session.post(
@@ -89,8 +118,12 @@ class NtlmSessions:
                 if cause is not None:
                     raise connect_failure(cause, target.host, target.port) from None
                 raise ProbeFailure(Reason.UNREACHABLE, f"cannot connect: {_reason(err)}") from None
-            except PermissionError as err:  # requests-ntlm: the server sent no NTLM challenge
-                raise ProbeFailure(Reason.BAD_RESPONSE, str(err)) from None
+            except PermissionError:  # requests-ntlm: a 401 without a CHALLENGE answered the NEGOTIATE
+                raise ProbeFailure(
+                    Reason.UNAUTHORIZED,
+                    "credentials rejected (HTTP 401): the server answered NTLM's NEGOTIATE without a CHALLENGE, "
+                    "so it refuses NTLM (a Negotiate:Kerberos-only virtual directory, or a domain that restricts NTLM)",
+                ) from None
             return from_requests(response, read_bounded(response, deadline))
 
     def close(self) -> None:

@@ -15,8 +15,9 @@ Authentication faults:
 - ``PUT    /api/v1/auth/account`` ``{"fault": "wrong_password" | "locked" | "none"}``;
 - ``GET    /api/v1/auth/account/failed_logons``: ``{"count": n, "logons": [{"method", "realm", "time"}]}``,
   every logon of the account the directory refused (what counts towards an AD lockout);
-- ``PUT    /api/v1/auth/endpoints/{name}`` ``{"methods": ["ntlm", "negotiate"], "extended_protection": "require"}``
-  (either key may be left out);
+- ``PUT    /api/v1/auth/endpoints/{name}`` ``{"methods": ["ntlm", "negotiate"], "extended_protection": "require",
+  "ntlm_enabled": true, "tls_offloaded": false}`` (any key may be left out; ``ntlm_enabled`` false refuses NTLM
+  inside Negotiate too, ``tls_offloaded`` true checks channel bindings against a TLS offloader's certificate);
 - ``PATCH  /api/v1/auth/entra`` ``{"secret_expired": true, "token_endpoint_down": false, "throttled": false,
   "throttled_retry_after_seconds": 5, "roles_granted": true, "exchange_roles": ["full_access_as_app"],
   "expires_in": 3599}`` (any subset; ``exchange_roles`` without ``Exchange.ManageAsApp``: the admin API's 403).
@@ -232,6 +233,10 @@ class _AdminApi:
                 self._simulator.set_auth_methods(name, methods)
             if mode is not None:
                 self._simulator.set_extended_protection(name, mode)
+            if body.ntlm_enabled is not None:
+                self._simulator.set_ntlm_enabled(name, body.ntlm_enabled)
+            if body.tls_offloaded is not None:
+                self._simulator.set_tls_offloaded(name, body.tls_offloaded)
         except UnknownEndpointError as error:
             return _error(404, str(error))
         except ValueError as error:
@@ -542,11 +547,13 @@ class _EndpointAuthBody(_Body):
     example = '{"methods": ["ntlm", "negotiate"], "extended_protection": "require"}'
     methods: list[str] | None = None
     extended_protection: str | None = None
+    ntlm_enabled: bool | None = None
+    tls_offloaded: bool | None = None
 
     @model_validator(mode="after")
     def _changes_something(self) -> _EndpointAuthBody:
         if not self.model_fields_set:
-            raise ValueError('the body takes "methods", "extended_protection" or both')
+            raise ValueError('the body takes "methods", "extended_protection", "ntlm_enabled" or "tls_offloaded"')
         return self
 
 

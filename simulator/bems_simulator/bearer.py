@@ -1,11 +1,15 @@
-"""Exchange Online's check of OAuth bearer tokens (facts file 7.2 and 7.5).
+"""Exchange Online's check of OAuth bearer tokens (facts file 7.2 and 7.5), and on-premises Exchange's
+with hybrid modern authentication.
 
-A token must be one the simulated Entra ID signed, for Exchange Online, unexpired, and must carry
-application permissions (``roles``). Every rejection is the same 401 and Bearer challenge; EXO tells
-the reasons apart in ``x-ms-diagnostics`` only, and sends none when no token came at all.
+A token must be one the simulated Entra ID signed, for the audience (Exchange Online, or the on-premises
+server's own URL), unexpired, and must carry application permissions (``roles``). Every rejection is the
+same 401 and challenge; Exchange tells the reasons apart in ``x-ms-diagnostics`` only, and sends none
+when no token came at all.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import jwt
 from aiohttp import web
@@ -25,10 +29,23 @@ NO_PERMISSIONS = (
 )
 
 
+def _exchange_online_challenge() -> list[str]:
+    return [challenges.EXCHANGE_ONLINE_BEARER]
+
+
 class ExchangeOnlineAuthenticator:
-    def __init__(self, entra: EntraId, audience: str = EXCHANGE_ONLINE_RESOURCE) -> None:
+    """Bearer tokens for ``audience``; ``challenge`` gives the 401's WWW-Authenticate values (an on-premises
+    virtual directory's own list, with hybrid modern authentication)."""
+
+    def __init__(
+        self,
+        entra: EntraId,
+        audience: str = EXCHANGE_ONLINE_RESOURCE,
+        challenge: Callable[[], list[str]] = _exchange_online_challenge,
+    ) -> None:
         self._entra = entra
         self._audience = audience
+        self._challenge = challenge
 
     async def authenticate(self, request: web.Request) -> Caller | web.Response:
         header = request.headers.get("Authorization")
@@ -50,4 +67,4 @@ class ExchangeOnlineAuthenticator:
         return Caller(app_id, app_only=True)
 
     async def _reject(self, request: web.Request, diagnostic: str | None) -> web.Response:
-        return await challenges.unauthorized(request, [challenges.EXCHANGE_ONLINE_BEARER], diagnostic)
+        return await challenges.unauthorized(request, self._challenge(), diagnostic)

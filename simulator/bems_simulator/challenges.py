@@ -12,11 +12,14 @@ EXCHANGE_RESOURCE_ID = "00000002-0000-0ff1-ce00-000000000000"
 _ENTRA_ISSUER_ID = "00000001-0000-0000-c000-000000000000"
 AUTHORIZATION_URI = "https://login.microsoftonline.test/common/oauth2/authorize"
 
-EXCHANGE_ONLINE_BEARER = (
+# On-premises Exchange with hybrid modern authentication (OAuth on the virtual directory, the EvoSTS auth
+# server) challenges with the same Bearer parameters beside IIS's own schemes.
+HYBRID_BEARER = (
     f'Bearer client_id="{EXCHANGE_RESOURCE_ID}", trusted_issuers="{_ENTRA_ISSUER_ID}@*", '
     'token_types="app_asserted_user_v1 service_asserted_app_v1", '
-    f'authorization_uri="{AUTHORIZATION_URI}", error="invalid_token",Basic Realm=""'
+    f'authorization_uri="{AUTHORIZATION_URI}", error="invalid_token"'
 )
+EXCHANGE_ONLINE_BEARER = f'{HYBRID_BEARER},Basic Realm=""'
 
 
 async def unauthorized(

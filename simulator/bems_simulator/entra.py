@@ -157,6 +157,10 @@ class EntraId:
         """
         self.settings = EntraSettings(graph_roles=list(self._starting_graph_roles))
         self.token_requests: Counter[tuple[str, str]] = Counter()
+        # On-premises URLs registered as service principal names of Office 365 Exchange Online, as hybrid
+        # modern authentication has them (learn.microsoft.com/microsoft-365/enterprise/
+        # configure-exchange-server-for-hybrid-modern-authentication): tokens for them are Exchange tokens.
+        self.hybrid_resources: set[str] = set()
         self.app_credentials = {
             CredentialKind.SECRET: AppCredential(
                 str(uuid.uuid5(uuid.NAMESPACE_URL, f"secret:{self.client_id}")),
@@ -312,7 +316,7 @@ class EntraId:
                 f"The provided value for the input parameter 'scope' is not valid. The scope {scope} is not valid.",
             )
         resource = scope.removesuffix(_DEFAULT_SCOPE_SUFFIX)
-        if resource not in (EXCHANGE_ONLINE_RESOURCE, GRAPH_RESOURCE):
+        if resource not in (EXCHANGE_ONLINE_RESOURCE, GRAPH_RESOURCE) and resource not in self.hybrid_resources:
             # A resource of another cloud (graph.microsoft.us for a global tenant) or none at all: Entra's
             # InvalidResourceServicePrincipalNotFound (AADSTS error code reference, 500011).
             return _aadsts_error(
@@ -443,7 +447,8 @@ class EntraId:
 
     def _granted_roles(self, resource: str) -> list[str]:
         """The application permissions admin consent granted the app on ``resource``."""
-        return list(self.settings.exchange_roles if resource == EXCHANGE_ONLINE_RESOURCE else self.settings.graph_roles)
+        exchange = resource == EXCHANGE_ONLINE_RESOURCE or resource in self.hybrid_resources
+        return list(self.settings.exchange_roles if exchange else self.settings.graph_roles)
 
 
 def iso_utc(moment: datetime) -> str:

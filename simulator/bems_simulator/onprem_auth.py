@@ -12,7 +12,18 @@ simulators in one process, and the tests around them, never see one another's ac
 Extended Protection per virtual directory, as IIS's ``tokenChecking``: ``none`` ignores channel
 bindings, ``allow`` checks them only when the client sends some, ``require`` rejects a handshake
 without them. An all-zero binding is how a client says "none"; pyspnego would accept it as a match,
-so it is treated as absent here, which makes ``require`` reject it as IIS does.
+so it is treated as absent here, which makes ``require`` reject it as IIS does. ``tls_offloaded``
+checks bindings against the certificate of a TLS offloader in front of Exchange instead of the one the
+client sees: Extended Protection behind SSL offloading, which Microsoft does not support.
+
+Kerberos inside Negotiate (an SPNEGO token without an NTLM message, or a bare Kerberos AP-REQ) is
+accepted by MIT's GSSAPI (python-gssapi) with the keys of the service principal's keytab, when one is
+given (``kerberos_keytab``), as IIS accepts it with the key of the account the SPN is registered on.
+The acceptor checks the channel bindings: MIT rejects a binding that does not match and lets one the
+client left out through, flagging a context whose bindings it verified as ``channel_bound``, which
+``require`` insists on, as IIS does. The KDC decides
+wrong passwords and locked accounts. ``ntlm_enabled`` False refuses NTLM in any scheme, as a directory
+left with IIS's ``Negotiate:Kerberos`` provider, or a domain that restricts NTLM, does.
 """
 
 from __future__ import annotations
@@ -33,6 +44,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
+import gssapi
+import gssapi.raw
 import spnego
 from aiohttp import web
 from spnego.channel_bindings import GssChannelBindings
@@ -40,7 +53,7 @@ from spnego.exceptions import SpnegoError
 
 from . import challenges
 from .files import write_private_file
-from .identity import Caller
+from .identity import Authenticator, Caller
 from .traffic import EndpointTraffic
 
 _Choice = TypeVar("_Choice", bound=StrEnum)
@@ -152,6 +165,9 @@ class VirtualDirectoryAuth:
     realm: str
     extended_protection: ExtendedProtection
     methods: list[AuthMethod] = field(default_factory=lambda: list(AuthMethod))
+    ntlm_enabled: bool = True  # False: NTLM refused inside Negotiate too, and not offered on its own
+    tls_offloaded: bool = False  # bindings checked against an offloader's certificate, not the client's
+    oauth: bool = False  # hybrid modern authentication: Entra bearer tokens for this server's own URL
 
     def set_methods(self, methods: Iterable[AuthMethod | str]) -> None:
         chosen = {parse_choice(AuthMethod, method, "auth method") for method in methods}
@@ -168,12 +184,20 @@ class VirtualDirectoryAuth:
             AuthMethod.NTLM: "NTLM",
             AuthMethod.BASIC: f'Basic realm="{self.realm}"',
         }
-        return [values[method] for method in self.methods]
+        offered = [values[method] for method in self.methods if method in self.accepted]
+        return [*offered, challenges.HYBRID_BEARER] if self.oauth else offered
+
+    @property
+    def accepted(self) -> list[AuthMethod]:
+        return [method for method in self.methods if self.ntlm_enabled or method is not AuthMethod.NTLM]
 
     def state(self) -> dict[str, Any]:
         return {
             "methods": [str(method) for method in self.methods],
             "extended_protection": str(self.extended_protection),
+            "ntlm_enabled": self.ntlm_enabled,
+            "tls_offloaded": self.tls_offloaded,
+            "oauth": self.oauth,
         }
 
 
@@ -183,8 +207,16 @@ class _ConnectionState:
     user: str | None = None  # once a handshake completed on this connection
 
 
+@dataclass
+class KerberosService:
+    """The service principal's keys (a keytab from ``kadmin ktadd``), once the simulator has any."""
+
+    keytab: Path | None = None
+
+
 class OnPremAuthenticator:
-    """Authenticates requests to one virtual directory; ``end_point_hash`` maps a TLS context to its RFC 5929 hash."""
+    """Authenticates requests to one virtual directory; ``end_point_hash`` maps a TLS context to its RFC 5929 hash,
+    ``offloader_end_point`` is the hash of a TLS offloader's own certificate (``tls_offloaded``)."""
 
     def __init__(
         self,
@@ -192,11 +224,17 @@ class OnPremAuthenticator:
         directory: VirtualDirectoryAuth,
         end_point_hash: Callable[[ssl.SSLContext], bytes],
         traffic: EndpointTraffic,
+        kerberos: KerberosService,
+        offloader_end_point: Callable[[], bytes],
+        bearer: Authenticator,
     ) -> None:
         self._account = account
         self._directory = directory
         self._end_point_hash = end_point_hash
         self._traffic = traffic
+        self._kerberos = kerberos
+        self._offloader_end_point = offloader_end_point
+        self._bearer = bearer
         # Keyed by transport, which lives exactly as long as the connection (aiohttp's handler has no weakref slot).
         self._connections: weakref.WeakKeyDictionary[asyncio.BaseTransport, _ConnectionState] = (
             weakref.WeakKeyDictionary()
@@ -211,8 +249,10 @@ class OnPremAuthenticator:
         if header is None:
             return Caller(connection.user) if connection.user else await self._challenge(request)
         scheme, _, credentials = header.strip().partition(" ")
+        if scheme.lower() == "bearer" and self._directory.oauth:
+            return await self._bearer.authenticate(request)
         method = _METHOD_BY_SCHEME.get(scheme.lower())
-        if method not in self._directory.methods:
+        if method not in self._directory.accepted:
             return await self._challenge(request)
         if method is AuthMethod.BASIC:
             return await self._basic(request, credentials.strip())
@@ -236,6 +276,11 @@ class OnPremAuthenticator:
             token = base64.b64decode(credentials, validate=True)
         except binascii.Error:
             token = b""
+        is_ntlm = _ntlm_message(token, _NTLM_NEGOTIATE_MESSAGE) or _ntlm_message(token, _NTLM_AUTHENTICATE_MESSAGE)
+        if method is AuthMethod.NEGOTIATE and not is_ntlm and token[:1] == bytes([_SPNEGO_INITIAL_TOKEN_TAG]):
+            return await self._kerberos_ticket(request, connection, token)
+        if not self._directory.ntlm_enabled:
+            return await self._challenge(request)
         if _starts_handshake(token):
             self._traffic.ntlm_handshakes += 1
             connection.user = None
@@ -269,6 +314,50 @@ class OnPremAuthenticator:
         # SPNEGO's last token (its mechListMIC) would travel on the 200; HTTP clients do not check it, so it is dropped.
         return Caller(self._account.username)
 
+    async def _kerberos_ticket(
+        self, request: web.Request, connection: _ConnectionState, token: bytes
+    ) -> Caller | web.Response:
+        """One-leg Kerberos: the AP-REQ (in SPNEGO) checked with the service's keys and the channel bindings."""
+        self._traffic.kerberos_handshakes += 1
+        connection.user, connection.handshake = None, None
+        if self._kerberos.keytab is None:  # no key for the SPN here: as an SPN registered on another account
+            return await self._challenge(request)
+        bindings = None
+        if self._directory.extended_protection is not ExtendedProtection.NONE:
+            end_point = self._connection_end_point(request)
+            if end_point is None:
+                return await self._challenge(request)
+            bindings = gssapi.raw.ChannelBindings(application_data=b"tls-server-end-point:" + end_point)
+        try:
+            keys = gssapi.Credentials(usage="accept", store={"keytab": str(self._kerberos.keytab)})
+            acceptor = gssapi.SecurityContext(creds=keys, usage="accept", channel_bindings=bindings)
+            acceptor.step(token)
+            # python-gssapi keeps an error that came with an output token (SPNEGO's reject) until the next access.
+            complete = acceptor.complete
+        except gssapi.exceptions.GSSError:  # bad bindings, a ticket for another key, a replay, clock skew
+            return await self._challenge(request)
+        if not complete:
+            return await self._challenge(request)
+        bound = bool(acceptor.actual_flags & gssapi.RequirementFlag.channel_bound)
+        if self._directory.extended_protection is ExtendedProtection.REQUIRE and not bound:
+            return await self._challenge(request)
+        user = str(acceptor.initiator_name).partition("@")[0]
+        # A ticket names the account as user@REALM; the directory knows it as DOMAIN\user.
+        same_account = user.casefold() == self._account.username.rpartition("\\")[2].casefold()
+        name = self._account.username if same_account else user
+        connection.user = name
+        # The acceptor's answer (mutual authentication) would travel on the 200; dropped as SPNEGO's last token is.
+        return Caller(name)
+
+    def _connection_end_point(self, request: web.Request) -> bytes | None:
+        """The RFC 5929 hash the bindings must carry: of this connection's certificate, or the offloader's."""
+        ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+        if ssl_object is None:  # plain HTTP (the plaintext fault): there is no channel to bind to
+            return None
+        if self._directory.tls_offloaded:
+            return self._offloader_end_point()
+        return self._end_point_hash(ssl_object.context)
+
     def _bindings_to_check(self, request: web.Request, sent: bytes | None) -> tuple[bool, GssChannelBindings | None]:
         """Whether the handshake may go on, and the bindings the acceptor must then find in it."""
         mode = self._directory.extended_protection
@@ -277,10 +366,9 @@ class OnPremAuthenticator:
             return True, None
         if not client_binds:
             return False, None
-        ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
-        if ssl_object is None:  # plain HTTP (the plaintext fault): there is no channel to bind to
+        end_point = self._connection_end_point(request)
+        if end_point is None:
             return False, None
-        end_point = self._end_point_hash(ssl_object.context)
         return True, GssChannelBindings(application_data=b"tls-server-end-point:" + end_point)
 
     async def _challenge(self, request: web.Request) -> web.Response:

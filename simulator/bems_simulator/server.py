@@ -38,6 +38,7 @@ from .onprem_auth import (
     AuthMethod,
     ExtendedProtection,
     FailedLogon,
+    KerberosService,
     OnPremAccount,
     OnPremAuthenticator,
     VirtualDirectoryAuth,
@@ -47,7 +48,7 @@ from .pki import CertificateAuthority
 from .proxy import ForwardProxy
 from .push import EwsPushEngine, PushDelivery, PushSubscription
 from .serving import serve_app
-from .tls import ServerCertificates
+from .tls import CertificateVariant, ServerCertificates
 from .traffic import EndpointTraffic
 from .webhooks import GraphDelivery, GraphRequestError, GraphSubscription, GraphWebhooks
 
@@ -96,8 +97,11 @@ class Simulator:
 
     Authentication is real: on-prem endpoints take Basic, NTLM and Negotiate for ``sim.credentials``'
     account, Exchange Online takes bearer tokens from the fake Entra ID at ``sim.entra``. Besides
-    endpoint faults, ``set_account_fault``, ``set_auth_methods``, ``set_extended_protection`` and
-    ``configure_entra`` switch authentication faults; each holds from the next request on.
+    endpoint faults, ``set_account_fault``, ``set_auth_methods``, ``set_extended_protection``,
+    ``set_ntlm_enabled``, ``set_tls_offloaded`` and ``configure_entra`` switch authentication faults; each
+    holds from the next request on; ``enable_hybrid_modern_auth`` lets the on-prem endpoints take Entra tokens
+    issued for their own URLs. ``enable_kerberos`` gives the on-prem endpoints the keys of their
+    service principal (a keytab from a real KDC), after which they accept Kerberos inside Negotiate.
 
     Exchange itself: ``sim.onprem_mailboxes`` and ``sim.online_mailboxes`` hold the mailboxes and the
     rights to them (impersonation on-prem, the app's access online), changed with ``add_mailbox``,
@@ -171,6 +175,7 @@ class Simulator:
             name: VirtualDirectoryAuth(realm=NOMINAL_HOSTS[name], extended_protection=mode)
             for name, mode in _DEFAULT_EXTENDED_PROTECTION.items()
         }
+        self._kerberos = KerberosService()  # no keys for the SPN until enable_kerberos
         self.onprem_mailboxes = MailboxDirectory("impersonation", ONPREM_MAILBOXES)
         self.online_mailboxes = MailboxDirectory("app_access", ONLINE_MAILBOXES)
         self.ews_requests: list[EwsRequest] = []
@@ -413,6 +418,33 @@ class Simulator:
         directory = self.virtual_directory(endpoint)
         directory.set_extended_protection(mode)
         return directory
+
+    def set_ntlm_enabled(self, endpoint: str, enabled: bool) -> VirtualDirectoryAuth:
+        """False: refuse NTLM on an on-prem endpoint in any scheme, bare or inside Negotiate (Kerberos only)."""
+        directory = self.virtual_directory(endpoint)
+        directory.ntlm_enabled = enabled
+        return directory
+
+    def set_tls_offloaded(self, endpoint: str, offloaded: bool) -> VirtualDirectoryAuth:
+        """True: check channel bindings against a TLS offloader's certificate, not the one clients see."""
+        directory = self.virtual_directory(endpoint)
+        directory.tls_offloaded = offloaded
+        return directory
+
+    def enable_kerberos(self, keytab: Path | None) -> None:
+        """Accept Kerberos with the service principal's keys in ``keytab`` (None: no keys, Kerberos refused)."""
+        self._kerberos.keytab = keytab
+
+    def enable_hybrid_modern_auth(self, enabled: bool = True) -> None:
+        """Hybrid modern authentication on the on-prem endpoints: their URLs become service principal names of
+        Exchange Online in Entra ID (tokens can be issued for them) and they accept those tokens as Bearer."""
+        for name, directory in self._virtual_directories.items():
+            directory.oauth = enabled
+            resource = self.endpoints[name].url
+            if enabled:
+                self.entra.hybrid_resources.add(resource)
+            else:
+                self.entra.hybrid_resources.discard(resource)
 
     def configure_entra(self, **settings: Any) -> EntraSettings:
         """Change fake Entra ID settings by name (see ``EntraSettings``); ValueError for a bad one."""
@@ -843,11 +875,21 @@ class Simulator:
         # A new one per listener: handshake state belongs to connections, which a fault change drops.
         if self._certificates is None:
             raise RuntimeError("the simulator is not running")
+        certificates = self._certificates
+        offloader = partial(
+            certificates.context, f"{name}-tls-offloader", [NOMINAL_HOSTS[name]], CertificateVariant.VALID
+        )
+        directory = self._virtual_directories[name]
+        # Hybrid modern authentication: tokens whose audience is this server's own URL (an SPN of EXO in Entra).
+        bearer = ExchangeOnlineAuthenticator(self.entra, self.endpoints[name].url, directory.www_authenticate)
         return OnPremAuthenticator(
             self.account,
-            self._virtual_directories[name],
-            self._certificates.end_point_hash,
+            directory,
+            certificates.end_point_hash,
             self.traffic.setdefault(name, EndpointTraffic()),
+            self._kerberos,
+            lambda: certificates.end_point_hash(offloader()),
+            bearer,
         )
 
     async def _start_admin(self) -> None:

@@ -19,10 +19,16 @@ class EndpointTraffic:
     requests: int = 0
     connections: int = 0  # distinct connections that carried a request
     ntlm_handshakes: int = 0  # NTLM or Negotiate handshakes started (a NEGOTIATE message), on-prem only
+    kerberos_handshakes: int = 0  # Kerberos tickets presented inside Negotiate, on-prem only
     _seen: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet, repr=False)
 
     def state(self) -> dict[str, int]:
-        return {"requests": self.requests, "connections": self.connections, "ntlm_handshakes": self.ntlm_handshakes}
+        return {
+            "requests": self.requests,
+            "connections": self.connections,
+            "ntlm_handshakes": self.ntlm_handshakes,
+            "kerberos_handshakes": self.kerberos_handshakes,
+        }
 
     @web.middleware
     async def count(self, request: web.Request, handler: Handler) -> web.StreamResponse:

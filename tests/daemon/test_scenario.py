@@ -161,12 +161,23 @@ def test_every_requirement_flips_once(config: Config, scenario_name: Scenario) -
         assert {key for key, v in verdicts(config, store).items() if not v.met} == {("online", "impersonation")}
 
 
-def test_one_working_windows_method_is_enough(config: Config) -> None:
+@pytest.mark.parametrize(
+    ("signed_in", "met"),
+    [
+        ({"basic": 0.0, "ntlm": 1.0}, True),
+        ({"basic": 1.0, "ntlm": 0.0}, True),
+        ({"ntlm": 0.0, "kerberos": 1.0}, True),  # Windows authentication with NTLM disabled in the domain
+        ({"oauth": 1.0}, True),  # hybrid modern authentication, where configured
+        ({"basic": 0.0, "ntlm": 0.0, "kerberos": 0.0}, False),
+    ],
+    ids=["ntlm", "basic", "kerberos", "modern", "none"],
+)
+def test_one_method_bems_accepts_is_enough(config: Config, signed_in: dict[str, float], met: bool) -> None:
     store = passing_store(config)
-    store.record(CheckResult("onprem-ews", "auth", False, time.time(), 0.1, Reason.METHOD_NOT_OFFERED, "no basic",
-                             measurements=(Measurement("bems_auth_success", 0.0, (("method", "basic"),)),
-                                           Measurement("bems_auth_success", 1.0, (("method", "ntlm"),)))))  # fmt: skip
-    assert verdicts(config, store)[("onprem", "basic_or_windows_auth")].met
+    store.record(CheckResult("onprem-ews", "auth", False, time.time(), 0.1, Reason.UNAUTHORIZED, "one failed",
+                             measurements=tuple(Measurement("bems_auth_success", value, (("method", method),))
+                                                for method, value in signed_in.items())))  # fmt: skip
+    assert verdicts(config, store)[("onprem", "basic_or_windows_auth")].met is met
 
 
 def measured(target: str, check: str, *measurements: Measurement) -> CheckResult:

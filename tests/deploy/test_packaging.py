@@ -296,10 +296,11 @@ def test_the_production_image_venv_contains_no_simulator(image_venv: Path) -> No
 
 
 def lock_pins(lock: Path = LOCK) -> dict[str, tuple[str, list[str]]]:
-    """A hashed lock as {normalised name: (version, hashes)}."""
+    """A hashed lock as {normalised name: (version, hashes)}; a pin may carry an environment marker
+    (``krb5==0.10.0 ; sys_platform != "win32"``)."""
     pins: dict[str, tuple[str, list[str]]] = {}
     for block in re.split(r"\n(?=[A-Za-z])", lock.read_text(encoding="utf-8")):
-        match = re.match(r"([A-Za-z0-9._-]+)==(\S+) \\\n", block)
+        match = re.match(r"([A-Za-z0-9._-]+)==(\S+)(?: ;[^\\\n]*)? \\\n", block)
         if match:
             pins[normalised(match.group(1))] = (match.group(2), re.findall(r"--hash=sha256:([0-9a-f]{64})", block))
     return pins

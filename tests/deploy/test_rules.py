@@ -42,6 +42,7 @@ ALERTS = {
     "BEMSExchangeCredentialSuspended",
     "BEMSExchangeNotExposedToInternet",
     "BEMSExchangeConnectivityNodeUnreachable",
+    "BEMSExchangeNtlmOnly",
     "BEMSExchangeTokenAcquisitionFailing",
     "BEMSExchangeEntraCredentialExpiring",
     "BEMSExchangeImpersonationDenied",

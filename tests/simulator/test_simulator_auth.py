@@ -488,6 +488,9 @@ async def test_admin_api_switches_auth_faults(simulator: Simulator) -> None:
     assert state["endpoints"]["onprem-ews"] == {
         "methods": ["negotiate", "ntlm", "basic"],
         "extended_protection": "allow",
+        "ntlm_enabled": True,
+        "tls_offloaded": False,
+        "oauth": False,
     }
     assert state["entra"]["app_certificate_file"] == str(simulator.entra.app_certificate_file)
 
@@ -498,7 +501,21 @@ async def test_admin_api_switches_auth_faults(simulator: Simulator) -> None:
     status, body = await asyncio.to_thread(
         call, "PUT", "/endpoints/onprem-autodiscover", {"methods": ["basic"], "extended_protection": "require"}
     )
-    assert (status, body) == (200, {"onprem-autodiscover": {"methods": ["basic"], "extended_protection": "require"}})
+    assert (status, body) == (
+        200,
+        {"onprem-autodiscover": {
+            "methods": ["basic"], "extended_protection": "require", "ntlm_enabled": True, "tls_offloaded": False,
+            "oauth": False,
+        }},
+    )  # fmt: skip
+    status, body = await asyncio.to_thread(
+        call, "PUT", "/endpoints/onprem-ews", {"ntlm_enabled": False, "tls_offloaded": True}
+    )
+    assert status == 200 and body["onprem-ews"]["ntlm_enabled"] is False and body["onprem-ews"]["tls_offloaded"]
+    assert simulator.virtual_directory("onprem-ews").www_authenticate() == [
+        "Negotiate",
+        'Basic realm="mail.corp.example.test"',
+    ]
     status, body = await asyncio.to_thread(call, "PATCH", "/entra", {"throttled": True})
     assert status == 200 and body["throttled"] is True
 
