@@ -45,7 +45,8 @@ class KerberosRealm:
 
     def __init__(self, directory: Path, *, clockskew_seconds: int = 300) -> None:
         self.directory = directory
-        self.krb5_conf = directory / "krb5.conf"
+        self.krb5_conf = directory / "krb5.conf"  # the clients' (exporter, simulator): a test may change it
+        self._server_krb5_conf = directory / "kdc-krb5.conf"  # the KDC's and kadmin's own copy, never changed
         self.kdc_conf = directory / "kdc.conf"
         self._clockskew = clockskew_seconds
         self.port = 0
@@ -55,6 +56,12 @@ class KerberosRealm:
     @property
     def env(self) -> dict[str, str]:
         return {"KRB5_CONFIG": str(self.krb5_conf), "KRB5_KDC_PROFILE": str(self.kdc_conf)}
+
+    @property
+    def _server_env(self) -> dict[str, str]:
+        # The KDC re-reads a changed profile while it runs: a client-side setting (permitted_enctypes) must not
+        # reach it.
+        return {**os.environ, **self.env, "KRB5_CONFIG": str(self._server_krb5_conf)}
 
     def create(self) -> None:
         """The database with its master key (kdb5_util create -s), configured for a free port."""
@@ -93,7 +100,9 @@ class KerberosRealm:
             if clock_offset is not None:
                 command = [program("faketime"), "-f", clock_offset, *command]
             log = (self.directory / "krb5kdc.log").open("ab")
-            self._kdc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self._kdc = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=self._server_env
+            )
             if self._wait_until_listening():
                 return
             self.stop()
@@ -136,7 +145,7 @@ class KerberosRealm:
 
     def _write_profiles(self, port: int) -> None:
         self.port = port
-        self.krb5_conf.write_text(f"""[libdefaults]
+        profile = f"""[libdefaults]
     default_realm = {REALM}
     dns_lookup_kdc = false
     dns_lookup_realm = false
@@ -150,7 +159,9 @@ class KerberosRealm:
     }}
 [domain_realm]
     localhost = {REALM}
-""")
+"""
+        self.krb5_conf.write_text(profile)
+        self._server_krb5_conf.write_text(profile)
         self.kdc_conf.write_text(f"""[kdcdefaults]
     kdc_ports = {port}
     kdc_tcp_ports = {port}
@@ -168,6 +179,6 @@ class KerberosRealm:
 """)
 
     def _run(self, *command: str) -> None:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=60, env={**os.environ, **self.env})
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60, env=self._server_env)
         if result.returncode != 0:
             raise RuntimeError(f"{' '.join(command[:2])} failed: {result.stderr.strip()[-1000:]}")
