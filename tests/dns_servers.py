@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
+from loopback import released_port
 
 START_SECONDS = 10.0  # dnsmasq starts in milliseconds; this only bounds a broken start
 PORT_ATTEMPTS = 5
@@ -32,20 +33,6 @@ def dnsmasq_binary() -> str:
     if path is None:  # `make tools` installs it: a missing tool is a failure, never a skip
         pytest.fail("dnsmasq is not installed (run `make tools`)")
     return path
-
-
-def _unused_port() -> int:
-    """A port free on 127.0.0.1 for both UDP and TCP right now (dnsmasq serves both)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port = int(udp.getsockname()[1])
-            with socket.socket() as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
 
 
 @dataclass
@@ -94,7 +81,7 @@ def start_dnsmasq(*options: str) -> Dnsmasq:
     """dnsmasq on 127.0.0.1 serving only what ``options`` say: no upstream, no /etc/hosts, no config file."""
     user = ["--user=nobody"] if os.geteuid() == 0 else []  # as root it would switch to dnsmasq, which may not exist
     for _attempt in range(PORT_ATTEMPTS):
-        port = _unused_port()
+        port = released_port()
         process = subprocess.Popen(
             [
                 dnsmasq_binary(), "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
@@ -133,4 +120,4 @@ def silent_server() -> Iterator[str]:
 
 def closed_server() -> str:
     """A ``dns.servers`` entry nothing listens on: the kernel answers ICMP port unreachable."""
-    return f"127.0.0.1:{_unused_port()}"
+    return f"127.0.0.1:{released_port()}"

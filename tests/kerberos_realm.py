@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from loopback import free_port
+from loopback import released_port
 
 REALM = "CORP.CONTOSO.TEST"
 _PROGRAMS = ("krb5kdc", "kdb5_util", "kadmin.local")
@@ -68,7 +68,7 @@ class KerberosRealm:
         for name in _PROGRAMS:
             program(name)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._write_profiles(free_port())
+        self._write_profiles(released_port())
         self._saved_env = {key: os.environ.get(key) for key in self.env}
         os.environ.update(self.env)
         self._run(program("kdb5_util"), "create", "-s", "-r", REALM, "-P", "master-key-of-the-test-realm")
@@ -106,7 +106,7 @@ class KerberosRealm:
             if self._wait_until_listening():
                 return
             self.stop()
-            self._write_profiles(free_port())  # another process took the port meanwhile: try another
+            self._write_profiles(released_port())  # another process took the port meanwhile: try another
         raise RuntimeError(f"krb5kdc did not start: {(self.directory / 'krb5kdc.log').read_text()[-2000:]}")
 
     def stop(self) -> None:

@@ -59,6 +59,22 @@ def port_of(sock: socket.socket) -> int:
     return int(sock.getsockname()[1])
 
 
+def released_port() -> int:
+    """A port free on 127.0.0.1 for both UDP and TCP right now, then released: only for a third-party server
+    that can take no socket (dnsmasq, krb5kdc: both serve UDP and TCP) and that its caller starts again on another
+    port when this one was taken meanwhile, as ``start_retrying_taken_ports`` does."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind(("127.0.0.1", 0))
+            port = port_of(udp)
+            with socket.socket() as tcp:
+                try:
+                    tcp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+
+
 def spawn_with_sockets(
     argv: Sequence[str], sockets: Mapping[str, socket.socket], **popen: Any
 ) -> subprocess.Popen[bytes]:
@@ -81,9 +97,7 @@ def start_retrying_taken_ports(
     started again on another port, up to ``attempts`` times. ``timeout`` bounds each start (generous: it only
     fails a server that never listens)."""
     for _attempt in range(attempts):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = port_of(probe)
+        port = released_port()
         with log.open("wb") as out:
             proc = subprocess.Popen(command(port), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
