@@ -712,6 +712,7 @@ async def test_admin_api_switches_every_toggle(client: Client) -> None:
                 "throttling": {"kind": "server_busy_message", "backoff_ms": 5000},
                 "disabled": False,
                 "allowed_app_ids": None,
+                "mailbox_ews_enabled": {},
             }
         },
     )
