@@ -3,7 +3,8 @@
 # amtool and alertmanager (package prometheus-alertmanager, whose binary Debian calls
 # prometheus-alertmanager), chromium for the status page, dnsmasq (a real DNS server on loopback for a
 # target's dns.servers), and MIT Kerberos for the Kerberos tests: a KDC (krb5kdc, kdb5_util: krb5-kdc;
-# kadmin.local: krb5-admin-server), kinit and klist (krb5-user) and faketime (a KDC whose clock is off).
+# kadmin.local: krb5-admin-server), kinit and klist (krb5-user) and faketime (a KDC whose clock is off);
+# for the audit report, victoria-metrics (a long-term store) and poppler-utils (its PDF read back).
 # With `build`, only what building the Python venv needs: python-gssapi and krb5 compile against MIT
 # Kerberos (libkrb5-dev, krb5-config) with a C compiler (`make` runs this before it creates .venv).
 # In CI (CI=true) a missing tool is a failure, so this must succeed there; elsewhere it explains.
@@ -25,6 +26,11 @@ if [ "${1:-}" != build ]; then
   PATH="$PATH:/usr/sbin:/sbin" command -v kadmin.local >/dev/null 2>&1 || packages+=(krb5-admin-server)
   command -v kinit >/dev/null 2>&1 || packages+=(krb5-user)
   command -v faketime >/dev/null 2>&1 || packages+=(faketime)
+  # The audit report is proven against VictoriaMetrics too (tests/long_term_stores.py starts its own on
+  # loopback; the package's system service is neither needed nor started in containers).
+  command -v victoria-metrics >/dev/null 2>&1 || packages+=(victoria-metrics)
+  # pdftotext reads back the audit report's PDF; pdftoppm drew its first page for the README.
+  command -v pdftotext >/dev/null 2>&1 || packages+=(poppler-utils)
 fi
 [ ${#packages[@]} -eq 0 ] && exit 0
 
