@@ -5,10 +5,12 @@ figures worked out by hand from the history's events, to the minute, from both s
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+from real_prometheus import tool
 
 from exporter.cli import main
 
@@ -80,3 +82,32 @@ def test_the_report_equals_the_ground_truth_on_prometheus_and_victoria_metrics(
     prometheus["versions"].sort(key=str)
     victoria["versions"].sort(key=str)
     assert prometheus == victoria
+
+
+def test_the_pdf_first_page_carries_the_months_figures(audit_stores: dict[str, str], tmp_path: Path) -> None:
+    """Printed by headless Chromium, read back with pdftotext (poppler-utils)."""
+    code = main(["report", "--prometheus", audit_stores["prometheus"], "--month", "2026-10", "--format", "pdf,json",
+                 "--output", str(tmp_path), "--no-progress"])  # fmt: skip
+    assert code == 0
+    pdf = tmp_path / "bems-audit-2026-10.pdf"
+    first_page = subprocess.run(
+        [tool("pdftotext"), "-f", "1", "-l", "1", "-layout", str(pdf), "-"],
+        check=True, capture_output=True, text=True, timeout=60,
+    ).stdout  # fmt: skip
+    known = OCTOBER["minutes"] - OCTOBER["unknown"]
+    up = known - OCTOBER["down"]
+    for text in (
+        "BEMS Exchange prerequisites: audit 2026-10",
+        f"Source: {audit_stores['prometheus']}",
+        "onprem/ews_reachable",
+        f"{100 * up / known:.4f} %",  # availability
+        f"{100 * up / (known - OCTOBER['planned']):.4f}",  # planned excluded (its % wraps in the narrow column)
+        f"{OCTOBER['down'] - OCTOBER['planned']} min",  # unplanned down
+        f"{OCTOBER['unknown']} min",
+        "availability = U / K",
+    ):
+        assert text in first_page, f"{text!r} not on the first page:\n{first_page}"
+    document = subprocess.run(
+        [tool("pdftotext"), str(pdf), "-"], check=True, capture_output=True, text=True, timeout=60
+    ).stdout.split()
+    assert {"refused", "timeout", "dns", "certificate"} <= set(document), "the ledger's reasons are in the PDF"
