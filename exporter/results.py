@@ -41,6 +41,7 @@ class Reason(StrEnum):
     EWS_DISABLED = "ews_disabled"  # Exchange Online answers EWS with its policy block (403, empty body)
     SOAP_FAULT = "soap_fault"  # another EWS SOAP fault
     ADMIN_API_NOT_PERMITTED = "admin_api_not_permitted"  # the Exchange admin API refuses the app (401/403)
+    SERVICE_HEALTH_NOT_PERMITTED = "service_health_not_permitted"  # Graph's 403: no ServiceHealth.Read.All
     PUSH_STALLED = "push_stalled"  # no notification within stall_after, or the write probe's never came
     INTERNAL = "internal"  # a bug in the exporter: see the log
 

@@ -21,6 +21,7 @@ from . import (
     notification_url,
     push,
     reachability,
+    service_health,
     tls,
     token,
 )
@@ -37,6 +38,7 @@ CHECKS: dict[str, Check] = {
         autodiscover.CHECK,
         ews_settings.CHECK,
         graph.CHECK,
+        service_health.CHECK,
         push.CHECK,
         notification_url.CHECK,
     )

@@ -30,7 +30,7 @@ import json
 from functools import partial
 from urllib.parse import quote
 
-from ..config import AuthMethod, Config, EntraCredential, Kind, Target
+from ..config import Config, EntraCredential, Kind, Target
 from ..metrics import MetricSpec
 from ..protocol.entra_tokens import Resource
 from ..protocol.graph_wire import graph_error
@@ -117,20 +117,13 @@ async def _check_permissions(ctx: ProbeContext, target: Target) -> None:
             )
 
 
-async def _get(ctx: ProbeContext, target: Target, url: str) -> HttpResponse:
-    return await signin.send(
-        ctx, target, url, method=AuthMethod.OAUTH, headers={"Accept": "application/json"}, scope=Resource.GRAPH,
-        http_method="GET", follow=True,
-    )  # fmt: skip
-
-
 def _user_url(target: Target, mailbox: str) -> str:
     return f"{target.url.rstrip('/')}/users/{quote(mailbox)}"
 
 
 async def _read_inbox(ctx: ProbeContext, target: Target, mailbox: str) -> str:
     url = f"{_user_url(target, mailbox)}/mailFolders/inbox"
-    return _judge(ctx, target, url, mailbox, await _get(ctx, target, url))
+    return _judge(ctx, target, url, mailbox, await signin.graph_get(ctx, target, url))
 
 
 def judge_user(ctx: ProbeContext, target: Target, url: str, mailbox: str, response: HttpResponse) -> str:
@@ -151,7 +144,7 @@ async def _read_user(ctx: ProbeContext, target: Target, mailbox: str) -> None:
     async with ctx.rec.step(f"read the user object of {mailbox}") as detail:
         try:
             async with asyncio.timeout(ctx.timeout):
-                response = await _get(ctx, target, url)
+                response = await signin.graph_get(ctx, target, url)
         except TimeoutError:
             raise ProbeFailure(Reason.TIMEOUT, f"no answer within {ctx.timeout:g}s") from None
         detail.append(judge_user(ctx, target, url, mailbox, response))

@@ -197,6 +197,14 @@ async def send(
     raise ProbeFailure(Reason.REDIRECT_BLOCKED, f"more than {MAX_REDIRECTS} redirects: not followed further")
 
 
+async def graph_get(ctx: ProbeContext, target: Target, url: str) -> HttpResponse:
+    """A Graph GET with the app's token, following redirects within the target's origin."""
+    return await send(
+        ctx, target, url, method=AuthMethod.OAUTH, headers={"Accept": "application/json"}, scope=Resource.GRAPH,
+        http_method="GET", follow=True,
+    )  # fmt: skip
+
+
 def check_suspension(ctx: ProbeContext, credential: str) -> None:
     """ProbeFailure(unauthorized) while ``credential`` is suspended, but for one sign-in per retry interval."""
     suspensions = ctx.resources.suspensions

@@ -41,6 +41,10 @@ EWS (endpoints ``onprem-ews``, ``online-ews``):
 - ``PUT    /api/v1/ews/online-ews/disabled`` ``{"disabled": true}``: EWSEnabled false, the retirement's 403;
 - ``PUT    /api/v1/ews/online-ews/allowed_app_ids`` ``{"app_ids": ["..."]}`` (``null``: unset):
   EwsAllowedAppIDs, a 403 for every other app;
+- ``PUT    /api/v1/ews/online-ews/mailboxes/{mailbox}`` ``{"ews_enabled": false}`` (``null``: unset):
+  Get-CASMailbox EwsEnabled, a 403 for EWS as that mailbox when false;
+- ``GET    /api/v1/exchange_admin``, ``GET /api/v1/exchange_admin/requests``; ``PUT /api/v1/exchange_admin/fault``
+  ``{"fault": "role_missing" | "throttled" | "none", "retry_after": 30}``: the admin API's ``InvokeCommand``;
 - ``GET    /api/v1/ews/requests``: every authenticated EWS request (``endpoint``, ``caller``,
   ``operation``, ``impersonated``, ``time`` from the simulator's monotonic clock).
 
@@ -58,6 +62,12 @@ Graph and the app registration:
   ``"mailbox": "carol@contoso.test"``: that mailbox only, as Graph's per-app-and-mailbox limits do);
 - ``PUT    /api/v1/graph/mailboxes/{mailbox}`` ``{"enabled": false}``: ``MailboxNotEnabledForRESTAPI``;
 - ``GET    /api/v1/graph/requests``: every Graph request (``method``, ``path``, ``app_id``, ``time``);
+- ``PUT    /api/v1/graph/service_health/services/{id}`` ``{"status": "ServiceDegradation"}``: a service's
+  status in Microsoft 365 Service Health (ids ``Exchange``, ``OrgLiveID``, ``OSDPPlatform``, ``SharePoint``);
+- ``PUT    /api/v1/graph/service_health/issues/{issue id}`` ``{"service": "Exchange", "classification":
+  "Incident" | "Advisory", "title": "...", "resolved": false}``: Microsoft posts an issue; ``DELETE``: gone;
+- ``PATCH  /api/v1/graph/service_health`` ``{"page_size": 2}``: issues per page (``@odata.nextLink``);
+  the permission is ``ServiceHealth.Read.All`` among ``PATCH /api/v1/auth/entra`` ``{"graph_roles": [...]}``;
 - ``PUT    /api/v1/auth/entra/credentials/{secret|certificate}`` ``{"end": "2026-01-31T00:00:00Z"}``:
   the ``endDateTime`` Graph lists; Graph's roles are ``PATCH /api/v1/auth/entra`` ``{"graph_roles": [...]}``.
 
@@ -118,6 +128,7 @@ EWS_PATH = "/api/v1/ews"
 AUTODISCOVER_PATH = "/api/v1/autodiscover"
 FOREIGN_PATH = "/api/v1/foreign"
 GRAPH_PATH = "/api/v1/graph"
+EXCHANGE_ADMIN_PATH = "/api/v1/exchange_admin"
 PUSH_PATH = "/api/v1/push"
 BEMS_PATH = "/api/v1/bems"
 RESET_PATH = "/api/v1/reset"
@@ -147,6 +158,10 @@ def build_admin_app(simulator: Simulator) -> web.Application:
     app.router.add_delete(EWS_PATH + "/{name}/throttling", api.clear_ews_throttling)
     app.router.add_put(EWS_PATH + "/{name}/disabled", api.set_ews_disabled)
     app.router.add_put(EWS_PATH + "/{name}/allowed_app_ids", api.set_ews_allowed_app_ids)
+    app.router.add_put(EWS_PATH + "/{name}/mailboxes/{mailbox}", api.set_mailbox_ews_enabled)
+    app.router.add_get(EXCHANGE_ADMIN_PATH, api.exchange_admin)
+    app.router.add_get(EXCHANGE_ADMIN_PATH + "/requests", api.exchange_admin_requests)
+    app.router.add_put(EXCHANGE_ADMIN_PATH + "/fault", api.set_exchange_admin_fault)
     app.router.add_get(AUTODISCOVER_PATH, api.autodiscover)
     app.router.add_put(AUTODISCOVER_PATH + "/{name}/redirects/{mailbox}", api.set_autodiscover_redirect)
     app.router.add_delete(AUTODISCOVER_PATH + "/{name}/redirects/{mailbox}", api.clear_autodiscover_redirect)
@@ -157,6 +172,10 @@ def build_admin_app(simulator: Simulator) -> web.Application:
     app.router.add_patch(GRAPH_PATH, api.configure_graph)
     app.router.add_put(GRAPH_PATH + "/mailboxes/{mailbox}", api.set_graph_mailbox)
     app.router.add_get(GRAPH_PATH + "/requests", api.graph_requests)
+    app.router.add_patch(GRAPH_PATH + "/service_health", api.set_service_issue_page_size)
+    app.router.add_put(GRAPH_PATH + "/service_health/services/{service_id}", api.set_service_status)
+    app.router.add_put(GRAPH_PATH + "/service_health/issues/{issue_id}", api.post_service_issue)
+    app.router.add_delete(GRAPH_PATH + "/service_health/issues/{issue_id}", api.remove_service_issue)
     app.router.add_get(MAILBOXES_PATH + "/{mailbox}/items", api.mailbox_items)
     app.router.add_post(MAILBOXES_PATH + "/{mailbox}/items/{item_id}/move", api.move_mailbox_item)
     app.router.add_delete(MAILBOXES_PATH + "/{mailbox}/items/{item_id}", api.delete_mailbox_item)
@@ -343,6 +362,31 @@ class _AdminApi:
 
         return await _answer(change)
 
+    async def set_mailbox_ews_enabled(self, request: web.Request) -> web.Response:
+        async def change() -> Any:
+            name = request.match_info["name"]
+            if name != "online-ews":  # Get-CASMailbox EwsEnabled: an Exchange Online mailbox setting
+                raise UnknownEndpointError(name, ["online-ews"])
+            body = await _body(request, _MailboxEwsBody)
+            return {
+                name: self._simulator.set_mailbox_ews_enabled(request.match_info["mailbox"], body.ews_enabled).state()
+            }
+
+        return await _answer(change)
+
+    async def exchange_admin(self, request: web.Request) -> web.Response:
+        return web.json_response(self._simulator.exchange_admin.state())
+
+    async def exchange_admin_requests(self, request: web.Request) -> web.Response:
+        return web.json_response([record.state() for record in self._simulator.exchange_admin_requests])
+
+    async def set_exchange_admin_fault(self, request: web.Request) -> web.Response:
+        async def change() -> Any:
+            body = await _body(request, _ExchangeAdminFaultBody)
+            return self._simulator.set_exchange_admin_fault(body.fault, body.retry_after).state()
+
+        return await _answer(change)
+
     # --- Autodiscover and the foreign host --------------------------------------------------------------
 
     async def autodiscover(self, request: web.Request) -> web.Response:
@@ -406,6 +450,37 @@ class _AdminApi:
 
     async def graph_requests(self, request: web.Request) -> web.Response:
         return web.json_response([record.state() for record in self._simulator.graph_requests])
+
+    async def set_service_issue_page_size(self, request: web.Request) -> web.Response:
+        async def change() -> Any:
+            body = await _body(request, _ServiceHealthBody)
+            return self._simulator.set_service_issue_page_size(body.page_size).state()
+
+        return await _answer(change)
+
+    async def set_service_status(self, request: web.Request) -> web.Response:
+        async def change() -> Any:
+            body = await _body(request, _ServiceStatusBody)
+            return self._simulator.set_service_status(request.match_info["service_id"], body.status).state()
+
+        return await _answer(change)
+
+    async def post_service_issue(self, request: web.Request) -> web.Response:
+        async def change() -> Any:
+            body = await _body(request, _ServiceIssueBody)
+            issue_id = request.match_info["issue_id"]
+            health = self._simulator.post_service_issue(
+                issue_id, body.service, body.classification, body.title, body.resolved
+            )
+            return health.state()
+
+        return await _answer(change)
+
+    async def remove_service_issue(self, request: web.Request) -> web.Response:
+        async def change() -> Any:
+            return self._simulator.remove_service_issue(request.match_info["issue_id"]).state()
+
+        return await _answer(change)
 
     # --- push notifications and BEMS's notification URL ------------------------------------------------
 
@@ -609,6 +684,17 @@ class _AllowedAppIdsBody(_Body):
     app_ids: list[str] | None  # required; null unsets the list
 
 
+class _MailboxEwsBody(_Body):
+    example = '{"ews_enabled": false}'
+    ews_enabled: bool | None  # required; null: $null, as never set
+
+
+class _ExchangeAdminFaultBody(_Body):
+    example = '{"fault": "throttled", "retry_after": 30}'
+    fault: str
+    retry_after: int = 5
+
+
 class _RedirectBody(_Body):
     example = '{"kind": "redirect_url", "target": "https://..."}'
     kind: str
@@ -630,6 +716,24 @@ class _GraphThrottlingBody(_Body):
 class _GraphMailboxBody(_Body):
     example = '{"enabled": false}'
     enabled: bool
+
+
+class _ServiceHealthBody(_Body):
+    example = '{"page_size": 2}'
+    page_size: int
+
+
+class _ServiceStatusBody(_Body):
+    example = '{"status": "ServiceDegradation"}'
+    status: Annotated[str, Field(min_length=1)]
+
+
+class _ServiceIssueBody(_Body):
+    example = '{"service": "Exchange", "classification": "Incident", "title": "Users can\'t access email"}'
+    service: str = "Exchange"
+    classification: str = "Incident"
+    title: Annotated[str, Field(min_length=1)]
+    resolved: bool = False
 
 
 class _MoveBody(_Body):

@@ -47,6 +47,7 @@ from .outbound import CallbackClient, PushFaultKind, Timescale
 from .pki import CertificateAuthority
 from .proxy import ForwardProxy
 from .push import EwsPushEngine, PushDelivery, PushSubscription
+from .service_health import ServiceHealth
 from .serving import serve_app
 from .tls import CertificateVariant, ServerCertificates
 from .traffic import EndpointTraffic
@@ -71,7 +72,7 @@ NOMINAL_HOSTS = {
 ONPREM_MAILBOXES = ["alice@corp.example.test", "bob@corp.example.test"]
 ONLINE_MAILBOXES = ["carol@contoso.test"]
 # BEMS's Graph application permissions, and Mail.ReadWrite for the push check's write probe.
-DEMO_GRAPH_ROLES = ("Mail.Read", "Mail.ReadWrite", "User.Read.All")
+DEMO_GRAPH_ROLES = ("Mail.Read", "Mail.ReadWrite", "User.Read.All", "ServiceHealth.Read.All")
 # Where ``simulate`` tells the exporter, another process, to listen for callbacks: the exporter's own default
 # notification port (its ``notifications.listen_address``), on the simulator's host.
 EXPORTER_LISTENER_PORT = 10443
@@ -111,9 +112,11 @@ class Simulator:
     Exchange Online's admin API (``exchange_admin``, ``InvokeCommand``) reports and ``set_exchange_admin_fault``
     breaks; Autodiscover can redirect (``set_autodiscover_redirect``) or report
     another EWS URL (``set_autodiscover_ews_url``); Graph can be throttled (``set_graph_throttled``) or
-    refuse a mailbox (``set_graph_mailbox_not_enabled``). ``sim.ews_requests``, ``sim.graph_requests``
-    and ``sim.foreign.requests`` record what arrived, with ``time.monotonic()`` times. The ``foreign``
-    endpoint, at ``https://127.0.0.1:PORT``, is a stranger's host for redirects to point at.
+    refuse a mailbox (``set_graph_mailbox_not_enabled``); Microsoft 365 Service Health through Graph reports
+    ``set_service_status`` and the issues of ``post_service_issue`` (``ServiceHealth.Read.All`` needed).
+    ``sim.ews_requests``, ``sim.graph_requests`` and ``sim.foreign.requests`` record what arrived, with
+    ``time.monotonic()`` times. The ``foreign`` endpoint, at ``https://127.0.0.1:PORT``, is a stranger's host
+    for redirects to point at.
 
     Push: EWS ``Subscribe`` starts a push subscription (``sim.ews_subscriptions``) that calls the
     client back with status pings and the item events of ``CreateItem``; every POST is logged in
@@ -667,6 +670,28 @@ class Simulator:
         """Graph's 404 ``MailboxNotEnabledForRESTAPI`` for online ``mailbox`` (False: served again)."""
         self.graph.set_mailbox_enabled(mailbox, not not_enabled)
         return self.graph
+
+    def set_service_status(self, service_id: str, status: str) -> ServiceHealth:
+        """Microsoft 365 Service Health: a service's overall status (``Exchange``: ``ServiceDegradation``...)."""
+        self.graph.service_health.set_status(service_id, status)
+        return self.graph.service_health
+
+    def post_service_issue(
+        self, issue_id: str, service_id: str = "Exchange", classification: str = "Incident",
+        title: str = "Users can't access email", resolved: bool = False,
+    ) -> ServiceHealth:  # fmt: skip
+        """Microsoft posts (or updates) a service health issue: an ``Incident`` or ``Advisory`` on ``service_id``."""
+        self.graph.service_health.post_issue(issue_id, service_id, classification, title, resolved)
+        return self.graph.service_health
+
+    def remove_service_issue(self, issue_id: str) -> ServiceHealth:
+        self.graph.service_health.remove_issue(issue_id)
+        return self.graph.service_health
+
+    def set_service_issue_page_size(self, page_size: int) -> ServiceHealth:
+        """How many issues one page of ``issues`` holds (Graph's default: 100), to exercise ``@odata.nextLink``."""
+        self.graph.service_health.set_page_size(page_size)
+        return self.graph.service_health
 
     def set_graph_push_fault(self, kind: PushFaultKind | str, delay_seconds: float | None = None) -> GraphWebhooks:
         """Break Graph change notifications, with the kinds of ``set_push_fault``.

@@ -52,6 +52,8 @@ ADMIN_CHANGES: list[tuple[str, str, str, Any]] = [
     ("DELETE", "/api/v1/ews/{name}/throttling", "/ews/online-ews/throttling", None),
     ("PUT", "/api/v1/ews/{name}/disabled", "/ews/online-ews/disabled", {"disabled": True}),
     ("PUT", "/api/v1/ews/{name}/allowed_app_ids", "/ews/online-ews/allowed_app_ids", {"app_ids": ["other"]}),
+    ("PUT", "/api/v1/ews/{name}/mailboxes/{mailbox}", f"/ews/online-ews/mailboxes/{CAROL}", {"ews_enabled": False}),
+    ("PUT", "/api/v1/exchange_admin/fault", "/exchange_admin/fault", {"fault": "throttled", "retry_after": 30}),
     (
         "PUT",
         "/api/v1/autodiscover/{name}/redirects/{mailbox}",
@@ -68,6 +70,14 @@ ADMIN_CHANGES: list[tuple[str, str, str, Any]] = [
     ("DELETE", "/api/v1/autodiscover/{name}/ews_url", "/autodiscover/online-autodiscover/ews_url", None),
     ("PATCH", "/api/v1/graph", "/graph", {"throttled": True, "retry_after": 3, "mailbox": CAROL}),
     ("PUT", "/api/v1/graph/mailboxes/{mailbox}", f"/graph/mailboxes/{CAROL}", {"enabled": False}),
+    ("PATCH", "/api/v1/graph/service_health", "/graph/service_health", {"page_size": 2}),
+    ("PUT", "/api/v1/graph/service_health/services/{service_id}", "/graph/service_health/services/Exchange",
+     {"status": "ServiceDegradation"}),
+    ("PUT", "/api/v1/graph/service_health/issues/{issue_id}", "/graph/service_health/issues/EX1",
+     {"title": "Users can't access email"}),
+    ("PUT", "/api/v1/graph/service_health/issues/{issue_id}", "/graph/service_health/issues/EX2",
+     {"service": "OrgLiveID", "classification": "Advisory", "title": "Sign-in delays"}),
+    ("DELETE", "/api/v1/graph/service_health/issues/{issue_id}", "/graph/service_health/issues/EX1", None),
     ("PUT", "/api/v1/push/{protocol}/fault", "/push/ews/fault", {"kind": "delayed", "delay_seconds": 2}),
     ("DELETE", "/api/v1/push/{protocol}/fault", "/push/graph/fault", None),
     ("PUT", "/api/v1/bems/fault", "/bems/fault", {"fault": "wrong_echo"}),
@@ -221,7 +231,8 @@ async def test_a_reset_simulator_equals_a_fresh_one(simulator: Simulator, client
     await change_everything(client)
     changed = await snapshot(client)
     assert {key for key in fresh if changed[key] != fresh[key]} >= {
-        f"/api/v1/{path}" for path in ("endpoints", "auth", "mailboxes", "ews", "autodiscover", "graph", "push", "bems")
+        f"/api/v1/{path}"
+        for path in ("endpoints", "auth", "mailboxes", "ews", "autodiscover", "graph", "push", "bems", "exchange_admin")
     } | {"proxy", "hostile", "ca_file", "/api/v1/traffic", "/api/v1/ews/requests", "/api/v1/graph/requests"}
     tasks = push_tasks()
     assert tasks
