@@ -282,7 +282,7 @@ class GraphService:
     ) -> web.Response:
         if SERVICE_HEALTH_ROLE not in _roles(claims):
             return _error(request, 403, *_INSUFFICIENT_PRIVILEGES)
-        page = self.service_health.issue_page(request.url)
+        page = self.service_health.issue_page(request)
         if page is None:  # [UNVERIFIED wording] only the filter the exporter sends is understood
             return _error(request, 400, "BadRequest", "Invalid filter clause.")
         return _odata(request, page)

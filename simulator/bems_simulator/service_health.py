@@ -19,7 +19,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from yarl import URL
+from aiohttp import web
 
 SERVICE_HEALTH_ROLE = "ServiceHealth.Read.All"
 _UNRESOLVED_FILTER = re.compile(r"\s*isResolved\s+eq\s+false\s*", re.IGNORECASE)
@@ -90,8 +90,9 @@ class ServiceHealth:
         value = [{"service": SERVICES[i], "status": status, "id": i} for i, status in self.statuses.items()]
         return {"@odata.context": _CONTEXT + "healthOverviews", "value": value}
 
-    def issue_page(self, url: URL) -> dict[str, Any] | None:
+    def issue_page(self, request: web.Request) -> dict[str, Any] | None:
         """One page of ``issues`` for the request's ``$filter`` and ``$skip``; None for a filter not understood."""
+        url = request.url
         query_filter = url.query.get("$filter")
         if query_filter is not None and not _UNRESOLVED_FILTER.fullmatch(query_filter):
             return None

@@ -56,6 +56,8 @@ ALERTS = {
     "BEMSExchangeEwsAppNotAllowed",
     "BEMSExchangeEwsDisabledForMailbox",
     "BEMSExchangeAdminApiNotPermitted",
+    "BEMSExchangeMicrosoftIncident",
+    "BEMSExchangeServiceHealthNotPermitted",
     "BEMSExchangeNotificationsStalled",
     "BEMSNotificationUrlFailing",
     "BEMSExchangeScenarioNotReady",

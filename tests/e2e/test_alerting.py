@@ -1,8 +1,9 @@
 """End to end: simulator → exporter → a real Prometheus with the shipped rules → a real Alertmanager.
 
-The shipped rules and routing are loaded as they are, with two test-only changes: every ``for:`` is
-shortened (the production values are minutes) and Alertmanager's grouping waits are cut, so that an
-alert travels the whole path in seconds. Everything listens on 127.0.0.1; every process is stopped.
+The shipped rules and routing are loaded as they are, with test-only changes: every ``for:`` is
+shortened (the production values are minutes), Alertmanager's grouping waits are cut and Prometheus resends
+firing alerts every second (not every minute), so that an alert and its changed annotations travel the whole
+path in seconds. Everything listens on 127.0.0.1; every process is stopped.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from aiohttp import web
 from loopback import bound_socket, port_of
 from real_prometheus import Processes, eventually, fast_rules, tool
 
-from bems_simulator.server import Simulator
+from bems_simulator.server import DEMO_GRAPH_ROLES, Simulator
 from exporter.daemon.app import Exporter
 from exporter.web.http_app import create_app
 
@@ -47,6 +48,8 @@ def fast_routing(target_dir: Path) -> Path:
 @pytest.fixture
 async def stack(simulator: Simulator, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     prometheus, alertmanager = tool("prometheus"), tool("prometheus-alertmanager", "alertmanager")
+    # BEMS's Graph roles and ServiceHealth.Read.All, before the exporter's first token: the app as documented.
+    simulator.configure_entra(graph_roles=list(DEMO_GRAPH_ROLES))
     config = simulator.write_exporter_config(tmp_path / "bems.yml", interval="1s", timeout="1s")
     exporter = Exporter(str(config))
     exporter.load()
@@ -74,7 +77,7 @@ async def stack(simulator: Simulator, tmp_path: Path) -> AsyncIterator[dict[str,
             ], tmp_path / "alertmanager.log", am_socket)  # fmt: skip
         processes.start_retrying_taken_ports(lambda port: [
             prometheus, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
+            f"--web.listen-address=127.0.0.1:{port}", "--rules.alert.resend-delay=1s",
         ], tmp_path / "prometheus.log")  # fmt: skip
         async with aiohttp.ClientSession() as http:
             yield {"http": http, "am": f"http://127.0.0.1:{am_port}", "sim": simulator, "logs": tmp_path}
@@ -132,3 +135,36 @@ async def test_an_unreachable_endpoint_inhibits_its_other_alerts(stack: dict[str
     await eventually(tls_inhibited, "the TLS alert, inhibited", timeout=60)
     names = {alert["labels"]["alertname"] for alert in await active_alerts(stack, target="onprem-ews")}
     assert names == {"BEMSExchangeEndpointUnreachable"}  # ...but only the cause reaches a person
+
+
+async def test_an_exchange_online_incident_inhibits_the_online_alerts_and_names_itself(stack: dict[str, Any]) -> None:
+    sim: Simulator = stack["sim"]
+    sim.post_service_issue("EX1001", "Exchange", "Incident", "Users can't access email")
+
+    async def incident() -> list[dict[str, Any]]:
+        return await active_alerts(stack, alertname="BEMSExchangeMicrosoftIncident")
+
+    [alert] = await eventually(incident, "Microsoft's incident at Alertmanager", timeout=60)
+    assert (alert["labels"]["id"], alert["labels"]["title"]) == ("EX1001", "Users can't access email")
+    assert alert["labels"]["m365_service"] == "Exchange Online"
+
+    sim.deny_app_access("carol@contoso.test")  # what an Exchange Online outage looks like from the exporter
+
+    async def denied_inhibited() -> list[dict[str, Any]]:
+        return await active_alerts(
+            stack, inhibited=True, alertname="BEMSExchangeImpersonationDenied", target="online-ews"
+        )
+
+    [inhibited] = await eventually(denied_inhibited, "the online alert, inhibited by the incident", timeout=60)
+    assert 'EX1001 "Users can\'t access email"' in inhibited["annotations"]["description"]
+    # What reaches a person about Exchange Online is Microsoft's incident, not "fix your configuration".
+    reaching = {a["labels"]["alertname"] for a in await active_alerts(stack, exchange="online")}
+    assert "BEMSExchangeImpersonationDenied" not in reaching and "BEMSExchangeMicrosoftIncident" in reaching
+
+    sim.remove_service_issue("EX1001")  # Microsoft resolves it; the denial stays: now it is yours
+
+    async def denied_without_incident() -> list[dict[str, Any]]:
+        alerts = await active_alerts(stack, alertname="BEMSExchangeImpersonationDenied", target="online-ews")
+        return [a for a in alerts if "EX1001" not in a["annotations"]["description"]]
+
+    await eventually(denied_without_incident, "the online alert, active and no longer naming the incident", timeout=60)
