@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from ..checks import autodiscover, planned_checks, reachability, tls
+from ..checks import autodiscover, graph, planned_checks, reachability, tls
 from ..config import Config, DnsView, EntraCredential, Exchange, Kind, Route, Scenario, Target
 from ..metrics import MetricSpec
 from ..results import CheckResult
@@ -31,6 +31,8 @@ PENDING = "pending"
 EWS_URL_MISMATCH = "ews_url_mismatch"
 NOT_PUBLICLY_TRUSTED = "not_publicly_trusted"
 NOT_MEASURED = "not_measured"  # the check's result lacks the measurement the requirement reads
+# graph_path_ready: a graph target checks Graph, but none lists this mailbox an online EWS target checks.
+MAILBOX_NOT_ON_GRAPH = "mailbox_not_on_graph"
 # internet_exposure: the Internet-view answer holds an RFC 1918 / RFC 4193 address (split-brain DNS leaking
 # an internal record), or only addresses the Internet cannot reach otherwise (loopback, CGNAT, reserved ...).
 PRIVATE_ADDRESS = "private_address"
@@ -53,6 +55,12 @@ REQUIREMENT_REASON = MetricSpec(
     "bems_requirement_failure_reason",
     "1 for why the requirement is unmet: not_configured, pending, or the reason of a failing check.",
     labels=("scenario", "exchange", "requirement", "reason"), per_target=False,
+)  # fmt: skip
+GRAPH_PATH_READY = MetricSpec(
+    "bems_graph_path_ready",
+    "1 if the Graph path is ready for an Exchange Online mailbox an EWS target checks: a graph target reads it and, "
+    "where a Graph push target exists, Graph delivers (requirement graph_path_ready).",
+    labels=("scenario", "mailbox"), per_target=False,
 )  # fmt: skip
 SCENARIO_READY = MetricSpec(
     "bems_scenario_ready", "1 when every requirement of the configured scenario is met.",
@@ -261,6 +269,61 @@ def _public_certificate(config: Config, store: ResultStore, side: Exchange) -> J
     return _judge(config, store, pairs, _publicly_trusted)
 
 
+def ews_mailboxes(config: Config, side: Exchange = Exchange.ONLINE) -> list[str]:
+    """The mailboxes the side's EWS targets check, each once, in configuration order."""
+    seen: dict[str, str] = {}
+    for target in _targets(config, side, Kind.EWS):
+        for mailbox in target.mailboxes:
+            seen.setdefault(mailbox.casefold(), mailbox)
+    return list(seen.values())
+
+
+def _graph_reads(store: ResultStore, readers: list[Target], mailbox: str) -> Judgement:
+    """Whether a graph target's latest check read ``mailbox`` (its per-mailbox gauge, whatever the others did)."""
+    result = None
+    for target in readers:
+        result = store.latest.get((target.name, "graph"))
+        if result is None:
+            return Judgement(False, PENDING, f"{target.name}: graph has not run yet")
+        read = {m.label("mailbox").casefold(): m.value for m in result.measurements if m.metric == graph.SUCCESS.name}
+        if read.get(mailbox.casefold()) == 1.0:
+            return MET
+    assert result is not None
+    if not result.success:
+        return _failed(result.target, result)
+    return Judgement(False, NOT_MEASURED, f"{result.target}: graph measured no access to {mailbox}")
+
+
+def graph_path(config: Config, store: ResultStore, side: Exchange = Exchange.ONLINE) -> dict[str, Judgement]:
+    """Mailbox -> whether BEMS could move it from EWS to Graph now: Graph reads it (a graph target lists it) and,
+    where a graph target has a push block, Graph delivers notifications (its push check passes)."""
+    graph_targets = [t for t in _targets(config, side, Kind.GRAPH) if "graph" in store.checks.get(t.name, ())]
+    delivery = _checks(store, [t for t in _targets(config, side, Kind.GRAPH) if t.push is not None], "push")
+    readiness = {}
+    for mailbox in ews_mailboxes(config, side):
+        readers = [t for t in graph_targets if mailbox.casefold() in {m.casefold() for m in t.mailboxes}]
+        if not graph_targets:
+            readiness[mailbox] = Judgement(False, NOT_CONFIGURED, "no configured graph target checks Graph access")
+        elif not readers:
+            readiness[mailbox] = Judgement(
+                False, MAILBOX_NOT_ON_GRAPH, f"{mailbox}: no graph target lists it, so its Graph access is unproven"
+            )
+        else:
+            access = _graph_reads(store, readers, mailbox)
+            readiness[mailbox] = _judge(config, store, delivery) if access.met and delivery else access
+    return readiness
+
+
+def _graph_path_ready(config: Config, store: ResultStore, side: Exchange) -> Judgement | None:
+    readiness = graph_path(config, store, side)
+    unmet = [(mailbox, j) for mailbox, j in readiness.items() if not j.met]
+    if not readiness or not unmet:
+        return MET if readiness else None
+    mailbox, first = unmet[0]
+    detail = f"{len(unmet)} of {len(readiness)} EWS mailboxes not ready for Graph; {mailbox}: {first.detail}"
+    return Judgement(False, first.reason, detail, first.hint)
+
+
 HINTS = {
     "ews_reachable": "EWS must answer on port 443 with a valid certificate: see the reachability and tls checks",
     "autodiscover_reachable": "Autodiscover must answer on port 443 with a valid certificate",
@@ -288,6 +351,10 @@ HINTS = {
     "Connectivity Node",
     "connectivity_node_reachable": "cloud BEMS reaches Exchange through the BlackBerry Connectivity Node: EWS and "
     "Autodiscover must answer on port 443 from the Connectivity Node host (run this exporter there)",
+    "graph_path_ready": "before EWS goes (bems_ews_retirement_timestamp_seconds), prove the Graph path for every "
+    "mailbox an online ews target checks: list it in a graph target's mailboxes, grant the app Mail.Read for it (RBAC "
+    'for Applications: New-ManagementRoleAssignment -App <app id> -Role "Application Mail.Read" -CustomResourceScope '
+    "<scope>), and give a graph target a push block so that Graph delivery to the exporter is proven too",
     "public_certificate": "cloud BEMS trusts public certificate authorities only: give the Internet-facing EWS "
     "and Autodiscover names a certificate from a public CA (an internal CA passes only defaults.tls.ca_file)",
 }
@@ -322,6 +389,7 @@ def _rules(config: Config, side: Exchange) -> dict[str, Rule]:
     }
     if _targets(config, side, Kind.EWS):  # only while an online EWS target is configured
         rules["ews_reachable"] = _reachable(Kind.EWS)
+        rules["graph_path_ready"] = _graph_path_ready  # the cutover from EWS to Graph, mailbox by mailbox
     return rules | delivery | {"notification_url": _where_configured(_notification_url_pairs)}
 
 
@@ -349,9 +417,13 @@ def families(config: Config, store: ResultStore) -> Iterator[Metric]:
         met.add_metric(labels, 1.0 if verdict.met else 0.0)
         if not verdict.met:
             why.add_metric([*labels, verdict.reason], 1.0)
+    path = GaugeMetricFamily(GRAPH_PATH_READY.name, GRAPH_PATH_READY.help, labels=list(GRAPH_PATH_READY.labels))
+    if Exchange.ONLINE in SIDES[config.scenario]:
+        for mailbox, judgement in graph_path(config, store).items():
+            path.add_metric([scenario, mailbox], 1.0 if judgement.met else 0.0)
     ready = GaugeMetricFamily(SCENARIO_READY.name, SCENARIO_READY.help, labels=["scenario"])
     ready.add_metric([scenario], 1.0 if all(v.met for v in verdicts) else 0.0)
-    yield from (met, why, ready)
+    yield from (met, why, path, ready)
 
 
 def _planned(config: Config) -> ResultStore:

@@ -96,7 +96,7 @@ def all_specs() -> list[MetricSpec]:
     return [
         *PROBE_METRICS, *owned, TARGET_INFO, SCENARIO_INFO, BUILD_INFO, RELOAD_OK, RELOAD_TIME, WEB_CONFIG_RELOAD_OK,
         MAINTENANCE_ACTIVE,
-        verdict.REQUIREMENT_MET, verdict.REQUIREMENT_REASON, verdict.SCENARIO_READY,
+        verdict.REQUIREMENT_MET, verdict.REQUIREMENT_REASON, verdict.GRAPH_PATH_READY, verdict.SCENARIO_READY,
         push_state.ACTIVE, push_state.LAST_NOTIFICATION, push_state.DELAY, push_state.NOTIFICATIONS,
         push_state.REJECTED, suspension.SUSPENDED,
     ]  # fmt: skip

@@ -23,7 +23,7 @@ from samples import parse, value
 
 from bems_simulator.server import DEMO_GRAPH_ROLES, Simulator
 from exporter import cli
-from exporter.checks import autodiscover, notification_url, planned_checks, push, reachability
+from exporter.checks import autodiscover, graph, notification_url, planned_checks, push, reachability
 from exporter.config import Config, Exchange, Route, Scenario, load_config
 from exporter.daemon import scenario
 from exporter.daemon.app import Exporter
@@ -77,6 +77,7 @@ def passed(target: str, check: str, config: Config) -> CheckResult:
     measurements = {
         "auth": [Measurement("bems_auth_success", 1.0, (("method", "ntlm"),))],
         "autodiscover": [Measurement(autodiscover.URL_MATCH.name, 1.0, (("mailbox", m),)) for m in mailboxes],
+        "graph": [Measurement(graph.SUCCESS.name, 1.0, (("mailbox", m),)) for m in mailboxes],
         "tls": [Measurement(scenario.PUBLICLY_TRUSTED, 1.0)],
         "reachability": [answered("public")],
     }.get(check, [])
@@ -102,7 +103,7 @@ def verdicts(config: Config, store: ResultStore) -> dict[tuple[str, str], scenar
 ONPREM = {"ews_reachable", "autodiscover_reachable", "basic_or_windows_auth", "impersonation", "push_delivery",
           "autodiscover_ews_url"}  # fmt: skip
 ONLINE = {"autodiscover_reachable", "modern_auth", "graph_access", "impersonation", "ews_reachable", "push_delivery",
-          "autodiscover_ews_url", "notification_url"}  # fmt: skip
+          "autodiscover_ews_url", "notification_url", "graph_path_ready"}  # fmt: skip
 EXPECTED = {  # scenario -> the (side, requirement) pairs of the fully configured estate
     Scenario.CLOUD_BEMS_ONPREM_EXCHANGE: {("onprem", r) for r in ONPREM | {"public_certificate", "internet_exposure"}},
     Scenario.ONPREM_BEMS_CLOUD_EXCHANGE: {("online", r) for r in ONLINE},
@@ -124,6 +125,7 @@ REQUIREMENTS = {
     ("online", "autodiscover_reachable"): ("online-ad", "tls", Reason.CERTIFICATE),
     ("online", "modern_auth"): ("online-ews", "token", Reason.TOKEN),
     ("online", "graph_access"): ("graph", "graph", Reason.FORBIDDEN),
+    ("online", "graph_path_ready"): ("graph", "graph", Reason.MAILBOX_NOT_FOUND),
     ("online", "impersonation"): ("online-ews", "impersonation", Reason.IMPERSONATION_DENIED),
     ("online", "push_delivery"): ("graph", "push", Reason.PUSH_STALLED),
     ("online", "autodiscover_ews_url"): ("online-ad", "autodiscover", Reason.REDIRECT_BLOCKED),
@@ -359,6 +361,66 @@ def test_pending_and_not_configured_get_the_generic_hint(tmp_path: Path, state: 
     assert (verdict.reason, verdict.hint) == (state, scenario.HINTS["graph_access"])
 
 
+def graph_result(target: str, read: dict[str, float], reason: Reason | None = None) -> CheckResult:
+    samples = tuple(Measurement(graph.SUCCESS.name, v, (("mailbox", m),)) for m, v in read.items())
+    return CheckResult(target, "graph", reason is None, time.time(), 0.1, reason, "it failed" if reason else "",
+                       measurements=samples)  # fmt: skip
+
+
+CAROL, DAVE = "carol@contoso.com", "dave@contoso.com"
+# (id, the graph target's mailboxes, its result (None: not run), the push check fails, carol's readiness, reason)
+GRAPH_PATH_CASES = [
+    ("read-and-delivered", (CAROL,), graph_result("graph", {CAROL: 1.0}), False, True, ""),
+    ("read-but-delivery-stalled", (CAROL,), graph_result("graph", {CAROL: 1.0}), True, False, "push_stalled"),
+    ("read-though-another-mailbox-fails", (CAROL, DAVE),
+     graph_result("graph", {CAROL: 1.0, DAVE: 0.0}, Reason.FORBIDDEN), False, True, ""),
+    ("denied", (CAROL,), graph_result("graph", {CAROL: 0.0}, Reason.FORBIDDEN), False, False, "forbidden"),
+    ("not-listed-on-graph", (DAVE,), graph_result("graph", {DAVE: 1.0}), False, False, scenario.MAILBOX_NOT_ON_GRAPH),
+    ("graph-not-run-yet", (CAROL,), None, False, False, scenario.PENDING),
+    ("passed-without-measuring", (CAROL,), graph_result("graph", {}), False, False, scenario.NOT_MEASURED),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("mailboxes", "result", "push_fails", "ready", "reason"), [c[1:] for c in GRAPH_PATH_CASES],
+    ids=[c[0] for c in GRAPH_PATH_CASES],
+)  # fmt: skip
+def test_graph_path_ready_per_mailbox(
+    tmp_path: Path, mailboxes: tuple[str, ...], result: CheckResult | None, push_fails: bool, ready: bool, reason: str
+) -> None:
+    data = yaml.safe_load(CONFIG)
+    for target in data["targets"]:
+        if target["name"] == "graph":
+            target["mailboxes"] = list(mailboxes)
+            target["push"]["mailbox"] = mailboxes[0]
+    config = load(tmp_path, yaml.safe_dump(data))
+    store = passing_store(config)
+    store.latest.pop(("graph", "graph"))
+    if result is not None:
+        store.record(result)
+    if push_fails:
+        fail(store, "graph", "push", Reason.PUSH_STALLED)
+    judgement = scenario.graph_path(config, store)[CAROL]  # the mailbox online-ews checks
+    assert (judgement.met, judgement.reason) == (ready, reason)
+    verdict = verdicts(config, store)[("online", "graph_path_ready")]
+    assert (verdict.met, verdict.reason) == (ready, reason)
+    samples = {s.labels["mailbox"]: s.value for s in scenario_family(config, store, "bems_graph_path_ready")}
+    assert samples == {CAROL: 1.0 if ready else 0.0}
+
+
+def test_graph_path_without_a_push_target_rests_on_access_alone(tmp_path: Path) -> None:
+    data = yaml.safe_load(CONFIG)
+    for target in data["targets"]:
+        target.pop("push", None) if target["name"] == "graph" else None
+    config = load(tmp_path, yaml.safe_dump(data))
+    store = passing_store(config)
+    assert scenario.graph_path(config, store)[CAROL].met
+
+
+def scenario_family(config: Config, store: ResultStore, name: str) -> list[Any]:
+    return next(f for f in scenario.families(config, store) if f.name == name).samples
+
+
 def test_unconfigured_and_pending_requirements(tmp_path: Path) -> None:
     data = yaml.safe_load(CONFIG)
     data["targets"] = [t for t in data["targets"] if t["kind"] not in ("graph", "notification_url")
@@ -366,7 +428,7 @@ def test_unconfigured_and_pending_requirements(tmp_path: Path) -> None:
     config = load(tmp_path, yaml.safe_dump(data))
     assert scenario.unconfigured(config) == [
         "onprem: ews_reachable", "onprem: autodiscover_reachable", "onprem: basic_or_windows_auth",
-        "onprem: impersonation", "online: graph_access",
+        "onprem: impersonation", "online: graph_access", "online: graph_path_ready",
     ]  # fmt: skip
     empty = ResultStore(targets=config.targets_by_name(), checks=planned_checks(config))
     reasons = {v.requirement: v.reason for v in scenario.evaluate(config, empty) if v.exchange == Exchange.ONLINE}
@@ -391,9 +453,9 @@ def without(*names: str, push_of: tuple[str, ...] = ()) -> str:
         pytest.param(without(push_of=("onprem-ews",)), {("onprem", "push_delivery")}, id="no-onprem-push"),
         pytest.param(without(push_of=("graph",)), {("online", "push_delivery")}, id="no-online-push"),
         pytest.param(without("bems-url"), {("online", "notification_url")}, id="no-notification-url"),
-        # Graph mode without an online EWS target: nothing to compare Autodiscover's EWS URL with.
-        pytest.param(without("online-ews"), {("online", "autodiscover_ews_url"), ("online", "ews_reachable")},
-                     id="no-online-ews"),
+        # Graph mode without an online EWS target: nothing to compare Autodiscover's EWS URL with, nothing to cut over.
+        pytest.param(without("online-ews"), {("online", "autodiscover_ews_url"), ("online", "ews_reachable"),
+                                             ("online", "graph_path_ready")}, id="no-online-ews"),
         pytest.param(without("onprem-ad"), {("onprem", "autodiscover_ews_url")}, id="no-onprem-autodiscover"),
     ],
 )  # fmt: skip
@@ -404,7 +466,8 @@ def test_delivery_requirements_apply_only_where_configured(
     judged = set(verdicts(config, passing_store(config)))
     assert EXPECTED[Scenario.ONPREM_BEMS_HYBRID] - judged == absent
     warned = {tuple(line.split(": ")[:2]) for line in scenario.unverified(config)}
-    assert warned == absent - {("online", "ews_reachable")}  # that one was never a warning: EWS is optional online
+    # Those were never warnings: EWS is optional online, and so is the cutover from it.
+    assert warned == absent - {("online", "ews_reachable"), ("online", "graph_path_ready")}
 
 
 def test_config_check_warns_that_delivery_is_not_verified(tmp_path: Path) -> None:
