@@ -223,6 +223,15 @@ REQUIREMENTS = (
     ),
     Requirement(
         "online",
+        "graph_path_ready",
+        "Graph path ready before EWS goes",
+        ONLINE_AUTH,
+        "for every mailbox an online EWS target checks, a graph target reads it and, where a graph target has a "
+        "push block, Graph delivers (only where an online EWS target checks mailboxes)",
+        "Requirement graph_path_ready unmet",
+    ),
+    Requirement(
+        "online",
         "notification_url",
         "BEMS notification URL",
         ONLINE_AUTH,
@@ -465,6 +474,41 @@ def ews_retirement() -> Json:
     )
 
 
+def graph_cutover() -> list[Json]:
+    """Per mailbox an online EWS target checks: could BEMS serve it through Graph now, and how long is left."""
+    return [
+        row("Graph cutover: each EWS mailbox before EWS goes"),
+        flags(
+            "Graph path per EWS mailbox",
+            "For each mailbox an online EWS target checks, whether BEMS could serve it through Microsoft Graph now: "
+            "a graph target reads its inbox and, where a graph target has a push block, Graph delivers "
+            "(bems_graph_path_ready, requirement graph_path_ready). Switch BEMS to Graph for the ready ones.",
+            f"max by (mailbox) ({sel('bems_graph_path_ready', INSTANCE)})",
+            "{{mailbox}}",
+            ("ready for Graph", "not ready"),
+            width=16,
+            heading="Requirement graph_path_ready unmet",
+        ),
+        stat(
+            "Time left to switch",
+            "Until Microsoft's EWS milestones in Exchange Online (bems_ews_retirement_timestamp_seconds, from the "
+            "exporter's dated table): disablement, tenant by tenant, and shutdown for good. Orange within 90 days, "
+            "red within 30 days.",
+            [
+                current(
+                    f"min by (milestone) ({sel('bems_ews_retirement_timestamp_seconds', INSTANCE, ONLINE)}) - time()",
+                    "{{milestone}}",
+                )
+            ],
+            unit="dtdurations",
+            size=(8, 6),
+            defaults=countdown(90 * DAY, 30 * DAY),
+            no_value="no ews_settings check",
+            links=[runbook("BEMSExchangeEwsRetirement")],
+        ),
+    ]
+
+
 def mailbox_access(width: int) -> Json:
     per_mailbox = (*PER_TARGET, MAILBOX)
     return bargauge(
@@ -562,6 +606,7 @@ def online_panels() -> list[Json]:
         credential_expiry(),
         token_expiry(),
         ews_retirement(),
+        *graph_cutover(),
     ]
 
 

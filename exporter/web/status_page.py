@@ -7,8 +7,8 @@ import html
 import time
 
 from .. import __version__
-from ..checks import CHECKS
-from ..config import Config
+from ..checks import CHECKS, ews_settings
+from ..config import Config, Exchange
 from ..daemon import scenario
 from ..daemon.store import ResultStore
 from ..logs import redact
@@ -94,6 +94,39 @@ def _cell(store: ResultStore, target: str, check: str, now: float) -> str:
     )
 
 
+def _days_left(now: float) -> str:
+    """Microsoft's EWS milestones (the table bems_ews_retirement_timestamp_seconds exports), as days from now."""
+    parts = []
+    for milestone in ews_settings.EWS_RETIREMENT:
+        days = (ews_settings.midnight_utc(milestone.day) - now) / 86400
+        when = f"in {days:.0f} days" if days > 0 else f"{-days:.0f} days ago"
+        parts.append(f'<b data-milestone="{milestone.name}" data-days="{days:.0f}">{milestone.name} {when}</b> '
+                     f"({milestone.day.isoformat()})")  # fmt: skip
+    return " · ".join(parts)
+
+
+def _cutover(config: Config, store: ResultStore, now: float) -> str:
+    """The Graph cutover per mailbox an online EWS target checks (requirement graph_path_ready)."""
+    if Exchange.ONLINE not in scenario.SIDES[config.scenario]:
+        return ""
+    readiness = scenario.graph_path(config, store)
+    if not readiness:
+        return ""
+    rows = "".join(
+        f'<tr data-mailbox="{html.escape(mailbox)}" data-state="{"ok" if j.met else "fail"}">'
+        f"<th>{html.escape(mailbox)}</th>"
+        + ('<td class="ok">✓ ready for Graph</td><td></td>' if j.met else
+           f'<td class="fail">✗ {html.escape(j.reason)}</td><td>{html.escape(redact(j.detail))}</td>')
+        + "</tr>"
+        for mailbox, j in readiness.items()
+    )  # fmt: skip
+    return f"""<h2>Graph cutover</h2>
+<p>EWS in Exchange Online: {_days_left(now)}. Each mailbox an online EWS target checks, and whether BEMS could
+serve it through Microsoft Graph now{_runbook("requirement-graph_path_ready-unmet")}</p>
+<div class="scroll"><table id="cutover"><tr><th>mailbox</th><th>Graph path</th><th>why</th></tr>{rows}</table></div>
+"""
+
+
 def render(config: Config, store: ResultStore, revision: str, reload_ok: bool) -> str:
     now = time.time()
     verdicts = scenario.evaluate(config, store)
@@ -138,7 +171,7 @@ def render(config: Config, store: ResultStore, revision: str, reload_ok: bool) -
 <h2>Scenario <code>{html.escape(config.scenario.value)}</code></h2>
 <p class="verdict {"ok" if ready else "fail"}" id="verdict">{"✓ ready" if ready else "✗ NOT READY"}</p>
 <ul class="requirements">{requirements}</ul>
-<h2>Targets</h2>
+{_cutover(config, store, now)}<h2>Targets</h2>
 <div class="scroll"><table id="checks"><tr><th>target</th>{header}</tr>{"".join(rows)}</table></div>
 </body></html>
 """

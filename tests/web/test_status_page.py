@@ -55,3 +55,31 @@ def test_every_runbook_anchor_exists() -> None:
     headings = re.findall(r"^#+ (.+)$", RUNBOOKS.read_text(), re.MULTILINE)
     anchors = {re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-") for h in headings}
     assert {*REASON_RUNBOOK.values(), VERDICT_RUNBOOK} <= anchors
+
+
+async def test_the_graph_cutover_shows_each_ews_mailbox_and_the_days_left(
+    client: tuple[TestClient, Exporter], simulator: Simulator
+) -> None:
+    http, exporter = client
+    carol = "carol@contoso.test"  # the mailbox online-ews checks, which online-graph lists too
+    simulator.set_graph_mailbox_not_enabled(carol)
+    for _ in range(60):
+        cells, page, samples = await page_and_metrics(http)
+        row = re.search(rf'<tr data-mailbox="{re.escape(carol)}" data-state="(\w+)">(.*?)</tr>', page)
+        if row is not None and row[1] == "fail" and exporter.ready():
+            break
+        await asyncio.sleep(0.1)
+    assert row is not None and row[1] == "fail" and "mailbox_not_found" in row[2]
+    assert value(samples, "bems_graph_path_ready", scenario="onprem-bems-hybrid", mailbox=carol) == 0
+    assert cells.requirements["online/graph_path_ready"] == "fail"
+    # Microsoft's milestones, as the dated table bems_ews_retirement_timestamp_seconds exports them.
+    assert re.search(r'data-milestone="disablement" data-days="-?\d+">disablement (in \d+ days|\d+ days ago)', page)
+    assert re.search(r'data-milestone="shutdown" data-days="-?\d+">shutdown ', page)
+
+    simulator.set_graph_mailbox_not_enabled(carol, False)
+    for _ in range(60):
+        _, page, samples = await page_and_metrics(http)
+        if f'data-mailbox="{carol}" data-state="ok"' in page:
+            break
+        await asyncio.sleep(0.1)
+    assert value(samples, "bems_graph_path_ready", scenario="onprem-bems-hybrid", mailbox=carol) == 1
