@@ -47,13 +47,14 @@ AUTH = {
     "online-autodiscover": "none",
     "online-graph": "oauth",
 }
-# Target → its checks: auth where a credential signs in, token once per Entra credential (its first target).
+# Target → its checks: auth where a credential signs in, token once per Entra credential (its first target),
+# service_health once per Entra credential (its first graph target).
 CHECKS = {
     "onprem-ews": "reachability, tls, auth, impersonation",
     "onprem-autodiscover": "reachability, tls, auth, autodiscover",
     "online-ews": "reachability, tls, auth, token, impersonation, ews_settings",
     "online-autodiscover": "reachability, tls, autodiscover",
-    "online-graph": "reachability, tls, graph",
+    "online-graph": "reachability, tls, graph, service_health",
 }
 EXIT_TIMEOUT = 5.0  # seconds a stopped process may take to exit
 START_TIMEOUT = 10.0  # seconds a process may take to start listening

@@ -78,7 +78,8 @@ async def test_first_round_makes_the_exporter_ready(client: TestClient) -> None:
     assert met == {f"{r}@onprem": 1.0 for r in ("ews_reachable", "autodiscover_reachable", "basic_or_windows_auth",
                                                 "impersonation", "autodiscover_ews_url")} | {
         f"{r}@online": 1.0 for r in ("autodiscover_reachable", "modern_auth", "graph_access", "impersonation",
-                                     "ews_reachable", "autodiscover_ews_url")}  # fmt: skip
+                                     "ews_reachable", "autodiscover_ews_url", "graph_path_ready")}  # fmt: skip
+    assert value(samples, "bems_graph_path_ready", scenario="onprem-bems-hybrid", mailbox="carol@contoso.test") == 1
     assert value(samples, "bems_config_last_reload_successful") == 1
 
 
