@@ -62,6 +62,7 @@ Graph and the app registration:
   ``"mailbox": "carol@contoso.test"``: that mailbox only, as Graph's per-app-and-mailbox limits do);
 - ``PUT    /api/v1/graph/mailboxes/{mailbox}`` ``{"enabled": false}``: ``MailboxNotEnabledForRESTAPI``;
 - ``GET    /api/v1/graph/requests``: every Graph request (``method``, ``path``, ``app_id``, ``time``);
+- ``GET    /api/v1/graph/service_health``: each service's status, the posted issues and the page size;
 - ``PUT    /api/v1/graph/service_health/services/{id}`` ``{"status": "ServiceDegradation"}``: a service's
   status in Microsoft 365 Service Health (ids ``Exchange``, ``OrgLiveID``, ``OSDPPlatform``, ``SharePoint``);
 - ``PUT    /api/v1/graph/service_health/issues/{issue id}`` ``{"service": "Exchange", "classification":
@@ -172,6 +173,7 @@ def build_admin_app(simulator: Simulator) -> web.Application:
     app.router.add_patch(GRAPH_PATH, api.configure_graph)
     app.router.add_put(GRAPH_PATH + "/mailboxes/{mailbox}", api.set_graph_mailbox)
     app.router.add_get(GRAPH_PATH + "/requests", api.graph_requests)
+    app.router.add_get(GRAPH_PATH + "/service_health", api.service_health)
     app.router.add_patch(GRAPH_PATH + "/service_health", api.set_service_issue_page_size)
     app.router.add_put(GRAPH_PATH + "/service_health/services/{service_id}", api.set_service_status)
     app.router.add_put(GRAPH_PATH + "/service_health/issues/{issue_id}", api.post_service_issue)
@@ -450,6 +452,9 @@ class _AdminApi:
 
     async def graph_requests(self, request: web.Request) -> web.Response:
         return web.json_response([record.state() for record in self._simulator.graph_requests])
+
+    async def service_health(self, request: web.Request) -> web.Response:
+        return web.json_response(self._simulator.graph.service_health.state())
 
     async def set_service_issue_page_size(self, request: web.Request) -> web.Response:
         async def change() -> Any:

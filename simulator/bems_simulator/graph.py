@@ -161,7 +161,6 @@ class GraphService:
             "throttled_mailboxes": sorted(self.throttled_mailboxes),
             "retry_after_seconds": self.retry_after_seconds,
             "mailboxes_not_enabled": sorted(self._mailboxes_not_enabled),
-            "service_health": self.service_health.state(),
         }
 
     def add_routes(self, app: web.Application) -> None:
