@@ -31,8 +31,8 @@ BLOCKING_WORKERS = 16
 class Resources:
     def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
         """``monotonic`` is the clock of back-off, suspension and push delivery: tests pass a fake one."""
-        self.http = HttpClients()
         self.dns = DnsResolvers()  # a target's own resolvers (its dns servers)
+        self.http = HttpClients(self.dns)
         self.entra = EntraApps()
         self.ntlm = WindowsSessions()
         self.kerberos_tickets = KerberosTickets()

@@ -258,7 +258,9 @@ async def _send_as(
         headers["Authorization"] = f"Basic {base64.b64encode(pair).decode()}"
     elif method == AuthMethod.OAUTH:
         headers["Authorization"] = f"Bearer {await token(ctx, target, scope)}"
-    return await resources.http.request(http_method, url, ca_file=ctx.ca_file, proxy=proxy, headers=headers, body=body)
+    return await resources.http.request(
+        http_method, url, ca_file=ctx.ca_file, proxy=proxy, dns=ctx.config.dns_of(target), headers=headers, body=body
+    )
 
 
 async def windows_post(
@@ -269,9 +271,14 @@ async def windows_post(
     credential = ctx.config.credentials.get(target.credential or "")
     assert isinstance(credential, WindowsCredential)
     sessions = ctx.resources.kerberos if method == AuthMethod.KERBEROS else ctx.resources.ntlm
+    dns, addresses = ctx.config.dns_of(target), None
+    if dns is not None:  # asked here, on the event loop where the c-ares channel lives; the thread connects there
+        found, _seconds = await ctx.resources.dns.lookup(dns, urlsplit(url).hostname or "")
+        addresses = tuple(found)
     return await ctx.resources.run_blocking(
         sessions.post, target, credential, url, body, headers,
-        ca_file=ctx.ca_file, proxy=ctx.proxy(target), timeout=ctx.timeout, bind_channel=bind_channel,
+        ca_file=ctx.ca_file, proxy=ctx.proxy(target), timeout=ctx.timeout, addresses=addresses,
+        bind_channel=bind_channel,
     )  # fmt: skip
 
 

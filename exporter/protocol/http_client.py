@@ -3,7 +3,9 @@
 Two transports: aiohttp on the event loop for everything it can do, and ``requests`` in a bounded
 thread pool where only ``requests`` has the protocol (NTLM with channel binding through
 requests-ntlm; MSAL). Both share one trust policy: the system store or ``defaults.tls.ca_file``,
-never ``REQUESTS_CA_BUNDLE``/``SSL_CERT_FILE``/proxy variables from the environment.
+never ``REQUESTS_CA_BUNDLE``/``SSL_CERT_FILE``/proxy variables from the environment. Both look a target
+with ``dns`` up at its own servers, through the c-ares channels of ``dns_lookup`` (the reachability and
+tls checks' lookup, with its failures), and every other target at the exporter host's resolver.
 
 Every response body is read up to ``MAX_BODY_BYTES`` (decompressed) and within the check's deadline:
 a hostile or broken server costs a bounded amount of memory and time.
@@ -12,7 +14,9 @@ a hostile or broken server costs a bounded amount of memory and time.
 from __future__ import annotations
 
 import errno
+import functools
 import re
+import socket
 import ssl
 import time
 import xml.etree.ElementTree as ET
@@ -22,10 +26,16 @@ from urllib.parse import quote, urljoin, urlsplit
 import aiohttp
 import requests
 import urllib3
+from aiohttp.abc import AbstractResolver, ResolveResult
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPSConnection
+from urllib3.connectionpool import HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
+from ..config import DnsConfig
 from ..results import ProbeFailure, Reason
 from . import safe_xml
+from .dns_lookup import DnsFailure, DnsResolvers
 from .tcp_tls import (
     CERTIFICATE_HINT,
     CaFileStamp,
@@ -98,6 +108,47 @@ def _origin_text(url: str) -> str:
     return f"{scheme}://{host}:{port}"
 
 
+_NUMERIC = socket.AI_NUMERICHOST  # aiohttp connects to ``host`` as given: an address, never looked up again
+
+
+class _Unresolved(OSError):
+    """A DnsFailure on its way through aiohttp, which passes a resolver's OSError on as ClientConnectorDNSError."""
+
+    def __init__(self, failure: DnsFailure) -> None:
+        super().__init__(None, str(failure))
+        self.failure = failure
+
+
+class _ConfiguredResolver(AbstractResolver):
+    """aiohttp's lookup for a target with ``dns``: the c-ares channel ``dns_lookup`` keeps for that setting.
+
+    Not aiohttp's AsyncResolver: its c-ares getaddrinfo also reads the hosts file and reduces a failure
+    to a message, where this asks only the DNS servers (A and AAAA, as the reachability check does) and
+    keeps the resolver's code: an HTTP check reports NXDOMAIN or a timeout as the reachability check does.
+    """
+
+    def __init__(self, resolvers: DnsResolvers, dns: DnsConfig) -> None:
+        self._resolvers = resolvers
+        self._dns = dns
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        try:
+            addresses, _seconds = await self._resolvers.lookup(self._dns, host)
+        except DnsFailure as failure:
+            raise _Unresolved(failure) from None
+        found = [(socket.AF_INET6 if ":" in address else socket.AF_INET, address) for address in addresses]
+        return [
+            {"hostname": host, "host": address, "port": port, "family": kind, "proto": 0, "flags": _NUMERIC}
+            for kind, address in found
+            if family in (socket.AF_UNSPEC, kind)
+        ]
+
+    async def close(self) -> None:
+        """Nothing to release: the channels belong to DnsResolvers, closed with the checks' resources."""
+
+
 @dataclass(slots=True)
 class _Session:
     """An aiohttp session and the CA file content (its stamp) its SSL context was built from."""
@@ -109,30 +160,37 @@ class _Session:
 
 
 class HttpClients:
-    """aiohttp sessions shared by all checks, one per CA file, so connections and TLS state are reused.
+    """aiohttp sessions shared by all checks, one per CA file and ``dns`` setting, so connections and TLS
+    state are reused.
 
     A session trusts what its CA file held when it was built; when the file changes, the next request
     gets a new session (as the ``tls`` check gets a new context, within the same second), and the old
     one is closed once the requests still running on it have ended.
     """
 
-    def __init__(self) -> None:
-        self._sessions: dict[str | None, _Session] = {}
+    def __init__(self, dns: DnsResolvers) -> None:
+        self._dns = dns
+        self._sessions: dict[tuple[str | None, DnsConfig | None], _Session] = {}
 
-    async def _session(self, ca_file: str | None) -> _Session:
-        stamp = ca_file_stamp(ca_file)
-        current = self._sessions.get(ca_file)
-        if current is not None and current.ca_file_stamp == stamp and not current.session.closed:
-            return current
+    def _resolver(self, dns: DnsConfig | None) -> AbstractResolver:
+        if dns is not None:
+            return _ConfiguredResolver(self._dns, dns)
         # The system's resolver (getaddrinfo, as the reachability and tls checks use): aiohttp would otherwise
         # pick its c-ares resolver whenever aiodns is installed (it is, for targets' own ``dns`` servers), which
         # skips nsswitch and would let the HTTP checks and the connection checks disagree on an address.
+        return aiohttp.ThreadedResolver()
+
+    async def _session(self, ca_file: str | None, dns: DnsConfig | None) -> _Session:
+        stamp = ca_file_stamp(ca_file)
+        current = self._sessions.get((ca_file, dns))
+        if current is not None and current.ca_file_stamp == stamp and not current.session.closed:
+            return current
         connector = aiohttp.TCPConnector(
-            ssl=new_client_ssl_context(ca_file), limit=0, limit_per_host=8, resolver=aiohttp.ThreadedResolver()
+            ssl=new_client_ssl_context(ca_file), limit=0, limit_per_host=8, resolver=self._resolver(dns)
         )
         # trust_env=False: proxies come from the configuration only, never from the environment.
         session = aiohttp.ClientSession(connector=connector, trust_env=False, cookie_jar=aiohttp.DummyCookieJar())
-        self._sessions[ca_file] = fresh = _Session(session, stamp)
+        self._sessions[(ca_file, dns)] = fresh = _Session(session, stamp)
         if current is not None:
             current.retired = True
             if not current.in_flight:
@@ -151,10 +209,12 @@ class HttpClients:
         *,
         ca_file: str | None,
         proxy: Proxy | None,
+        dns: DnsConfig | None,
         headers: dict[str, str] | None = None,
         body: bytes | None = None,
     ) -> HttpResponse:
-        """One request, no redirects followed, the body read up to MAX_BODY_BYTES.
+        """One request, no redirects followed, the body read up to MAX_BODY_BYTES; the host looked up at
+        ``dns``'s servers (a DnsFailure when they find no address), or at the host's resolver without it.
 
         Time is bounded by the check's own timeout, which cancels this coroutine.
         """
@@ -166,7 +226,7 @@ class HttpClients:
             if proxy and proxy.credential
             else None
         )
-        entry = await self._session(ca_file)
+        entry = await self._session(ca_file, dns)
         entry.in_flight += 1
         try:
             async with entry.session.request(
@@ -193,6 +253,8 @@ class HttpClients:
         except aiohttp.ClientConnectorSSLError as err:  # connected, but no TLS: plain HTTP on the port, say
             raise tls_failure(err.os_error, f"{err.host}:{err.port}") from None
         except aiohttp.ClientConnectorError as err:
+            if isinstance(err.os_error, _Unresolved):
+                raise err.os_error.failure from None
             raise connect_failure(err.os_error, err.host, err.port) from None
         except (aiohttp.ClientPayloadError, aiohttp.ClientResponseError) as err:
             raise ProbeFailure(Reason.BAD_RESPONSE, f"malformed HTTP response: {type(err).__name__}") from None
@@ -219,17 +281,56 @@ class ForeignOriginError(requests.RequestException):
     """A request a library wanted to send somewhere the configuration did not name."""
 
 
+class AddressPin:
+    """Where a requests session for a target with ``dns`` connects: the addresses its servers answered for
+    the host at the latest lookup (made on the event loop before each request, see ``checks/signin.py``)."""
+
+    def __init__(self) -> None:
+        self.addresses: tuple[str, ...] = ()
+
+
+class _PinnedConnection(HTTPSConnection):
+    """Connects to the pinned addresses, in order, rather than asking the host's resolver for the name.
+
+    urllib3 connects to ``_dns_host`` and nothing else; the name is back in place before the TLS handshake,
+    so SNI, the certificate's host name check, the Host header (and a Kerberos service principal) keep it.
+    """
+
+    def __init__(self, *args: object, pin: AddressPin, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._pin = pin
+
+    def _new_conn(self) -> socket.socket:
+        name = self._dns_host
+        failure: Exception = NewConnectionError(self, f"{name} has no address to connect to")
+        for address in self._pin.addresses:
+            self._dns_host = address
+            try:
+                return super()._new_conn()
+            except (NewConnectionError, ConnectTimeoutError) as err:
+                failure = err
+            finally:
+                self._dns_host = name
+        raise failure
+
+
+class _PinnedPool(HTTPSConnectionPool):
+    ConnectionCls = _PinnedConnection  # its pin comes in the pool's connection keywords (``pin=``)
+
+
 class _TrustAdapter(HTTPAdapter):
     """requests with our SSL context, and only to one origin.
 
     The context carries the trust store (requests would otherwise load certifi's bundle into it). The
     origin check keeps a library's own requests home: MSAL, say, posts the client secret to whatever
-    token endpoint the authority's discovery document names.
+    token endpoint the authority's discovery document names. With a ``pin``, connections go to its
+    addresses (the target's ``dns`` servers' answer) instead of the host's resolver's.
     """
 
-    def __init__(self, context: ssl.SSLContext, home: str) -> None:
+    def __init__(self, context: ssl.SSLContext, home: str, pin: AddressPin | None) -> None:
         self._context = context
         self._home = home
+        self._pin = pin
         super().__init__(pool_connections=4, pool_maxsize=4, max_retries=0)
 
     def send(self, request, *args, **kwargs):  # type: ignore[no-untyped-def]
@@ -242,7 +343,10 @@ class _TrustAdapter(HTTPAdapter):
 
     def init_poolmanager(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         kwargs["ssl_context"] = self._context
-        return super().init_poolmanager(*args, **kwargs)
+        super().init_poolmanager(*args, **kwargs)
+        if self._pin is not None:  # a PoolManager takes no connection keywords of its own: the pool class carries it
+            pinned = functools.partial(_PinnedPool, pin=self._pin)
+            self.poolmanager.pool_classes_by_scheme = {**self.poolmanager.pool_classes_by_scheme, "https": pinned}
 
     def proxy_manager_for(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         kwargs["ssl_context"] = self._context
@@ -254,12 +358,15 @@ class _TrustAdapter(HTTPAdapter):
         conn.ca_cert_dir = None
 
 
-def requests_session(home: str, ca_file: str | None, proxy: Proxy | None) -> requests.Session:
+def requests_session(
+    home: str, ca_file: str | None, proxy: Proxy | None, pin: AddressPin | None = None
+) -> requests.Session:
     """A requests session that verifies like the rest of the exporter, ignores the environment, and
-    sends only to the origin of ``home`` over HTTPS."""
+    sends only to the origin of ``home`` over HTTPS; with ``pin``, to the addresses it holds (no proxy:
+    the configuration refuses one beside ``dns``)."""
     session = requests.Session()
     session.trust_env = False
-    adapter = _TrustAdapter(new_client_ssl_context(ca_file), home)
+    adapter = _TrustAdapter(new_client_ssl_context(ca_file), home, pin)
     session.mount("https://", adapter)
     session.mount("http://", adapter)  # refused by the origin check: home is always https
     if proxy is not None:

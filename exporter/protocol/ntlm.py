@@ -14,6 +14,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 import requests
@@ -22,7 +23,15 @@ from requests_ntlm import HttpNtlmAuth
 
 from ..config import Target, WindowsCredential
 from ..results import ProbeFailure, Reason
-from .http_client import ForeignOriginError, HttpResponse, from_requests, origin, read_bounded, requests_session
+from .http_client import (
+    AddressPin,
+    ForeignOriginError,
+    HttpResponse,
+    from_requests,
+    origin,
+    read_bounded,
+    requests_session,
+)
 from .tcp_tls import CERTIFICATE_HINT, Proxy, ca_file_stamp, connect_failure, tls_failure
 
 E = TypeVar("E", bound=BaseException)
@@ -37,9 +46,19 @@ def ntlm_auth(_target: Target, _url: str, credential: WindowsCredential, bind_ch
     return HttpNtlmAuth(credential.username, credential.password.get_secret_value(), send_cbt=bind_channel)
 
 
+@dataclass(frozen=True, slots=True)
+class _TargetSession:
+    """A target's session, the lock that keeps one handshake at a time on it, and where it connects (its pin)."""
+
+    session: requests.Session
+    lock: threading.Lock
+    pin: AddressPin | None
+
+
 class WindowsSessions:
     """One requests session per target and origin, rebuilt when its credential, service principal, proxy,
-    CA file or the CA file's content changes (so a CA rotation reaches NTLM when it reaches the ``tls`` check).
+    CA file or the CA file's content changes (so a CA rotation reaches NTLM when it reaches the ``tls`` check),
+    or when the target starts or stops giving the addresses to connect to (its ``dns``).
 
     Autodiscover may send a target's requests to another allowed host: that host gets its own session
     (and its own handshake), and every session sends only to its own origin.
@@ -47,25 +66,27 @@ class WindowsSessions:
 
     def __init__(self, auth: AuthFactory = ntlm_auth) -> None:
         self._auth = auth
-        self._sessions: dict[tuple[str, tuple[str, str, int]], tuple[object, requests.Session, threading.Lock]] = {}
+        self._sessions: dict[tuple[str, tuple[str, str, int]], tuple[object, _TargetSession]] = {}
         self._lock = threading.Lock()
 
     def _session(
-        self, target: Target, url: str, credential: WindowsCredential, ca_file: str | None, proxy: Proxy | None
-    ) -> tuple[requests.Session, threading.Lock]:
+        self, target: Target, url: str, credential: WindowsCredential, ca_file: str | None, proxy: Proxy | None,
+        pinned: bool,
+    ) -> _TargetSession:  # fmt: skip
         key = (target.name, origin(url))
-        identity = (credential, target.spn, ca_file, ca_file_stamp(ca_file), proxy)
+        identity = (credential, target.spn, ca_file, ca_file_stamp(ca_file), proxy, pinned)
         with self._lock:
             known = self._sessions.get(key)
             if known is not None and known[0] == identity:
-                return known[1], known[2]
+                return known[1]
             if known is not None:
-                known[1].close()
-            session = requests_session(url, ca_file, proxy)
+                known[1].session.close()
+            pin = AddressPin() if pinned else None
+            session = requests_session(url, ca_file, proxy, pin)
             session.auth = self._auth(target, url, credential, True)
-            entry = (identity, session, threading.Lock())
-            self._sessions[key] = entry
-            return session, entry[2]
+            entry = _TargetSession(session, threading.Lock(), pin)
+            self._sessions[key] = (identity, entry)
+            return entry
 
     def post(
         self,
@@ -78,26 +99,34 @@ class WindowsSessions:
         ca_file: str | None,
         proxy: Proxy | None,
         timeout: float,
+        addresses: tuple[str, ...] | None = None,
         bind_channel: bool = True,
     ) -> HttpResponse:
         """POST signed in (blocking; call from a worker thread). Redirects are returned, not followed.
 
-        ``bind_channel`` False signs in without channel bindings, on a session of its own that is closed
-        afterwards: only the Extended Protection diagnosis does that, never to sign in for a check.
+        ``addresses``: where to connect, for a target whose ``dns`` servers were asked on the event loop
+        (None: the host's resolver). ``bind_channel`` False signs in without channel bindings, on a session
+        of its own that is closed afterwards: only the Extended Protection diagnosis does that, never to sign
+        in for a check.
         """
         if not bind_channel:
-            with requests_session(url, ca_file, proxy) as session:
+            pin = AddressPin() if addresses is not None else None
+            with requests_session(url, ca_file, proxy, pin) as session:
                 session.auth = self._auth(target, url, credential, False)
-                return self._post(session, threading.Lock(), target, url, body, headers, timeout)
-        session, lock = self._session(target, url, credential, ca_file, proxy)
-        return self._post(session, lock, target, url, body, headers, timeout)
+                entry = _TargetSession(session, threading.Lock(), pin)
+                return self._post(entry, addresses, target, url, body, headers, timeout)
+        entry = self._session(target, url, credential, ca_file, proxy, addresses is not None)
+        return self._post(entry, addresses, target, url, body, headers, timeout)
 
     def _post(
-        self, session: requests.Session, lock: threading.Lock, target: Target, url: str, body: bytes,
+        self, entry: _TargetSession, addresses: tuple[str, ...] | None, target: Target, url: str, body: bytes,
         headers: dict[str, str], timeout: float,
     ) -> HttpResponse:  # fmt: skip
         deadline = time.monotonic() + timeout
-        with lock:  # a session's connection carries one handshake at a time
+        session = entry.session
+        with entry.lock:  # a session's connection carries one handshake at a time
+            if entry.pin is not None and addresses is not None:  # for the connection it may open now
+                entry.pin.addresses = addresses
             try:
                 response = session.post(
                     url, data=body, headers=headers, timeout=timeout, allow_redirects=False, stream=True
@@ -128,8 +157,8 @@ class WindowsSessions:
 
     def close(self) -> None:
         with self._lock:
-            for _, session, _ in self._sessions.values():
-                session.close()
+            for _, entry in self._sessions.values():
+                entry.session.close()
             self._sessions.clear()
 
 

@@ -13,16 +13,17 @@ import pytest
 import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from check_runner import run
+from check_runner import configured_target, run
+from dns_servers import running_dnsmasq
 from fake_clock import FakeClock
 from samples import parse, value
 
 from bems_simulator.pki import CertificateAuthority
-from bems_simulator.server import Simulator
+from bems_simulator.server import NOMINAL_HOSTS, Simulator
 from exporter import report
 from exporter.checks import CHECKS
 from exporter.checks.resources import Resources
-from exporter.config import AuthMethod, Config, load_config
+from exporter.config import AuthMethod, Config, DnsConfig, load_config
 from exporter.daemon.app import Exporter
 from exporter.daemon.runner import execute
 from exporter.results import CheckResult, Reason
@@ -63,6 +64,28 @@ async def test_every_method_signs_in(simulator: Simulator, sim_config_file: Path
     online = await check(config, "online-ews", "auth")
     assert measured(online, "bems_auth_success") == {"oauth": 1.0}
     assert measured(online, "bems_auth_offered")["bearer"] == 1.0
+
+
+@pytest.mark.parametrize("method", ["basic", "ntlm"])  # aiohttp and requests: the two HTTP transports
+async def test_a_target_with_dns_signs_in_at_the_address_its_servers_give(
+    simulator: Simulator, sim_config_file: Path, method: str
+) -> None:
+    # The simulator's certificate names mail.corp.example.test, which only this dnsmasq resolves (to the
+    # simulator's loopback address): signing in proves the HTTP check asked it, and kept the name for TLS.
+    config = with_auth(sim_config_file, "onprem-ews", [method])
+    host, port = NOMINAL_HOSTS["onprem-ews"], simulator.endpoints["onprem-ews"].port
+    with running_dnsmasq(f"--address=/{host}/127.0.0.1", "--address=/missing.corp.example.test/") as dns:
+        servers = DnsConfig(servers=(dns.server,))
+        target = configured_target(config, "onprem-ews", url=f"https://{host}:{port}/EWS/Exchange.asmx", dns=servers)
+        result = await run(config, target, "auth")
+        assert result.success, report.render(target, [result])
+        assert measured(result, "bems_auth_success") == {method: 1.0}
+        missing = configured_target(
+            config, "onprem-ews", url=f"https://missing.corp.example.test:{port}/EWS/Exchange.asmx", dns=servers
+        )
+        result = await run(config, missing, "auth")
+    assert result.reason == Reason.DNS, report.render(missing, [result])
+    assert f"missing.corp.example.test does not resolve at {dns.server}: nxdomain" in result.message
 
 
 async def test_certificate_credential_signs_in(simulator: Simulator, tmp_path: Path) -> None:

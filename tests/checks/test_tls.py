@@ -26,6 +26,7 @@ from exporter.checks.resources import Resources
 from exporter.config import AuthMethod, Config, load_config
 from exporter.daemon.runner import execute
 from exporter.protocol import tcp_tls as net
+from exporter.protocol.dns_lookup import DnsResolvers
 from exporter.protocol.http_client import HttpClients
 from exporter.results import CheckResult, Reason
 
@@ -373,15 +374,15 @@ async def test_a_session_replaced_by_a_ca_change_ends_its_requests_before_it_clo
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_context)
     await site.start()
     port = runner.addresses[0][1]
-    clients = HttpClients()
+    clients = HttpClients(DnsResolvers())
     try:
-        request = functools.partial(clients.request, "GET", ca_file=str(ca_file), proxy=None)
+        request = functools.partial(clients.request, "GET", ca_file=str(ca_file), proxy=None, dns=None)
         in_flight = asyncio.create_task(request(f"https://127.0.0.1:{port}/held"))
         await arrived.wait()
-        old = clients._sessions[str(ca_file)].session
+        old = clients._sessions[(str(ca_file), None)].session
         ca_file.write_bytes(authority.cert_pem + CertificateAuthority.create("Next CA").cert_pem)  # a rotation
         assert (await request(f"https://127.0.0.1:{port}/quick")).body == b"quick"
-        assert clients._sessions[str(ca_file)].session is not old
+        assert clients._sessions[(str(ca_file), None)].session is not old
         assert not old.closed, "closing it would break the request still running on it"
         release.set()
         assert (await in_flight).body == b"held"
