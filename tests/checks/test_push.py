@@ -256,10 +256,11 @@ async def test_every_metric_the_rules_use_is_in_real_output(
     }
     assert "bems_impersonation_success" in used
     # An estate that exercises every family: push, the BEMS URL, a certificate credential that may read its own
-    # registration, one failing mailbox for the failure series, a name its own resolver does not know, and a maintenance
-    # window.
+    # registration, one failing mailbox for the failure series, a name its own resolver does not know, a maintenance
+    # window and a Microsoft 365 incident.
     sim.configure_entra(graph_roles=[*DEMO_GRAPH_ROLES, "Application.Read.All"])
     sim.revoke_impersonation("bob@corp.example.test")
+    sim.post_service_issue("EX123456")  # an active Exchange Online incident, for the incident rules' series
     path = push_config(sim, tmp_path, started.listener, **{"onprem-ews": EWS_PUSH})
     # NXDOMAIN at once from a real DNS server: an answer, not a timeout that the fake clock could outrun.
     with running_dnsmasq("--address=/missing.corp.example.test/") as dns:
