@@ -34,6 +34,7 @@ from grafana.panels import (
 RUNBOOKS = "docs/runbooks.md"
 EWS_RETIREMENT = 1806537600  # 2027-04-01T00:00:00Z: Exchange Online EWS shuts down for good
 DEFAULT_TIME = "now-6h"
+PREVIOUS_MONTH = "now-1M/M"  # Grafana: from the start to the end of the previous calendar month
 
 INSTANCE = 'instance=~"$instance"'
 EXCHANGE = 'exchange=~"$exchange"'
@@ -843,6 +844,7 @@ def failures_over_time() -> Json:
 
 
 def audit_dashboard() -> Json:
+    """Calendar months over the per-minute audit rules (group bems-exchange-audit), the report's formula."""
     availability = {
         "decimals": 3,
         "min": 0,
@@ -850,8 +852,20 @@ def audit_dashboard() -> Json:
         "thresholds": thresholds("red", ("green", 0.999)),
         "color": {"mode": "thresholds"},
     }
+    minutes = {"decimals": 0, "thresholds": thresholds("blue"), "color": {"mode": "thresholds"}}
     slo = [runbook("BEMSExchangeErrorBudgetBurn")]
-    daily = sel("target_check:bems_probe_availability:ratio_rate1d", *PER_CHECK)
+    audit = [link("The audit report and its formula", "docs/audit.md")]
+    requirement = sel("scenario_exchange_requirement:bems_requirement_met:min1m", INSTANCE, EXCHANGE)
+    scenario = sel("scenario:bems_scenario_ready:min1m", INSTANCE)
+    check = sel("target_check:bems_probe_success:min1m", *PER_CHECK)
+    window = sel("instance:bems_maintenance_window_active:max1m", INSTANCE)
+    per_requirement = "{{scenario}} {{exchange}} {{requirement}}"
+    # Down minutes inside a maintenance window; an exporter without windows has no window series: 0 then.
+    windows_or_none = f"({window} or on (instance, job) max by (instance, job) (0 * {requirement}))"
+    planned = (
+        f"sum_over_time((({requirement} == bool 0) * on (instance, job) group_left () {windows_or_none})[$__range:1m])"
+    )
+    down = f"(count_over_time({requirement}[$__range]) - sum_over_time({requirement}[$__range]))"
     incident = (
         f"1000 * ({sel('bems_probe_last_success_timestamp_seconds', *PER_CHECK)}"
         " * on (instance, job, target, exchange, check) group_left (reason) "
@@ -859,38 +873,90 @@ def audit_dashboard() -> Json:
     )
     return page(
         "bems-audit",
-        "Availability per target and check over 30 and 90 days, the error budget of the 99.9 % objective, and "
-        "every incident with its reason: the monthly report.",
+        "One calendar month (the time picker: Previous month by default; pick any month as an absolute range) "
+        "over the per-minute audit rules, with the formula of `bems-exchange-exporter report`: availability = "
+        "minutes up / minutes known, unknown time apart, planned (inside a maintenance window) and unplanned "
+        "downtime apart. The report is the document to file; this is its live view.",
         [
-            row("Availability"),
-            check_matrix(
-                "Availability, 30 days",
-                "Runs that passed divided by runs over 30 days (recording rule "
-                "target_check:bems_probe_availability:ratio_rate30d); red below the 99.9 % objective.",
-                sel("target_check:bems_probe_availability:ratio_rate30d", *PER_CHECK),
+            row("Availability in the month"),
+            bargauge(
+                "Scenario ready",
+                "Minutes the scenario was ready / minutes known (avg_over_time of "
+                "scenario:bems_scenario_ready:min1m over the time range). Minutes without data are unknown, "
+                "not up.",
+                [current(f"avg_over_time({scenario}[$__range])", "{{scenario}}")],
                 unit="percentunit",
+                size=(8, 8),
                 defaults=availability,
-                size=(12, 8),
-                links=slo,
+                links=audit,
+            ),
+            bargauge(
+                "Requirements met",
+                "Per BEMS requirement: minutes met / minutes known (avg_over_time of "
+                "scenario_exchange_requirement:bems_requirement_met:min1m over the time range).",
+                [current(f"avg_over_time({requirement}[$__range])", per_requirement)],
+                unit="percentunit",
+                size=(16, 8),
+                defaults=availability,
+                links=audit,
             ),
             check_matrix(
-                "Availability, 90 days",
-                "Mean of the daily availability (recording rule "
-                "target_check:bems_probe_availability:ratio_rate1d) over 90 days; needs 90 days of "
-                "retention.",
-                f"avg_over_time({daily}[90d])",
+                "Availability per check",
+                "Minutes the check passed / minutes known (avg_over_time of target_check:bems_probe_success:min1m "
+                "over the time range); red below the 99.9 % objective.",
+                f"avg_over_time({check}[$__range])",
                 unit="percentunit",
                 defaults=availability,
-                size=(12, 8),
+                size=(24, 8),
                 links=slo,
+            ),
+            row("Downtime and unknown time"),
+            bargauge(
+                "Unknown time",
+                "Minutes of the time range without an audit sample of the requirement (the exporter or "
+                "Prometheus was down): counted neither up nor down. A minute at the range's edges may fall on "
+                "either side; the report is exact.",
+                [current(f"$__range_s / 60 - count_over_time({requirement}[$__range])", per_requirement)],
+                unit="m",
+                size=(8, 8),
+                defaults=minutes,
+                links=audit,
+            ),
+            bargauge(
+                "Planned downtime",
+                "Minutes the requirement was unmet inside a configured maintenance window "
+                "(instance:bems_maintenance_window_active:max1m). Alertmanager silences are not planned.",
+                [current(planned, per_requirement)],
+                unit="m",
+                size=(8, 8),
+                defaults=minutes,
+                links=[runbook("BEMSExchangeMaintenanceWindow")],
+            ),
+            bargauge(
+                "Unplanned downtime",
+                "Minutes the requirement was unmet outside every maintenance window.",
+                [current(f"{down} - {planned}", per_requirement)],
+                unit="m",
+                size=(8, 8),
+                defaults=minutes,
+                links=audit,
             ),
             timeseries(
                 "Daily availability",
-                "Availability over the past day, per target and check.",
-                [query(daily, "{{target}} {{check}}")],
+                "Minutes met / minutes known per day and requirement: the report's day-by-day strip.",
+                [query(f"avg_over_time({requirement}[1d])", per_requirement)],
                 unit="percentunit",
-                size=(24, 8),
-                links=slo,
+                size=(16, 8),
+                links=audit,
+            ),
+            state_timeline(
+                "Maintenance windows",
+                "Minutes in which a configured maintenance window was in progress "
+                "(instance:bems_maintenance_window_active:max1m).",
+                [query(window, "{{instance}}")],
+                size=(8, 8),
+                defaults=boolean("maintenance", "-", good=0),
+                links=[runbook("BEMSExchangeMaintenanceWindow")],
             ),
             row("Error budget (objective 99.9 %)"),
             stat(
@@ -904,13 +970,12 @@ def audit_dashboard() -> Json:
                 links=slo,
             ),
             bargauge(
-                "Error budget remaining, 30 days",
-                "Share of the 30-day error budget left: 1 − error ratio / (1 − objective) "
-                "(target_check:bems_probe_errors:ratio_rate30d). Below 0 the objective is missed.",
+                "Error budget remaining in the month",
+                "Share of the month's error budget left: 1 − (1 − availability) / (1 − objective), availability "
+                "per check over the time range. Below 0 the objective is missed.",
                 [
                     current(
-                        f"1 - {sel('target_check:bems_probe_errors:ratio_rate30d', *PER_CHECK)}"
-                        " / scalar(1 - bems:probe_slo_objective:ratio)",
+                        f"1 - (1 - avg_over_time({check}[$__range])) / scalar(1 - bems:probe_slo_objective:ratio)",
                         "{{target}} {{check}}",
                     )
                 ],
@@ -962,7 +1027,8 @@ def audit_dashboard() -> Json:
             ),
             failures_over_time(),
         ],
-        time_from="now-30d",
+        time_from=PREVIOUS_MONTH,
+        time_to=PREVIOUS_MONTH,
     )
 
 
@@ -1008,6 +1074,7 @@ def page(
     *,
     exchange_sides: Sequence[str] = (),
     time_from: str = DEFAULT_TIME,
+    time_to: str = "now",
 ) -> Json:
     """A dashboard titled from TITLES (its slug is part of the alerts' dashboard_url), linked to the others."""
     links = [
@@ -1048,6 +1115,7 @@ def page(
         variables=variables(exchange_sides),
         links=links,
         time_from=time_from,
+        time_to=time_to,
         tags=["bems", "exchange"],
     )
 

@@ -359,6 +359,7 @@ def dashboard(
     variables: Sequence[Json],
     links: Sequence[Json],
     time_from: str,
+    time_to: str,
     tags: Sequence[str],
 ) -> Json:
     return {
@@ -370,7 +371,7 @@ def dashboard(
         "graphTooltip": 1,
         "schemaVersion": SCHEMA_VERSION,
         "version": 1,
-        "time": {"from": time_from, "to": "now"},
+        "time": {"from": time_from, "to": time_to},
         "timepicker": {},
         "timezone": "",
         "refresh": "1m",

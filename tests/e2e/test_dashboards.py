@@ -23,11 +23,16 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
+import requests
 import yaml
 from aiohttp import web
+from audit_history import MONTHS, series
+from long_term_stores import audit_rules
 from loopback import bound_socket, port_of, start_retrying_taken_ports
 
 from bems_simulator.server import DEMO_GRAPH_ROLES, Simulator
+from exporter.audit.ledger import Month
+from exporter.cli import main
 from exporter.daemon.app import Exporter
 from exporter.web.http_app import create_app
 
@@ -56,7 +61,8 @@ MUST_SHOW = (
 # Requirements of another scenario than the demo's (onprem-bems-hybrid): their stats say "not checked" there.
 NOT_IN_THE_DEMO = ('requirement="public_certificate"',)  # cloud-bems-onprem-exchange only
 # Grafana's variables, as the test sets them: multi-value regex matchers select everything.
-SUBSTITUTIONS = {"$__rate_interval": "15s", "$__interval": "5s", "$__range": "1h"}
+# `$__range_s` before `$__range`, its prefix.
+SUBSTITUTIONS = {"$__rate_interval": "15s", "$__interval": "5s", "$__range_s": "3600", "$__range": "1h"}
 
 Json = dict[str, Any]
 
@@ -166,7 +172,9 @@ def board(request: pytest.FixtureRequest) -> Json:
 
 def test_dashboard_settings(board: Json) -> None:
     assert board["schemaVersion"] == 39 and board["editable"] is True
-    assert board["time"] == {"from": "now-30d" if board["uid"] == "bems-audit" else "now-6h", "to": "now"}
+    # The audit's range is a calendar month, the previous one (Grafana's relative time `now-1M/M`).
+    audit_time = {"from": "now-1M/M", "to": "now-1M/M"}
+    assert board["time"] == (audit_time if board["uid"] == "bems-audit" else {"from": "now-6h", "to": "now"})
     assert "__inputs" not in board and "${DS_" not in json.dumps(board)
     variables = {variable["name"]: variable for variable in board["templating"]["list"]}
     assert set(variables) >= VARIABLES
@@ -246,10 +254,10 @@ def test_provisioning_points_at_the_dashboards() -> None:
 # ------------------------------------------------------------------------ the queries on a real Prometheus
 
 
-def promql(expr: str) -> str:
+def promql(expr: str, substitutions: dict[str, str] = SUBSTITUTIONS) -> str:
     """A panel query as Grafana sends it: multi-value variables select everything, intervals are set."""
     expr = re.sub(r'=~"\$\w+"', '=~".*"', expr)
-    for variable, value in SUBSTITUTIONS.items():
+    for variable, value in substitutions.items():
         expr = expr.replace(variable, value)
     assert "$" not in expr, f"unsubstituted variable in {expr}"
     label_values = re.fullmatch(r"label_values\((.*), (\w+)\)", expr)  # a variable: the labels of its series
@@ -342,3 +350,58 @@ async def test_every_panel_query_runs_and_the_demo_shows_data(prometheus: str) -
             assert time.monotonic() < deadline, f"no data after 45 s: {empty if ready else 'Prometheus not ready'}"
             await asyncio.sleep(1)
     assert len(answers) > 100
+
+
+# ------------------------------------------------------------- the audit dashboard on the backfilled months
+
+
+def month_substitutions(month: Month) -> dict[str, str]:
+    """Grafana's variables for the range of one calendar month (the time picker's `now-1M/M`)."""
+    seconds = month.end - month.start
+    return {"$__rate_interval": "2m", "$__interval": "1m", "$__range_s": str(seconds), "$__range": f"{seconds}s"}
+
+
+def audit_answers(url: str, month: Month) -> dict[tuple[str, str], list[Json]]:
+    """(panel, query) → the instant result, at the month's last millisecond (Grafana's "to" of `now-1M/M`)."""
+    board = dashboards()["bems-audit.json"]
+    answers = {}
+    for title, expr in queries(board):
+        params = {"query": promql(expr, month_substitutions(month)), "time": month.end - 0.001}
+        answer = requests.get(f"{url}/api/v1/query", params=params, timeout=120).json()
+        assert answer["status"] == "success", (title, expr, answer)
+        answers[title, expr] = answer["data"]["result"]
+    return answers
+
+
+def only_value(result: list[Json]) -> float:
+    assert len(result) == 1, result
+    return float(result[0]["value"][1])
+
+
+@pytest.mark.timeout(900)  # the session's backfill of two months, then one report
+@pytest.mark.parametrize("month", [str(month) for month in MONTHS])
+def test_the_audit_dashboard_shows_the_backfilled_months_as_the_report_does(
+    audit_stores: dict[str, str], month: str, tmp_path: Path
+) -> None:
+    in_history = {metric for metric, _, _ in series()} | {rule["record"] for rule in audit_rules()}
+    answers = audit_answers(audit_stores["prometheus"], Month.parse(month))
+    on_the_history = {key: result for key, result in answers.items() if metric_names(key[1]) <= in_history}
+    assert len(on_the_history) >= 8, sorted(on_the_history)  # the panels of the audit rules
+    assert all(on_the_history.values()), [key for key, result in on_the_history.items() if not result]
+
+    assert main(["report", "--prometheus", audit_stores["prometheus"], "--month", month, "--format", "json",
+                 "--output", str(tmp_path), "--no-progress"]) == 0  # fmt: skip
+    report = json.loads((tmp_path / f"bems-audit-{month}.json").read_text())
+    rows = {row["kind"]: row for row in report["availability"]}
+    shown = {title: only_value(result) for (title, _), result in on_the_history.items() if len(result) == 1}
+    # The dashboard's range takes the minute sample at the month's start and not the one at its end (Grafana's
+    # "to" is the month's last millisecond): one edge minute may differ from the report, which is exact.
+    requirement = rows["requirement"]
+    assert abs(shown["Unknown time"] - requirement["unknown_minutes"]) <= 1
+    assert abs(shown["Planned downtime"] - requirement["planned_down_minutes"]) <= 1
+    unplanned = requirement["down_minutes"] - requirement["planned_down_minutes"]
+    assert abs(shown["Unplanned downtime"] - unplanned) <= 1
+    edge = 1.5 / requirement["known_minutes"]
+    for title, kind in (("Requirements met", "requirement"), ("Scenario ready", "scenario"),
+                        ("Availability per check", "check")):  # fmt: skip
+        assert shown[title] == pytest.approx(rows[kind]["availability"], abs=edge), title
