@@ -843,6 +843,19 @@ def failures_over_time() -> Json:
     )
 
 
+def minutes_per_requirement(title: str, description: str, expr: str, links: Sequence[Json]) -> Json:
+    """A count of minutes in the time range, a bar per requirement."""
+    return bargauge(
+        title,
+        description,
+        [current(expr, "{{scenario}} {{exchange}} {{requirement}}")],
+        unit="m",
+        size=(8, 8),
+        defaults={"decimals": 0, "thresholds": thresholds("blue"), "color": {"mode": "thresholds"}},
+        links=links,
+    )
+
+
 def audit_dashboard() -> Json:
     """Calendar months over the per-minute audit rules (group bems-exchange-audit), the report's formula."""
     availability = {
@@ -852,7 +865,6 @@ def audit_dashboard() -> Json:
         "thresholds": thresholds("red", ("green", 0.999)),
         "color": {"mode": "thresholds"},
     }
-    minutes = {"decimals": 0, "thresholds": thresholds("blue"), "color": {"mode": "thresholds"}}
     slo = [runbook("BEMSExchangeErrorBudgetBurn")]
     audit = [link("The audit report and its formula", "docs/audit.md")]
     requirement = sel("scenario_exchange_requirement:bems_requirement_met:min1m", INSTANCE, EXCHANGE)
@@ -911,35 +923,26 @@ def audit_dashboard() -> Json:
                 links=slo,
             ),
             row("Downtime and unknown time"),
-            bargauge(
+            minutes_per_requirement(
                 "Unknown time",
                 "Minutes of the time range without an audit sample of the requirement (the exporter or "
                 "Prometheus was down): counted neither up nor down. A minute at the range's edges may fall on "
                 "either side; the report is exact.",
-                [current(f"$__range_s / 60 - count_over_time({requirement}[$__range])", per_requirement)],
-                unit="m",
-                size=(8, 8),
-                defaults=minutes,
-                links=audit,
+                f"$__range_s / 60 - count_over_time({requirement}[$__range])",
+                audit,
             ),
-            bargauge(
+            minutes_per_requirement(
                 "Planned downtime",
                 "Minutes the requirement was unmet inside a configured maintenance window "
                 "(instance:bems_maintenance_window_active:max1m). Alertmanager silences are not planned.",
-                [current(planned, per_requirement)],
-                unit="m",
-                size=(8, 8),
-                defaults=minutes,
-                links=[runbook("BEMSExchangeMaintenanceWindow")],
+                planned,
+                [runbook("BEMSExchangeMaintenanceWindow")],
             ),
-            bargauge(
+            minutes_per_requirement(
                 "Unplanned downtime",
                 "Minutes the requirement was unmet outside every maintenance window.",
-                [current(f"{down} - {planned}", per_requirement)],
-                unit="m",
-                size=(8, 8),
-                defaults=minutes,
-                links=audit,
+                f"{down} - {planned}",
+                audit,
             ),
             timeseries(
                 "Daily availability",
