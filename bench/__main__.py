@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+from .audit_report import TARGETS, YEAR, measure_audit_report
 from .check_costs import CASES, measure_check_cost
 from .fixtures import running_simulator
 from .memory import MAILBOXES_PER_TARGET, measure_memory
@@ -18,7 +19,8 @@ from .report import Results, render
 from .scheduled import measure_load, measure_metrics
 from .tls_comparison import blackbox_binary, measure_exporter_check, measure_openssl_floor, running_blackbox
 
-STEPS = ("load", "knee", "metrics", "memory", "checks", "tls")
+STEPS = ("load", "knee", "metrics", "memory", "checks", "tls", "audit")
+DEFAULT_STEPS = STEPS[:-1]  # the audit report's year takes about 7 minutes more: `--steps audit`
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "latest.md"
 EXPORTER_CHECKS_MEASURED = ("tls", "reachability")  # reachability: the TCP part alone, for scale
 
@@ -151,6 +153,9 @@ def run(plan: Plan, steps: set[str], work_dir: Path) -> Results:
                         results.blackbox.append(blackbox.measure(plan.probes_per_round, plan.probe_concurrency))
             progress(f"TLS floor: openssl s_time for {plan.openssl_seconds} s")
             results.openssl = measure_openssl_floor(simulator, plan.openssl_seconds)
+    if "audit" in steps:  # the same in both plans: the size, 12 months of 50 targets
+        progress(f"audit report: {len(YEAR)} months of {TARGETS} targets in VictoriaMetrics")
+        results.audit = measure_audit_report(work_dir)
     return results
 
 
@@ -161,7 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="a smoke run of about a minute")
     parser.add_argument(
-        "--steps", nargs="+", choices=STEPS, default=list(STEPS), help="which measurements to run (default: all)"
+        "--steps",
+        nargs="+",
+        choices=STEPS,
+        default=list(DEFAULT_STEPS),
+        help="which measurements to run (default: all but audit)",
     )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help=f"report file (default {DEFAULT_OUTPUT})")
     args = parser.parse_args(argv)

@@ -14,6 +14,7 @@ from exporter.config import format_duration
 from exporter.daemon.app import revision
 from exporter.daemon.scheduler import LAG_BUCKETS
 
+from .audit_report import AuditReportMeasurement
 from .check_costs import CheckCost
 from .memory import MemoryMeasurement
 from .scheduled import KEEP_UP_SHARE, KEEP_UP_SHARE_OVERRUNS, LAG_P99_LIMIT_SECONDS, LoadMeasurement, MetricsMeasurement
@@ -35,6 +36,7 @@ class Results:
     blackbox: list[ProbeCpu] = field(default_factory=list)  # rounds
     blackbox_skipped_because: str | None = None
     openssl: OpensslFloor | None = None
+    audit: AuditReportMeasurement | None = None
 
 
 def cpu_model() -> str:
@@ -359,6 +361,24 @@ def _tls_table(results: Results) -> list[str]:
     return lines
 
 
+def _audit_table(measured: AuditReportMeasurement) -> list[str]:
+    seconds = sorted(run.seconds for run in measured.runs)
+    lines = [
+        "### Audit report: 12 months of 50 targets (VictoriaMetrics)",
+        "",
+        f"{measured.series} series, {measured.samples:,} samples, imported in {measured.import_seconds:.0f} s; "
+        "`report --format json,csv,html`, one process per month.",
+        "",
+        "| month | wall time | peak RSS |",
+        "|---|---:|---:|",
+    ]
+    lines += [f"| {run.month} | {run.seconds:.1f} s | {run.peak_rss_bytes / MIB:.0f} MiB |" for run in measured.runs]
+    peak = max(run.peak_rss_bytes for run in measured.runs)
+    lines.append(f"| **12 months** | {sum(seconds):.1f} s (median {seconds[len(seconds) // 2]:.1f} s) | "
+                 f"{peak / MIB:.0f} MiB |")  # fmt: skip
+    return lines
+
+
 def render(results: Results) -> str:
     lines = ["# bems-exchange-exporter benchmark", "", f"Run: {results.run}; {machine_line()}", ""]
     if results.load:
@@ -373,4 +393,6 @@ def render(results: Results) -> str:
         lines += [*_check_costs_table(results.check_costs), ""]
     if results.exporter_checks or results.blackbox or results.blackbox_skipped_because:
         lines += [*_tls_table(results), ""]
+    if results.audit is not None:
+        lines += [*_audit_table(results.audit), ""]
     return "\n".join(lines)
