@@ -64,7 +64,8 @@ async def test_first_round_makes_the_exporter_ready(client: TestClient) -> None:
     async def is_ready() -> bool:
         return (await client.get("/-/ready")).status == 200
 
-    await wait_for(is_ready, timeout=3.0)  # first runs are spread over at most one interval (1s)
+    # First runs are spread over at most one interval (1s); the bound is only how long a loaded machine may take.
+    await wait_for(is_ready, timeout=30.0)
     samples = await scrape(client)
     for target in ("onprem-ews", "onprem-autodiscover", "online-ews", "online-autodiscover", "online-graph"):
         exchange = "onprem" if target.startswith("onprem") else "online"
