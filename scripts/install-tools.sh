@@ -4,7 +4,8 @@
 # prometheus-alertmanager), chromium for the status page, dnsmasq (a real DNS server on loopback for a
 # target's dns.servers), and MIT Kerberos for the Kerberos tests: a KDC (krb5kdc, kdb5_util: krb5-kdc;
 # kadmin.local: krb5-admin-server), kinit and klist (krb5-user) and faketime (a KDC whose clock is off);
-# for the audit report, victoria-metrics (a long-term store) and poppler-utils (its PDF read back).
+# for the audit report, victoria-metrics (a long-term store) and poppler-utils (its PDF read back);
+# slapd and ldap-utils (a real OpenLDAP directory for populations read over LDAP).
 # With `build`, only what building the Python venv needs: python-gssapi and krb5 compile against MIT
 # Kerberos (libkrb5-dev, krb5-config) with a C compiler (`make` runs this before it creates .venv).
 # In CI (CI=true) a missing tool is a failure, so this must succeed there; elsewhere it explains.
@@ -31,6 +32,9 @@ if [ "${1:-}" != build ]; then
   command -v victoria-metrics >/dev/null 2>&1 || packages+=(victoria-metrics)
   # pdftotext reads back the audit report's PDF; pdftoppm drew its first page for the README.
   command -v pdftotext >/dev/null 2>&1 || packages+=(poppler-utils)
+  # slapd is in /usr/sbin too; ldap-utils brings ldapsearch, to look into a test directory by hand.
+  PATH="$PATH:/usr/sbin:/sbin" command -v slapd >/dev/null 2>&1 || packages+=(slapd)
+  command -v ldapsearch >/dev/null 2>&1 || packages+=(ldap-utils)
 fi
 [ ${#packages[@]} -eq 0 ] && exit 0
 

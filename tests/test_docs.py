@@ -12,10 +12,15 @@ from exporter.config import (
     Defaults,
     DnsConfig,
     EntraCredential,
+    EntraGroupSource,
+    FileSource,
+    LdapSource,
     Limits,
     Notifications,
     NotificationsTLS,
+    Population,
     Push,
+    Sweeps,
     Target,
     TLSConfig,
     WindowsCredential,
@@ -48,7 +53,7 @@ def test_every_config_key_is_documented() -> None:
     internal = {"password_source", "client_secret_source"}  # filled in by the loader, not keys a user writes
     models: list[type[BaseModel]] = [
         Config, Defaults, Limits, TLSConfig, WindowsCredential, EntraCredential, Target, Push, Notifications,
-        NotificationsTLS, DnsConfig,
+        NotificationsTLS, DnsConfig, Population, FileSource, LdapSource, EntraGroupSource, Sweeps,
     ]  # fmt: skip
     missing = {
         f"{model.__name__}.{key}"

@@ -5,7 +5,9 @@ May import only the shared top-level modules (``errors``, ``logs``); everything 
 """
 
 from ..errors import ConfigError
+from .durations import format_duration, parse_duration
 from .loading import load_config, parse_config
+from .populations import Directory, EntraGroupSource, FileSource, LdapSource, Population, Sweeps
 from .schema import (
     DEFAULT_CONFIG_FILE,
     PROXY_FROM_ENVIRONMENT,
@@ -30,8 +32,6 @@ from .schema import (
     Target,
     TLSConfig,
     WindowsCredential,
-    format_duration,
-    parse_duration,
     parse_listen_address,
     parse_shard,
     shard_of,
@@ -47,18 +47,24 @@ __all__ = [
     "ConfigError",
     "Credential",
     "Defaults",
+    "Directory",
     "DnsConfig",
     "DnsView",
     "EntraCredential",
+    "EntraGroupSource",
     "Exchange",
+    "FileSource",
     "Kind",
+    "LdapSource",
     "Limits",
     "MaintenanceWindow",
     "Notifications",
     "NotificationsTLS",
+    "Population",
     "Push",
     "Route",
     "Scenario",
+    "Sweeps",
     "TLSConfig",
     "Target",
     "WindowsCredential",

@@ -20,6 +20,7 @@ import yaml
 from pydantic import ValidationError
 
 from ..errors import ConfigError, ConfigIssue
+from .durations import format_duration
 from .schema import (
     PASSWORD_METHODS,
     AuthMethod,
@@ -31,7 +32,6 @@ from .schema import (
     Target,
     WindowsCredential,
     _KeyedError,
-    format_duration,
 )
 from .yamlfile import Loc, YamlDocument, read_yaml
 
@@ -95,6 +95,7 @@ def cross_field_errors(config: Config) -> Iterator[tuple[Loc, str]]:
             )
         yield from _proxy_credential_errors(config, target.proxy_credential, (*where, "proxy_credential"))
         yield from _dns_errors(config, target, where)
+    yield from _population_errors(config)
     if config.route != Route.INTERNET and config.scenario != Scenario.CLOUD_BEMS_ONPREM_EXCHANGE:
         yield (
             ("route",),
@@ -103,6 +104,30 @@ def cross_field_errors(config: Config) -> Iterator[tuple[Loc, str]]:
     if config.defaults.timeout > config.defaults.interval:
         yield ("defaults", "timeout"), "timeout exceeds the interval"
     yield from _proxy_credential_errors(config, config.defaults.proxy_credential, ("defaults", "proxy_credential"))
+
+
+# The kinds whose checks act as each mailbox: EWS (impersonation, application access) and Graph.
+_MAILBOX_KINDS = frozenset({Kind.EWS, Kind.GRAPH})
+
+
+def _population_errors(config: Config) -> Iterator[tuple[Loc, str]]:
+    for index, target in enumerate(config.targets):
+        if target.population is None:
+            continue
+        where: Loc = ("targets", index, "population")
+        if target.population not in config.populations:
+            known = ", ".join(sorted(config.populations)) or "none are defined"
+            yield where, f"unknown population {target.population!r} ({known})"
+        elif target.kind not in _MAILBOX_KINDS or target.credential is None:
+            yield where, "only ews and graph targets with a credential check mailboxes"
+    for name, population in config.populations.items():
+        if population.entra_group is not None:
+            credential = population.entra_group.credential
+            if not isinstance(config.credentials.get(credential), EntraCredential):
+                yield (
+                    ("populations", name, "entra_group", "credential"),
+                    f"no Entra credential named {credential!r} (Graph reads the group as an application)",
+                )
 
 
 def _dns_errors(config: Config, target: Target, where: Loc) -> Iterator[tuple[Loc, str]]:

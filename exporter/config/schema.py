@@ -34,7 +34,6 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
-    PlainSerializer,
     SecretStr,
     Tag,
     field_validator,
@@ -43,50 +42,13 @@ from pydantic import (
 
 from ..logs import MIN_SECRET_LENGTH
 from .clouds import ENDPOINTS, Cloud, CloudEndpoints
+from .durations import Duration
+from .populations import NAME_PATTERN, Population, Sweeps
 
 DEFAULT_CONFIG_FILE = "bems-exchange-exporter.yml"
 DEFAULT_GRAPH_URL = ENDPOINTS[Cloud.GLOBAL].graph_url
 DEFAULT_AUTHORITY = ENDPOINTS[Cloud.GLOBAL].login
 PROXY_FROM_ENVIRONMENT = "from_environment"
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(value: Any) -> timedelta:
-    """Prometheus-style durations: ``500ms``, ``30s``, ``5m``, ``1h30m``; a bare number is seconds."""
-    if isinstance(value, timedelta):
-        return value
-    if isinstance(value, bool):
-        raise ValueError("a duration such as 30s, 5m or 1h30m is expected")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str):
-        text = value.strip()
-        parts = _DURATION_PART.findall(text)
-        if not parts or "".join(n + u for n, u in parts) != text:
-            raise ValueError(f"{value!r} is not a duration such as 30s, 5m or 1h30m")
-        seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
-    else:
-        raise ValueError("a duration such as 30s, 5m or 1h30m is expected")
-    if seconds <= 0:
-        raise ValueError("a duration must be greater than zero")
-    return timedelta(seconds=seconds)
-
-
-def format_duration(value: timedelta) -> str:
-    seconds = value.total_seconds()
-    if seconds < 1 or seconds != int(seconds):
-        return f"{round(seconds * 1000)}ms"
-    out, rest = "", int(seconds)
-    for unit, size in (("h", 3600), ("m", 60), ("s", 1)):
-        if rest >= size:
-            out += f"{rest // size}{unit}"
-            rest %= size
-    return out
-
-
-Duration = Annotated[timedelta, BeforeValidator(parse_duration), PlainSerializer(format_duration, return_type=str)]
 
 
 class Scenario(StrEnum):
@@ -477,6 +439,9 @@ class Limits(_Model):
     # While suspended, one sign-in per this interval (never more often than the credential's checks run):
     # 3 + 1 in flight + 15 min / 5 min = 7 bad passwords in AD's 15-minute window, under its baseline of 10.
     suspended_retry_interval: Duration = timedelta(minutes=5)
+    # Population sweeps only (scheduled checks of configured mailboxes are bounded by their intervals): requests
+    # a minute per credential, in any 60 s, on top of the concurrency limit. Production BEMS shares the budget.
+    per_credential_requests_per_minute: int = Field(default=60, ge=1, le=100_000)
 
 
 class Push(_Model):
@@ -553,6 +518,7 @@ class Target(_Model):
     credential: str | None = None
     auth: tuple[AuthMethod, ...] | None = None
     mailboxes: tuple[str, ...] = ()
+    population: str | None = None  # a name under populations: its mailboxes are swept besides ``mailboxes``
     interval: Duration | None = None
     timeout: Duration | None = None
     proxy_url: ProxyUrl = None
@@ -744,6 +710,8 @@ class Config(_Model):
     targets: tuple[Target, ...] = Field(min_length=1)
     shard: Annotated[tuple[int, int] | None, BeforeValidator(parse_shard)] = None  # (index, count)
     maintenance_windows: tuple[MaintenanceWindow, ...] = ()
+    populations: dict[Annotated[str, Field(pattern=NAME_PATTERN)], Population] = {}
+    sweeps: Sweeps = Sweeps()
 
     @field_validator("maintenance_windows")
     @classmethod
@@ -834,6 +802,9 @@ class Config(_Model):
                 yield f"{credential.username}:{password}"
             elif credential.client_secret is not None:
                 yield credential.client_secret.get_secret_value()
+        for population in self.populations.values():
+            if population.ldap is not None:
+                yield population.ldap.password.get_secret_value()
         for url in filter(None, {self.proxy_of(target)[0] for target in self.targets}):
             if (password := urlsplit(url if "://" in url else f"http://{url}").password) is not None:
                 yield unquote(password)
@@ -876,6 +847,9 @@ class Config(_Model):
                     source = credential.pop(f"{field}_source", "inline")
                     credential[field] = f"<secret from {source}>" if source != "inline" else "<secret>"
             data["credentials"][name] = credential
+        for population in data.get("populations", {}).values():
+            if "ldap" in population:
+                population["ldap"]["password"] = f"<secret from {population['ldap'].pop('password_source')}>"
         return data
 
 
