@@ -20,6 +20,8 @@ class ProbeContext:
     rec: Recorder
     timeout: float
     resources: Resources
+    # Awaited before each request a check sends (signin): a population sweep's per-credential request budget.
+    pace: Callable[[], Awaitable[None]] | None = None
 
     @classmethod
     def for_target(cls, config: Config, target: Target, check: str, resources: Resources) -> ProbeContext:
@@ -72,6 +74,8 @@ class Check:
     requests: Callable[[Config, Target], int] = lambda _config, _target: 1
     # Sharded by (target, mailbox) rather than by target: the sharded config keeps a target's owned mailboxes.
     per_mailbox: bool = False
+    # What a population sweep asks of one mailbox (the detail line, or ProbeFailure); None: not swept.
+    sweep: Callable[[ProbeContext, Target, str], Awaitable[str]] | None = None
 
 
 def every_target(_config: Config, _target: Target) -> bool:

@@ -184,5 +184,6 @@ def _requests(config: Config, target: Target) -> int:
 
 
 CHECK = Check(
-    "graph", probe, _applies, (SUCCESS, PERMISSION), uses_credential=True, requests=_requests, per_mailbox=True
-)
+    "graph", probe, _applies, (SUCCESS, PERMISSION), uses_credential=True, requests=_requests, per_mailbox=True,
+    sweep=_read_inbox,  # one request a mailbox: the app's permissions are the scheduled check's to judge
+)  # fmt: skip

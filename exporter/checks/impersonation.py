@@ -89,6 +89,13 @@ async def probe(target: Target, ctx: ProbeContext) -> CheckResult:
     return ctx.rec.passed()
 
 
+async def sweep_mailbox(ctx: ProbeContext, target: Target, mailbox: str) -> str:
+    """One mailbox of a population sweep: the same request and verdict as the scheduled check's."""
+    evidence = signin.OrganisationEvidence(ctx, target)
+    return await _impersonate(ctx, target, mailbox, signin.method_for(ctx.config, target), evidence)
+
+
 CHECK = Check(
-    "impersonation", probe, _applies, (SUCCESS,), uses_credential=True, requests=per_mailbox, per_mailbox=True
-)
+    "impersonation", probe, _applies, (SUCCESS,), uses_credential=True, requests=per_mailbox, per_mailbox=True,
+    sweep=sweep_mailbox,
+)  # fmt: skip

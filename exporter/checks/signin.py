@@ -225,6 +225,8 @@ async def _send_once(
 ) -> HttpResponse:  # fmt: skip
     if method is not None:
         check_backoff(ctx, target, url)
+    if ctx.pace is not None:
+        await ctx.pace()
     credential = ctx.config.credentials.get(target.credential or "")
     if method not in WINDOWS_METHODS or target.credential is None:
         return await _send_as(ctx, target, url, method, credential, body, headers, scope, http_method)

@@ -23,6 +23,7 @@ from ..results import CheckResult
 from .listener import Listener
 from .scheduler import Scheduler, lag_families
 from .store import ResultStore
+from .sweep import Sweeps, population_families
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,8 @@ class Exporter:
         self.status.extra.append(partial(lag_families, self.scheduler.lag))
         self.status.extra.append(self.resources.push.families)
         self.status.extra.append(self.resources.suspensions.families)
+        self.sweeps = Sweeps(self.resources)
+        self.status.extra.append(partial(population_families, self.sweeps))
         self._reload_lock = asyncio.Lock()
         self._ready = False
         self.reload_hooks: list[ReloadHook] = []  # run by reload() after the configuration, in order
@@ -113,9 +116,11 @@ class Exporter:
         """Start the checks and, when push probes are configured, the notification listener."""
         await self.listener.apply(self.config.notifications)
         self.scheduler.start()
+        self.sweeps.start()
 
     async def stop(self) -> None:
         self.scheduler.shutdown()
+        await self.sweeps.stop()  # each writes its progress for the next start
         await end_graph_subscriptions(self.config, self.resources)
         await self.listener.stop()
         await self.resources.close()
@@ -158,6 +163,8 @@ class Exporter:
         self.resources.push.configure(config)
         self.resources.suspensions.configure(config)
         self.scheduler.apply(config)
+        assert self.scheduler.limiter is not None
+        self.sweeps.apply(config, self.scheduler.limiter)
         self.status.reload_successful = True
         self.status.reload_success_timestamp = time.time()
 

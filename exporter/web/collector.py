@@ -20,6 +20,7 @@ from ..config import Target
 from ..daemon import scenario as verdict
 from ..daemon.app import ExporterStatus
 from ..daemon.store import ResultStore
+from ..daemon.sweep import POPULATION_METRICS
 from ..metrics import TARGET_LABELS, MetricSpec
 from ..protocol import suspension
 from ..results import CheckResult
@@ -98,7 +99,7 @@ def all_specs() -> list[MetricSpec]:
         MAINTENANCE_ACTIVE,
         verdict.REQUIREMENT_MET, verdict.REQUIREMENT_REASON, verdict.GRAPH_PATH_READY, verdict.SCENARIO_READY,
         push_state.ACTIVE, push_state.LAST_NOTIFICATION, push_state.DELAY, push_state.NOTIFICATIONS,
-        push_state.REJECTED, suspension.SUSPENDED,
+        push_state.REJECTED, suspension.SUSPENDED, *POPULATION_METRICS,
     ]  # fmt: skip
 
 

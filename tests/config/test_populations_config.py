@@ -81,65 +81,35 @@ staff:
 """
 
 
-@pytest.mark.parametrize(
-    ("populations", "target_population", "expected"),
-    [
-        pytest.param(
-            "staff: {}\n",
-            "staff",
-            "populations.staff: set exactly one source: file, ldap or entra_group (found none)",
-            id="no-source",
-        ),
-        pytest.param(
-            "staff:\n  file: {path: a.txt}\n  entra_group: {credential: app, group_id: g}\n",
-            "staff",
-            "populations.staff: set exactly one source: file, ldap or entra_group (found file, entra_group)",
-            id="two-sources",
-        ),
-        pytest.param(
-            "staff:\n  file: {path: a.txt, colum: mail}\n",
-            "staff",
-            "populations.staff.file.colum: unknown key",
-            id="unknown-key",
-        ),
-        pytest.param(
-            "staff:\n  file: {path: a.txt}\n",
-            "nobody",
-            "targets[0].population: unknown population 'nobody' (staff)",
-            id="unknown-population",
-        ),
-        pytest.param(
-            "staff:\n  entra_group: {credential: bemsadmin, group_id: g}\n",
-            "staff",
-            "populations.staff.entra_group.credential: no Entra credential named 'bemsadmin'",
-            id="entra-group-needs-an-entra-credential",
-        ),
-        pytest.param(
-            LDAP.format(url="ldap://dc1", password_file="{secret}", selection="filter: (mail=*)"),
-            "staff",
-            "populations.staff.ldap: ldap:// sends the bind password in clear text",
-            id="ldap-in-clear",
-        ),
-        pytest.param(
-            LDAP.format(url="https://dc1", password_file="{secret}", selection="filter: (mail=*)"),
-            "staff",
-            "populations.staff.ldap.url: 'https://dc1' must be an ldaps:// or ldap:// URL",
-            id="not-ldap",
-        ),
-        pytest.param(
-            LDAP.format(url="ldaps://dc1", password_file="{secret}", selection="base: x"),
-            "staff",
-            "populations.staff.ldap: set exactly one of filter",
-            id="neither-filter-nor-group",
-        ),
-        pytest.param(
-            LDAP.format(url="ldaps://dc1", password_file="/nonexistent/pw", selection="filter: (mail=*)"),
-            "staff",
-            "populations.staff.ldap: cannot read password_file /nonexistent/pw",
-            id="no-password-file",
-        ),
-    ],
-)
+def _ldap(url: str = "ldaps://dc1", password_file: str = "{secret}", selection: str = "filter: (mail=*)") -> str:
+    return LDAP.format(url=url, password_file=password_file, selection=selection)
+
+
+# id: (populations, the target's population, an issue the load reports)
+MISTAKES = {
+    "no-source": ("staff: {}\n", "staff",
+                  "populations.staff: set exactly one source: file, ldap or entra_group (found none)"),
+    "two-sources": ("staff:\n  file: {path: a.txt}\n  entra_group: {credential: app, group_id: g}\n", "staff",
+                    "populations.staff: set exactly one source: file, ldap or entra_group (found file, entra_group)"),
+    "unknown-key": ("staff:\n  file: {path: a.txt, colum: mail}\n", "staff",
+                    "populations.staff.file.colum: unknown key"),
+    "unknown-population": ("staff:\n  file: {path: a.txt}\n", "nobody",
+                           "targets[0].population: unknown population 'nobody' (staff)"),
+    "entra-group-needs-an-entra-credential": (
+        "staff:\n  entra_group: {credential: bemsadmin, group_id: g}\n", "staff",
+        "populations.staff.entra_group.credential: no Entra credential named 'bemsadmin'"),
+    "ldap-in-clear": (_ldap(url="ldap://dc1"), "staff",
+                      "populations.staff.ldap: ldap:// sends the bind password in clear text"),
+    "not-ldap": (_ldap(url="https://dc1"), "staff",
+                 "populations.staff.ldap.url: 'https://dc1' must be an ldaps:// or ldap:// URL"),
+    "neither-filter-nor-group": (_ldap(selection="base: x"), "staff",
+                                 "populations.staff.ldap: set exactly one of filter"),
+    "no-password-file": (_ldap(password_file="/nonexistent/pw"), "staff",
+                         "populations.staff.ldap: cannot read password_file /nonexistent/pw"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("populations", "target_population", "expected"), MISTAKES.values(), ids=MISTAKES.keys())
 def test_each_mistake_names_file_line_key_and_reason(
     secret: Path, populations: str, target_population: str, expected: str
 ) -> None:
