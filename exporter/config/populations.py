@@ -121,6 +121,9 @@ class Population(_Model):
     entra_group: EntraGroupSource | None = None
     sweep_interval: Duration = timedelta(days=1)  # every mailbox checked once per interval, spread evenly
     refresh_interval: Duration = timedelta(hours=1)  # how often the source is read again
+    # BEMSExchangePopulationFailingShare fires above this share of failing mailboxes (exported as a gauge, so that one
+    # rule serves every population with its own threshold).
+    alert_failing_share: float = Field(default=0.05, gt=0, le=1)
 
     @model_validator(mode="after")
     def _one_source(self) -> Population:

@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 WINDOW_SECONDS = 60.0
 ERROR_PAUSE_SECONDS = 60.0
+HISTORY_SWEEPS = 30  # complete sweeps the trend keeps (a month of daily sweeps)
 SAVE_EVERY = 50  # mailboxes between state writes (and at the end of a sweep, and on shutdown)
 STATE_VERSION = 1
 # Which check a target's sweep runs: the one whose single request is what BEMS needs of each mailbox there.
@@ -136,12 +137,15 @@ class SweepState:
     failing: dict[str, Failing] = field(default_factory=dict)  # mailbox -> why, across sweeps
     last_complete: float = 0.0
     last_duration: float = 0.0
+    # The trend: (completed at, mailboxes swept, failing) of the last complete sweeps, oldest first.
+    history: list[tuple[float, int, int]] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return {
             "version": STATE_VERSION, "target": self.target, "population": self.population,
             "started": self.started, "done": self.done, "last_complete": self.last_complete,
             "last_duration": self.last_duration, "failing": {m: f.as_json() for m, f in self.failing.items()},
+            "history": self.history,
         }  # fmt: skip
 
     @classmethod
@@ -150,6 +154,7 @@ class SweepState:
         state.done = {str(m): (str(o), str(r)) for m, (o, r) in data["done"].items()}
         state.failing = {str(m): Failing(**f) for m, f in data["failing"].items()}
         state.last_complete, state.last_duration = float(data["last_complete"]), float(data["last_duration"])
+        state.history = [(float(at), int(swept), int(failing)) for at, swept, failing in data.get("history", [])]
         return state
 
     def counts(self) -> Counter[tuple[str, str]]:
@@ -290,6 +295,7 @@ class Sweep:
         state.last_complete, state.last_duration = now, now - state.started
         known = {m.casefold() for m in members}
         state.failing = {m: f for m, f in state.failing.items() if m.casefold() in known}
+        state.history = [*state.history, (now, len(members), len(state.failing))][-HISTORY_SWEEPS:]
         log.info("population sweep complete", extra={"fields": {
             "target": self.target.name, "population": self.population, "mailboxes": len(members),
             "failing": len(state.failing), "duration": round(state.last_duration, 1)}})  # fmt: skip
@@ -453,6 +459,14 @@ POPULATION_METRICS = (
     LAST_COMPLETE := MetricSpec(
         "bems_population_sweep_last_complete_timestamp_seconds",
         "When the last sweep of the population completed (Unix time; 0: none yet).", labels=("population",)),
+    STARTED := MetricSpec(
+        "bems_population_sweep_started_timestamp_seconds",
+        "When the current sweep began (Unix time; in the future while waiting for the next).",
+        labels=("population",)),
+    THRESHOLD := MetricSpec(
+        "bems_population_failing_share_threshold",
+        "The population's alert_failing_share: BEMSExchangePopulationFailingShare fires above it.",
+        labels=("population",), per_target=False),
     INTERVAL := MetricSpec(
         "bems_population_sweep_interval_seconds", "The population's sweep_interval: every mailbox once per interval.",
         labels=("population",)),
@@ -477,6 +491,7 @@ def population_families(sweeps: Sweeps) -> Iterator[Metric]:
         if source.reason is not None:
             families[SOURCE_REASON.name].add_metric([name, source.reason.value], 1.0)
         families[SOURCE_LAST_SUCCESS.name].add_metric([name], source.last_success_time)
+        families[THRESHOLD.name].add_metric([name], config.populations[name].alert_failing_share)
     for sweep in sweeps.by_population():
         labels = [sweep.target.name, sweep.target.exchange_label, sweep.population]
         state, members = sweep.state, sweep.members()
@@ -489,6 +504,7 @@ def population_families(sweeps: Sweeps) -> Iterator[Metric]:
         families[DURATION.name].add_metric(labels, state.last_duration)
         families[LAST_COMPLETE.name].add_metric(labels, state.last_complete)
         families[INTERVAL.name].add_metric(labels, sweep.interval)
+        families[STARTED.name].add_metric(labels, state.started)
     yield from families.values()
 
 

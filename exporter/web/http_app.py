@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from ..daemon.app import Exporter
 from ..logs import redact
-from . import exposition, status_page
+from . import exposition, populations_page, status_page
 from .collector import BemsCollector
 from .webconfig import Handler, LiveWebConfig, Middleware, WebConfig
 
@@ -146,13 +146,33 @@ async def config_page(request: web.Request) -> web.Response:
 async def landing(request: web.Request) -> web.Response:
     exporter = request.app[EXPORTER_KEY]
     page = status_page.render(
-        exporter.config, exporter.store, exporter.status.revision, exporter.status.reload_successful
+        exporter.config,
+        exporter.store,
+        exporter.status.revision,
+        exporter.status.reload_successful,
+        extra=populations_page.summary(exporter.sweeps),
     )
     return web.Response(text=page, content_type="text/html")
 
 
+async def populations(request: web.Request) -> web.Response:
+    return await populations_page.page(request, request.app[EXPORTER_KEY].sweeps)
+
+
+async def failing_json(request: web.Request) -> web.Response:
+    return await populations_page.failing_json(request, request.app[EXPORTER_KEY].sweeps)
+
+
+async def failing_csv(request: web.Request) -> web.Response:
+    return await populations_page.failing_csv(request, request.app[EXPORTER_KEY].sweeps)
+
+
 # The handlers that only loopback clients may call unless authentication or a flag allows others, by flag.
-_GATED: Mapping[Handler, str] = {probe: REMOTE_PROBE_FLAG, config_page: REMOTE_PROBE_FLAG, reload: LIFECYCLE_FLAG}
+# The failing mailboxes name users, as /config does.
+_GATED: Mapping[Handler, str] = {
+    probe: REMOTE_PROBE_FLAG, config_page: REMOTE_PROBE_FLAG, reload: LIFECYCLE_FLAG,
+    populations: REMOTE_PROBE_FLAG, failing_json: REMOTE_PROBE_FLAG, failing_csv: REMOTE_PROBE_FLAG,
+}  # fmt: skip
 # What a load balancer or the kubelet calls with whatever Host it likes, and that reveals nothing.
 _ANY_HOST: frozenset[Handler] = frozenset({healthy, ready})
 
@@ -243,6 +263,9 @@ def create_app(
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/probe", probe)
     app.router.add_get("/config", config_page)
+    app.router.add_get("/populations", populations)
+    app.router.add_get("/populations/failing.json", failing_json)
+    app.router.add_get("/populations/failing.csv", failing_csv)
     app.router.add_get("/-/healthy", healthy)
     app.router.add_get("/-/ready", ready)
     app.router.add_post("/-/reload", reload)

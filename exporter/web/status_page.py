@@ -127,7 +127,8 @@ serve it through Microsoft Graph now{_runbook("requirement-graph_path_ready-unme
 """
 
 
-def render(config: Config, store: ResultStore, revision: str, reload_ok: bool) -> str:
+def render(config: Config, store: ResultStore, revision: str, reload_ok: bool, extra: str = "") -> str:
+    """The page; ``extra`` is more sections of trusted HTML at its end (the populations' summary)."""
     now = time.time()
     verdicts = scenario.evaluate(config, store)
     ready = all(v.met for v in verdicts)
@@ -173,5 +174,6 @@ def render(config: Config, store: ResultStore, revision: str, reload_ok: bool) -
 <ul class="requirements">{requirements}</ul>
 {_cutover(config, store, now)}<h2>Targets</h2>
 <div class="scroll"><table id="checks"><tr><th>target</th>{header}</tr>{"".join(rows)}</table></div>
+{extra}
 </body></html>
 """

@@ -71,6 +71,9 @@ ALERTS = {
     "BEMSExchangeRequirementUnmetEverywhere",
     "BEMSExchangeRequirementUnmetFromVantagePoint",
     "BEMSExchangeMaintenanceWindow",
+    "BEMSExchangePopulationFailingShare",
+    "BEMSExchangePopulationSweepLate",
+    "BEMSExchangePopulationSourceFailing",
 }
 # Alerts whose series carry no scenario: the exporter is down, so bems_scenario_info is gone too.
 WITHOUT_SCENARIO = {"BEMSExchangeExporterDown"}
