@@ -30,7 +30,9 @@ BLOCKING_WORKERS = 16
 
 class Resources:
     def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
-        """``monotonic`` is the clock of back-off, suspension and push delivery: tests pass a fake one."""
+        """``monotonic`` is the clock of back-off, suspension, push delivery and population refreshes: tests pass a
+        fake one."""
+        self.monotonic = monotonic
         self.dns = DnsResolvers()  # a target's own resolvers (its dns servers)
         self.http = HttpClients(self.dns)
         self.entra = EntraApps()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -40,9 +39,11 @@ class SourceState:
 
 @dataclass
 class PopulationSources:
-    resources: Resources
-    monotonic: Callable[[], float] = time.monotonic
+    resources: Resources  # its monotonic clock times refresh_interval
     states: dict[str, SourceState] = field(default_factory=dict)
+
+    def monotonic(self) -> float:
+        return self.resources.monotonic()
 
     def configure(self, config: Config) -> None:
         """Forget populations that left the configuration; a changed source is read again at its next step."""

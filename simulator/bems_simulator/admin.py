@@ -30,6 +30,9 @@ Mailboxes and rights (``impersonation`` on-prem, ``app_access`` online; both def
 - ``PATCH  /api/v1/mailboxes/{mailbox}`` ``{"impersonation": false}`` (on-prem) or ``{"app_access": false}``
   (online): the right to one mailbox;
 - ``PATCH  /api/v1/mailboxes`` ``{"impersonation": false, "app_access": true}`` (either): the right to all.
+- ``POST   /api/v1/mailboxes/population`` ``{"count": 50000, "scoped_out_every": 50, "moved_every": 100}``: a
+  generated on-prem population (``user000001@corp.example.test``...), some outside the impersonation scope,
+  some moved to Exchange Online (Autodiscover redirects them), for population sweeps.
 
 EWS (endpoints ``onprem-ews``, ``online-ews``):
 
@@ -151,6 +154,7 @@ def build_admin_app(simulator: Simulator) -> web.Application:
     app.router.add_get(MAILBOXES_PATH, api.mailboxes)
     app.router.add_patch(MAILBOXES_PATH, api.set_rights_to_all)
     app.router.add_put(MAILBOXES_PATH + "/{mailbox}", api.add_mailbox)
+    app.router.add_post(MAILBOXES_PATH + "/population", api.generate_population)
     app.router.add_delete(MAILBOXES_PATH + "/{mailbox}", api.remove_mailbox)
     app.router.add_patch(MAILBOXES_PATH + "/{mailbox}", api.set_rights_to_mailbox)
     app.router.add_get(EWS_PATH, api.ews)
@@ -290,6 +294,16 @@ class _AdminApi:
             body = await _body(request, _MailboxBody)
             self._simulator.add_mailbox(request.match_info["mailbox"], body.exchange)
             return self._simulator.mailbox_state()
+
+        return await _answer(change)
+
+    async def generate_population(self, request: web.Request) -> web.Response:
+        async def change() -> Any:
+            body = await _body(request, _PopulationBody)
+            addresses = self._simulator.generate_population(
+                body.count, body.domain, body.scoped_out_every, body.moved_every
+            )
+            return {"mailboxes": len(addresses), "first": addresses[0], "last": addresses[-1]}
 
         return await _answer(change)
 
@@ -659,6 +673,14 @@ class _CredentialEndBody(_Body):
 class _MailboxBody(_Body):
     example = '{"exchange": "onprem"}'
     exchange: str
+
+
+class _PopulationBody(_Body):
+    example = '{"count": 50000, "scoped_out_every": 50, "moved_every": 100}'
+    count: int
+    domain: str = "corp.example.test"
+    scoped_out_every: int = 0
+    moved_every: int = 0
 
 
 class _RightsBody(_Body):

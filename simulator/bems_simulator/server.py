@@ -480,6 +480,28 @@ class Simulator:
         """Create ``mailbox`` on-prem (``exchange="onprem"``) or in Exchange Online (``"online"``)."""
         self._directory(exchange).add(mailbox)
 
+    def generate_population(
+        self, count: int, domain: str = "corp.example.test", scoped_out_every: int = 0, moved_every: int = 0
+    ) -> list[str]:
+        """``count`` on-prem users ``user000001@domain``...: what a BEMS population sweep reads from a directory.
+
+        Every ``scoped_out_every``-th is left out of ApplicationImpersonation's management scope; every
+        ``moved_every``-th was moved to Exchange Online (it has no on-prem mailbox, and on-prem Autodiscover
+        redirects it to ``user...@contoso.mail.onmicrosoft.test``). 0: none. Returns every address, moved included.
+        """
+        if count < 1 or scoped_out_every < 0 or moved_every < 0:
+            raise ValueError("count must be at least 1, and the every-nth figures 0 or more")
+        addresses = [f"user{n:06d}@{domain}" for n in range(1, count + 1)]
+        autodiscover = self._autodiscover_service("onprem-autodiscover")
+        for n, address in enumerate(addresses, start=1):
+            if moved_every and n % moved_every == 0:
+                autodiscover.set_redirect(address, "redirect_addr", f"user{n:06d}@contoso.mail.onmicrosoft.test")
+                continue
+            self.onprem_mailboxes.add(address)
+            if scoped_out_every and n % scoped_out_every == 0:
+                self.onprem_mailboxes.set_granted(address, False)
+        return addresses
+
     def remove_mailbox(self, mailbox: str) -> None:
         """Delete ``mailbox`` wherever it is; UnknownMailboxError if it is nowhere."""
         for directory in (self.onprem_mailboxes, self.online_mailboxes):

@@ -46,6 +46,7 @@ ADMIN_CHANGES: list[tuple[str, str, str, Any]] = [
     ("PUT", "/api/v1/auth/entra/credentials/{kind}", "/auth/entra/credentials/secret", {"end": LATER}),
     ("PUT", "/api/v1/mailboxes/{mailbox}", f"/mailboxes/{NEW_MAILBOX}", {"exchange": "onprem"}),
     ("DELETE", "/api/v1/mailboxes/{mailbox}", f"/mailboxes/{BOB}", None),
+    ("POST", "/api/v1/mailboxes/population", "/mailboxes/population", {"count": 3, "moved_every": 2}),
     ("PATCH", "/api/v1/mailboxes/{mailbox}", f"/mailboxes/{CAROL}", {"app_access": False}),
     ("PATCH", "/api/v1/mailboxes", "/mailboxes", {"impersonation": False}),
     ("PUT", "/api/v1/ews/{name}/throttling", "/ews/onprem-ews/throttling", {"kind": "server_busy_fault"}),
