@@ -228,15 +228,15 @@ async def autodiscover_side(ctx: ProbeContext, target: Target, mailbox: str) -> 
 class Sweep:
     """The task that sweeps one (target, population)."""
 
-    def __init__(self, owner: Sweeps, target: Target, population: str) -> None:
+    def __init__(self, owner: Sweeps, target: Target, population: str, state: SweepState | None = None) -> None:
+        """``state``: the progress of the sweep this one replaces (a reload changed the target), else the file's."""
         self.owner, self.target, self.population = owner, target, population
         self.check: Check = CHECKS[SWEPT_CHECKS[target.kind]]
         directory = owner.config.sweeps.state_directory
         self.path = state_path(directory, target.name, population) if directory else None
-        self.state = (
-            read_state(self.path, target.name, population) if self.path else SweepState(target.name, population)
-        )
-
+        if state is None:
+            state = read_state(self.path, target.name, population) if self.path else SweepState(target.name, population)
+        self.state = state
         self.task: asyncio.Task[None] | None = None
         self._unsaved = 0
 
@@ -387,17 +387,24 @@ class Sweeps:
         self.budget.per_minute = config.limits.per_credential_requests_per_minute
         self.sources.configure(config)
         wanted = {(t.name, t.population): t for t in config.targets if t.population is not None}
+        replaced: dict[tuple[str, str], SweepState] = {}
         for key in [k for k, sweep in self.sweeps.items() if wanted.get(k) != sweep.target]:
-            self._stop(self.sweeps.pop(key))
+            old = self.sweeps.pop(key)
+            self._stop(old)
+            replaced[key] = old.state  # a target changed by a reload goes on with the same sweep
         for key, target in wanted.items():
             if key not in self.sweeps:
-                self.sweeps[key] = Sweep(self, target, key[1])
+                self.sweeps[key] = Sweep(self, target, key[1], replaced.get(key))
                 if self._running:
                     self._start(self.sweeps[key])
 
     @property
     def config(self) -> Config:
         assert self._config is not None, "apply() first"
+        return self._config
+
+    @property
+    def configured(self) -> Config | None:
         return self._config
 
     def start(self) -> None:
@@ -480,7 +487,7 @@ def _family(spec: MetricSpec) -> GaugeMetricFamily:
 def population_families(sweeps: Sweeps) -> Iterator[Metric]:
     """The populations' families, from the sweeps' state only (no I/O: this runs in a scrape)."""
     families = {spec.name: _family(spec) for spec in POPULATION_METRICS}
-    config = sweeps._config
+    config = sweeps.configured
     if config is None:
         yield from families.values()
         return

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -184,3 +185,20 @@ async def test_the_budget_waits_for_the_oldest_request_to_leave_the_window(fake_
     await budget.take("another-account")  # budgets are per credential
     await fake_clock.advance(1.5)
     assert waiting.done() and budget.waits == 1
+
+
+async def test_a_reload_that_changes_the_target_goes_on_with_the_same_sweep(
+    simulator: Simulator, population: None, tmp_path: Path, fake_clock: FakeClock
+) -> None:
+    config = _write_config(simulator, tmp_path, tmp_path)
+    async with running(config, fake_clock) as sweeps:
+        await fake_clock.advance(60)
+        before = sweeps.sweeps[("onprem-ews", "staff")]
+        done = dict(before.state.done)
+        assert done
+        targets = tuple(t.model_copy(update={"timeout": timedelta(seconds=4)}) for t in config.targets)
+        sweeps.apply(config.model_copy(update={"targets": targets}), Limiter(config))
+        after = sweeps.sweeps[("onprem-ews", "staff")]
+        assert after is not before and after.state.done == done
+        await fake_clock.advance(5)
+        assert before.task is not None and before.task.done()
