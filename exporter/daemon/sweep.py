@@ -48,7 +48,9 @@ log = logging.getLogger(__name__)
 WINDOW_SECONDS = 60.0
 ERROR_PAUSE_SECONDS = 60.0
 HISTORY_SWEEPS = 30  # complete sweeps the trend keeps (a month of daily sweeps)
-SAVE_EVERY = 50  # mailboxes between state writes (and at the end of a sweep, and on shutdown)
+# Between state writes (and at the end of a sweep, and on shutdown): a sweep of 50,000 holds a few MB, so by
+# time rather than by mailbox; a crash loses at most this much of the sweep, checked again after the restart.
+SAVE_EVERY_SECONDS = 30.0
 STATE_VERSION = 1
 # Which check a target's sweep runs: the one whose single request is what BEMS needs of each mailbox there.
 SWEPT_CHECKS = {Kind.EWS: "impersonation", Kind.GRAPH: "graph"}
@@ -238,21 +240,37 @@ class Sweep:
             state = read_state(self.path, target.name, population) if self.path else SweepState(target.name, population)
         self.state = state
         self.task: asyncio.Task[None] | None = None
-        self._unsaved = 0
+        self._last_save = 0.0  # the loop's clock
+        self._listed: tuple[str, ...] = ()  # the source's list that _members was worked out from
+        self._owned_by: Config | None = None
+        self._members: tuple[str, ...] = ()
+        self._cursor = 0
 
     @property
     def interval(self) -> float:
         return self.owner.config.populations[self.population].sweep_interval.total_seconds()
 
     def members(self) -> tuple[str, ...]:
-        config = self.owner.config
-        members = self.owner.sources.state(self.population).members
-        return tuple(m for m in members if config.owns(mailbox_key(self.target, m)))
+        """This shard's share of the source's list, worked out again only when the list is another one (a read
+        replaces the tuple): a step runs for every mailbox, and the list may hold tens of thousands."""
+        config, listed = self.owner.config, self.owner.sources.state(self.population).members
+        if listed is not self._listed or config is not self._owned_by:
+            self._members = tuple(m for m in listed if config.owns(mailbox_key(self.target, m)))
+            self._listed, self._owned_by, self._cursor = listed, config, 0
+        return self._members
+
+    def _next_pending(self, members: tuple[str, ...]) -> str | None:
+        """The first mailbox the current sweep has not checked. The sweep goes through the sorted list in order,
+        so a cursor that only moves forward finds it (a new list or a new sweep starts it over)."""
+        done = self.state.done
+        while self._cursor < len(members) and members[self._cursor].casefold() in done:
+            self._cursor += 1
+        return members[self._cursor] if self._cursor < len(members) else None
 
     def save(self) -> None:
         if self.path is not None:
             write_state(self.path, self.state)
-        self._unsaved = 0
+        self._last_save = asyncio.get_running_loop().time()
 
     async def run(self) -> None:
         try:
@@ -277,15 +295,14 @@ class Sweep:
         state = self.state
         if not state.started:
             state.started = time.time()
-        pending = [m for m in members if m.casefold() not in state.done]
-        if not pending:
+        mailbox = self._next_pending(members)
+        if mailbox is None:
             self._complete(members)
             await asyncio.sleep(max(0.0, state.started - time.time()))
             return
-        due = state.started + self.interval * (len(members) - len(pending)) / len(members)
+        due = state.started + self.interval * min(len(state.done), len(members)) / len(members)
         if (wait := due - time.time()) > 0:
             await asyncio.sleep(wait)
-        mailbox = pending[0]
         outcome = await self.check_one(mailbox)
         if outcome is not None:  # None: held back by a back-off, tried again once it ends
             self._record(mailbox, *outcome)
@@ -300,6 +317,7 @@ class Sweep:
             "target": self.target.name, "population": self.population, "mailboxes": len(members),
             "failing": len(state.failing), "duration": round(state.last_duration, 1)}})  # fmt: skip
         state.done = {}
+        self._cursor = 0
         state.started = max(now, state.started + self.interval)  # the next sweep: on cadence, never in the past
         self.save()
 
@@ -312,8 +330,7 @@ class Sweep:
             previous = state.failing.get(mailbox)
             since = previous.since if previous is not None and previous.reason == reason else time.time()
             state.failing[mailbox] = Failing(reason, since, message[:300], hint[:600])
-        self._unsaved += 1
-        if self._unsaved >= SAVE_EVERY:
+        if asyncio.get_running_loop().time() - self._last_save >= SAVE_EVERY_SECONDS:
             self.save()
 
     async def check_one(self, mailbox: str) -> tuple[Outcome, str, str, str, str] | None:
