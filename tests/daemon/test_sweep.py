@@ -202,3 +202,31 @@ async def test_a_reload_that_changes_the_target_goes_on_with_the_same_sweep(
         assert after is not before and after.state.done == done
         await fake_clock.advance(5)
         assert before.task is not None and before.task.done()
+
+
+async def test_online_sweeps_check_application_access_through_ews_and_graph(
+    simulator: Simulator, tmp_path: Path, fake_clock: FakeClock
+) -> None:
+    online = [f"cloud{n:02d}@contoso.test" for n in range(12)]
+    for mailbox in online:
+        simulator.add_mailbox(mailbox, exchange="online")
+    simulator.deny_app_access(online[5])  # the RBAC for Applications scope leaves a new hire out
+    path = simulator.write_exporter_config(tmp_path / "bems.yml", interval="1h", timeout="5s")
+    config = yaml.safe_load(path.read_text())
+    users = tmp_path / "cloud.txt"
+    users.write_text("\n".join(online))
+    config["populations"] = {"cloud": {"file": {"path": str(users)}, "sweep_interval": "2m"}}
+    for target in config["targets"]:
+        if target["name"] in ("online-ews", "online-graph"):
+            target["population"] = "cloud"
+    path.write_text(yaml.safe_dump(config))
+    async with running(load_config(path), fake_clock) as sweeps:
+        for _ in range(60):
+            if all(s.state.last_complete for s in sweeps.sweeps.values()):
+                break
+            await fake_clock.advance(5)
+    verdicts = {key[0]: {m: f.reason for m, f in s.state.failing.items()} for key, s in sweeps.sweeps.items()}
+    assert verdicts == {"online-ews": {online[5]: "forbidden"}, "online-graph": {online[5]: "forbidden"}}
+    # One Graph request a mailbox (the inbox), and no user-object reads: the sweep's cost is the inbox alone.
+    inbox_reads = [r for r in simulator.graph_requests if "/mailFolders/inbox" in r.path]
+    assert len(inbox_reads) == len(online)
