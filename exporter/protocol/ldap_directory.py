@@ -16,6 +16,7 @@ Nested groups:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import ssl
 from collections import deque
@@ -75,11 +76,23 @@ def _connect(source: LdapSource) -> ldap3.Connection:
         raise_exceptions=True,
         receive_timeout=math.ceil(source.timeout.total_seconds()),  # ldap3 packs it as whole seconds
     )
-    connection.open()
-    if source.start_tls:
-        connection.start_tls()
-    connection.bind()
+    try:
+        connection.open()
+        if source.start_tls:
+            connection.start_tls()
+        connection.bind()
+    except BaseException:
+        _close(connection)  # a refused bind or a failed StartTLS leaves the socket open otherwise
+        raise
     return connection
+
+
+def _close(connection: ldap3.Connection) -> None:
+    """Unbind if bound, and close the socket whatever state ldap3 left it in (a refused connect leaves one)."""
+    with contextlib.suppress(ldap_errors.LDAPException):  # nothing to unbind from: the socket is closed below
+        connection.unbind()
+    if connection.socket is not None:
+        connection.socket.close()
 
 
 def _paged(connection: ldap3.Connection, source: LdapSource, base: str, search_filter: str,
@@ -148,8 +161,7 @@ def search(source: LdapSource) -> tuple[str, ...]:
     except ldap_errors.LDAPException as err:
         raise _connection_failure(err, where) from None
     try:
-        with connection:
-            found = _members(connection, source)
+        found = _members(connection, source)
     except ldap_errors.LDAPNoSuchObjectResult:
         raise SourceError(SourceReason.NO_SUCH_OBJECT, f"{where} has no entry {source.base!r}") from None
     except (ldap_errors.LDAPOperationResult, ldap_errors.LDAPInvalidFilterError) as err:
@@ -160,6 +172,8 @@ def search(source: LdapSource) -> tuple[str, ...]:
         ) from None  # fmt: skip
     except ldap_errors.LDAPException as err:
         raise _connection_failure(err, where) from None
+    finally:
+        _close(connection)  # ldap3's own context manager leaves the socket open when the search raised
     if not found:
         raise SourceError(SourceReason.EMPTY, f"{where}: the search found no entry with {source.attribute}")
     return unique_addresses(found)

@@ -257,7 +257,8 @@ async def test_every_metric_the_rules_use_is_in_real_output(
     assert "bems_impersonation_success" in used
     # An estate that exercises every family: push, the BEMS URL, a certificate credential that may read its own
     # registration, one failing mailbox for the failure series, a name its own resolver does not know, a maintenance
-    # window and a Microsoft 365 incident.
+    # window, a Microsoft 365 incident, a population with a failing mailbox (bob), and one whose source fails (its
+    # file is missing).
     sim.configure_entra(graph_roles=[*DEMO_GRAPH_ROLES, "Application.Read.All"])
     sim.revoke_impersonation("bob@corp.example.test")
     sim.post_service_issue("EX123456")  # an active Exchange Online incident, for the incident rules' series
@@ -266,6 +267,13 @@ async def test_every_metric_the_rules_use_is_in_real_output(
     with running_dnsmasq("--address=/missing.corp.example.test/") as dns:
         data = yaml.safe_load(path.read_text())
         data["maintenance_windows"] = [{"name": "patch-tuesday", "cron": "0 22 * * tue", "duration": "4h"}]
+        (tmp_path / "staff.txt").write_text("alice@corp.example.test\nbob@corp.example.test\n")
+        data["populations"] = {
+            "staff": {"file": {"path": str(tmp_path / "staff.txt")}, "sweep_interval": "4s"},
+            "gone": {"file": {"path": str(tmp_path / "missing.txt")}},
+        }
+        for target in data["targets"]:
+            target["population"] = {"onprem-ews": "staff", "online-ews": "gone"}.get(target["name"])
         data["targets"].append({"name": "unresolved", "kind": "autodiscover", "exchange": "onprem",
                                 "url": "https://missing.corp.example.test/autodiscover/autodiscover.xml",
                                 "dns": {"servers": [dns.server]}})  # fmt: skip
@@ -274,7 +282,8 @@ async def test_every_metric_the_rules_use_is_in_real_output(
         await fake_clock.advance_until(lambda: exporter.ready(), STEP, limit=15)
         await fake_clock.advance_until(
             lambda: exporter.store.latest.get(("online-ews", "token")) is not None
-            and getattr(exporter.store.latest.get(("unresolved", "reachability")), "reason", None) == Reason.DNS,
+            and getattr(exporter.store.latest.get(("unresolved", "reachability")), "reason", None) == Reason.DNS
+            and bool(exporter.sweeps.sweeps[("onprem-ews", "staff")].state.failing),
             STEP, limit=10,
         )  # fmt: skip
     text = exposition.render(BemsCollector(exporter.store, exporter.status).collect()).decode()

@@ -3,6 +3,8 @@ walked client-side, LDAPS and StartTLS with the configured CA, and every reason 
 
 from __future__ import annotations
 
+import gc
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -106,10 +108,15 @@ def test_each_failure_has_its_reason(
     slapd: Slapd, password_file: str, tmp_path: Path, overrides: dict[str, Any], reason: SourceReason
 ) -> None:
     settings = source(slapd, password_file, **overrides)
-    with pytest.raises(SourceError) as failure:
-        ldap_directory.search(settings)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        with pytest.raises(SourceError) as failure:
+            ldap_directory.search(settings)
+        gc.collect()
     assert failure.value.reason == reason, failure.value.message
     assert SERVICE_PASSWORD not in failure.value.message
+    # The socket is closed whatever failed (ldap3 leaves it open after a refused connect or a failed search).
+    assert not [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
 
 
 def test_a_wrong_password_is_bind_failed(slapd: Slapd, tmp_path: Path) -> None:
