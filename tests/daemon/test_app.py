@@ -93,7 +93,7 @@ async def test_failure_reason_present_only_while_failing(
     async def failing() -> bool:
         return value(await scrape(client), "bems_probe_failure_reason", **labels, reason="certificate") == 1
 
-    await wait_for(failing, timeout=4)
+    await wait_for(failing, timeout=30)  # a bound for a loaded machine, not a measurement
     samples = await scrape(client)
     assert value(samples, "bems_probe_success", **labels) == 0
     assert value(samples, "bems_probe_failures_total", **labels, reason="certificate") >= 1
@@ -106,7 +106,7 @@ async def test_failure_reason_present_only_while_failing(
     async def passing() -> bool:
         return value(await scrape(client), "bems_probe_success", **labels) == 1
 
-    await wait_for(passing, timeout=4)
+    await wait_for(passing, timeout=30)
     samples = await scrape(client)
     # The tls check's reason is gone with its failure. (The endpoint's other checks may still carry a reason from
     # the moment the fault was swapped, when the simulator rebuilt the endpoint under them, until they run again.)
