@@ -10,8 +10,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+from exporter.config import format_duration
+
 from .audit_report import TARGETS, YEAR, measure_audit_report
 from .check_costs import CASES, measure_check_cost
+from .daemon_comparison import measure_daemons
 from .fixtures import running_simulator
 from .memory import MAILBOXES_PER_TARGET, measure_memory
 from .processes import BenchError
@@ -19,7 +22,7 @@ from .report import Results, render
 from .scheduled import measure_load, measure_metrics
 from .tls_comparison import blackbox_binary, measure_exporter_check, measure_openssl_floor, running_blackbox
 
-STEPS = ("load", "knee", "metrics", "memory", "checks", "tls", "audit")
+STEPS = ("daemon", "load", "knee", "metrics", "memory", "checks", "tls", "audit")
 DEFAULT_STEPS = STEPS[:-1]  # the audit report's year takes about 7 minutes more: `--steps audit`
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "latest.md"
 EXPORTER_CHECKS_MEASURED = ("tls", "reachability")  # reachability: the TCP part alone, for scale
@@ -28,6 +31,10 @@ EXPORTER_CHECKS_MEASURED = ("tls", "reachability")  # reachability: the TCP part
 @dataclass(frozen=True)
 class Plan:
     name: str
+    daemon_targets: int  # the exporter as deployed beside blackbox_exporter: targets, each every daemon_interval
+    daemon_interval: timedelta
+    daemon_intervals_per_run: int
+    daemon_runs: int
     load_steps: tuple[tuple[int, int], ...]  # (targets, checks per minute)
     knee_targets: int
     knee_rates: tuple[int, ...]  # checks per minute, tried upwards until the exporter falls behind
@@ -48,6 +55,10 @@ class Plan:
 
 DEFAULT_PLAN = Plan(
     name="default",
+    daemon_targets=100,
+    daemon_interval=timedelta(seconds=2),
+    daemon_intervals_per_run=10,
+    daemon_runs=5,
     load_steps=((100, 1_000), (1_000, 5_000), (1_000, 20_000)),
     knee_targets=1_000,
     knee_rates=(40_000, 60_000, 80_000, 100_000, 120_000, 160_000),
@@ -67,6 +78,10 @@ DEFAULT_PLAN = Plan(
 )
 QUICK_PLAN = Plan(
     name="quick",
+    daemon_targets=100,
+    daemon_interval=timedelta(seconds=2),
+    daemon_intervals_per_run=3,
+    daemon_runs=2,
     load_steps=((100, 1_000), (1_000, 20_000)),
     knee_targets=1_000,
     knee_rates=(60_000,),
@@ -93,6 +108,24 @@ def progress(message: str) -> None:
 def run(plan: Plan, steps: set[str], work_dir: Path) -> Results:
     results = Results(plan.name)
     with running_simulator(work_dir / "simulator") as simulator:
+        binary = blackbox_binary(work_dir / "apt-get.log") if steps & {"daemon", "tls"} else None
+        if binary is None and steps & {"daemon", "tls"}:
+            results.blackbox_skipped_because = "prometheus-blackbox-exporter could not be installed"
+        if "daemon" in steps and binary is not None:
+            progress(
+                f"daemons side by side: {plan.daemon_targets} targets every {format_duration(plan.daemon_interval)}, "
+                f"{plan.daemon_runs} runs"
+            )
+            with running_blackbox(binary, simulator, work_dir) as blackbox:
+                results.daemon = measure_daemons(
+                    simulator,
+                    blackbox,
+                    work_dir,
+                    plan.daemon_targets,
+                    plan.daemon_interval,
+                    plan.daemon_intervals_per_run,
+                    plan.daemon_runs,
+                )
         if "load" in steps:
             for targets, checks_per_minute in plan.load_steps:
                 progress(f"scheduled checks: {targets:,} targets at {checks_per_minute:,} checks/min")
@@ -136,9 +169,6 @@ def run(plan: Plan, steps: set[str], work_dir: Path) -> Results:
                     measure_check_cost(simulator, work_dir, case, plan.check_cost_runs, plan.check_cost_rounds)
                 )
         if "tls" in steps:
-            binary = blackbox_binary(work_dir / "apt-get.log")
-            if binary is None:
-                results.blackbox_skipped_because = "prometheus-blackbox-exporter could not be installed"
             with ExitStack() as stack:
                 blackbox = stack.enter_context(running_blackbox(binary, simulator, work_dir)) if binary else None
                 for round_number in range(1, plan.probe_rounds + 1):
@@ -151,6 +181,7 @@ def run(plan: Plan, steps: set[str], work_dir: Path) -> Results:
                         )
                     if blackbox is not None:
                         results.blackbox.append(blackbox.measure(plan.probes_per_round, plan.probe_concurrency))
+        if steps & {"daemon", "tls"}:
             progress(f"TLS floor: openssl s_time for {plan.openssl_seconds} s")
             results.openssl = measure_openssl_floor(simulator, plan.openssl_seconds)
     if "audit" in steps:  # the same in both plans: the size, 12 months of 50 targets

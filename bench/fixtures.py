@@ -75,9 +75,16 @@ def running_simulator(state_dir: Path) -> Iterator[RunningSimulator]:
         )
 
 
-def write_exporter_config(path: Path, simulator: RunningSimulator, targets: int, interval: timedelta) -> Path:
-    """``targets`` targets without credentials, spread over the simulator's endpoints, all every ``interval``."""
-    endpoints = islice(cycle(simulator.endpoint_targets), targets)
+def write_exporter_config(
+    path: Path,
+    simulator: RunningSimulator,
+    targets: int,
+    interval: timedelta,
+    endpoints: tuple[dict[str, Any], ...] | None = None,
+) -> Path:
+    """``targets`` targets without credentials, all every ``interval``, spread over ``endpoints`` (by default
+    every endpoint of the simulator)."""
+    spread = islice(cycle(endpoints or simulator.endpoint_targets), targets)
     config = {
         "scenario": simulator.scenario,
         "defaults": {
@@ -85,9 +92,7 @@ def write_exporter_config(path: Path, simulator: RunningSimulator, targets: int,
             "timeout": format_duration(min(CHECK_TIMEOUT, interval)),
             "tls": {"ca_file": simulator.ca_file},
         },
-        "targets": [
-            {**endpoint, "name": f"t{index:05d}-{endpoint['name']}"} for index, endpoint in enumerate(endpoints)
-        ],
+        "targets": [{**endpoint, "name": f"t{index:05d}-{endpoint['name']}"} for index, endpoint in enumerate(spread)],
     }
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     loaded = load_config(path)  # a file the exporter would reject fails here, with the exporter's message

@@ -16,6 +16,7 @@ from exporter.daemon.scheduler import LAG_BUCKETS
 
 from .audit_report import AuditReportMeasurement
 from .check_costs import CheckCost
+from .daemon_comparison import DaemonComparison
 from .memory import MemoryMeasurement
 from .scheduled import KEEP_UP_SHARE, KEEP_UP_SHARE_OVERRUNS, LAG_P99_LIMIT_SECONDS, LoadMeasurement, MetricsMeasurement
 from .tls_comparison import OpensslFloor, ProbeCpu
@@ -27,6 +28,7 @@ REPOSITORY = Path(__file__).resolve().parent.parent
 @dataclass
 class Results:
     run: str  # the plan's name: "default" or "quick"
+    daemon: DaemonComparison | None = None
     load: list[LoadMeasurement] = field(default_factory=list)
     knee: list[LoadMeasurement] = field(default_factory=list)  # rising rates, ending with the first it falls behind at
     metrics: list[MetricsMeasurement] = field(default_factory=list)  # one per size
@@ -379,8 +381,63 @@ def _audit_table(measured: AuditReportMeasurement) -> list[str]:
     return lines
 
 
+def _daemon_table(d: DaemonComparison, openssl: OpensslFloor | None) -> list[str]:
+    low, median, high = d.ratios
+    header = [
+        "run",
+        "exporter CPU ms/round",
+        "rounds",
+        "failed checks",
+        "blackbox_exporter CPU ms/probe",
+        "probes",
+        "failed probes",
+        "ratio",
+        "load average (1, 5, 15 min)",
+    ]
+    rows = [
+        [
+            str(number),
+            f"{run.exporter_cpu_ms_per_round:.3f}",
+            f"{run.exporter_rounds:,.0f}",
+            f"{run.exporter_failures:,.0f}",
+            f"{run.blackbox_cpu_ms_per_probe:.3f}",
+            f"{run.blackbox_probes:,}",
+            f"{run.blackbox_failures:,}",
+            f"{run.ratio:.2f}",
+            ", ".join(f"{value:.2f}" for value in run.load_average),
+        ]
+        for number, run in enumerate(d.runs, 1)
+    ]
+    window = d.runs[0].window_seconds if d.runs else 0.0
+    lines = [
+        "## The exporter as deployed beside blackbox_exporter",
+        "",
+        *_table(header, rows),
+        "",
+        f"Ratio (exporter CPU per target round / blackbox_exporter CPU per probe) over {len(d.runs)} runs: "
+        f"min {low:.2f}, median {median:.2f}, max {high:.2f}.",
+        "",
+        f"The exporter's console script with {d.targets} targets every {format_duration(d.interval)} and its "
+        "default checks (reachability and tls) on one simulator endpoint; a round is both results of one "
+        f"target. blackbox_exporter {d.blackbox_version}, module tcp + tls with the simulator's CA file, "
+        f"probed through /probe on the same endpoint at the same rate ({d.targets} per "
+        f"{format_duration(d.interval)}), during the same windows of {window:.0f} s. CPU is utime+stime of "
+        "each whole process from /proc/PID/stat. The machine is shared: the ratio within one window moves "
+        "far less with other load than either figure does, and the load average says how busy it was.",
+    ]
+    if openssl is not None:
+        lines += [
+            "",
+            f"Floor, `openssl s_time -new` on the same endpoint: {openssl.client_cpu_ms_per_handshake:.3f} ms "
+            "user CPU per handshake (client side).",
+        ]
+    return lines
+
+
 def render(results: Results) -> str:
     lines = ["# bems-exchange-exporter benchmark", "", f"Run: {results.run}; {machine_line()}", ""]
+    if results.daemon is not None:
+        lines += [*_daemon_table(results.daemon, results.openssl), ""]
     if results.load:
         lines += [*_load_table(results.load), ""]
     if results.knee:
