@@ -6,7 +6,6 @@ chain too (what cloud BEMS, which knows no internal CA, needs).
 
 from __future__ import annotations
 
-import _ssl
 import bisect
 import functools
 import ipaddress
@@ -42,6 +41,11 @@ PUBLICLY_TRUSTED = MetricSpec(
     "the public root store, else 0.",
 )
 
+# Python 3.13 made the presented chain public (SSLObject.get_unverified_chain, DER bytes); before it only the
+# leaf is (getpeercert(binary_form=True)), and the check reads no private attribute to get more.
+PRESENTED_CHAIN_IS_PUBLIC = hasattr(ssl.SSLObject, "get_unverified_chain")
+VERDICTS_KEPT = 1024  # public-trust verdicts from a handshake, one per (leaf, host, roots): oldest dropped first
+
 # OpenSSL verify codes (x509_vfy.h) that call for different remedies.
 _EXPIRED, _NOT_YET_VALID = 10, 9
 _HOST_MISMATCH, _IP_MISMATCH = 62, 64
@@ -49,7 +53,7 @@ _HOST_MISMATCH, _IP_MISMATCH = 62, 64
 
 @dataclass(frozen=True, slots=True)
 class Chain:
-    """What the check reports of a presented chain: the leaf first."""
+    """What the check reports of a presented chain: the leaf first (the leaf alone before Python 3.13)."""
 
     certificates: tuple[x509.Certificate, ...]
     names: tuple[str, ...]  # the leaf's DNS names and IP addresses
@@ -84,13 +88,12 @@ def _summarise(ders: tuple[bytes, ...]) -> Chain:
 
 
 def _presented_chain(ssl_object: ssl.SSLObject) -> Chain:
-    chain_fn = getattr(ssl_object, "get_unverified_chain", None)  # public from Python 3.13
-    if chain_fn is None:
-        chain_fn = ssl_object._sslobj.get_unverified_chain  # type: ignore[attr-defined]
-    ders = tuple(cert if isinstance(cert, bytes) else cert.public_bytes(_ssl.ENCODING_DER) for cert in chain_fn() or ())
-    if not ders:  # a server that sent nothing would have failed the handshake; keep the leaf anyway
+    ders: tuple[bytes, ...] = ()
+    if PRESENTED_CHAIN_IS_PUBLIC:
+        ders = tuple(ssl_object.get_unverified_chain() or ())  # type: ignore[attr-defined]
+    if not ders:
         leaf = ssl_object.getpeercert(binary_form=True)
-        if not leaf:
+        if not leaf:  # a server that sent nothing would have failed the handshake
             raise ssl.SSLError("the server presented no certificate")
         ders = (leaf,)
     return _summarise(ders)
@@ -111,6 +114,9 @@ def _certificate_hint(err: ssl.SSLCertVerificationError, where: str, chain: Chai
     if err.verify_code == _EXPIRED and chain is not None:
         expired = min(chain.certificates, key=lambda c: c.not_valid_after_utc)
         when = f"{expired.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
+        if expired.not_valid_after_utc.timestamp() > time.time():  # the expired one is not among those we see
+            valid = f"the {chain.role(expired)} is valid until {when}"
+            return f"renew the expired intermediate certificate on {where} ({valid})"
         return f"renew the {chain.role(expired)} on {where}: it expired on {when}"
     if err.verify_code == _NOT_YET_VALID and chain is not None:
         pending = max(chain.certificates, key=lambda c: c.not_valid_before_utc)
@@ -177,12 +183,50 @@ def _public_distrust(chain: Chain, host: str, roots: str, roots_stamp: object, _
     return None
 
 
-def _measure_public_trust(chain: Chain, target: Target, ctx: ProbeContext) -> str:
-    """Measure whether the public roots trust ``chain`` too, without another handshake; the report's words."""
+_handshake_verdicts: dict[tuple[Chain, str, str, object, float], str | None] = {}
+
+
+async def _public_distrust_by_handshake(
+    chain: Chain, target: Target, ctx: ProbeContext, roots: str, roots_stamp: object, valid_until: float
+) -> str | None:
+    """Why the public roots do not trust the endpoint's chain, from a handshake that verifies against them.
+
+    Where only the leaf can be read (before Python 3.13), OpenSSL itself judges the chain the server
+    presents, with the public roots as the only trust: one more handshake per leaf, host and roots, kept
+    until a certificate of the leaf becomes valid or expires, as ``_public_distrust``'s verdicts are.
+    """
+    key = (chain, target.host, roots, roots_stamp, valid_until)
+    if key in _handshake_verdicts:
+        return _handshake_verdicts[key]
+    scratch = type(ctx.rec)(target.name, ctx.rec.check)  # its steps are not part of the report
+    conn = await ctx.connect(target, scratch)
+    try:
+        await tcp_tls.tls_handshake(conn, tcp_tls.client_ssl_context(roots), target.host)
+        distrust = None
+    except ssl.SSLCertVerificationError as err:
+        distrust = str(err.verify_message)[:300]
+    except (ssl.SSLError, OSError) as err:  # no verdict: say why, and ask again next run
+        return f"not measured: {getattr(err, 'reason', None) or err}"
+    finally:
+        conn.close()
+    if len(_handshake_verdicts) >= VERDICTS_KEPT:
+        del _handshake_verdicts[next(iter(_handshake_verdicts))]
+    _handshake_verdicts[key] = distrust
+    return distrust
+
+
+async def _measure_public_trust(chain: Chain, target: Target, ctx: ProbeContext) -> str:
+    """Measure whether the public roots trust the endpoint's chain too; the report's words.
+
+    From the presented chain without another handshake where Python hands it over (3.13), else by one
+    handshake per chain that verifies against the public roots.
+    """
     roots = public_roots_file(ctx.config.defaults.tls.public_ca_file)
-    distrust = _public_distrust(
-        chain, target.host, roots, tcp_tls.ca_file_stamp(roots), chain.next_validity_change(time.time())
-    )
+    stamp, valid_until = tcp_tls.ca_file_stamp(roots), chain.next_validity_change(time.time())
+    if PRESENTED_CHAIN_IS_PUBLIC:
+        distrust = _public_distrust(chain, target.host, roots, stamp, valid_until)
+    else:
+        distrust = await _public_distrust_by_handshake(chain, target, ctx, roots, stamp, valid_until)
     ctx.rec.measure(PUBLICLY_TRUSTED, 1 if distrust is None else 0)
     return "trusted by the public roots" if distrust is None else f"not trusted by the public roots ({distrust})"
 
@@ -215,7 +259,7 @@ async def probe(target: Target, ctx: ProbeContext) -> CheckResult:
                 rejected = await _unverified_chain(target, ctx)
                 if rejected is not None:
                     ctx.rec.measure(CERT_EXPIRY, rejected.expires_at)
-                    _measure_public_trust(rejected, target, ctx)
+                    await _measure_public_trust(rejected, target, ctx)
                 raise ProbeFailure(
                     Reason.CERTIFICATE,
                     f"certificate rejected: {err.verify_message}",
@@ -225,7 +269,7 @@ async def probe(target: Target, ctx: ProbeContext) -> CheckResult:
                 raise tcp_tls.tls_failure(err, where) from None
             version = ssl_object.version() or "unknown"
             days = (chain.expires_at - time.time()) // 86400
-            public_trust = _measure_public_trust(chain, target, ctx)
+            public_trust = await _measure_public_trust(chain, target, ctx)
             detail.append(f"{version}, {chain.described} ({days:.0f} days), {public_trust}")
     finally:
         conn.close()

@@ -17,7 +17,6 @@ from urllib.parse import urlsplit
 
 from ..config import WindowsCredential
 from ..results import ProbeFailure, Reason, Recorder
-from .hosts_file import HostsFile
 
 RECEIVE_SIZE = 16384  # one TLS record
 _NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)  # Linux
@@ -113,8 +112,6 @@ def client_ssl_context(ca_file: str | None, verify: bool = True) -> ssl.SSLConte
     return _cached_context(ca_file, ca_file_stamp(ca_file), verify)
 
 
-_hosts_file = HostsFile()
-
 # Resolves (host, port) to addresses in the order to try, and says how long that took: ``resolve`` below,
 # or a target's own resolvers (``dns_lookup``).
 Lookup = Callable[[str, int], Awaitable[tuple[list[str], float]]]
@@ -122,16 +119,18 @@ SYSTEM_RESOLVER_HINT = "the resolver does not answer: check /etc/resolv.conf"
 
 
 async def resolve(host: str, port: int) -> tuple[list[str], float]:
-    """Resolve ``host`` to addresses in the resolver's order; the lookup time is measured."""
+    """Resolve ``host`` to addresses in the system resolver's order; the lookup time is measured.
+
+    Through ``getaddrinfo``, as every other program on the host: the hosts file, nsswitch.conf,
+    host.conf, RFC 6724 ordering and ``AI_ADDRCONFIG`` apply as the operator configured them, so a
+    disagreement with DNS reads the same here as in ``getent ahosts``. An IP address is its own answer.
+    """
     t0 = time.perf_counter()
     try:
         socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
         return [host], 0.0
     except OSError:
         pass
-    pinned = _hosts_file.lookup(host)
-    if pinned:
-        return list(pinned), time.perf_counter() - t0
     loop = asyncio.get_running_loop()
     try:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
