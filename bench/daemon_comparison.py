@@ -21,8 +21,9 @@ from datetime import timedelta
 from pathlib import Path
 
 from .fixtures import EXPECTED_CHECKS, RunningExporter, RunningSimulator, running_exporter, write_exporter_config
-from .processes import BenchError, ManagedProcess
-from .scrape import ExporterCounters, KeepAliveClient, get, parse_counters
+from .processes import ManagedProcess
+from .scheduled import read_counters
+from .scrape import KeepAliveClient, get
 from .tls_comparison import SUCCESS_LINE, RunningBlackbox
 
 READY_TIMEOUT_MARGIN_SECONDS = 30.0
@@ -116,19 +117,10 @@ class PacedProbes:
             thread.join()
 
 
-def _counters(exporter: RunningExporter) -> tuple[float, ExporterCounters]:
-    """The exporter's counters, and when they were asked for (monotonic clock)."""
-    requested = time.monotonic()
-    status, body = get(exporter.base_url, "/metrics")
-    if status != 200:
-        raise BenchError(f"GET /metrics answered {status}")
-    return requested, parse_counters(body.decode())
-
-
 def _window(exporter: RunningExporter, blackbox: ManagedProcess, probes: PacedProbes, seconds: float) -> DaemonRun:
     """CPU of both processes over ``seconds``; the exporter's /metrics is read outside the CPU readings, and
     the rounds counted between those reads are scaled to the window between the CPU readings."""
-    counted_from, before = _counters(exporter)
+    counted_from, before = read_counters(exporter)
     probes_before, failures_before = probes.counts()
     exporter_cpu, blackbox_cpu, started = exporter.process.cpu_seconds(), blackbox.cpu_seconds(), time.monotonic()
     exporter.process.sleep(seconds)
@@ -136,7 +128,7 @@ def _window(exporter: RunningExporter, blackbox: ManagedProcess, probes: PacedPr
     blackbox_cpu = blackbox.cpu_seconds() - blackbox_cpu
     window_seconds = time.monotonic() - started
     probes_after, failures_after = probes.counts()
-    counted_until, after = _counters(exporter)
+    counted_until, after = read_counters(exporter)
     during = after.since(before)
     return DaemonRun(
         exporter_cpu_seconds=exporter_cpu,

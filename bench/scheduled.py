@@ -66,7 +66,7 @@ class LoadMeasurement:
         return ""
 
 
-def _counters(exporter: RunningExporter) -> tuple[float, ExporterCounters]:
+def read_counters(exporter: RunningExporter) -> tuple[float, ExporterCounters]:
     """The exporter's counters, and when they were asked for (monotonic clock)."""
     requested = time.monotonic()
     status, body = get(exporter.base_url, "/metrics")
@@ -101,7 +101,7 @@ def measure_load(
     with running_exporter(config_file) as exporter:
         process = exporter.process
         process.sleep(warmup_seconds)
-        counted_from, before = _counters(exporter)
+        counted_from, before = read_counters(exporter)
         for _ in range(windows):
             started = time.monotonic()
             cpu_before = process.cpu_seconds()
@@ -113,7 +113,7 @@ def measure_load(
             machine_cpu_seconds = machine_busy_cpu_seconds() - machine_cpu_before
             measured_seconds = time.monotonic() - started
             rss, peak_rss = process.memory_bytes()
-            counted_until, after = _counters(exporter)
+            counted_until, after = read_counters(exporter)
             during = after.since(before)
             measured.append(
                 LoadMeasurement(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
@@ -132,6 +133,13 @@ class Recorder:
 
     def elapsed(self) -> float:
         return time.perf_counter() - self._t0
+
+    def continue_from(self, started: float, elapsed: float, steps: Sequence[Step]) -> None:
+        """Start this check where another left off: its start, its time so far and its steps come first
+        (a check that goes on over a connection another check of the same round opened)."""
+        self.started = started
+        self._t0 = time.perf_counter() - elapsed
+        self.steps[:0] = steps
 
     def passed(self) -> CheckResult:
         return CheckResult(

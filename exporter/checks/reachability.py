@@ -68,7 +68,7 @@ async def probe(target: Target, ctx: ProbeContext) -> CheckResult:
     finally:
         if resolves:  # also when the connection failed: a leaked private answer explains a timeout
             _measure_answer(target, ctx, answered)
-    connection.close()  # nothing to say
+    ctx.release(connection)  # nothing to say on it; in a round, tls handshakes over it
     ctx.rec.measure(DNS_LOOKUP, connection.dns_seconds)
     ctx.rec.measure(TCP_CONNECT, connection.connect_seconds)
     return ctx.rec.passed()

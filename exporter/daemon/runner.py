@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from ..checks import Check, ProbeContext
+from ..checks.base import ConnectionHandoff
 from ..checks.resources import Resources
 from ..config import Config, Target
 from ..results import CheckResult, ProbeFailure, Reason
@@ -56,12 +57,18 @@ class Limiter:
                     self.in_flight[credential] -= 1
 
 
-async def execute(check: Check, config: Config, target: Target, resources: Resources) -> CheckResult:
-    """Run one check under its timeout; whatever happens, return a result (never raise)."""
-    ctx = ProbeContext.for_target(config, target, check.name, resources)
+async def execute(
+    check: Check, config: Config, target: Target, resources: Resources, handoff: ConnectionHandoff | None = None
+) -> CheckResult:
+    """Run one check under its timeout; whatever happens, return a result (never raise).
+
+    With a ``handoff`` the check goes on where the round's previous check left off: the time that one
+    took to connect counts against this check's budget, as it would had the check connected itself.
+    """
+    ctx = ProbeContext.for_target(config, target, check.name, resources, handoff)
     budget = min(ctx.timeout * check.requests(config, target), config.interval_of(target).total_seconds())
     try:
-        async with asyncio.timeout(budget):
+        async with asyncio.timeout(max(0.0, budget - ctx.rec.elapsed()) if handoff is not None else budget):
             return await check.probe(target, ctx)
     except ProbeFailure as failure:
         return ctx.rec.failed(failure.reason, failure.message, failure.hint)
@@ -82,7 +89,32 @@ async def execute(check: Check, config: Config, target: Target, resources: Resou
 
 
 async def execute_limited(
-    limiter: Limiter, check: Check, config: Config, target: Target, resources: Resources
+    limiter: Limiter,
+    check: Check,
+    config: Config,
+    target: Target,
+    resources: Resources,
+    handoff: ConnectionHandoff | None = None,
 ) -> CheckResult:
     credential = target.credential if check.uses_credential else None
-    return await limiter.run(credential, lambda: execute(check, config, target, resources))
+    return await limiter.run(credential, lambda: execute(check, config, target, resources, handoff))
+
+
+async def execute_round(
+    limiter: Limiter,
+    checks: Sequence[Check],
+    config: Config,
+    target: Target,
+    resources: Resources,
+    on_result: Callable[[CheckResult], None],
+) -> None:
+    """Run ``checks`` one after another over one TCP connection (``ConnectionHandoff``), each result
+    passed to ``on_result`` as soon as it is known; the connection is closed when the round ends."""
+    handoff = ConnectionHandoff()
+    try:
+        for check in checks:
+            result = await execute_limited(limiter, check, config, target, resources, handoff)
+            handoff.after(result)
+            on_result(result)
+    finally:
+        handoff.close()

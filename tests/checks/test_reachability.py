@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from check_runner import configured_target, run
+from check_runner import configured_target, run, run_round
 from dns_servers import running_dnsmasq
 
 from bems_simulator.server import Simulator
@@ -85,13 +85,14 @@ CONNECT_OUTCOMES = [
 ]
 
 
-@pytest.mark.parametrize("check", ["reachability", "tls"])
+# Each check alone, and both as the scheduler runs them: one round, tls handed reachability's connect outcome.
+@pytest.mark.parametrize("checks", [("reachability",), ("tls",), ("reachability", "tls")], ids="+".join)
 @pytest.mark.parametrize(("open_socket", "reason", "message", "hint"), CONNECT_OUTCOMES)
 async def test_each_connect_outcome_has_its_reason(
     simulator: Simulator,
     sim_config_file: Path,
     monkeypatch: pytest.MonkeyPatch,
-    check: str,
+    checks: tuple[str, ...],
     open_socket: Callable[..., object],
     reason: Reason,
     message: str,
@@ -100,10 +101,38 @@ async def test_each_connect_outcome_has_its_reason(
     config = load_config(sim_config_file)
     port = simulator.endpoints["onprem-ews"].port
     target = configured_target(config, "onprem-ews", url=f"https://127.0.0.1:{port}/EWS/Exchange.asmx")
-    monkeypatch.setattr(net, "_open_socket", open_socket)
-    result = await run(config, target, check)
-    assert (result.reason, result.message) == (reason, message.format(port=port))
-    assert hint.format(port=port) in result.hint
+    attempts = []
+
+    async def counted(address: str, port: int) -> object:
+        attempts.append((address, port))
+        return await open_socket(address, port)  # type: ignore[misc]
+
+    monkeypatch.setattr(net, "_open_socket", counted)
+    results = await run_round(config, target, checks) if len(checks) > 1 else [await run(config, target, *checks)]
+    assert [result.check for result in results] == list(checks)
+    for result in results:
+        assert (result.reason, result.message) == (reason, message.format(port=port))
+        assert hint.format(port=port) in result.hint
+    assert len(attempts) == 1  # a round connects once for both checks
+
+
+async def test_in_a_round_an_unresolvable_host_fails_both_with_one_lookup(
+    simulator: Simulator, sim_config_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = load_config(sim_config_file)
+    target = configured_target(config, "onprem-ews", url="https://no-such-host.invalid/EWS/Exchange.asmx")
+    lookups = []
+    real_resolve = net.resolve
+
+    async def counted(host: str, port: int) -> tuple[list[str], float]:
+        lookups.append(host)
+        return await real_resolve(host, port)
+
+    monkeypatch.setattr(net, "resolve", counted)
+    results = await run_round(config, target, ("reachability", "tls"))
+    assert [(r.check, r.reason) for r in results] == [("reachability", Reason.DNS), ("tls", Reason.DNS)]
+    assert "no-such-host.invalid does not resolve" in results[1].message
+    assert lookups == ["no-such-host.invalid"]
 
 
 @pytest.mark.parametrize("check", ["reachability", "tls"])

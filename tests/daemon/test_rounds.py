@@ -1,0 +1,73 @@
+"""A target's reachability and tls run as one round over one TCP connection, each keeping its own result."""
+
+from __future__ import annotations
+
+import socket
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobEvent
+from check_runner import configured_target, run, run_round
+
+from bems_simulator.server import Simulator
+from exporter.checks import planned_checks
+from exporter.checks.resources import Resources
+from exporter.config import load_config
+from exporter.daemon.scheduler import JobSpec, Scheduler, job_specs
+from exporter.daemon.store import ResultStore
+from exporter.protocol import tcp_tls as net
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+def metric_names(result: object) -> list[str]:
+    return sorted({m.metric for m in result.measurements})  # type: ignore[attr-defined]
+
+
+async def test_a_round_makes_one_connection_and_keeps_both_results(
+    simulator: Simulator, sim_config_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = load_config(sim_config_file)
+    target = configured_target(config, "onprem-ews")
+    alone = {check: await run(config, target, check) for check in ("reachability", "tls")}  # warms every cache
+    connections = []
+    real_open_socket = net._open_socket
+
+    async def counted(address: str, port: int) -> socket.socket:
+        connections.append((address, port))
+        return await real_open_socket(address, port)
+
+    monkeypatch.setattr(net, "_open_socket", counted)
+    reachability, tls = await run_round(config, target, ("reachability", "tls"))
+    assert len(connections) == 1
+    assert reachability.success and tls.success, (reachability, tls)
+    for result, lone in ((reachability, alone["reachability"]), (tls, alone["tls"])):
+        assert (result.check, metric_names(result)) == (lone.check, metric_names(lone))
+        assert [step.name for step in result.steps] == [step.name for step in lone.steps]
+    # tls reads as if it had connected itself: from the round's start, its connect steps included.
+    assert tls.started == reachability.started
+    assert tls.duration >= reachability.duration
+    assert tls.steps[:2] == reachability.steps
+
+
+def test_reachability_and_tls_share_one_job_per_target(sim_config_file: Path) -> None:
+    config = load_config(sim_config_file)
+    for target in config.targets:
+        specs = job_specs(config, target)
+        planned = planned_checks(config)[target.name]
+        assert sorted(check for spec in specs for check in spec.checks) == sorted(planned)
+        assert [spec.checks for spec in specs if "tls" in spec.checks] == [("reachability", "tls")]
+
+
+async def test_an_overrun_of_a_round_counts_for_each_of_its_checks(sim_config_file: Path) -> None:
+    config = load_config(sim_config_file)
+    store = ResultStore()
+    scheduler = Scheduler(store, Resources())
+    scheduler.apply(config)
+    target = config.targets[0]
+    job_id = JobSpec(target, "reachability", timedelta()).job_id
+    scheduler._on_overrun(JobEvent(EVENT_JOB_MAX_INSTANCES, job_id, "default"))
+    assert store.overruns == {(target.name, "reachability"): 1, (target.name, "tls"): 1}
+    assert scheduler.job_count == sum(len(checks) for checks in planned_checks(config).values())
+    scheduler.shutdown()
