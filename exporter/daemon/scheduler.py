@@ -42,6 +42,7 @@ SCHEDULING_LAG = MetricSpec(
     "bems_exporter_scheduling_lag_seconds",
     "How late scheduled check runs started compared with their planned time.",
 )
+PHASE_SLOT = timedelta(milliseconds=100)
 LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _SEPARATOR = "\x1f"  # cannot occur in a target name, so job ids split back unambiguously
 
@@ -86,8 +87,14 @@ def lag_families(lag: Histogram) -> Iterator[Metric]:
 
 
 def first_run_offset(job_id: str, interval: timedelta) -> timedelta:
-    """A stable jitter in [0, interval): the same job starts at the same phase after every restart."""
-    return interval * (zlib.crc32(job_id.encode()) / 2**32)
+    """A stable jitter in [0, interval): the same job starts at the same phase after every restart.
+
+    Phases fall on a grid of ``PHASE_SLOT``: jobs that share a slot start in one wake-up of the event loop
+    instead of one wake-up each, and their I/O is served by the same wake-ups too, while the jobs of
+    an interval still spread over all of it.
+    """
+    offset = interval * (zlib.crc32(job_id.encode()) / 2**32)
+    return offset - offset % PHASE_SLOT if interval > PHASE_SLOT else offset
 
 
 ResultCallback = Callable[[CheckResult | None, CheckResult], None]  # (previous, new)

@@ -14,7 +14,7 @@ from bems_simulator.server import Simulator
 from exporter.checks import planned_checks
 from exporter.checks.resources import Resources
 from exporter.config import load_config
-from exporter.daemon.scheduler import JobSpec, Scheduler, job_specs
+from exporter.daemon.scheduler import _SEPARATOR, PHASE_SLOT, JobSpec, Scheduler, first_run_offset, job_specs
 from exporter.daemon.store import ResultStore
 from exporter.protocol import tcp_tls as net
 
@@ -71,3 +71,20 @@ async def test_an_overrun_of_a_round_counts_for_each_of_its_checks(sim_config_fi
     assert store.overruns == {(target.name, "reachability"): 1, (target.name, "tls"): 1}
     assert scheduler.job_count == sum(len(checks) for checks in planned_checks(config).values())
     scheduler.shutdown()
+
+
+@pytest.mark.parametrize("interval", [timedelta(seconds=2), timedelta(minutes=5)])
+def test_first_runs_share_wake_ups_on_a_grid_and_spread_over_the_interval(interval: timedelta) -> None:
+    offsets = [first_run_offset(f"t{n:04d}{_SEPARATOR}reachability", interval) for n in range(1_000)]
+    assert all(timedelta() <= offset < interval for offset in offsets)
+    assert all(offset % PHASE_SLOT == timedelta() for offset in offsets)
+    slots = interval // PHASE_SLOT
+    assert len(set(offsets)) > min(slots, len(offsets)) // 2  # spread over the interval, not bunched
+    assert offsets == [first_run_offset(f"t{n:04d}{_SEPARATOR}reachability", interval) for n in range(1_000)]
+
+
+def test_an_interval_shorter_than_a_slot_keeps_its_own_jitter() -> None:
+    interval = PHASE_SLOT / 2
+    offsets = {first_run_offset(f"t{n}", interval) for n in range(100)}
+    assert all(timedelta() <= offset < interval for offset in offsets)
+    assert len(offsets) > 50
