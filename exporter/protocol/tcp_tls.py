@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from ..config import WindowsCredential
 from ..results import ProbeFailure, Reason, Recorder
+from . import lookup_threads
 
 RECEIVE_SIZE = 16384  # one TLS record
 _NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)  # Linux
@@ -124,6 +125,7 @@ async def resolve(host: str, port: int) -> tuple[list[str], float]:
     Through ``getaddrinfo``, as every other program on the host: the hosts file, nsswitch.conf,
     host.conf, RFC 6724 ordering and ``AI_ADDRCONFIG`` apply as the operator configured them, so a
     disagreement with DNS reads the same here as in ``getent ahosts``. An IP address is its own answer.
+    The call runs on ``lookup_threads``, which hands its answer back more cheaply than the default executor.
     """
     t0 = time.perf_counter()
     try:
@@ -131,9 +133,8 @@ async def resolve(host: str, port: int) -> tuple[list[str], float]:
         return [host], 0.0
     except OSError:
         pass
-    loop = asyncio.get_running_loop()
     try:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+        infos = await lookup_threads.getaddrinfo(host, port)
     except socket.gaierror as err:
         raise ProbeFailure(
             Reason.DNS,

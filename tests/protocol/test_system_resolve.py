@@ -7,11 +7,15 @@ and their aliases, since a test cannot edit that file safely; IP literals and a 
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from exporter.protocol import tcp_tls
+from exporter.protocol import lookup_threads, tcp_tls
 from exporter.results import ProbeFailure, Reason
 
 PORT = 443
@@ -61,3 +65,38 @@ def test_the_table_covers_both_families_and_a_miss() -> None:
     assert any(":" not in address for address in found)
     assert any(":" in address for address in found)
     assert None in answers
+
+
+@pytest.fixture
+def stuck_name(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
+    """``stuck.test`` resolves only once the yielded event is set (a DNS server that does not answer)."""
+    release = threading.Event()
+    real_getaddrinfo = socket.getaddrinfo
+
+    def getaddrinfo(host: str, *args: object, **kwargs: object) -> list[Any]:
+        if host == "stuck.test":
+            release.wait(timeout=60)  # never outlives the test by much, whatever happens to it
+            host = "127.0.0.1"
+        return real_getaddrinfo(host, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(lookup_threads.socket, "getaddrinfo", getaddrinfo)
+    yield release
+    release.set()
+
+
+async def test_a_lookup_that_hangs_holds_up_only_itself(stuck_name: threading.Event) -> None:
+    stuck = asyncio.ensure_future(tcp_tls.resolve("stuck.test", PORT))
+    addresses, _ = await tcp_tls.resolve("localhost", PORT)
+    assert addresses == getaddrinfo_answer("localhost")
+    assert not stuck.done()
+    stuck_name.set()
+    assert (await stuck)[0] == ["127.0.0.1"]
+
+
+async def test_an_answer_nobody_waits_for_any_more_is_dropped() -> None:
+    """A lookup the check's timeout cancelled gets its answer later: dropped, not an error on the loop."""
+    for answer in ([("family", "type", "proto", "", ("127.0.0.1", PORT))], None):
+        gave_up = asyncio.get_running_loop().create_future()
+        gave_up.cancel()
+        lookup_threads._answer(gave_up, answer, None if answer else socket.gaierror(socket.EAI_NONAME, "x"))
+        assert gave_up.cancelled()
