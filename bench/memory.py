@@ -49,7 +49,7 @@ def _mailboxes(exchange: str) -> list[str]:
 def write_mailbox_config(path: Path, simulator: RunningSimulator, targets: int, interval: timedelta) -> Path:
     config = json.loads(json.dumps(simulator.config))  # a deep copy
     config["defaults"]["interval"] = format_duration(interval)
-    templates = config["targets"]
+    templates = [target for target in config["targets"] if "exchange" in target]  # not BEMS's notification URL
     config["targets"] = [
         {**template, "name": f"t{index:05d}-{template['name']}", "mailboxes": _mailboxes(template["exchange"])}
         for index, template in enumerate(islice(cycle(templates), targets))
