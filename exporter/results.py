@@ -33,6 +33,9 @@ class Reason(StrEnum):
     KERBEROS_ACCOUNT_REVOKED = "kerberos_account_revoked"  # the account is locked out, disabled or expired
     KERBEROS_ENCRYPTION_TYPE = "kerberos_encryption_type"  # no encryption type the KDC and the keys share
     KERBEROS = "kerberos"  # another Kerberos failure
+    CERTIFICATE_NOT_REQUESTED = "certificate_not_requested"  # the client certificate was not asked for or taken
+    CERTIFICATE_REJECTED = "certificate_rejected"  # IIS refused the client certificate (403.12, .13, .16)
+    CERTIFICATE_EXPIRED = "certificate_expired"  # the client certificate is out of its validity (IIS 403.17)
     FORBIDDEN = "forbidden"  # signed in, but access denied (ErrorAccessDenied, HTTP 403)
     TOKEN = "token"  # Entra ID issued no token (AADSTS error, unreachable, bad configuration)
     BAD_RESPONSE = "bad_response"  # not the HTTP/SOAP/XML answer the protocol calls for

@@ -9,7 +9,11 @@ and credentials are never sent before the server asked for them. Then, per metho
   binding, through pyspnego and MIT krb5 in a worker thread; what the KDC refuses is a reason of its own
   (``kerberos_unknown_spn``, ``kerberos_clock_skew``, ...: ``protocol/kerberos.py``);
 - ``oauth``: an app-only token from MSAL, sent as ``Bearer`` with ``X-AnchorMailbox`` and the
-  ``ExchangeImpersonation`` header for the first mailbox, as Exchange Online requires.
+  ``ExchangeImpersonation`` header for the first mailbox, as Exchange Online requires;
+- ``certificate``: the same request over a TLS connection that presents the credential's client
+  certificate, which IIS maps to the account. A 401 means the certificate was not asked for or not taken
+  (``certificate_not_requested``), IIS's 403 substatus says why it was refused (``certificate_rejected``,
+  ``certificate_expired``; ``_CERTIFICATE_REFUSALS``).
 
 A 200 (or a SOAP fault that is not about access) proves the sign-in; a 401 is ``unauthorized``,
 ``ErrorAccessDenied``/403 is ``forbidden``; throttling (the ErrorServerBusy family, HTTP 503) is
@@ -26,7 +30,9 @@ Exchange terminates TLS (``channel_binding_mismatch``). Its answer is never used
 
 from __future__ import annotations
 
+import re
 import time
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from ..config import AuthMethod, Config, Exchange, Kind, Target
@@ -131,6 +137,82 @@ def _request_for(target: Target, methods: tuple[AuthMethod, ...]) -> tuple[str, 
     return target.url, ews_soap.get_folder("msgfolderroot", impersonate), dict(ews_soap.SOAP_HEADERS)
 
 
+@dataclass(frozen=True, slots=True)
+class _Refusal:
+    reason: Reason
+    meaning: str
+    hint: str
+
+
+_MAPPING_HINT = (
+    "map the certificate to the service account: a one-to-one mapping to BEMSAdmin (IIS's "
+    "iisClientCertificateMappingAuthentication, oneToOneMappings) or Active Directory client certificate mapping "
+    "(clientCertificateMappingAuthentication: the certificate's UPN names the account)"
+)
+# IIS's 403 substatus codes for client certificates (learn.microsoft.com/troubleshoot/iis/http-status-code,
+# "403 - Forbidden"). IIS's detailed error page names them ("HTTP Error 403.16 - Forbidden"); the custom
+# error page remote clients get by default does not, and then the IIS log's sc-substatus does.
+_CERTIFICATE_REFUSALS = {
+    7: _Refusal(
+        Reason.CERTIFICATE_NOT_REQUESTED,
+        "client certificate required: IIS got none in the TLS handshake",
+        "have the HTTPS binding ask for the certificate in the handshake (netsh http update sslcert "
+        "ipport=0.0.0.0:443 ... clientcertnegotiation=enable): HTTP.sys cannot ask later over TLS 1.3",
+    ),
+    12: _Refusal(Reason.CERTIFICATE_REJECTED, "mapper denied access", _MAPPING_HINT),
+    13: _Refusal(
+        Reason.CERTIFICATE_REJECTED,
+        "client certificate revoked",
+        "the issuing CA revoked the certificate: issue a new one and map it to the account",
+    ),
+    16: _Refusal(
+        Reason.CERTIFICATE_REJECTED,
+        "client certificate untrusted or invalid",
+        "Exchange does not trust the certificate: import its issuing CA into the server's Trusted Root "
+        "Certification Authorities (and intermediates into Intermediate), check the Client Authentication EKU and "
+        "that Exchange reaches the CA's CRL",
+    ),
+    17: _Refusal(
+        Reason.CERTIFICATE_EXPIRED,
+        "client certificate has expired or is not yet valid",
+        "renew the client certificate (openssl x509 -noout -dates -in <certificate_file>), map the new one to the "
+        "account, and check the Exchange server's clock",
+    ),
+}
+_IIS_SUBSTATUS = re.compile(rb"\b403\.(\d{1,2})\b")
+_NOT_REQUESTED_HINT = (
+    "require client certificates on the virtual directory (Set-WebConfigurationProperty -PSPath IIS:\\ "
+    "-Location 'Default Web Site/EWS' -Filter system.webServer/security/access -Name sslFlags -Value "
+    "'Ssl,SslNegotiateCert,SslRequireCert'; the same for Autodiscover) and enable certificate mapping "
+    "(-Filter system.webServer/security/authentication/clientCertificateMappingAuthentication -Name enabled "
+    "-Value $true), or drop certificate from the target's auth list"
+)
+
+
+def _judge_certificate(response: HttpResponse) -> None:
+    """Raise the failure of a 401 or 403 answered over a connection that presented the client certificate."""
+    if response.status == 401:
+        offered = ", ".join(sorted(offered_methods(response))) or "no method"
+        raise ProbeFailure(
+            Reason.CERTIFICATE_NOT_REQUESTED,
+            f"HTTP 401 (it offers {offered}): the server did not ask for the client certificate, or did not map it",
+            _NOT_REQUESTED_HINT,
+        )
+    if response.status != 403:
+        return
+    found = _IIS_SUBSTATUS.search(response.body[:4096])
+    substatus = int(found.group(1)) if found else None
+    refusal = _CERTIFICATE_REFUSALS.get(substatus) if substatus is not None else None
+    if refusal is None:
+        raise ProbeFailure(
+            Reason.CERTIFICATE_REJECTED,
+            "HTTP 403 to the client certificate, without an IIS substatus",
+            "the IIS log's sc-substatus says why: 7 none arrived in the handshake, 12 not mapped to the account, "
+            "13 revoked, 16 untrusted, 17 expired",
+        )
+    raise ProbeFailure(refusal.reason, f"HTTP 403.{substatus}: {refusal.meaning}", refusal.hint)
+
+
 def _judge(ctx: ProbeContext, target: Target, url: str, response: HttpResponse) -> str:
     """Raise the failure an authenticated answer shows, or return a detail line for the report."""
     if response.status == 401:
@@ -197,7 +279,8 @@ async def _binding_diagnosis(
 
 
 def _require_offered(method: AuthMethod, offered: set[str]) -> None:
-    if offers(method, offered):
+    # A client certificate is asked for in the TLS handshake, never in WWW-Authenticate.
+    if method == AuthMethod.CERTIFICATE or offers(method, offered):
         return
     raise ProbeFailure(
         Reason.METHOD_NOT_OFFERED,
@@ -224,6 +307,8 @@ async def probe(target: Target, ctx: ProbeContext) -> CheckResult:
                 try:
                     _require_offered(method, offered)
                     response = await _send(ctx, target, url, body, headers, method)
+                    if method == AuthMethod.CERTIFICATE:
+                        _judge_certificate(response)
                     try:
                         detail.append(_judge(ctx, target, url, response))
                     except signin.PolicyBlock as block:

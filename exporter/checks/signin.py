@@ -1,7 +1,8 @@
 """Requests to Exchange and Graph as the configured account, shared by every check that signs in.
 
 - Credentials per method: Basic (aiohttp), NTLM (requests-ntlm in a worker thread), Kerberos (pyspnego
-  and krb5 in a worker thread, ``protocol/kerberos.py``), OAuth bearer tokens from MSAL's cache.
+  and krb5 in a worker thread, ``protocol/kerberos.py``), OAuth bearer tokens from MSAL's cache, a TLS
+  client certificate (aiohttp, a session of its own per certificate).
 - Back-off: when Exchange answers ``ErrorServerBusy`` with ``BackOffMilliseconds`` (or Graph a 429
   with ``Retry-After``), nothing more is sent where the back-off applies until the time has passed; a
   check due meanwhile fails with ``throttled`` without sending anything. Exchange budgets per account,
@@ -254,6 +255,12 @@ async def _send_as(
     proxy, resources = ctx.proxy(target), ctx.resources
     if method in (AuthMethod.NTLM, AuthMethod.KERBEROS):
         return await windows_post(ctx, target, url, method, body or b"", headers)
+    if method == AuthMethod.CERTIFICATE:  # in the TLS handshake, not in a header: IIS maps it to the account
+        assert isinstance(credential, WindowsCredential)
+        return await resources.http.request(
+            http_method, url, ca_file=ctx.ca_file, proxy=proxy, dns=ctx.config.dns_of(target), headers=headers,
+            body=body, client_certificate=credential.client_certificate,
+        )  # fmt: skip
     if method == AuthMethod.BASIC:
         assert isinstance(credential, WindowsCredential) and credential.password is not None
         pair = f"{credential.username}:{credential.password.get_secret_value()}".encode()

@@ -26,6 +26,7 @@ from .schema import (
     AuthMethod,
     Config,
     EntraCredential,
+    Exchange,
     Kind,
     Route,
     Scenario,
@@ -171,9 +172,25 @@ def _target_auth_errors(config: Config, target: Target, where: Loc) -> Iterator[
     elif AuthMethod.OAUTH in methods:
         yield auth, f"{target.credential!r} is a Windows account: oauth needs an Entra credential"
     elif not methods:
-        yield auth, "list the methods to test: basic, ntlm, kerberos, or several"
-    elif credential.password is None and (needing := sorted(methods & PASSWORD_METHODS)):
-        yield auth, f"{target.credential!r} has a keytab, no password: {' and '.join(needing)} need a password"
+        yield auth, "list the methods to test: basic, ntlm, kerberos, certificate, or several"
+    else:
+        yield from _windows_method_errors(target, credential, methods, auth)
+
+
+def _windows_method_errors(
+    target: Target, credential: WindowsCredential, methods: set[AuthMethod], auth: Loc
+) -> Iterator[tuple[Loc, str]]:
+    """What each Windows account method needs of the credential, and where a client certificate goes."""
+    name = target.credential
+    if credential.password is None and (needing := sorted(methods & PASSWORD_METHODS)):
+        yield auth, f"{name!r} has no password: {' and '.join(needing)} need a password"
+    if AuthMethod.KERBEROS in methods and credential.password is None and credential.keytab is None:
+        yield auth, f"{name!r} has neither password nor keytab: kerberos needs one"
+    if AuthMethod.CERTIFICATE in methods:
+        if credential.certificate_file is None:
+            yield auth, f"{name!r} has no certificate_file: the certificate method presents one"
+        if target.exchange != Exchange.ONPREM:
+            yield auth, "certificate: client certificates are how BEMS signs in to on-premises Exchange only"
 
 
 def read_yaml_file(text: str, file: str) -> YamlDocument:

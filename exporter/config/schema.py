@@ -15,9 +15,11 @@ import hashlib
 import ipaddress
 import os
 import re
+import ssl
 import stat
 import zoneinfo
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -74,6 +76,9 @@ class AuthMethod(StrEnum):
     NTLM = "ntlm"
     KERBEROS = "kerberos"  # Kerberos inside Negotiate (SPNEGO, RFC 4559), with channel binding
     OAUTH = "oauth"
+    # A TLS client certificate that IIS maps to the account (BEMS 3.9's "certificate-based authentication" for
+    # on-premises Exchange without hybrid modern authentication): no password goes to Exchange.
+    CERTIFICATE = "certificate"
 
 
 WINDOWS_METHODS = frozenset({AuthMethod.BASIC, AuthMethod.NTLM, AuthMethod.KERBEROS})
@@ -234,12 +239,34 @@ def _readable(value: str | None) -> str | None:
 ReadableFile = Annotated[str | None, AfterValidator(_readable)]
 
 
+@dataclass(frozen=True, slots=True)
+class ClientCertificate:
+    """A TLS client certificate and its key, as files (``ssl`` loads only files); hashable, to key sessions."""
+
+    certificate_file: str
+    key_file: str | None
+    key_password: SecretStr | None  # SecretStr: never in a repr
+
+    def load_into(self, context: ssl.SSLContext) -> None:
+        password = self.key_password.get_secret_value() if self.key_password is not None else None
+        context.load_cert_chain(self.certificate_file, self.key_file, password)
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return (self.certificate_file, self.key_file) if self.key_file else (self.certificate_file,)
+
+
 class WindowsCredential(_Model):
     """An Active Directory account such as BEMSAdmin, used for Basic, NTLM and Kerberos (inside Negotiate).
 
     Kerberos signs in as ``principal`` (default: derived from ``username``, see ``kerberos_principal``),
     with the password, or with the keys of a ``keytab`` file instead of a password (Kerberos only). The
     realm and its KDCs come from krb5.conf (``KRB5_CONFIG``), as for every MIT Kerberos program.
+
+    The ``certificate`` method presents ``certificate_file`` (PEM, with ``key_file``, else the key in the same
+    file; ``key_password`` when the key is encrypted) in the TLS handshake: IIS maps the certificate to this
+    account. Such a credential needs no password; it is loaded here, so a wrong file or key password is a
+    configuration error.
     """
 
     username: str = Field(min_length=1)
@@ -247,6 +274,10 @@ class WindowsCredential(_Model):
     password_source: str = "inline"
     keytab: ReadableFile = None
     principal: str | None = Field(default=None, min_length=1, pattern=r"^[^\s@/]+(@[^\s@/]+)?$")
+    certificate_file: ReadableFile = None
+    key_file: ReadableFile = None
+    key_password: SecretStr | None = None
+    key_password_source: str | None = None
     max_concurrency: int | None = Field(default=None, ge=1, le=64)
 
     @model_validator(mode="before")
@@ -255,9 +286,34 @@ class WindowsCredential(_Model):
         if isinstance(data, dict):
             data = dict(data)
             _resolve_secret(data, "password")
-            if ("password" in data) == (data.get("keytab") is not None):
-                raise ValueError("set exactly one of password_file, password_env, password or keytab")
+            _resolve_secret(data, "key_password")
+            has_password, has_keytab = "password" in data, data.get("keytab") is not None
+            if has_password and has_keytab:
+                raise ValueError("set only one of password_file, password_env, password and keytab")
+            if not (has_password or has_keytab or data.get("certificate_file") is not None):
+                raise ValueError("set one of password_file, password_env, password, keytab or certificate_file")
+            for key in ("key_file", "key_password"):
+                if data.get(key) is not None and data.get("certificate_file") is None:
+                    raise _KeyedError(key, "goes with certificate_file")
         return data
+
+    @model_validator(mode="after")
+    def _certificate_loads(self) -> WindowsCredential:
+        if self.certificate_file is not None:
+            try:
+                self.client_certificate.load_into(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
+            except ssl.SSLError:  # says "PEM lib" and a line of _ssl.c, nothing more; never the key's password
+                raise _KeyedError(
+                    "certificate_file",
+                    "cannot load the certificate with its key: a PEM certificate and its "
+                    "private key (in key_file or the same file) are needed, with key_password if the key is encrypted",
+                ) from None
+        return self
+
+    @property
+    def client_certificate(self) -> ClientCertificate:
+        assert self.certificate_file is not None
+        return ClientCertificate(self.certificate_file, self.key_file, self.key_password)
 
     @property
     def kerberos_principal(self) -> str:
@@ -795,6 +851,8 @@ class Config(_Model):
         header's content), client secrets, and the password of an environment proxy URL that is used."""
         for credential in self.credentials.values():
             if isinstance(credential, WindowsCredential):
+                if credential.key_password is not None:
+                    yield credential.key_password.get_secret_value()
                 if credential.password is None:
                     continue
                 password = credential.password.get_secret_value()
@@ -816,7 +874,15 @@ class Config(_Model):
         for name, credential in self.credentials.items():
             where = f"credentials.{name}"
             if isinstance(credential, WindowsCredential):
-                files = {"password_file": _file_source(credential.password_source), "keytab": credential.keytab}
+                files = {
+                    "password_file": _file_source(credential.password_source),
+                    "keytab": credential.keytab,
+                    # Without key_file, the key is in the certificate file.
+                    ("key_file" if credential.key_file else "certificate_file"): (
+                        credential.key_file or credential.certificate_file
+                    ),
+                    "key_password_file": _file_source(credential.key_password_source),
+                }
                 secret: SecretStr | None = credential.password
                 secret_key = "password"
             else:
@@ -842,7 +908,7 @@ class Config(_Model):
         """The effective configuration with every secret replaced by where it came from."""
         data = self.model_dump(mode="json", exclude_none=True)
         for name, credential in data.get("credentials", {}).items():
-            for field in ("password", "client_secret"):
+            for field in ("password", "client_secret", "key_password"):
                 if field in credential:
                     source = credential.pop(f"{field}_source", "inline")
                     credential[field] = f"<secret from {source}>" if source != "inline" else "<secret>"

@@ -126,7 +126,7 @@ def _judge(config: Config, store: ResultStore, pairs: Pairs, assess: Assess | No
 
 # What BEMS accepts on-premises (BEMS 3.9 prerequisites): Basic, Windows (NTLM or Kerberos) and, where a target
 # is configured with an Entra credential, modern authentication (hybrid modern authentication).
-ONPREM_SIGN_IN_METHODS = ("basic", "ntlm", "kerberos", "oauth")
+ONPREM_SIGN_IN_METHODS = ("basic", "ntlm", "kerberos", "oauth", "certificate")
 
 
 def _onprem_sign_in(config: Config, store: ResultStore, side: Exchange) -> Judgement:
@@ -328,7 +328,8 @@ HINTS = {
     "ews_reachable": "EWS must answer on port 443 with a valid certificate: see the reachability and tls checks",
     "autodiscover_reachable": "Autodiscover must answer on port 443 with a valid certificate",
     "basic_or_windows_auth": "enable Basic or Windows authentication (NTLM or Kerberos) on the EWS and Autodiscover "
-    "virtual directories for the BEMS service account, or hybrid modern authentication where BEMS uses it",
+    "virtual directories for the BEMS service account, or hybrid modern authentication or a client certificate "
+    "mapped to the account where BEMS uses them",
     "impersonation": "New-ManagementRoleAssignment -Name:BlackBerryAppImpersonation -Role:ApplicationImpersonation "
     "-User:BEMSAdmin (on-premises); in Exchange Online scope the Entra app with RBAC for Applications: "
     "New-ServicePrincipal -AppId <app id> -ObjectId <enterprise app object id>, then New-ManagementRoleAssignment "

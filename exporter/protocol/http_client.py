@@ -32,7 +32,7 @@ from urllib3.connection import HTTPSConnection
 from urllib3.connectionpool import HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
-from ..config import DnsConfig
+from ..config import ClientCertificate, DnsConfig
 from ..results import ProbeFailure, Reason
 from . import safe_xml
 from .dns_lookup import DnsFailure, DnsResolvers
@@ -154,23 +154,25 @@ class _Session:
     """An aiohttp session and the CA file content (its stamp) its SSL context was built from."""
 
     session: aiohttp.ClientSession
-    ca_file_stamp: CaFileStamp | None
+    stamps: tuple[CaFileStamp | None, ...]  # of the CA file, then of the client certificate's files
     in_flight: int = 0
     retired: bool = False  # replaced after the CA file changed: closed once its last request ends
 
 
 class HttpClients:
-    """aiohttp sessions shared by all checks, one per CA file and ``dns`` setting, so connections and TLS
-    state are reused.
+    """aiohttp sessions shared by all checks, one per CA file, ``dns`` setting and client certificate, so
+    connections and TLS state are reused (a connection made with a client certificate is never reused without
+    it, or the reverse).
 
     A session trusts what its CA file held when it was built; when the file changes, the next request
     gets a new session (as the ``tls`` check gets a new context, within the same second), and the old
-    one is closed once the requests still running on it have ended.
+    one is closed once the requests still running on it have ended. A renewed client certificate is picked
+    up the same way.
     """
 
     def __init__(self, dns: DnsResolvers) -> None:
         self._dns = dns
-        self._sessions: dict[tuple[str | None, DnsConfig | None], _Session] = {}
+        self._sessions: dict[tuple[str | None, DnsConfig | None, ClientCertificate | None], _Session] = {}
 
     def _resolver(self, dns: DnsConfig | None) -> AbstractResolver:
         if dns is not None:
@@ -180,17 +182,28 @@ class HttpClients:
         # skips nsswitch and would let the HTTP checks and the connection checks disagree on an address.
         return aiohttp.ThreadedResolver()
 
-    async def _session(self, ca_file: str | None, dns: DnsConfig | None) -> _Session:
-        stamp = ca_file_stamp(ca_file)
-        current = self._sessions.get((ca_file, dns))
-        if current is not None and current.ca_file_stamp == stamp and not current.session.closed:
+    async def _session(
+        self, ca_file: str | None, dns: DnsConfig | None, client_certificate: ClientCertificate | None
+    ) -> _Session:
+        key = (ca_file, dns, client_certificate)
+        files = client_certificate.files if client_certificate is not None else ()
+        stamps = tuple(ca_file_stamp(path) for path in (ca_file, *files))
+        current = self._sessions.get(key)
+        if current is not None and current.stamps == stamps and not current.session.closed:
             return current
-        connector = aiohttp.TCPConnector(
-            ssl=new_client_ssl_context(ca_file), limit=0, limit_per_host=8, resolver=self._resolver(dns)
-        )
+        context = new_client_ssl_context(ca_file)
+        if client_certificate is not None:
+            try:
+                client_certificate.load_into(context)
+            except (ssl.SSLError, OSError) as err:  # replaced since the configuration loaded it
+                raise ProbeFailure(
+                    Reason.INTERNAL, f"cannot load the client certificate {client_certificate.certificate_file}: "
+                    f"{err.strerror or err}", "check the files of the credential's certificate_file and key_file",
+                ) from None  # fmt: skip
+        connector = aiohttp.TCPConnector(ssl=context, limit=0, limit_per_host=8, resolver=self._resolver(dns))
         # trust_env=False: proxies come from the configuration only, never from the environment.
         session = aiohttp.ClientSession(connector=connector, trust_env=False, cookie_jar=aiohttp.DummyCookieJar())
-        self._sessions[(ca_file, dns)] = fresh = _Session(session, stamp)
+        self._sessions[key] = fresh = _Session(session, stamps)
         if current is not None:
             current.retired = True
             if not current.in_flight:
@@ -212,9 +225,11 @@ class HttpClients:
         dns: DnsConfig | None,
         headers: dict[str, str] | None = None,
         body: bytes | None = None,
+        client_certificate: ClientCertificate | None = None,
     ) -> HttpResponse:
         """One request, no redirects followed, the body read up to MAX_BODY_BYTES; the host looked up at
-        ``dns``'s servers (a DnsFailure when they find no address), or at the host's resolver without it.
+        ``dns``'s servers (a DnsFailure when they find no address), or at the host's resolver without it;
+        ``client_certificate`` is presented when the server asks for one in the TLS handshake.
 
         Time is bounded by the check's own timeout, which cancels this coroutine.
         """
@@ -226,7 +241,7 @@ class HttpClients:
             if proxy and proxy.credential
             else None
         )
-        entry = await self._session(ca_file, dns)
+        entry = await self._session(ca_file, dns, client_certificate)
         entry.in_flight += 1
         try:
             async with entry.session.request(

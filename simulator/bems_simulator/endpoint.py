@@ -161,7 +161,9 @@ class Endpoint:
         certificates: ServerCertificates,
         reached_by_address: bool = False,
         hostile: Hostile | None = None,
+        asks_client_certificate: Callable[[], bool] = lambda: False,
     ) -> None:
+        self._asks_client_certificate = asks_client_certificate  # read at each (re)start, as IIS binds
         self.name = name
         self.nominal_host = nominal_host
         self._host, self.port = sock.getsockname()[:2]
@@ -216,7 +218,9 @@ class Endpoint:
                 ssl_context = None
             else:
                 variant = _CERTIFICATE_FOR_FAULT[fault]
-                ssl_context = self._certificates.context(self.name, self._certificate_hostnames, variant)
+                ssl_context = self._certificates.context(
+                    self.name, self._certificate_hostnames, variant, self._asks_client_certificate()
+                )
             app = self._build_app()
             app.middlewares.append(self._delay_when_slow)
             if fault.value in HostileKind.__members__.values():

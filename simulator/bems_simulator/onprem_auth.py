@@ -40,6 +40,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
@@ -48,6 +49,9 @@ import gssapi
 import gssapi.raw
 import spnego
 from aiohttp import web
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
 from spnego.channel_bindings import GssChannelBindings
 from spnego.exceptions import SpnegoError
 
@@ -77,6 +81,24 @@ class AuthMethod(StrEnum):
 
 
 _METHOD_BY_SCHEME = {method.value: method for method in AuthMethod}  # schemes are case-insensitive
+
+
+class ClientCertificateMode(StrEnum):
+    """A virtual directory's client certificates, as IIS's ``sslFlags`` and the HTTPS binding set them."""
+
+    IGNORE = "ignore"  # sslFlags Ssl: not asked for in the handshake, other methods sign in
+    REQUIRE = "require"  # Ssl,SslNegotiateCert,SslRequireCert with clientcertnegotiation=enable on the binding
+    # SslRequireCert, but the binding does not ask in the handshake (and TLS 1.3 cannot renegotiate): 403.7
+    REQUIRE_NOT_NEGOTIATED = "require_not_negotiated"
+
+
+class ClientCertificateVariant(StrEnum):
+    """Client certificates the simulator issues for the account (``Simulator.issue_client_certificate``)."""
+
+    MAPPED = "mapped"
+    UNMAPPED = "unmapped"
+    EXPIRED = "expired"
+    UNTRUSTED = "untrusted"
 
 
 class ExtendedProtection(StrEnum):
@@ -168,6 +190,7 @@ class VirtualDirectoryAuth:
     ntlm_enabled: bool = True  # False: NTLM refused inside Negotiate too, and not offered on its own
     tls_offloaded: bool = False  # bindings checked against an offloader's certificate, not the client's
     oauth: bool = False  # hybrid modern authentication: Entra bearer tokens for this server's own URL
+    client_certificate: ClientCertificateMode = ClientCertificateMode.IGNORE
 
     def set_methods(self, methods: Iterable[AuthMethod | str]) -> None:
         chosen = {parse_choice(AuthMethod, method, "auth method") for method in methods}
@@ -198,6 +221,7 @@ class VirtualDirectoryAuth:
             "ntlm_enabled": self.ntlm_enabled,
             "tls_offloaded": self.tls_offloaded,
             "oauth": self.oauth,
+            "client_certificate": str(self.client_certificate),
         }
 
 
@@ -214,6 +238,55 @@ class KerberosService:
     keytab: Path | None = None
 
 
+# IIS's 403 substatus codes for client certificates (learn.microsoft.com/troubleshoot/iis/http-status-code),
+# on the page IIS's detailed errors show.
+_CERTIFICATE_REQUIRED, _MAPPER_DENIED, _UNTRUSTED, _OUT_OF_VALIDITY = 7, 12, 16, 17
+_SUBSTATUS_TEXT = {
+    _CERTIFICATE_REQUIRED: "Client certificate required",
+    _MAPPER_DENIED: "Mapper denied access",
+    _UNTRUSTED: "Client certificate is untrusted or invalid",
+    _OUT_OF_VALIDITY: "Client certificate has expired or is not yet valid",
+}
+
+
+@dataclass
+class ClientCertificateMapping:
+    """IIS client certificate mapping: the CA whose certificates the server trusts, and one-to-one mappings of
+    certificates (by SHA-256 fingerprint) to accounts, as ``iisClientCertificateMappingAuthentication`` holds
+    the certificates themselves.
+
+    HTTP.sys takes any certificate the client sends and IIS judges it; Python's TLS only takes certificates a
+    store it holds verifies, without checking their dates (``accepted_issuers`` and ``NO_CHECK_TIME`` in the
+    endpoint's context), and this judges the rest as IIS does.
+    """
+
+    issuer: x509.Certificate
+    accounts: dict[bytes, str] = field(default_factory=dict)
+
+    def refusal(self, der: bytes | None) -> tuple[int, str | None]:
+        """``(substatus, None)`` for a refused certificate, ``(0, account)`` for one mapped to an account."""
+        if der is None:
+            return _CERTIFICATE_REQUIRED, None
+        certificate = x509.load_der_x509_certificate(der)
+        try:
+            certificate.verify_directly_issued_by(self.issuer)
+        except (ValueError, TypeError, InvalidSignature):
+            return _UNTRUSTED, None
+        now = datetime.now(UTC)
+        if not certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc:
+            return _OUT_OF_VALIDITY, None
+        account = self.accounts.get(certificate.fingerprint(hashes.SHA256()))
+        return (0, account) if account is not None else (_MAPPER_DENIED, None)
+
+
+def _forbidden(substatus: int) -> web.Response:
+    text = _SUBSTATUS_TEXT[substatus]
+    return web.Response(
+        status=403, text=f"<html><body><h1>HTTP Error 403.{substatus} - Forbidden</h1><p>{text}</p></body></html>",
+        content_type="text/html",
+    )  # fmt: skip
+
+
 class OnPremAuthenticator:
     """Authenticates requests to one virtual directory; ``end_point_hash`` maps a TLS context to its RFC 5929 hash,
     ``offloader_end_point`` is the hash of a TLS offloader's own certificate (``tls_offloaded``)."""
@@ -227,7 +300,9 @@ class OnPremAuthenticator:
         kerberos: KerberosService,
         offloader_end_point: Callable[[], bytes],
         bearer: Authenticator,
+        certificate_mapping: ClientCertificateMapping,
     ) -> None:
+        self._certificate_mapping = certificate_mapping
         self._account = account
         self._directory = directory
         self._end_point_hash = end_point_hash
@@ -244,6 +319,8 @@ class OnPremAuthenticator:
         transport = request.transport
         if transport is None:  # the client is already gone; nothing will read the answer
             return await self._challenge(request)
+        if self._directory.client_certificate is not ClientCertificateMode.IGNORE:
+            return self._by_certificate(transport)
         connection = self._connections.setdefault(transport, _ConnectionState())
         header = request.headers.get("Authorization")
         if header is None:
@@ -257,6 +334,13 @@ class OnPremAuthenticator:
         if method is AuthMethod.BASIC:
             return await self._basic(request, credentials.strip())
         return await self._integrated(request, connection, method, scheme, credentials.strip())
+
+    def _by_certificate(self, transport: asyncio.BaseTransport) -> Caller | web.Response:
+        """SslRequireCert: the connection's client certificate signs in, or the request is refused with 403."""
+        ssl_object = transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        substatus, account = self._certificate_mapping.refusal(der)
+        return Caller(account) if account is not None else _forbidden(substatus)
 
     async def _basic(self, request: web.Request, credentials: str) -> Caller | web.Response:
         try:

@@ -122,19 +122,37 @@ class CertificateAuthority:
         """
         if not hostnames:
             raise ValueError("a server certificate needs at least one hostname")
-        now = datetime.now(UTC)
-        not_before = not_before or now - DEFAULT_LEAF_VALIDITY_BEFORE_NOW
-        not_after = not_after or now + DEFAULT_LEAF_VALIDITY_AFTER_NOW
-        key = _new_key()
         alternative_names: list[x509.GeneralName] = [x509.DNSName(host) for host in hostnames]
         alternative_names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
+        return self._leaf(hostnames[0], ExtendedKeyUsageOID.SERVER_AUTH, alternative_names, not_before, not_after)
+
+    def issue_client(
+        self, user_principal_name: str, not_before: datetime | None = None, not_after: datetime | None = None
+    ) -> tuple[bytes, bytes]:
+        """Issue a TLS client certificate for an account, as an enterprise CA's User template does: clientAuth,
+        the user principal name in the subject CN and as an email SAN; returns ``(cert_pem, key_pem)``."""
+        return self._leaf(
+            user_principal_name, ExtendedKeyUsageOID.CLIENT_AUTH, [x509.RFC822Name(user_principal_name)],
+            not_before, not_after,
+        )  # fmt: skip
+
+    def _leaf(
+        self,
+        common_name: str,
+        usage: x509.ObjectIdentifier,
+        alternative_names: list[x509.GeneralName],
+        not_before: datetime | None,
+        not_after: datetime | None,
+    ) -> tuple[bytes, bytes]:
+        now = datetime.now(UTC)
+        key = _new_key()
         certificate = (
-            self._issued(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0])]), key)
-            .not_valid_before(not_before)
-            .not_valid_after(not_after)
+            self._issued(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]), key)
+            .not_valid_before(not_before or now - DEFAULT_LEAF_VALIDITY_BEFORE_NOW)
+            .not_valid_after(not_after or now + DEFAULT_LEAF_VALIDITY_AFTER_NOW)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(_key_usage(signs_certificates=False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
             .add_extension(x509.SubjectAlternativeName(alternative_names), critical=False)
             .sign(self.private_key, hashes.SHA256())
         )

@@ -7,7 +7,7 @@ import ipaddress
 import json
 import signal
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from types import TracebackType
@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from . import autodiscover, bems, ews, graph
 from .admin import ENDPOINTS_PATH, build_admin_app
@@ -36,12 +38,16 @@ from .mailstore import MailItem, MailStore
 from .onprem_auth import (
     AccountFault,
     AuthMethod,
+    ClientCertificateMapping,
+    ClientCertificateMode,
+    ClientCertificateVariant,
     ExtendedProtection,
     FailedLogon,
     KerberosService,
     OnPremAccount,
     OnPremAuthenticator,
     VirtualDirectoryAuth,
+    parse_choice,
 )
 from .outbound import CallbackClient, PushFaultKind, Timescale
 from .pki import CertificateAuthority
@@ -179,6 +185,10 @@ class Simulator:
             for name, mode in _DEFAULT_EXTENDED_PROTECTION.items()
         }
         self._kerberos = KerberosService()  # no keys for the SPN until enable_kerberos
+        # Client certificates from the CA of the start (rotate_ca() leaves them to it, as a separate user CA).
+        self._certificate_mapping = (
+            ClientCertificateMapping(self._original_ca.certificate) if self._original_ca is not None else None
+        )
         self.onprem_mailboxes = MailboxDirectory("impersonation", ONPREM_MAILBOXES)
         self.online_mailboxes = MailboxDirectory("app_access", ONLINE_MAILBOXES)
         self.ews_requests: list[EwsRequest] = []
@@ -277,6 +287,7 @@ class Simulator:
         trusted = CertificateAuthority.create("BEMS Exchange Simulator Test CA")
         self.ca_file.write_bytes(trusted.cert_pem)
         self._original_ca = self._trusted_ca = trusted
+        self._certificate_mapping = ClientCertificateMapping(trusted.certificate)
         # A CA that nobody is told about, for the `untrusted` fault.
         untrusted = CertificateAuthority.create("Untrusted Simulator CA")
         cert_dir = self.state_dir / "certs"
@@ -289,6 +300,7 @@ class Simulator:
                 self.endpoints[name] = Endpoint(
                     name, nominal_host, sock, builder, self._certificates,
                     reached_by_address=name == FOREIGN_ENDPOINT, hostile=self.hostile,
+                    asks_client_certificate=partial(self._asks_client_certificate, name),
                 )  # fmt: skip
             self.hostile.foreign_url = self.endpoints[FOREIGN_ENDPOINT].url
             await self.hostile.start(bind_loopback_socket(self.host, 0))
@@ -433,6 +445,39 @@ class Simulator:
         directory = self.virtual_directory(endpoint)
         directory.tls_offloaded = offloaded
         return directory
+
+    async def set_client_certificate(self, endpoint: str, mode: ClientCertificateMode | str) -> VirtualDirectoryAuth:
+        """``ignore``, ``require`` or ``require_not_negotiated`` client certificates on an on-prem endpoint (see
+        ``ClientCertificateMode``). The listener restarts, as the HTTPS binding changes: open connections drop."""
+        directory = self.virtual_directory(endpoint)
+        directory.client_certificate = parse_choice(ClientCertificateMode, mode, "client certificate mode")
+        listener = self.endpoints[endpoint]
+        await listener.set_fault(listener.fault, listener.delay_seconds or None)
+        return directory
+
+    def issue_client_certificate(self, variant: ClientCertificateVariant | str = "mapped") -> tuple[bytes, bytes]:
+        """A client certificate and key (PEM) for the on-prem account: ``mapped`` to it (one-to-one), ``unmapped``,
+        ``expired`` (and mapped) or ``untrusted`` (from the CA nobody is told about, and mapped)."""
+        if self._certificates is None or self._original_ca is None or self._certificate_mapping is None:
+            raise RuntimeError("the simulator is not running")
+        variant = parse_choice(ClientCertificateVariant, variant, "client certificate variant")
+        user = self.credentials.onprem_username.rpartition("\\")[2]  # DOMAIN\user
+        upn = f"{user}@{NOMINAL_HOSTS['onprem-ews'].partition('.')[2]}"
+        now = datetime.now(UTC)
+        untrusted = variant is ClientCertificateVariant.UNTRUSTED
+        issuer = self._certificates.client_issuers[1] if untrusted else self._original_ca
+        if variant is ClientCertificateVariant.EXPIRED:
+            cert_pem, key_pem = issuer.issue_client(upn, now - timedelta(days=91), now - timedelta(days=1))
+        else:
+            cert_pem, key_pem = issuer.issue_client(upn)
+        if variant is not ClientCertificateVariant.UNMAPPED:
+            fingerprint = x509.load_pem_x509_certificate(cert_pem).fingerprint(hashes.SHA256())
+            self._certificate_mapping.accounts[fingerprint] = self.account.username
+        return cert_pem, key_pem
+
+    def _asks_client_certificate(self, endpoint: str) -> bool:
+        directory = self._virtual_directories.get(endpoint)
+        return directory is not None and directory.client_certificate is ClientCertificateMode.REQUIRE
 
     def enable_kerberos(self, keytab: Path | None) -> None:
         """Accept Kerberos with the service principal's keys in ``keytab`` (None: no keys, Kerberos refused)."""
@@ -937,6 +982,7 @@ class Simulator:
             self._kerberos,
             lambda: certificates.end_point_hash(offloader()),
             bearer,
+            self._certificate_mapping,
         )
 
     async def _start_admin(self) -> None:

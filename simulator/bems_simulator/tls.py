@@ -20,6 +20,10 @@ INTERMEDIATE_EXPIRES_IN = timedelta(days=30)  # before the leaf's 90 days
 NOT_YET_VALID_FOR = timedelta(days=2)
 
 
+# OpenSSL's X509_V_FLAG_NO_CHECK_TIME, which Python's ssl.VerifyFlags does not name.
+_NO_CHECK_TIME = 0x200000
+
+
 class CertificateVariant(StrEnum):
     VALID = "valid"
     EXPIRED = "expired"
@@ -45,13 +49,18 @@ class ServerCertificates:
     ) -> None:
         self._trusted = trusted
         self._untrusted = untrusted
+        self._client_issuer = trusted  # a user CA of its own: rotate() renews the servers' CA only
         self._directory = directory
         self._ip_address = ip_address
-        self._contexts: dict[tuple[str, CertificateVariant], ssl.SSLContext] = {}
+        self._contexts: dict[tuple[str, CertificateVariant, bool], ssl.SSLContext] = {}
         self._end_point_hashes: dict[ssl.SSLContext, bytes] = {}
 
-    def context(self, endpoint: str, hostnames: list[str], variant: CertificateVariant) -> ssl.SSLContext:
-        key = (endpoint, variant)
+    def context(
+        self, endpoint: str, hostnames: list[str], variant: CertificateVariant, ask_client_certificate: bool = False
+    ) -> ssl.SSLContext:
+        """The endpoint's context; ``ask_client_certificate``: one that asks for a client certificate in the
+        handshake and takes any from ``client_issuers``, whatever its dates (IIS judges them: ``onprem_auth``)."""
+        key = (endpoint, variant, ask_client_certificate)
         if key not in self._contexts:
             cert_pem, key_pem = self._issue(hostnames, variant)
             path = self._directory / f"{endpoint}-{variant}.pem"
@@ -59,6 +68,10 @@ class ServerCertificates:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.minimum_version = ssl.TLSVersion.TLSv1_2
             context.load_cert_chain(path)
+            if ask_client_certificate:
+                context.verify_mode = ssl.CERT_OPTIONAL
+                context.load_verify_locations(cadata=b"".join(ca.cert_pem for ca in self.client_issuers).decode())
+                context.verify_flags |= _NO_CHECK_TIME
             self._contexts[key] = context
             self._end_point_hashes[context] = tls_server_end_point(x509.load_pem_x509_certificate(cert_pem))
         return self._contexts[key]
@@ -70,6 +83,12 @@ class ServerCertificates:
         which ``ssl_object.context`` gives, is the way back to it.
         """
         return self._end_point_hashes[context]
+
+    @property
+    def client_issuers(self) -> tuple[CertificateAuthority, CertificateAuthority]:
+        """The CAs whose client certificates the handshake takes: the issuing one, and the one nobody is told
+        about, whose certificates IIS then refuses as untrusted (403.16), as HTTP.sys takes any."""
+        return self._client_issuer, self._untrusted
 
     def rotate(self, trusted: CertificateAuthority) -> None:
         """Issue every later certificate from ``trusted``, as after a CA rotation; endpoints pick the new

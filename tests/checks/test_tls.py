@@ -393,10 +393,10 @@ async def test_a_session_replaced_by_a_ca_change_ends_its_requests_before_it_clo
         request = functools.partial(clients.request, "GET", ca_file=str(ca_file), proxy=None, dns=None)
         in_flight = asyncio.create_task(request(f"https://127.0.0.1:{port}/held"))
         await arrived.wait()
-        old = clients._sessions[(str(ca_file), None)].session
+        old = clients._sessions[(str(ca_file), None, None)].session
         ca_file.write_bytes(authority.cert_pem + CertificateAuthority.create("Next CA").cert_pem)  # a rotation
         assert (await request(f"https://127.0.0.1:{port}/quick")).body == b"quick"
-        assert clients._sessions[(str(ca_file), None)].session is not old
+        assert clients._sessions[(str(ca_file), None, None)].session is not old
         assert not old.closed, "closing it would break the request still running on it"
         release.set()
         assert (await in_flight).body == b"held"

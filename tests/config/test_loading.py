@@ -235,14 +235,14 @@ BAD = [
         _replace("    auth: [basic, ntlm]", "    auth: [digest]"),
         21,
         "targets[0].auth[0]",
-        "Input should be 'basic', 'ntlm', 'kerberos' or 'oauth'",
+        "Input should be 'basic', 'ntlm', 'kerberos', 'oauth' or 'certificate'",
         id="unknown-method",
     ),
     pytest.param(
         _replace("    password_file: {secret_file}", "    password_file: {secret_file}\n    keytab: {secret_file}"),
         7,
         "credentials.bemsadmin",
-        "set exactly one of password_file, password_env, password or keytab",
+        "set only one of password_file, password_env, password and keytab",
         id="password-and-keytab",
     ),
     pytest.param(
@@ -256,8 +256,39 @@ BAD = [
         _replace("    password_file: {secret_file}", "    keytab: {secret_file}"),
         21,
         "targets[0].auth",
-        "'bemsadmin' has a keytab, no password: basic and ntlm need a password",
+        "'bemsadmin' has no password: basic and ntlm need a password",
         id="keytab-for-ntlm",
+    ),
+    pytest.param(
+        _replace("    password_file: {secret_file}\n", ""),
+        7,
+        "credentials.bemsadmin",
+        "set one of password_file, password_env, password, keytab or certificate_file",
+        id="no-secret-at-all",
+    ),
+    pytest.param(
+        _replace("    password_file: {secret_file}", "    password_file: {secret_file}\n    key_file: {secret_file}"),
+        10,
+        "credentials.bemsadmin.key_file",
+        "goes with certificate_file",
+        id="key-without-certificate",
+    ),
+    pytest.param(
+        _replace(
+            "    password_file: {secret_file}", "    password_file: {secret_file}\n    certificate_file: {secret_file}"
+        ),
+        10,
+        "credentials.bemsadmin.certificate_file",
+        "cannot load the certificate with its key: a PEM certificate and its private key (in key_file or the same "
+        "file) are needed, with key_password if the key is encrypted",
+        id="certificate-that-does-not-load",
+    ),
+    pytest.param(
+        _replace("    auth: [basic, ntlm]", "    auth: [basic, certificate]"),
+        21,
+        "targets[0].auth",
+        "'bemsadmin' has no certificate_file: the certificate method presents one",
+        id="certificate-without-file",
     ),
     pytest.param(
         _replace("    auth: [basic, ntlm]", "    auth: [basic, ntlm]\n    spn: HTTP/mail-lb.corp.example.com"),

@@ -491,6 +491,7 @@ async def test_admin_api_switches_auth_faults(simulator: Simulator) -> None:
         "ntlm_enabled": True,
         "tls_offloaded": False,
         "oauth": False,
+        "client_certificate": "ignore",
     }
     assert state["entra"]["app_certificate_file"] == str(simulator.entra.app_certificate_file)
 
@@ -505,7 +506,7 @@ async def test_admin_api_switches_auth_faults(simulator: Simulator) -> None:
         200,
         {"onprem-autodiscover": {
             "methods": ["basic"], "extended_protection": "require", "ntlm_enabled": True, "tls_offloaded": False,
-            "oauth": False,
+            "oauth": False, "client_certificate": "ignore",
         }},
     )  # fmt: skip
     status, body = await asyncio.to_thread(
