@@ -50,7 +50,8 @@ def test_every_reason_is_documented() -> None:
 
 def test_every_config_key_is_documented() -> None:
     text = (DOCS / "configuration.md").read_text()
-    internal = {"password_source", "client_secret_source", "key_password_source"}  # filled in by the loader, not keys a user writes
+    # Filled in by the loader, not keys a user writes.
+    internal = {"password_source", "client_secret_source", "key_password_source"}
     models: list[type[BaseModel]] = [
         Config, Defaults, Limits, TLSConfig, WindowsCredential, EntraCredential, Target, Push, Notifications,
         NotificationsTLS, DnsConfig, Population, FileSource, LdapSource, EntraGroupSource, Sweeps,

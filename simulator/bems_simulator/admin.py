@@ -17,7 +17,14 @@ Authentication faults:
   every logon of the account the directory refused (what counts towards an AD lockout);
 - ``PUT    /api/v1/auth/endpoints/{name}`` ``{"methods": ["ntlm", "negotiate"], "extended_protection": "require",
   "ntlm_enabled": true, "tls_offloaded": false}`` (any key may be left out; ``ntlm_enabled`` false refuses NTLM
-  inside Negotiate too, ``tls_offloaded`` true checks channel bindings against a TLS offloader's certificate);
+  inside Negotiate too, ``tls_offloaded`` true checks channel bindings against a TLS offloader's certificate;
+  ``client_certificate``: ``ignore``, ``require`` or ``require_not_negotiated``, which restarts the listener);
+- ``POST   /api/v1/auth/client_certificates`` ``{"variant": "mapped" | "unmapped" | "expired" | "untrusted"}``:
+  a client certificate for the account, ``{"certificate_pem", "key_pem"}`` (mapped to it unless ``unmapped``);
+- ``PUT    /api/v1/auth/kerberos`` ``{"keytab": "/path/http.keytab"}`` (``null``: no keys): the on-prem endpoints
+  accept Kerberos with the service principal's keys;
+- ``PUT    /api/v1/auth/hybrid_modern_auth`` ``{"enabled": true}``: the on-prem URLs become service principal
+  names of Exchange Online in Entra ID and the on-prem endpoints accept tokens for them;
 - ``PATCH  /api/v1/auth/entra`` ``{"secret_expired": true, "token_endpoint_down": false, "throttled": false,
   "throttled_retry_after_seconds": 5, "roles_granted": true, "exchange_roles": ["full_access_as_app"],
   "expires_in": 3599}`` (any subset; ``exchange_roles`` without ``Exchange.ManageAsApp``: the admin API's 403).
@@ -111,6 +118,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, TypeVar
 
 from aiohttp import web
@@ -119,7 +127,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt,
 from .directory import UnknownMailboxError
 from .endpoint import UnknownEndpointError
 from .entra import DEFAULT_GRAPH_ROLES, EXCHANGE_ONLINE_ROLES, EntraSettings
-from .onprem_auth import AuthMethod, ExtendedProtection, parse_choice
+from .onprem_auth import AuthMethod, ClientCertificateMode, ExtendedProtection, parse_choice
 
 if TYPE_CHECKING:
     from .server import Simulator
@@ -149,6 +157,9 @@ def build_admin_app(simulator: Simulator) -> web.Application:
     app.router.add_put(AUTH_PATH + "/account", api.set_account_fault)
     app.router.add_get(AUTH_PATH + "/account/failed_logons", api.failed_logons)
     app.router.add_put(AUTH_PATH + "/endpoints/{name}", api.configure_endpoint_auth)
+    app.router.add_post(AUTH_PATH + "/client_certificates", api.issue_client_certificate)
+    app.router.add_put(AUTH_PATH + "/kerberos", api.enable_kerberos)
+    app.router.add_put(AUTH_PATH + "/hybrid_modern_auth", api.enable_hybrid_modern_auth)
     app.router.add_patch(AUTH_PATH + "/entra", api.configure_entra)
     app.router.add_put(AUTH_PATH + "/entra/credentials/{kind}", api.set_app_credential_end)
     app.router.add_get(MAILBOXES_PATH, api.mailboxes)
@@ -253,6 +264,8 @@ class _AdminApi:
             methods = [parse_choice(AuthMethod, method, "auth method") for method in body.methods or []]
             mode = body.extended_protection
             mode = parse_choice(ExtendedProtection, mode, "extended protection mode") if mode is not None else None
+            wanted = body.client_certificate
+            certificates = parse_choice(ClientCertificateMode, wanted, "client certificate mode") if wanted else None
             directory = self._simulator.virtual_directory(name)
             if body.methods is not None:
                 self._simulator.set_auth_methods(name, methods)
@@ -262,11 +275,37 @@ class _AdminApi:
                 self._simulator.set_ntlm_enabled(name, body.ntlm_enabled)
             if body.tls_offloaded is not None:
                 self._simulator.set_tls_offloaded(name, body.tls_offloaded)
+            if body.client_certificate is not None:
+                await self._simulator.set_client_certificate(name, certificates)
         except UnknownEndpointError as error:
             return _error(404, str(error))
         except ValueError as error:
             return _error(400, str(error))
         return web.json_response({name: directory.state()})
+
+    async def issue_client_certificate(self, request: web.Request) -> web.Response:
+        async def change() -> Any:
+            body = await _body(request, _ClientCertificateBody)
+            cert_pem, key_pem = self._simulator.issue_client_certificate(body.variant)
+            return {"certificate_pem": cert_pem.decode(), "key_pem": key_pem.decode()}
+
+        return await _answer(change)
+
+    async def enable_kerberos(self, request: web.Request) -> web.Response:
+        async def change() -> Any:
+            body = await _body(request, _KerberosBody)
+            self._simulator.enable_kerberos(Path(body.keytab) if body.keytab is not None else None)
+            return self._simulator.auth_state()["kerberos"]
+
+        return await _answer(change)
+
+    async def enable_hybrid_modern_auth(self, request: web.Request) -> web.Response:
+        async def change() -> Any:
+            body = await _body(request, _HybridModernAuthBody)
+            self._simulator.enable_hybrid_modern_auth(body.enabled)
+            return self._simulator.auth_state()["endpoints"]
+
+        return await _answer(change)
 
     async def configure_entra(self, request: web.Request) -> web.Response:
         try:
@@ -643,12 +682,31 @@ class _EndpointAuthBody(_Body):
     extended_protection: str | None = None
     ntlm_enabled: bool | None = None
     tls_offloaded: bool | None = None
+    client_certificate: str | None = None
 
     @model_validator(mode="after")
     def _changes_something(self) -> _EndpointAuthBody:
         if not self.model_fields_set:
-            raise ValueError('the body takes "methods", "extended_protection", "ntlm_enabled" or "tls_offloaded"')
+            raise ValueError(
+                'the body takes "methods", "extended_protection", "ntlm_enabled", "tls_offloaded" or '
+                '"client_certificate"'
+            )
         return self
+
+
+class _ClientCertificateBody(_Body):
+    example = '{"variant": "mapped"}'
+    variant: str = "mapped"
+
+
+class _KerberosBody(_Body):
+    example = '{"keytab": "/run/simulator/http.keytab"}'
+    keytab: str | None
+
+
+class _HybridModernAuthBody(_Body):
+    example = '{"enabled": true}'
+    enabled: bool
 
 
 class _EntraBody(_Body):

@@ -199,6 +199,7 @@ class EntraId:
             "app_credentials": {str(kind): credential.state() for kind, credential in self.app_credentials.items()},
             "app_certificate_file": str(self.app_certificate_file),
             "app_private_key_file": str(self.app_private_key_file),
+            "hybrid_resources": sorted(self.hybrid_resources),
             "token_requests": [
                 {"client_id": client_id, "scope": scope, "count": count}
                 for (client_id, scope), count in self.token_requests.items()

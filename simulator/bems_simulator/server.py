@@ -510,6 +510,8 @@ class Simulator:
         return {
             "account": {"username": self.account.username, "fault": str(self.account.fault)},
             "endpoints": {name: directory.state() for name, directory in self._virtual_directories.items()},
+            "kerberos": {"keytab": str(self._kerberos.keytab) if self._kerberos.keytab is not None else None},
+            "client_certificate_mappings": len(self._certificate_mapping.accounts) if self._certificate_mapping else 0,
             "entra": self.entra.state(),
         }
 

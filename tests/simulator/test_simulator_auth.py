@@ -571,3 +571,42 @@ async def test_traffic_counts_requests_connections_and_ntlm_handshakes(simulator
     assert after["ntlm_handshakes"] - before["ntlm_handshakes"] == 2
     # A handshake is three requests (anonymous, NEGOTIATE, AUTHENTICATE); later ones on its connection are one each.
     assert after["requests"] - before["requests"] == (3 + 1 + 1) + 3
+
+
+async def test_admin_api_sets_client_certificates_kerberos_and_hybrid_modern_auth(
+    simulator: Simulator, tmp_path: Path
+) -> None:
+    api = simulator.admin_url + "/api/v1/auth"
+
+    def call(method: str, path: str, body: Any) -> tuple[int, Any]:
+        response = requests.request(method, api + path, json=body, timeout=10)
+        return response.status_code, response.json()
+
+    status, body = await asyncio.to_thread(call, "PUT", "/endpoints/onprem-ews", {"client_certificate": "require"})
+    assert (status, body["onprem-ews"]["client_certificate"]) == (200, "require")
+    status, issued = await asyncio.to_thread(call, "POST", "/client_certificates", {"variant": "mapped"})
+    assert status == 200
+    (tmp_path / "c.pem").write_text(issued["certificate_pem"])
+    (tmp_path / "k.pem").write_text(issued["key_pem"])
+
+    def get_folder(cert: tuple[str, str] | None) -> int:
+        return requests.post(
+            simulator.endpoints["onprem-ews"].url + "/EWS/Exchange.asmx", data=b"<soap/>", cert=cert,
+            headers={"Content-Type": "text/xml"}, verify=str(simulator.ca_file), timeout=10,
+        ).status_code  # fmt: skip
+
+    assert await asyncio.to_thread(get_folder, None) == 403  # 403.7: no certificate
+    # Signed in with the certificate: EWS itself answers, with a SOAP fault for the empty envelope.
+    assert await asyncio.to_thread(get_folder, (str(tmp_path / "c.pem"), str(tmp_path / "k.pem"))) == 500
+
+    assert await asyncio.to_thread(call, "PUT", "/kerberos", {"keytab": str(tmp_path / "http.keytab")}) == (
+        200,
+        {"keytab": str(tmp_path / "http.keytab")},
+    )
+    status, endpoints = await asyncio.to_thread(call, "PUT", "/hybrid_modern_auth", {"enabled": True})
+    assert status == 200 and endpoints["onprem-autodiscover"]["oauth"] is True
+    assert simulator.endpoints["onprem-ews"].url in simulator.entra.hybrid_resources
+    assert (await asyncio.to_thread(call, "PUT", "/endpoints/onprem-ews", {"client_certificate": "sometimes"}))[
+        0
+    ] == 400
+    assert (await asyncio.to_thread(call, "POST", "/client_certificates", {"variant": "stolen"}))[0] == 400
