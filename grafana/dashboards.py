@@ -45,6 +45,7 @@ PER_TARGET = (INSTANCE, EXCHANGE, TARGET)
 PER_CHECK = (*PER_TARGET, CHECK)
 ONLINE = 'exchange="online"'
 ONPREM = 'exchange="onprem"'
+KERBEROS = 'method="kerberos"'
 
 
 def sel(metric: str, *matchers: str) -> str:
@@ -559,13 +560,35 @@ def onprem_panels() -> list[Json]:
     return [
         row("On-premises sign-in"),
         flags(
-            "Basic and NTLM sign-in",
-            f'BEMSAdmin signs in by each configured method (bems_auth_success). {SOURCE}: "{ONPREM_AUTH}"',
+            "Sign-in by method",
+            "BEMSAdmin signs in by each configured method: basic, ntlm, kerberos, certificate, oauth "
+            f'(bems_auth_success). {SOURCE}: "{ONPREM_AUTH}"',
             f"max by (target, method) ({sel('bems_auth_success', INSTANCE, TARGET, ONPREM)})",
             "{{target}} {{method}}",
             ("signs in", "fails"),
-            width=24,
+            width=12,
             heading="Authentication failing",
+        ),
+        flags(
+            "Kerberos sign-in",
+            "BEMSAdmin gets a Kerberos ticket for the target's service principal and Exchange accepts it inside "
+            'Negotiate (bems_auth_success{method="kerberos"}); "not checked" where no target tests kerberos.',
+            f"max by (target) ({sel('bems_auth_success', INSTANCE, TARGET, ONPREM, KERBEROS)})",
+            "{{target}}",
+            ("signs in", "fails"),
+            width=6,
+            heading="Authentication failing",
+        ),
+        flags(
+            "Ready for NTLM off",
+            "Targets where NTLM signs in and Kerberos does not (failed or not configured): sign-in breaks when the "
+            "domain disables NTLM, as Windows is moving to (bems_auth_ntlm_only; alert BEMSExchangeNtlmOnly).",
+            f"max by (target) ({sel('bems_auth_ntlm_only', INSTANCE, TARGET, ONPREM)})",
+            "{{target}}",
+            ("NTLM only", "ready"),
+            good=0,
+            width=6,
+            heading="BEMSExchangeNtlmOnly",
         ),
     ]
 

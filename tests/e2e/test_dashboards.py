@@ -55,7 +55,7 @@ SCENARIO_SIDES = {"bems-scenario-onprem": {"onprem"}, "bems-scenario-online": {"
 # Queries on these series must show data in the demo (the simulator probed by the exporter).
 MUST_SHOW = (
     "bems_requirement_met", "bems_probe_success", "bems_dns_lookup_seconds", "bems_tcp_connect_seconds",
-    "bems_tls_handshake_seconds", "bems_auth_duration_seconds", "bems_impersonation_success",
+    "bems_tls_handshake_seconds", "bems_auth_duration_seconds", "bems_impersonation_success", "bems_auth_ntlm_only",
     "target_check:bems_probe_availability:ratio_rate30d",
 )  # fmt: skip
 # Requirements of another scenario than the demo's (onprem-bems-hybrid): their stats say "not checked" there.
