@@ -269,7 +269,7 @@ async def _run_probe(config: Config, target_name: str | None, check_name: str | 
 def _run_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .audit import build, document, ledger, store
+    from .audit import build, document, ledger, query_api
 
     try:
         month = ledger.Month.parse(args.month)
@@ -278,17 +278,17 @@ def _run_report(args: argparse.Namespace) -> int:
             raise ValueError(f"--format: unknown {', '.join(unknown_formats)} (known: {', '.join(document.FORMATS)})")
         merge_gap = int(parse_duration(args.merge_gap).total_seconds())
         token = Path(args.bearer_token_file).read_text().strip() if args.bearer_token_file else None
-        source = store.Store(args.prometheus, bearer_token=token)
+        source = query_api.Store(args.prometheus, bearer_token=token)
         silences = []
         if args.alertmanager:
-            alertmanager = store.Store(args.alertmanager)
+            alertmanager = query_api.Store(args.alertmanager)
             silences = ledger.silences_in(alertmanager.get_json("/api/v2/silences"), month)
         report = build.build(
             source, month, scenario=args.scenario, merge_gap=merge_gap, silences=silences,
             progress=_progress_bar if args.progress else build.no_progress,
         )  # fmt: skip
         written = document.write(report, formats, Path(args.output))
-    except (ValueError, OSError, store.StoreError, RuntimeError, subprocess.CalledProcessError) as err:
+    except (ValueError, OSError, query_api.StoreError, RuntimeError, subprocess.CalledProcessError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     for warning in report.warnings:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from . import ledger
 from .ledger import MINUTE, Month, SeriesReport, Silence
-from .store import Labels, Store, selector
+from .query_api import Labels, Store, selector
 
 REQUIREMENT = "scenario_exchange_requirement:bems_requirement_met:min1m"
 SCENARIO = "scenario:bems_scenario_ready:min1m"

@@ -40,7 +40,7 @@ from ..metrics import MetricSpec
 from ..protocol import autodiscover_wire
 from ..protocol.entra_tokens import Resource
 from ..results import ProbeFailure, Reason
-from .populations import PopulationSources
+from .population_members import PopulationSources
 from .runner import Limiter
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ import pytest
 from exporter.audit import document
 from exporter.audit.build import Report
 from exporter.audit.ledger import Availability, Incident, Month, SeriesReport
-from exporter.audit.store import Store, StoreError
+from exporter.audit.query_api import Store, StoreError
 from exporter.cli import main
 
 NOV = Month(2026, 11)

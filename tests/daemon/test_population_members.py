@@ -11,7 +11,7 @@ import pytest
 
 from exporter.checks.resources import Resources
 from exporter.config import Config
-from exporter.daemon.populations import PopulationSources
+from exporter.daemon.population_members import PopulationSources
 from exporter.protocol import graph_groups
 from exporter.protocol.http_client import HttpResponse
 from exporter.protocol.population_sources import SourceError, SourceReason, read_address_file
