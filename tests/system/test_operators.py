@@ -532,7 +532,7 @@ async def test_sigterm_with_checks_in_flight_and_a_graph_subscription(
     cli: CLI, push_simulator: Simulator, tmp_path: Path, http: aiohttp.ClientSession, listener_socket: socket.socket
 ) -> None:
     sim = push_simulator
-    config = sim.write_exporter_config(tmp_path / "bems.yml", interval="2s", timeout="2s")
+    config = sim.write_exporter_config(tmp_path / "bems.yml", interval="2s", timeout="1500ms")
     data = yaml.safe_load(config.read_text(encoding="utf-8"))
     data["notifications"] = sim.notifications_block(tmp_path, port_of(listener_socket))
     for target in data["targets"]:
