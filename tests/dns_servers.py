@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
-from loopback import released_port
+from loopback import released_port, stop_process
 
 START_SECONDS = 10.0  # dnsmasq starts in milliseconds; this only bounds a broken start
 PORT_ATTEMPTS = 5
@@ -46,12 +46,7 @@ class Dnsmasq:
         return f"127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=START_SECONDS)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, START_SECONDS)
         if self.process.stderr is not None:
             self.process.stderr.close()
 

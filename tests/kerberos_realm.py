@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from loopback import released_port
+from loopback import released_port, stop_process
 
 REALM = "CORP.CONTOSO.TEST"
 _PROGRAMS = ("krb5kdc", "kdb5_util", "kadmin.local")
@@ -111,12 +110,7 @@ class KerberosRealm:
 
     def stop(self) -> None:
         if self._kdc is not None and self._kdc.poll() is None:
-            os.killpg(self._kdc.pid, signal.SIGTERM)
-            try:
-                self._kdc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self._kdc.pid, signal.SIGKILL)
-                self._kdc.wait()
+            stop_process(self._kdc, group=True)
         self._kdc = None
 
     def close(self) -> None:

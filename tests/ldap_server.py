@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from loopback import stop_process
 
 from bems_simulator.pki import CertificateAuthority
 
@@ -68,12 +69,7 @@ class Slapd:
     def stop(self) -> None:
         if self.process is None:
             return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=START_SECONDS)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, START_SECONDS)
         self.process = None
 
     def start(self) -> None:

@@ -12,6 +12,7 @@ when the one it was given was taken meanwhile.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -128,6 +129,25 @@ def _listens_on(pid: int, port: int) -> bool:
         return any(os.readlink(fd) in inodes for fd in Path(f"/proc/{pid}/fd").iterdir())
     except FileNotFoundError:  # it exited meanwhile (or closed an fd while we looked)
         return False
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0, *, group: bool = False) -> None:
+    """SIGTERM, then SIGKILL once ``timeout`` has passed: to ``process``, or with ``group`` to its whole process
+    group (a server started with ``start_new_session``, whose children must go too)."""
+
+    def send(sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):  # gone already
+            if group:
+                os.killpg(process.pid, sig)
+            else:
+                process.send_signal(sig)
+
+    send(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        send(signal.SIGKILL)
+        process.wait()
 
 
 def push_listener_config(tmp_path: Path, listener: socket.socket) -> Config:

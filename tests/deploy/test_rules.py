@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
-from loopback import bound_socket, port_of, spawn_with_sockets
+from loopback import bound_socket, port_of, spawn_with_sockets, stop_process
 
 pytestmark = pytest.mark.timeout(300)  # promtool and Prometheus processes
 
@@ -355,12 +355,7 @@ def alertmanager(tmp_path: Path) -> Iterator[str]:
                 time.sleep(0.1)
         yield base
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 def firing_alert(name: str, severity: str, **labels: str) -> dict[str, Any]:

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -28,7 +26,7 @@ import yaml
 from aiohttp import web
 from audit_history import MONTHS, series
 from long_term_stores import audit_rules
-from loopback import bound_socket, port_of, start_retrying_taken_ports
+from loopback import bound_socket, port_of, start_retrying_taken_ports, stop_process
 
 from bems_simulator.server import DEMO_GRAPH_ROLES, Simulator
 from exporter.audit.ledger import Month
@@ -310,12 +308,7 @@ async def prometheus(simulator: Simulator, tmp_path: Path) -> AsyncIterator[str]
     try:
         yield f"http://127.0.0.1:{prometheus_port}"
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=5)
+        stop_process(process, group=True)
         await runner.cleanup()
         await exporter.stop()
         listener.close()
