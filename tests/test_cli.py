@@ -716,9 +716,40 @@ def assert_demo_stdout_ends_with_its_urls_and_fault_examples(stdout: str) -> Non
     lines = [line.strip() for line in stdout.splitlines() if line.strip()]
     assert re.fullmatch(r"curl -X POST http://127\.0\.0\.1:\d+/api/v1/reset", lines[-1]), lines
     assert lines[-3].startswith('curl -X PUT -d \'{"kind": "callback_blocked"}\' http://127.0.0.1:'), lines
-    assert lines[-6].startswith('curl -X PUT -d \'{"fault": "expired"}\''), lines
-    assert lines[-12].startswith("BEMS Exchange Exporter demo is running") and lines[-11].startswith("Landing page:")
+    assert re.fullmatch(
+        r"curl -X PUT -d '\{\"fault\": \"refuse\"\}' http://127\.0\.0\.1:\d+/api/v1/proxy/fault", lines[-5]
+    )
+    assert lines[-8].startswith('curl -X PUT -d \'{"fault": "expired"}\''), lines
+    assert lines[-11].startswith("Outside:"), lines
+    assert lines[-15].startswith("BEMS Exchange Exporter demo is running") and lines[-14].startswith("Landing page:")
     assert not REQUEST_LOG_LINE.search(stdout), stdout
+
+
+async def assert_the_demo_breaks_the_path_from_outside_alone(
+    http: aiohttp.ClientSession, stdout: str, inside: str, proc: Proc
+) -> None:
+    """The demo's second vantage point (issue 17): green like the inside one, then, with the proxy that stands
+    for its path refusing, failing with reason proxy while the inside stays green."""
+    outside = re.search(r"^\s*Outside:\s+(http://127\.0\.0\.1:\d+)/ ", stdout, re.MULTILINE)
+    admin = re.search(r"^\s*Simulator API:\s+(http://127\.0\.0\.1:\d+)/", stdout, re.MULTILINE)
+    assert outside and admin, stdout
+    onprem = {"target": "onprem-ews", "exchange": "onprem", "check": "reachability"}
+
+    async def outside_reaches_onprem() -> bool:
+        return value(await scrape(http, outside[1]), "bems_probe_success", **onprem) == 1
+
+    await eventually(outside_reaches_onprem, "onprem-ews reachable from outside", 30, proc)
+    async with http.put(admin[1] + "/api/v1/proxy/fault", json={"fault": "refuse"}) as reply:
+        assert reply.status == 200, await reply.text()
+
+    async def outside_fails_through_its_path() -> bool:
+        samples = await scrape(http, outside[1])
+        return value(samples, "bems_probe_failure_reason", **onprem, reason="proxy") == 1
+
+    await eventually(outside_fails_through_its_path, "onprem-ews failing from outside with reason proxy", 30, proc)
+    samples = await scrape(http, inside)
+    assert value(samples, "bems_probe_success", **onprem) == 1
+    assert value(samples, "bems_probe_failure_reason", **onprem, reason="proxy") is None
 
 
 @pytest.mark.timeout(300)  # the demo: a simulator and an exporter process, every check to a verdict
@@ -754,6 +785,7 @@ async def test_make_demo_probes_its_simulator_to_the_whole_verdict_ready_and_sto
     # loaded machine; the wait ends as soon as the verdict is ready.
     await eventually(ready, "bems_scenario_ready 1 with the delivery requirements", 180, proc)
     assert set(seen.values()) == {1.0}, seen
+    await assert_the_demo_breaks_the_path_from_outside_alone(http, proc.stdout, base, proc)
 
     proc.send_signal(signal.SIGINT)
     assert await proc.wait(EXIT_TIMEOUT) == 0, proc.stderr[-3000:]

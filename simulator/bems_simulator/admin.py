@@ -102,6 +102,11 @@ BEMS's notification URL (the ``bems`` endpoint):
 - ``GET    /api/v1/bems``; ``PUT /api/v1/bems/fault`` ``{"fault": "no_echo" | "wrong_echo" | "none"}``;
 - ``GET    /api/v1/bems/requests``: what reached it.
 
+The HTTP CONNECT proxy (``proxy_url``; the demo's outside vantage point reaches every endpoint through it):
+
+- ``GET    /api/v1/proxy``: its URL, fault, whether it requires credentials, every CONNECT it saw;
+- ``PUT    /api/v1/proxy/fault`` ``{"fault": "refuse" | "deny" | "none"}``; ``DELETE`` heals it.
+
 The whole simulator:
 
 - ``POST   /api/v1/reset`` (no body, or ``{}``): every fault, setting, mailbox, item, subscription and record
@@ -128,6 +133,7 @@ from .directory import UnknownMailboxError
 from .endpoint import UnknownEndpointError
 from .entra import DEFAULT_GRAPH_ROLES, EXCHANGE_ONLINE_ROLES, EntraSettings
 from .onprem_auth import AuthMethod, ClientCertificateMode, ExtendedProtection, parse_choice
+from .proxy import ProxyFault
 
 if TYPE_CHECKING:
     from .server import Simulator
@@ -143,6 +149,7 @@ GRAPH_PATH = "/api/v1/graph"
 EXCHANGE_ADMIN_PATH = "/api/v1/exchange_admin"
 PUSH_PATH = "/api/v1/push"
 BEMS_PATH = "/api/v1/bems"
+PROXY_PATH = "/api/v1/proxy"
 RESET_PATH = "/api/v1/reset"
 
 
@@ -204,6 +211,9 @@ def build_admin_app(simulator: Simulator) -> web.Application:
     app.router.add_get(BEMS_PATH, api.bems)
     app.router.add_put(BEMS_PATH + "/fault", api.set_bems_fault)
     app.router.add_get(BEMS_PATH + "/requests", api.bems_requests)
+    app.router.add_get(PROXY_PATH, api.proxy)
+    app.router.add_put(PROXY_PATH + "/fault", api.set_proxy_fault)
+    app.router.add_delete(PROXY_PATH + "/fault", api.clear_proxy_fault)
     app.router.add_post(RESET_PATH, api.reset)
     return app
 
@@ -613,6 +623,26 @@ class _AdminApi:
     async def bems_requests(self, request: web.Request) -> web.Response:
         return web.json_response([record.state() for record in self._simulator.bems.requests])
 
+    # --- the HTTP CONNECT proxy: the demo's path from the outside vantage point ---------------------------
+
+    async def proxy(self, request: web.Request) -> web.Response:
+        return web.json_response(self._simulator.proxy.state())
+
+    async def set_proxy_fault(self, request: web.Request) -> web.Response:
+        async def change() -> Any:
+            body = await _body(request, _ProxyFaultBody)
+            await self._simulator.proxy.set_fault(body.fault)
+            return self._simulator.proxy.state()
+
+        return await _answer(change)
+
+    async def clear_proxy_fault(self, request: web.Request) -> web.Response:
+        async def change() -> Any:
+            await self._simulator.proxy.set_fault(ProxyFault.NONE)
+            return self._simulator.proxy.state()
+
+        return await _answer(change)
+
     async def reset(self, request: web.Request) -> web.Response:
         if await request.read():  # no body at all is the usual call; anything sent must be the empty object
             try:
@@ -839,6 +869,11 @@ class _LifecycleBody(_Body):
 
 class _BemsFaultBody(_Body):
     example = '{"fault": "no_echo"}'
+    fault: str
+
+
+class _ProxyFaultBody(_Body):
+    example = '{"fault": "refuse"}'
     fault: str
 
 

@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import socket
 import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 from exporter.cli import serve
 from exporter.config import parse_listen_address
 from exporter.daemon import activation, serving
 from exporter.daemon.app import Exporter
 from exporter.logs import setup_logging
+from exporter.web.http_app import create_app
 
 from .endpoint import bind_loopback_socket
 from .server import DEMO_GRAPH_ROLES, Simulator
@@ -64,22 +68,47 @@ async def _run(args: argparse.Namespace, sim: Simulator, web: socket.socket | No
     await asyncio.wait([server, asyncio.create_task(ready.wait())], return_when=asyncio.FIRST_COMPLETED)
     if server.done():
         await server  # raises the bind error
-    print(
-        f"""
+    async with _outside_vantage_point(sim, args.state_dir / "bems-exchange-exporter-outside.yml") as outside:
+        print(
+            f"""
 BEMS Exchange Exporter demo is running (Ctrl-C stops it; --log.requests logs the simulator's requests).
   Landing page:  {base}/
   Metrics:       {base}/metrics
   Config:        {base}/config  (written to {config_file})
+  Outside:       {outside}/  (a second vantage point: the same targets through {sim.proxy_url})
   Simulator API: {sim.admin_url}/api/v1/endpoints
 Break something and watch the landing page turn red, for example:
   curl -X PUT -d '{{"fault": "expired"}}' {sim.admin_url}/api/v1/endpoints/onprem-ews/fault
 Faults: refuse, hang, slow, expired, wrong_host, untrusted, plaintext; DELETE the fault to heal.
+Break the path from outside only (its checks fail with reason proxy, the inside stays green):
+  curl -X PUT -d '{{"fault": "refuse"}}' {sim.admin_url}/api/v1/proxy/fault
 Stop push notifications (and heal with {{"kind": "none"}}):
   curl -X PUT -d '{{"kind": "callback_blocked"}}' {sim.admin_url}/api/v1/push/ews/fault
 Heal everything at once (the simulator as it started):
   curl -X POST {sim.admin_url}/api/v1/reset
 """,
-        flush=True,
-    )
-    await server
+            flush=True,
+        )
+        await server
     return 0
+
+
+@contextlib.asynccontextmanager
+async def _outside_vantage_point(sim: Simulator, config_path: Path) -> AsyncIterator[str]:
+    """A second exporter in this process, as one in the DMZ or a public cloud would run beside the BEMS host's
+    (docs/vantage-points.md): its base URL, on a loopback port of its own. Served without ``serve``, whose
+    signal handlers belong to the first exporter; it stops when the first one does."""
+    outside = Exporter(str(sim.write_outside_demo_config(config_path)))
+    outside.load()
+    with bind_loopback_socket(sim.host, 0) as sock:
+        sock.listen(serving.BACKLOG)
+        await outside.start()
+        runner = None
+        try:
+            limits = serving.limits_for("web", serving.WEB_CONNECTIONS)
+            runner = await serving.start_server(create_app(outside, None), sock, None, limits)
+            yield f"http://{serving.address_of(sock)}"
+        finally:
+            if runner is not None:
+                await runner.cleanup()
+            await outside.stop()

@@ -80,6 +80,15 @@ class ForwardProxy:
         self.requests = []
         await self.set_fault(ProxyFault.NONE)
 
+    def state(self) -> dict[str, object]:
+        """What the admin API shows: the URL, the fault, whether credentials are required, every CONNECT."""
+        return {
+            "url": self.url,
+            "fault": self.fault.value,
+            "credentials_required": self._expected_authorization is not None,
+            "requests": [request._asdict() for request in self.requests],
+        }
+
     def require_credentials(self, username: str, password: str) -> None:
         """From now on, a CONNECT without this Basic ``Proxy-Authorization`` gets 407."""
         token = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")

@@ -798,6 +798,12 @@ class Simulator:
         self.configure_entra(graph_roles=list(DEMO_GRAPH_ROLES))
         return self.write_exporter_config(path, interval="15s", timeout="5s", listener_port=listener_port)
 
+    def write_outside_demo_config(self, path: Path) -> Path:
+        """The demo's second vantage point: the same targets reached through this simulator's proxy, which
+        stands for the path from the Internet side (its firewall, reverse proxy, public DNS), so a proxy fault
+        breaks that path alone. No push and no listener: the inside exporter is the mailboxes' one subscriber."""
+        return self.write_exporter_config(path, interval="15s", timeout="5s", proxy_url=self.proxy_url)
+
     def write_exporter_config(
         self,
         path: Path,
@@ -806,6 +812,7 @@ class Simulator:
         entra_app_auth: str = "secret",
         listener_port: int | None = None,
         stall_after: str | None = None,
+        proxy_url: str | None = None,
     ) -> Path:
         """Write an exporter config that probes every endpoint of this running simulator.
 
@@ -820,6 +827,8 @@ class Simulator:
         Exchange and Graph trust. The Graph
         write probe needs ``Mail.ReadWrite`` among the app's Graph roles (``configure_entra(graph_roles=...)``),
         as it would in Entra ID.
+
+        With ``proxy_url`` (``proxy_url`` of this simulator, say), every target connects through that proxy.
         """
         credentials = self.credentials
         urls = {name: endpoint.url for name, endpoint in self.endpoints.items()}
@@ -880,6 +889,8 @@ class Simulator:
         path.parent.mkdir(parents=True, exist_ok=True)
         if listener_port is not None:
             self._add_delivery(config, path.parent, listener_port, interval, stall_after)
+        if proxy_url is not None:
+            config["defaults"]["proxy_url"] = proxy_url
         path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         return path
 

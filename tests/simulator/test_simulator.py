@@ -313,6 +313,14 @@ async def test_admin_api(simulator: Simulator) -> None:
         ),
         pytest.param(
             "PUT",
+            "/proxy/fault",
+            {"fault": "slow"},
+            "unknown proxy fault 'slow'; valid faults: none, deny, refuse",
+            id="proxy-fault-unknown",
+        ),
+        pytest.param("PUT", "/proxy/fault", {"kind": "refuse"}, "fault: required key is missing", id="proxy-fault-key"),
+        pytest.param(
+            "PUT",
             "/bems/fault",
             ["no_echo"],
             'the body must be a JSON object like {"fault": "no_echo"}',

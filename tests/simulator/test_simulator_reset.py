@@ -86,6 +86,8 @@ ADMIN_CHANGES: list[tuple[str, str, str, Any]] = [
     ("PUT", "/api/v1/push/{protocol}/fault", "/push/ews/fault", {"kind": "delayed", "delay_seconds": 2}),
     ("DELETE", "/api/v1/push/{protocol}/fault", "/push/graph/fault", None),
     ("PUT", "/api/v1/bems/fault", "/bems/fault", {"fault": "wrong_echo"}),
+    ("PUT", "/api/v1/proxy/fault", "/proxy/fault", {"fault": "refuse"}),
+    ("DELETE", "/api/v1/proxy/fault", "/proxy/fault", None),
 ]  # fmt: skip
 # These take ids that exist only once the traffic below made them: (method, route, path with {item}/{subscription}).
 ADMIN_CHANGES_ON_RECORDS = [
@@ -237,7 +239,18 @@ async def test_a_reset_simulator_equals_a_fresh_one(simulator: Simulator, client
     changed = await snapshot(client)
     assert {key for key in fresh if changed[key] != fresh[key]} >= {
         f"/api/v1/{path}"
-        for path in ("endpoints", "auth", "mailboxes", "ews", "autodiscover", "graph", "push", "bems", "exchange_admin")
+        for path in (
+            "endpoints",
+            "auth",
+            "mailboxes",
+            "ews",
+            "autodiscover",
+            "graph",
+            "push",
+            "bems",
+            "exchange_admin",
+            "proxy",
+        )
     } | {"proxy", "hostile", "ca_file", "/api/v1/traffic", "/api/v1/ews/requests", "/api/v1/graph/requests"}
     tasks = push_tasks()
     assert tasks
