@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
 from typing import TypeVar
 
 from ..checks import Check, ProbeContext
@@ -57,6 +58,21 @@ class Limiter:
                     self.in_flight[credential] -= 1
 
 
+# Left between the end of a run and the next one's start, for the scheduler's own lateness (a start on the
+# phase grid, a busy loop): a run still going when its next is due makes APScheduler skip that one (an
+# overrun), so a hanging server with the timeout at the interval would get half its runs and page the
+# exporter's owner for Exchange's fault. A second at most, as blackbox_exporter keeps half a second of
+# Prometheus' scrape timeout; a quarter of the short intervals of tests and benchmarks.
+RUN_END_MARGIN = 0.25  # of the interval
+MAX_RUN_END_MARGIN = 1.0  # seconds
+
+
+def run_limit(interval: timedelta) -> float:
+    """How long one run may take, in seconds: it ends before the next run is due."""
+    seconds = interval.total_seconds()
+    return seconds - min(seconds * RUN_END_MARGIN, MAX_RUN_END_MARGIN)
+
+
 async def execute(
     check: Check, config: Config, target: Target, resources: Resources, handoff: ConnectionHandoff | None = None
 ) -> CheckResult:
@@ -66,7 +82,7 @@ async def execute(
     took to connect counts against this check's budget, as it would had the check connected itself.
     """
     ctx = ProbeContext.for_target(config, target, check.name, resources, handoff)
-    budget = min(ctx.timeout * check.requests(config, target), config.interval_of(target).total_seconds())
+    budget = min(ctx.timeout * check.requests(config, target), run_limit(config.interval_of(target)))
     try:
         async with asyncio.timeout(max(0.0, budget - ctx.rec.elapsed()) if handoff is not None else budget):
             return await check.probe(target, ctx)

@@ -17,6 +17,7 @@ from samples import Samples, parse, targets_in, value
 from bems_simulator.server import Simulator
 from exporter.checks import planned_checks
 from exporter.daemon.app import Exporter
+from exporter.results import Reason
 from exporter.web.collector import BemsCollector
 from exporter.web.http_app import create_app
 
@@ -208,6 +209,30 @@ async def test_landing_page_lists_targets_and_links(client: TestClient, exporter
         'data-target="onprem-ews" data-check="tls" data-state="ok"',
     ):
         assert needle in page
+
+
+async def test_a_hanging_endpoint_times_out_before_its_next_run_is_due(
+    simulator: Simulator, config_file: Path, fake_clock: FakeClock
+) -> None:
+    """With the timeout equal to the interval (the config allows it), a run against a server that never answers
+    still ends before the next one is due: every run happens and reports timeout, none is skipped as an
+    overrun (which would halve the results and page the exporter's owner for Exchange's fault). The checks
+    that sign in are left out: theirs queue behind the account's concurrency bound (two at a time), which the
+    hanging ones hold, and runs that cannot start in time are overruns (the test below)."""
+    await simulator.set_fault("online-ews", "hang")
+    exporter = Exporter(str(config_file))  # every 1s, timeout 1s
+    exporter.load()
+    await exporter.start()
+    try:
+        await fake_clock.advance(5.5)
+    finally:
+        await exporter.stop()
+    for check in ("reachability", "tls"):  # one round, over one connection
+        assert exporter.store.overruns[("online-ews", check)] == 0
+        assert exporter.store.runs[("online-ews", check)] >= 5  # at 0 s, 1 s, … 5 s on the fake clock
+    # The server accepts the connection and never answers the TLS handshake.
+    assert exporter.store.latest[("online-ews", "reachability")].success
+    assert exporter.store.latest[("online-ews", "tls")].reason == Reason.TIMEOUT
 
 
 async def test_runs_that_cannot_start_in_time_count_as_overruns(
