@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from aiohttp import web
 
@@ -323,15 +324,15 @@ def _on_signals(loop: asyncio.AbstractEventLoop, reload: Callable[[], None], sto
             signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stop))
 
 
-async def serve(
+@contextlib.asynccontextmanager
+async def serving_exporter(
     exporter: Exporter,
     listen: str | socket.socket,
     web_config: LiveWebConfig | None,
-    ready: asyncio.Event | None = None,
     access: Access | None = None,
-) -> None:
-    """Serve the exporter until SIGTERM or SIGINT on ``listen``: an address to bind, or a listening socket
-    (systemd's, a test's); ``ready`` is set once it listens."""
+) -> AsyncIterator[str]:
+    """``exporter`` started and its web port served on ``listen`` (an address to bind, or a listening socket:
+    systemd's, a test's) until the block ends; yields the address. No signal handling: see ``serve``."""
     bind = listen if isinstance(listen, socket.socket) else parse_listen_address(listen)
     address = serving.address_of(listen) if isinstance(listen, socket.socket) else listen
     await exporter.start()
@@ -341,6 +342,23 @@ async def serve(
     try:
         runner = await serving.start_server(create_app(exporter, web_config, access), bind, context, limits)
         log.info("listening", extra={"fields": {"address": address, "tls": context is not None}})
+        yield address
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        await exporter.stop()
+
+
+async def serve(
+    exporter: Exporter,
+    listen: str | socket.socket,
+    web_config: LiveWebConfig | None,
+    ready: asyncio.Event | None = None,
+    access: Access | None = None,
+) -> None:
+    """Serve the exporter until SIGTERM or SIGINT on ``listen``: an address to bind, or a listening socket
+    (systemd's, a test's); ``ready`` is set once it listens."""
+    async with serving_exporter(exporter, listen, web_config, access):
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         reloads: set[asyncio.Task[object]] = set()
@@ -355,10 +373,6 @@ async def serve(
             ready.set()
         await stop.wait()
         log.info("shutting down")
-    finally:
-        if runner is not None:
-            await runner.cleanup()
-        await exporter.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

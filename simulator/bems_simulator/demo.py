@@ -15,12 +15,11 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from exporter.cli import serve
+from exporter.cli import serve, serving_exporter
 from exporter.config import parse_listen_address
 from exporter.daemon import activation, serving
 from exporter.daemon.app import Exporter
 from exporter.logs import setup_logging
-from exporter.web.http_app import create_app
 
 from .endpoint import bind_loopback_socket
 from .server import DEMO_GRAPH_ROLES, Simulator
@@ -102,13 +101,5 @@ async def _outside_vantage_point(sim: Simulator, config_path: Path) -> AsyncIter
     outside.load()
     with bind_loopback_socket(sim.host, 0) as sock:
         sock.listen(serving.BACKLOG)
-        await outside.start()
-        runner = None
-        try:
-            limits = serving.limits_for("web", serving.WEB_CONNECTIONS)
-            runner = await serving.start_server(create_app(outside, None), sock, None, limits)
-            yield f"http://{serving.address_of(sock)}"
-        finally:
-            if runner is not None:
-                await runner.cleanup()
-            await outside.stop()
+        async with serving_exporter(outside, sock, None) as address:
+            yield f"http://{address}"
