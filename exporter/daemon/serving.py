@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp.web_response
 from aiohttp import web
@@ -179,24 +179,63 @@ def server_logger(name: str) -> logging.Logger:
     return logger
 
 
+class _ReadGate:
+    """The transport as aiohttp's protocol sees it: everything passes through, except that its
+    ``pause_reading``/``resume_reading`` are recorded, so that the transport reads only when neither aiohttp
+    (its flow control) nor ``_Counted`` (one read per turn of the loop) holds it."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._holders: set[str] = set()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def hold(self, holder: str) -> None:
+        if not self._holders and not self._transport.is_closing():
+            self._transport.pause_reading()
+        self._holders.add(holder)
+
+    def release(self, holder: str) -> None:
+        was_held = bool(self._holders)
+        self._holders.discard(holder)
+        if was_held and not self._holders and not self._transport.is_closing():
+            self._transport.resume_reading()
+
+    def pause_reading(self) -> None:
+        self.hold("aiohttp")
+
+    def resume_reading(self) -> None:
+        self.release("aiohttp")
+
+
 class _Counted(asyncio.BufferedProtocol):
     """aiohttp's protocol for one connection, giving its slot back when the connection ends, and fed at most
-    ``READ_BYTES`` at a time: aiohttp keeps the error of a malformed head, and with its traceback the chunk
-    read when it was raised, until the error is answered; with the transports' 256 KiB reads a header flood
-    pinned some 100 MiB that way."""
+    ``READ_BYTES`` at a time, one read per turn of the event loop: aiohttp keeps the error of a malformed head,
+    and with its traceback the chunk read when it was raised, until its handler has answered the error. With
+    the transports' 256 KiB reads a header flood pinned some 100 MiB that way; and uvloop (libuv) reads a
+    connection until its socket is drained before any task runs, so without the pause after each read the
+    handler answered only once a flood of 200 heads of 1 MiB had cost 98 MiB (asyncio's selector loop reads
+    once per turn by itself)."""
 
     def __init__(self, inner: asyncio.Protocol, release: Callable[[], None]) -> None:
         self._inner, self._release = inner, release
         self._buffer = bytearray(READ_BYTES)
+        self._gate: _ReadGate | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._inner.connection_made(transport)
+        self._gate = _ReadGate(cast(asyncio.Transport, transport))
+        self._inner.connection_made(self._gate)  # type: ignore[arg-type]
 
     def get_buffer(self, sizehint: int) -> bytearray:
         return self._buffer
 
     def buffer_updated(self, nbytes: int) -> None:
         self._inner.data_received(bytes(memoryview(self._buffer)[:nbytes]))
+        gate = self._gate
+        if gate is not None:  # the next read waits for the next turn, after the tasks this one woke
+            gate.hold("turn")
+            asyncio.get_running_loop().call_soon(gate.release, "turn")
 
     def eof_received(self) -> bool | None:
         return self._inner.eof_received()
