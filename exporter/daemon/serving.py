@@ -197,9 +197,10 @@ class _ReadGate:
         self._holders.add(holder)
 
     def release(self, holder: str) -> None:
-        was_held = bool(self._holders)
+        if holder not in self._holders:
+            return
         self._holders.discard(holder)
-        if was_held and not self._holders and not self._transport.is_closing():
+        if not self._holders and not self._transport.is_closing():
             self._transport.resume_reading()
 
     def pause_reading(self) -> None:
@@ -221,7 +222,7 @@ class _Counted(asyncio.BufferedProtocol):
     def __init__(self, inner: asyncio.Protocol, release: Callable[[], None]) -> None:
         self._inner, self._release = inner, release
         self._buffer = bytearray(READ_BYTES)
-        self._gate: _ReadGate | None = None
+        self._gate: _ReadGate  # from connection_made, which comes before any read
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._gate = _ReadGate(cast(asyncio.Transport, transport))
@@ -232,10 +233,9 @@ class _Counted(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self._inner.data_received(bytes(memoryview(self._buffer)[:nbytes]))
-        gate = self._gate
-        if gate is not None:  # the next read waits for the next turn, after the tasks this one woke
-            gate.hold("turn")
-            asyncio.get_running_loop().call_soon(gate.release, "turn")
+        # The next read waits for the next turn, after the tasks this one woke.
+        self._gate.hold("turn")
+        asyncio.get_running_loop().call_soon(self._gate.release, "turn")
 
     def eof_received(self) -> bool | None:
         return self._inner.eof_received()
