@@ -30,11 +30,16 @@ class ConnectionHandoff:
 
     connection: tcp_tls.Connection | None = None
     opened_by: Recorder | None = None
+    # How long the giver had taken when it gave the connection: the next check's time so far. Not the giver's
+    # elapsed() when the next check starts: between the two the next check may wait for a slot of the
+    # exporter's own concurrency limit, and that wait is neither the target's time nor the check's budget
+    # (counted, a busy exporter timed tls out and blamed the endpoint for its own queue).
+    given_after: float = 0.0
     failed: CheckResult | None = None  # the previous check's result when it could not connect
 
     def give(self, connection: tcp_tls.Connection, rec: Recorder) -> None:
         self.close()
-        self.connection, self.opened_by = connection, rec
+        self.connection, self.opened_by, self.given_after = connection, rec, rec.elapsed()
 
     def after(self, result: CheckResult) -> None:
         """The previous check ended with ``result``: a failed connect is the next check's answer too."""
@@ -44,7 +49,7 @@ class ConnectionHandoff:
     def continue_recording(self, rec: Recorder) -> None:
         """Let ``rec`` start where the round did, with the connect steps the next check would have taken."""
         if self.connection is not None and self.opened_by is not None:
-            rec.continue_from(self.opened_by.started, self.opened_by.elapsed(), self.opened_by.steps)
+            rec.continue_from(self.opened_by.started, self.given_after, self.opened_by.steps)
         elif self.failed is not None:
             rec.continue_from(self.failed.started, self.failed.duration, self.failed.steps)
 

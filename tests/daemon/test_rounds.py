@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import socket
+import time
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobEvent
 from check_runner import configured_target, run, run_round
 
 from bems_simulator.server import Simulator
-from exporter.checks import planned_checks
+from exporter import results
+from exporter.checks import CHECKS, planned_checks
 from exporter.checks.resources import Resources
 from exporter.config import load_config
+from exporter.daemon.runner import Limiter, execute_round
 from exporter.daemon.scheduler import _SEPARATOR, PHASE_SLOT, JobSpec, Scheduler, first_run_offset, job_specs
 from exporter.daemon.store import ResultStore
 from exporter.protocol import tcp_tls as net
@@ -49,6 +54,44 @@ async def test_a_round_makes_one_connection_and_keeps_both_results(
     assert tls.started == reachability.started
     assert tls.duration >= reachability.duration
     assert tls.steps[:2] == reachability.steps
+
+
+class QueueingLimiter(Limiter):
+    """The exporter's own limiter, but every check after the first waits ``wait`` seconds for its slot, on the
+    clock the results are timed by (a busy exporter: every slot taken when tls's turn comes)."""
+
+    def __init__(self, config: object, clock: list[float], wait: float) -> None:
+        super().__init__(config)  # type: ignore[arg-type]
+        self._clock, self._wait, self._calls = clock, wait, 0
+
+    async def run(self, credential: str | None, work: Callable[[], Awaitable[object]]) -> object:  # type: ignore[override]
+        if self._calls:
+            self._clock[0] += self._wait
+        self._calls += 1
+        return await super().run(credential, work)
+
+
+async def test_a_wait_for_the_exporters_own_slot_inside_a_round_is_not_the_endpoints_time(
+    simulator: Simulator, sim_config_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = load_config(sim_config_file)
+    target = configured_target(config, "onprem-ews")
+    timeout = config.timeout_of(target).total_seconds()
+    offset = [0.0]  # the results' clock runs ahead of the real one by this much
+    monkeypatch.setattr(
+        results, "time", SimpleNamespace(time=time.time, perf_counter=lambda: time.perf_counter() + offset[0])
+    )
+    resources, round_results = Resources(), []
+    try:
+        limiter = QueueingLimiter(config, offset, wait=3 * timeout)
+        checks = [CHECKS["reachability"], CHECKS["tls"]]
+        await execute_round(limiter, checks, config, target, resources, round_results.append)
+    finally:
+        await resources.close()
+    reachability, tls = round_results
+    # Counted, the wait left tls no budget: "TLS handshake did not finish within 5s", the endpoint blamed.
+    assert tls.success, tls
+    assert reachability.duration <= tls.duration < timeout
 
 
 def test_reachability_and_tls_share_one_job_per_target(sim_config_file: Path) -> None:
