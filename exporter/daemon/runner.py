@@ -45,17 +45,21 @@ class Limiter:
     async def run(self, credential: str | None, work: Callable[[], Awaitable[T]]) -> T:
         """Await ``work()`` in a global slot and, for a credential, in one of its slots.
 
-        Plain ``async with`` on the semaphores: this runs once per check, thousands of times a minute.
+        The credential's slot comes first: a check queued behind its account's bound is not in flight, and
+        holding a global slot while it waits would let one busy account's queue take every global slot and
+        starve the checks of every other account and those that sign in as nobody (tls, reachability).
+        Always in this order, so two checks never hold each other's slot. Plain ``async with`` on the
+        semaphores: this runs once per check, thousands of times a minute.
         """
-        async with self._global:
-            if credential is None:
+        if credential is None:
+            async with self._global:
                 return await work()
-            async with self._per_credential[credential][1]:
-                self.in_flight[credential] = self.in_flight.get(credential, 0) + 1
-                try:
-                    return await work()
-                finally:
-                    self.in_flight[credential] -= 1
+        async with self._per_credential[credential][1], self._global:
+            self.in_flight[credential] = self.in_flight.get(credential, 0) + 1
+            try:
+                return await work()
+            finally:
+                self.in_flight[credential] -= 1
 
 
 # Left between the end of a run and the next one's start, for the scheduler's own lateness (a start on the
