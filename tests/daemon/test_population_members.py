@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -158,3 +160,10 @@ async def test_each_graph_failure_has_its_reason(response: HttpResponse, reason:
     assert failure.value.reason == reason
     if reason == SourceReason.THROTTLED:
         assert isinstance(failure.value, graph_groups.GraphThrottled) and failure.value.seconds == 7
+
+
+def test_a_daemon_without_an_ldap_population_does_not_load_ldap3() -> None:
+    """ldap3 and pyasn1 cost 4.9 MiB of RSS (docs/performance.md): only an LDAP population pays for them."""
+    script = "import sys, exporter.cli, exporter.daemon.app; print(sorted({'ldap3', 'pyasn1'} & set(sys.modules)))"
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"
