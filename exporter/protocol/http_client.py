@@ -43,6 +43,7 @@ from .tcp_tls import (
     ca_file_stamp,
     connect_failure,
     new_client_ssl_context,
+    requests_ssl_context,
     tls_failure,
 )
 
@@ -381,7 +382,7 @@ def requests_session(
     the configuration refuses one beside ``dns``)."""
     session = requests.Session()
     session.trust_env = False
-    adapter = _TrustAdapter(new_client_ssl_context(ca_file), home, pin)
+    adapter = _TrustAdapter(requests_ssl_context(ca_file), home, pin)
     session.mount("https://", adapter)
     session.mount("http://", adapter)  # refused by the origin check: home is always https
     if proxy is not None:
