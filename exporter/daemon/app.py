@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 
 def revision() -> str:
     """The git commit this code runs from, when it runs from a checkout; else ``unknown``."""
-    root = Path(__file__).resolve().parent.parent
-    if not (root / ".git").exists():
+    root = Path(__file__).resolve().parents[2]  # exporter/daemon/app.py: the checkout holds exporter/
+    if not (root / ".git").exists():  # installed: git would answer for whatever repository encloses it
         return "unknown"
     try:
         out = subprocess.run(

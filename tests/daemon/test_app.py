@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -17,7 +18,7 @@ from samples import Samples, parse, targets_in, value
 
 from bems_simulator.server import Simulator
 from exporter.checks import planned_checks
-from exporter.daemon.app import Exporter
+from exporter.daemon.app import Exporter, revision
 from exporter.daemon.runner import run_limit
 from exporter.web.collector import BemsCollector
 from exporter.web.http_app import create_app
@@ -276,3 +277,11 @@ async def test_fast_exposition_matches_prometheus_client(client: TestClient, exp
     # The collector's families stay valid for prometheus_client's encoders too.
     assert parse(generate_latest(Families(families)).decode()) == parse(ours)  # type: ignore[arg-type]
     assert exposition.render([]) == b""
+
+
+def test_build_info_names_the_commit_of_the_checkout_it_runs_from() -> None:
+    head = subprocess.run(
+        ["git", "-C", str(Path(__file__).parent), "rev-parse", "--short=12", "HEAD"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert revision() == head
