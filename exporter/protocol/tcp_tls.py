@@ -75,13 +75,7 @@ def _client_context_uncached(ca_file: str | None, _stamp: CaFileStamp | None, ve
 
 
 _cached_context = functools.lru_cache(maxsize=32)(_client_context_uncached)
-
-
-def _requests_context_uncached(ca_file: str | None, _stamp: CaFileStamp | None) -> ssl.SSLContext:
-    return _client_context_uncached(ca_file, None, True)
-
-
-_cached_requests_context = functools.lru_cache(maxsize=32)(_requests_context_uncached)
+_cached_requests_context = functools.lru_cache(maxsize=32)(_client_context_uncached)  # a cache apart from the above
 
 
 def requests_ssl_context(ca_file: str | None) -> ssl.SSLContext:
@@ -89,12 +83,12 @@ def requests_ssl_context(ca_file: str | None) -> ssl.SSLContext:
 
     Shared, because a context holds its trust store: with the system's roots one costs 835 KiB of RSS (a
     CA file of one certificate 18 KiB), and WindowsSessions keeps a session per target and origin: with a
-    context each, 100 sessions took 80.7 MiB, shared 0.3 MiB. Safe to share: urllib3 sets on it only what it sets for
-    every session alike (verify_mode CERT_REQUIRED, ALPN http/1.1) and loads no CA file into it
+    context each, 100 sessions took 80.7 MiB, shared 0.3 MiB. Safe to share: urllib3 sets on it only what
+    it sets for every session alike (verify_mode CERT_REQUIRED, ALPN http/1.1) and loads no CA file into it
     (``http_client._TrustAdapter.cert_verify``), and nothing loads a client certificate into it (aiohttp's
     sessions, which may, build their own). Not the ``tls`` check's contexts: those offer no ALPN.
     """
-    return _cached_requests_context(ca_file, ca_file_stamp(ca_file))
+    return _cached_requests_context(ca_file, ca_file_stamp(ca_file), True)
 
 
 def new_client_ssl_context(ca_file: str | None) -> ssl.SSLContext:
