@@ -105,8 +105,8 @@ def progress(message: str) -> None:
     print(f"bench: {message}", file=sys.stderr, flush=True)
 
 
-def run(plan: Plan, steps: set[str], work_dir: Path) -> Results:
-    results = Results(plan.name)
+def run(plan: Plan, steps: set[str], work_dir: Path, results: Results) -> None:
+    """Measure ``steps`` into ``results``, each step's figures as soon as it ends (BenchError: the rest not)."""
     with running_simulator(work_dir / "simulator") as simulator:
         binary = blackbox_binary(work_dir / "apt-get.log") if steps & {"daemon", "tls"} else None
         if binary is None and steps & {"daemon", "tls"}:
@@ -187,7 +187,6 @@ def run(plan: Plan, steps: set[str], work_dir: Path) -> Results:
     if "audit" in steps:  # the same in both plans: the issue's size, 12 months of 50 targets
         progress(f"audit report: {len(YEAR)} months of {TARGETS} targets in VictoriaMetrics")
         results.audit = measure_audit_report(work_dir)
-    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,18 +205,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help=f"report file (default {DEFAULT_OUTPUT})")
     args = parser.parse_args(argv)
     plan = QUICK_PLAN if args.quick else DEFAULT_PLAN
+    results = Results(plan.name)
     try:
         with tempfile.TemporaryDirectory(prefix="bems-bench-") as work_dir:
-            results = run(plan, set(args.steps), Path(work_dir))
-    except BenchError as err:
+            run(plan, set(args.steps), Path(work_dir), results)
+    except BenchError as err:  # a late step's failure keeps the earlier steps' figures (a default run is 15 min)
         print(f"bench: {err}", file=sys.stderr)
-        return 1
+        results.stopped_because = str(err)
     report = render(results)
     print(report)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(report, encoding="utf-8")
     progress(f"written to {args.output}")
-    return 0
+    return 1 if results.stopped_because is not None else 0
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ class Results:
     blackbox_skipped_because: str | None = None
     openssl: OpensslFloor | None = None
     audit: AuditReportMeasurement | None = None
+    stopped_because: str | None = None  # a step failed: the report holds the steps before it
 
 
 def cpu_model() -> str:
@@ -452,4 +453,7 @@ def render(results: Results) -> str:
         lines += [*_tls_table(results), ""]
     if results.audit is not None:
         lines += [*_audit_table(results.audit), ""]
+    if results.stopped_because is not None:
+        lines += ["**The run stopped early.** The tables above are the steps before the one that failed:", ""]
+        lines += ["```", results.stopped_because, "```", ""]
     return "\n".join(lines)
