@@ -93,8 +93,8 @@ class PopulationSources:
                 raise SourceError(SourceReason.UNREADABLE, f"cannot read {path}: {detail}") from None
             return read_address_file(text, path, population.file.column), signature
         if population.ldap is not None:
-            # Imported on first use: ldap3 and its pyasn1 are 4.9 MiB of RSS in a daemon that has no LDAP
-            # population (measured beside the daemon's other imports), a tenth of the 1,000-target step's margin.
+            # Imported on first use: ldap3 and its pyasn1 are 4.4 MiB of RSS in a daemon that has no LDAP
+            # population (measured beside the daemon's other imports; docs/performance.md).
             from ..protocol import ldap_directory
 
             return await self.resources.run_blocking(ldap_directory.search, population.ldap), None
