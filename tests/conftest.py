@@ -15,6 +15,7 @@ from loopback import bound_socket
 from test_cli import CLI
 
 from bems_simulator.server import Simulator
+from exporter.checks import tls as tls_check
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -106,3 +107,14 @@ def _restore_logging() -> Iterator[None]:
     yield
     root.setLevel(level)
     root.handlers[:] = handlers
+
+
+@pytest.fixture(autouse=True)
+def _cold_public_trust_verdicts() -> None:
+    """Each test starts without the tls check's cached public-trust verdicts, whichever tests ran before it.
+
+    Before Python 3.13 a cold verdict costs one more handshake (and proxy tunnel) per chain: a test that counts
+    them must not pass only when an earlier test on the same worker warmed the cache (CI of stop 27).
+    """
+    tls_check._public_distrust.cache_clear()
+    tls_check._handshake_verdicts.clear()

@@ -296,9 +296,7 @@ async def test_public_trust_costs_at_most_one_handshake_per_chain(
         handshakes.append(args)
         return await real_handshake(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(net, "tls_handshake", counted)
-    tls_probe._public_distrust.cache_clear()
-    tls_probe._handshake_verdicts.clear()
+    monkeypatch.setattr(net, "tls_handshake", counted)  # the verdicts start cold (tests/conftest.py)
     for _ in range(3):
         assert publicly_trusted(await run(config, configured_target(config, "onprem-ews"), "tls")) == 1
     if tls_probe.PRESENTED_CHAIN_IS_PUBLIC:
